@@ -1,0 +1,260 @@
+"""Configuration is data: nested dataclasses with defaults, a recipe YAML on top, then dotted
+overrides from the command line (`train.lr=3e-4`). The resolved config is saved in the run directory.
+
+Every field has a default and a one-line comment; unknown keys and wrong types are one-line errors
+that name the key (and the closest known key when it looks like a typo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from r1lab.errors import ConfigError
+
+
+@dataclass
+class TinyModelConfig:
+    hidden_size: int = 128  # width of the tiny Qwen2 model built offline
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2  # grouped-query attention, as in Qwen2
+    intermediate_size: int = 384
+    max_positions: int = 256
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny"  # "tiny" (built offline), a local Hugging Face model directory, or a prepared name
+    dtype: str = "float32"  # parameter dtype for training: float32 | bfloat16
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class DataConfig:
+    tasks: list[str] = field(default_factory=lambda: ["arithmetic"])  # generated task families
+    difficulty: int = 2  # family-specific knob: more steps / more numbers
+    train_size: int = 4000  # generated training problems (RL prompts are drawn from these)
+    sft_size: int = 2000  # of the training problems, how many get a teacher trace for SFT
+    eval_size: int = 200  # held-out problems, never shared with training
+    train_path: str = ""  # a JSONL of problems to use instead of generated ones
+    eval_path: str = ""
+    seed: int = 1234  # data seed (the run seed does not change the problems)
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0  # shared by the rollout engine and the trainer's log-prob recomputation
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 64
+
+
+@dataclass
+class RewardConfig:
+    # reward term name -> weight; each term is logged separately as reward/<name>
+    terms: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.1})
+    verify_timeout: float = 5.0  # seconds per item in the verifier workers
+    verify_workers: int = 2
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = "grpo"  # registered advantage estimator (algos/advantages.py)
+    policy_loss: str = "ppo_clip"  # registered policy loss (algos/losses.py)
+    loss_agg: str = "seq-mean-token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    loss_agg_norm: float = 0.0  # the constant L of seq-mean-token-sum-norm (0 = sampling.max_new_tokens)
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2  # > clip_eps_low is DAPO's clip-higher
+    kl_estimator: str = "k3"  # k1 | k2 | k3 (KL(pi || pi_ref), Schulman's estimators)
+    kl_coef: float = 0.0  # 0 turns the reference model off entirely
+    adv_std_eps: float = 1e-6  # floor added to the group std
+    entropy_coef: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The RL loop: each step samples prompts_per_step x group_size completions and updates on them."""
+
+    steps: int = 60
+    prompts_per_step: int = 16
+    group_size: int = 8
+    lr: float = 1e-4
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ppo_epochs: int = 1  # passes over each rollout batch
+    mini_batches: int = 1  # optimizer steps per pass
+    micro_batch_size: int = 64  # sequences per forward/backward (does not change the gradient)
+    eval_every: int = 0  # held-out evaluation every N steps (0 = only at the end)
+    save_every: int = 0  # checkpoint every N steps (0 = only the final model)
+    samples_per_step: int = 4  # decoded rollouts written to samples.jsonl per step
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_steps: int = 0  # stop early after this many optimizer steps (0 = all epochs)
+
+
+@dataclass
+class EvalConfig:
+    n: int = 8  # samples per problem
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 0  # 0 = sampling.max_new_tokens
+    ks: list[int] = field(default_factory=lambda: [1, 4, 8])
+    batch_size: int = 256  # sequences decoded together
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    out_dir: str = "runs"
+    init_from: str = ""  # model to start this stage from (a checkpoint directory); default model.path
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# loading, overriding, saving
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _suggest(key: str, options: list[str], where: str) -> str:
+    prefix = f"{where}." if where else ""
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    return f" (known: {', '.join(sorted(options))})"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where it is lossless (int -> float)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            value = [value]  # a single value where a list is expected: tasks=countdown
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp, where): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    types = _field_types(cls)
+    obj = cls()
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in types:
+            raise ConfigError(f"unknown config key '{path}'{_suggest(key, list(types), where)}")
+        setattr(obj, key, _coerce(value, types[key], path))
+    return obj
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply `a.b.c=value` to a nested dict; the value is read as YAML (so 3, 0.1, true, [a, b] work)."""
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' is not of the form key.sub=value")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{override}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{override}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults <- recipe YAML <- overrides, validated against the dataclasses."""
+    data: dict[str, Any] = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+        data.pop("description", None)  # recipes carry a one-line description for `r1lab recipes`
+        data.pop("paper", None)
+    for override in overrides:
+        apply_override(data, override)
+    return _build(RunConfig, data)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")

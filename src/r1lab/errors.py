@@ -1,0 +1,17 @@
+"""User-facing errors: one line that says what was wrong and where."""
+
+
+class R1labError(Exception):
+    """An error caused by the user's input (config, data, paths). The CLI prints it as one line."""
+
+
+class ConfigError(R1labError):
+    """A recipe or override names a key that does not exist or gives it a value of the wrong type."""
+
+
+class DataError(R1labError):
+    """A dataset file or row is unusable (missing field, bad JSON, no answer)."""
+
+
+class ModelError(R1labError):
+    """A model path or name cannot be loaded."""

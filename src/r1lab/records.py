@@ -1,0 +1,131 @@
+"""The records that flow between stages: problems in, completions out, verdicts on them.
+
+Datasets on disk are JSON Lines of `Problem.to_dict()`; `Problem.from_dict` validates a row and
+names the file and line when it is unusable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from r1lab.errors import DataError
+
+VERDICT_STATUSES = ("correct", "wrong", "unparsable", "timeout", "error")
+
+
+@dataclass
+class Problem:
+    id: str
+    prompt: str | list[dict[str, str]]  # plain text, or chat messages [{"role", "content"}]
+    answer: str  # ground truth, as text
+    task: str = "math"  # which verifier scores it: "math", "countdown", ...
+    tests: list[dict[str, Any]] | None = None  # for code tasks
+    source: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)  # difficulty, pass rate, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: Any, where: str = "row") -> "Problem":
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        for key in ("id", "prompt"):
+            if key not in row or row[key] in (None, ""):
+                raise DataError(f"{where}: missing field '{key}'")
+        answer = row.get("answer")
+        if answer is None or (isinstance(answer, str) and not answer.strip()):
+            raise DataError(f"{where} (id {row['id']!r}): no answer — every problem needs a ground-truth 'answer'")
+        known = {f for f in cls.__dataclass_fields__}
+        extra = {k: v for k, v in row.items() if k not in known}
+        metadata = dict(row.get("metadata") or {})
+        metadata.update(extra)
+        return cls(
+            id=str(row["id"]),
+            prompt=row["prompt"],
+            answer=str(answer),
+            task=str(row.get("task") or "math"),
+            tests=row.get("tests"),
+            source=str(row.get("source") or ""),
+            metadata=metadata,
+        )
+
+
+@dataclass
+class Verdict:
+    """What a verifier concluded about one response. Never raised, always returned."""
+
+    status: str  # one of VERDICT_STATUSES
+    reason: str = ""
+    extracted: str | None = None  # the answer the verifier read from the response
+
+    def __post_init__(self) -> None:
+        if self.status not in VERDICT_STATUSES:
+            raise ValueError(f"unknown verdict status {self.status!r}")
+
+    @property
+    def correct(self) -> bool:
+        return self.status == "correct"
+
+
+@dataclass
+class Completion:
+    problem_id: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    text: str  # the decoded response (without the prompt)
+    logprobs: list[float]  # per response token, under the sampling policy (temperature applied)
+    finish_reason: str  # "stop" (a stop token was produced) | "length" (max_new_tokens reached)
+    rewards: dict[str, float] = field(default_factory=dict)  # reward term name -> value
+    reward: float = 0.0
+    verdict: Verdict | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line_number, object) from a JSON Lines file; a bad line is a DataError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
+def load_problems(path: str | os.PathLike) -> list[Problem]:
+    problems = [Problem.from_dict(row, where=f"{path}:{lineno}") for lineno, row in read_jsonl(path)]
+    if not problems:
+        raise DataError(f"{path}: no problems in file")
+    return problems
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+    """Write atomically: a temporary file in the same directory, renamed when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_problems(path: str | os.PathLike, problems: Iterable[Problem]) -> None:
+    write_jsonl(path, (p.to_dict() for p in problems))
