@@ -1,0 +1,32 @@
+"""The math of RL for reasoning: pure tensor functions, registered by name.
+
+The trainer never branches on an algorithm's name; it looks the pieces up here:
+`ADVANTAGES[cfg.algo.advantage]`, `POLICY_LOSSES[cfg.algo.policy_loss]`, `KL_ESTIMATORS[...]`,
+and `aggregate(...)` with an explicit mode.
+"""
+
+from r1lab.algos.advantages import ADVANTAGES, get_advantage, register_advantage
+from r1lab.algos.losses import (
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    aggregate,
+    get_kl_estimator,
+    get_policy_loss,
+    register_kl_estimator,
+    register_policy_loss,
+)
+
+__all__ = [
+    "ADVANTAGES",
+    "AGGREGATIONS",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "aggregate",
+    "get_advantage",
+    "get_kl_estimator",
+    "get_policy_loss",
+    "register_advantage",
+    "register_kl_estimator",
+    "register_policy_loss",
+]

@@ -1,0 +1,140 @@
+"""Policy losses, KL estimators and loss aggregation: pure functions of tensors.
+
+Shapes: logprobs, old_logprobs, ref_logprobs, advantages, mask are all [B, T] over response tokens.
+Per-token losses come back unaggregated; `aggregate` turns them into one scalar with an explicit
+mode, normalised by the counts of the whole optimizer step so micro-batching never changes the
+gradient (PITFALLS #5).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from r1lab.algos.registry import Registry
+
+POLICY_LOSSES = Registry("policy loss")
+register_policy_loss = POLICY_LOSSES.register
+get_policy_loss = POLICY_LOSSES.get_or_raise
+
+KL_ESTIMATORS = Registry("KL estimator")
+register_kl_estimator = KL_ESTIMATORS.register
+get_kl_estimator = KL_ESTIMATORS.get_or_raise
+
+
+# ---------------------------------------------------------------------------------------------
+# KL(pi_theta || pi_ref) per token, Schulman's estimators (http://joschu.net/blog/kl-approx.html),
+# all evaluated on tokens sampled from pi_theta.
+
+
+@register_kl_estimator("k1")
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k1 = log pi_theta - log pi_ref (unbiased, high variance, can be negative)."""
+    return logprobs - ref_logprobs
+
+
+@register_kl_estimator("k2")
+def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k2 = 0.5 (log pi_theta - log pi_ref)^2."""
+    return 0.5 * (logprobs - ref_logprobs) ** 2
+
+
+@register_kl_estimator("k3")
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, clamp: float = 10.0) -> torch.Tensor:
+    """k3 = exp(x) - x - 1 with x = log pi_ref - log pi_theta (>= 0, low variance); x clamped to
+    [-clamp, clamp] so one wild token cannot overflow exp, as common implementations do."""
+    x = torch.clamp(ref_logprobs - logprobs, min=-clamp, max=clamp)
+    return torch.exp(x) - x - 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# policy losses: return (per-token loss [B, T], stats of named [B, T] indicator/value tensors)
+
+
+@register_policy_loss("ppo_clip")
+def ppo_clip_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+    **_: object,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate (Schulman et al. 2017, Eq. 7), negated for minimisation:
+    l = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A), rho = exp(logp - logp_old).
+    eps_high > eps_low is DAPO's clip-higher."""
+    log_ratio = torch.clamp(logprobs - old_logprobs, min=-20.0, max=20.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high) * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    stats = {
+        "clip_frac": (clipped < unclipped).float(),
+        "clip_frac_high": ((ratio > 1.0 + clip_eps_high) & (advantages > 0)).float(),
+        "clip_frac_low": ((ratio < 1.0 - clip_eps_low) & (advantages < 0)).float(),
+        "ratio": ratio.detach(),
+    }
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregation
+
+
+def _seq_token_sum(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (loss * mask).sum(dim=-1)
+
+
+def _token_mean(loss, mask, num_seqs, num_tokens, norm_len):
+    """DAPO: sum over all tokens / total tokens of the optimizer step."""
+    return (loss * mask).sum() / max(num_tokens, 1)
+
+
+def _seq_mean_token_mean(loss, mask, num_seqs, num_tokens, norm_len):
+    """Original GRPO: mean over sequences of the per-sequence token mean."""
+    per_seq = _seq_token_sum(loss, mask) / mask.sum(dim=-1).clamp(min=1)
+    return per_seq.sum() / max(num_seqs, 1)
+
+
+def _seq_mean_token_sum(loss, mask, num_seqs, num_tokens, norm_len):
+    return _seq_token_sum(loss, mask).sum() / max(num_seqs, 1)
+
+
+def _seq_mean_token_sum_norm(loss, mask, num_seqs, num_tokens, norm_len):
+    """Dr. GRPO: token sums divided by a constant L (the max generation length), not by |o_i|."""
+    return _seq_token_sum(loss, mask).sum() / (max(num_seqs, 1) * norm_len)
+
+
+AGGREGATIONS: dict[str, Callable] = {
+    "token-mean": _token_mean,
+    "seq-mean-token-mean": _seq_mean_token_mean,
+    "seq-mean-token-sum": _seq_mean_token_sum,
+    "seq-mean-token-sum-norm": _seq_mean_token_sum_norm,
+}
+
+
+def aggregate(
+    loss: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    num_seqs: int | None = None,
+    num_tokens: int | None = None,
+    norm_len: float = 1.0,
+) -> torch.Tensor:
+    """Reduce a per-token loss [B, T] to a scalar.
+
+    num_seqs / num_tokens are the counts of the whole optimizer step (mini-batch); pass them when
+    `loss` is one micro-batch of it, so that the micro-batch contributions add up to exactly the
+    full-batch value. They default to this tensor's own counts.
+    """
+    if mode not in AGGREGATIONS:
+        from r1lab.errors import ConfigError
+
+        raise ConfigError(f"unknown loss aggregation '{mode}' (known: {', '.join(AGGREGATIONS)})")
+    mask = mask.to(loss.dtype)
+    if num_seqs is None:
+        num_seqs = int(loss.shape[0])
+    if num_tokens is None:
+        num_tokens = int(mask.sum().item())
+    return AGGREGATIONS[mode](loss, mask, num_seqs, num_tokens, norm_len)

@@ -1,0 +1,158 @@
+"""`r1lab`: one command, thin subcommands. Parse, load the config, call a stage.
+
+    r1lab demo [RECIPE] [key.sub=value ...]
+    r1lab sft RECIPE [key.sub=value ...]
+    r1lab rl RECIPE [key.sub=value ...]
+    r1lab eval MODEL [--data FILE] [--n 8] [key.sub=value ...]
+
+Errors in the user's input print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from r1lab.errors import R1labError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers missing is reported at import time anyway
+        pass
+
+
+def _config(recipe: str | None, overrides: list[str]):
+    from r1lab.config import load_config
+
+    return load_config(recipe, overrides)
+
+
+def cmd_demo(args) -> int:
+    from r1lab.demo import run_demo
+
+    recipe = args.recipe
+    overrides = list(args.overrides)
+    if recipe and "=" in recipe:  # `r1lab demo train.steps=10`: no recipe, only overrides
+        overrides.insert(0, recipe)
+        recipe = None
+    cfg = _config(recipe, overrides)
+    if cfg.name == "run":
+        cfg.name = time.strftime("demo-%Y%m%d-%H%M%S")
+    run_demo(cfg, show_progress=not args.quiet)
+    return 0
+
+
+def _stage_run(args, stage: str) -> int:
+    cfg = _config(args.recipe, args.overrides)  # before the heavy imports: a typo fails fast
+
+    from r1lab.report import stage_table, write_report
+    from r1lab.runs import RunDir
+    from r1lab.stages import load_policy, prepare_data, run_eval, run_rl, run_sft
+
+    if cfg.name == "run":
+        cfg.name = time.strftime(f"{stage}-%Y%m%d-%H%M%S")
+    run = RunDir.create(cfg)
+    print(f"r1lab {stage} -> {run.path}")
+    data = prepare_data(cfg, run)
+    model, tok = load_policy(cfg, data)
+    stages = {}
+    if stage == "sft":
+        run_sft(cfg, run, model, tok, data, show_progress=not args.quiet)
+    else:
+        stages["start"] = run_eval(cfg, model, tok, data.eval, run.file("eval/start.jsonl"), "eval start", not args.quiet).summary
+        run_rl(cfg, run, model, tok, data, show_progress=not args.quiet)
+    stages[stage] = run_eval(cfg, model, tok, data.eval, run.file(f"eval/{stage}.jsonl"), f"eval {stage}", not args.quiet).summary
+    table = stage_table(stages, cfg.eval.n, cfg.eval.ks)
+    write_report(run.file("report.md"), f"r1lab {stage}: {run.path.name}", [("Held-out evaluation", table)])
+    print(table)
+    print(f"checkpoint: {run.checkpoint(stage)}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    cfg = _config(args.recipe, args.overrides)
+
+    from r1lab.records import load_problems
+    from r1lab.report import stage_table
+    from r1lab.runs import RunDir
+    from r1lab.stages import load_policy, prepare_data, run_eval
+
+    cfg.eval.n = args.n if args.n is not None else cfg.eval.n
+    cfg.eval.ks = [k for k in sorted(set(cfg.eval.ks + [cfg.eval.n])) if k <= cfg.eval.n]
+    if args.max_new_tokens:
+        cfg.eval.max_new_tokens = args.max_new_tokens
+    if args.temperature is not None:
+        cfg.eval.temperature = args.temperature
+    if cfg.name == "run":
+        cfg.name = time.strftime("eval-%Y%m%d-%H%M%S")
+    model, tok = load_policy(cfg, path=args.model)
+    problems = load_problems(args.data) if args.data else prepare_data(cfg, None, log=lambda *_: None).eval
+    run = RunDir.create(cfg)
+    res = run_eval(cfg, model, tok, problems, run.file("eval/results.jsonl"), "eval", not args.quiet)
+    print(stage_table({Path(args.model).name: res.summary}, cfg.eval.n, cfg.eval.ks))
+    print(f"per-problem results: {run.file('eval/results.jsonl')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="r1lab", description="Build reasoning models: curate, SFT, RL from verifiable rewards, evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        return p
+
+    p = add("demo", "the whole pipeline on a tiny model built offline: data, SFT, GRPO, eval, report")
+    p.add_argument("recipe", nargs="?", help="optional recipe YAML (defaults are the demo's)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=cmd_demo)
+
+    p = add("sft", "supervised fine-tuning on verified reasoning traces")
+    p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=lambda a: _stage_run(a, "sft"))
+
+    p = add("rl", "reinforcement learning from verifiable rewards (GRPO and friends)")
+    p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=lambda a: _stage_run(a, "rl"))
+
+    p = add("eval", "score a model: n samples per problem, pass@k, avg@k, maj@k")
+    p.add_argument("model", help="a local Hugging Face model directory (e.g. runs/NAME/checkpoints/rl)")
+    p.add_argument("--data", help="JSONL of problems (default: the held-out split the config generates)")
+    p.add_argument("--recipe", help="recipe YAML for the data and eval settings")
+    p.add_argument("--n", type=int, help="samples per problem")
+    p.add_argument("--max-new-tokens", type=int, help="generation budget per sample")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return int(args.func(args) or 0)
+    except R1labError as e:
+        print(f"r1lab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("r1lab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

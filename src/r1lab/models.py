@@ -1,0 +1,170 @@
+"""One loading path for every model: the tiny model built offline, or any local Hugging Face
+directory (a checkpoint r1lab wrote, a Qwen2.5 or Llama download). Prepared names come later.
+
+The tiny model is a real Qwen2-architecture causal LM with a real byte-level BPE tokenizer trained
+with the `tokenizers` library and wrapped as a transformers fast tokenizer with a ChatML template, so
+everything downstream (rollout, training, checkpoints, eval) runs the same code as for a real model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from r1lab.config import ModelConfig, TinyModelConfig
+from r1lab.errors import ModelError
+
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+# The R1 tags are single tokens (not "special": decoding keeps them) so formats are cheap to learn.
+REASONING_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ModelError(f"model.dtype: unknown dtype {name!r} (use float32 or bfloat16)")
+    return DTYPES[name]
+
+
+def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `corpus`; digits are always split one per token, so numbers
+    tokenise the same way wherever they occur (arithmetic depends on it)."""
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD_TOKEN, IM_START, IM_END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=PAD_TOKEN,
+        bos_token=None,
+        unk_token=None,
+        padding_side="left",
+        model_max_length=4096,
+    )
+    fast.add_tokens(REASONING_TAGS)
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyModelConfig, seed: int = 0) -> Qwen2ForCausalLM:
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        use_cache=True,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def resolve_model_path(path: str) -> Path:
+    """A local directory holding config.json. (Prepared names resolve here once they exist.)"""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelError(f"model path does not exist: {path}")
+    if not (p / "config.json").is_file():
+        raise ModelError(f"not a Hugging Face model directory (no config.json): {path}")
+    return p
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    p = resolve_model_path(str(path))
+    try:
+        tok = AutoTokenizer.from_pretrained(p)
+    except Exception as e:  # a broken directory gets one line, not a transformers stack
+        raise ModelError(f"cannot load the tokenizer from {p}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:  # many base models ship without one; reuse EOS and pad left
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(path: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Load a causal LM and its tokenizer from a local Hugging Face directory."""
+    p = resolve_model_path(str(path))
+    tokenizer = load_tokenizer(p)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype(dtype))
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"cannot load the model from {p}: {str(e).splitlines()[0]}") from None
+    return model, tokenizer
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: str | Path) -> Path:
+    """Save as a plain HF directory (safetensors), written beside and renamed when complete."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS and the chat end-of-turn marker."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    for tok in (IM_END, "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
+            if tok != PAD_TOKEN or tokenizer.pad_token != PAD_TOKEN or tid == tokenizer.eos_token_id:
+                ids.add(tid)
+    return sorted(ids)
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerFast, prompt: str | list[dict[str, str]]) -> str:
+    """The text the model is conditioned on: the chat template with the generation prompt when the
+    tokenizer has one, else the raw text."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in messages) + "\n"
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

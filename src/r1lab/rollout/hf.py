@@ -1,0 +1,118 @@
+"""The reference engine: any Hugging Face causal LM, batched, with a KV cache.
+
+Prompts are left-padded into a batch; each decode step feeds one token per live row. Rows that
+finish leave the batch (their KV-cache rows are dropped), so no step decodes padding for
+sequences that are already done. Output order always matches input order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+from transformers import DynamicCache
+
+from r1lab.models import stop_token_ids
+from r1lab.records import Completion, Problem
+from r1lab.rollout.base import EncodedPrompt, SamplingParams, encode_prompts, sample_next
+
+
+class HFEngine:
+    def __init__(self, model, tokenizer, batch_size: int = 256):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.stop_ids = stop_token_ids(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        # transformers renamed `past_key_values` to `cache` in 5.x; use whichever this model takes
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def generate(
+        self,
+        problems: list[Problem],
+        params: SamplingParams,
+        n: int = 1,
+        seed: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Completion]:
+        """Sample `n` completions per problem; returns len(problems) * n completions, the n samples
+        of problem i at positions i*n .. i*n+n-1."""
+        encoded = encode_prompts(self.tokenizer, problems)
+        jobs = [e for e in encoded for _ in range(n)]
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        # sort by prompt length so each batch pads little; restore the order at the end
+        order = sorted(range(len(jobs)), key=lambda i: len(jobs[i].ids))
+        results: list[Completion | None] = [None] * len(jobs)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                for i, c in zip(idx, self._generate_batch([jobs[i] for i in idx], params, generator)):
+                    results[i] = c
+                if on_batch:
+                    on_batch(len(idx))
+        finally:
+            self.model.train(was_training)
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, jobs: list[EncodedPrompt], params: SamplingParams, generator: torch.Generator | None
+    ) -> list[Completion]:
+        B = len(jobs)
+        P = max(len(j.ids) for j in jobs)
+        input_ids = torch.full((B, P), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, P), dtype=torch.long)
+        for r, j in enumerate(jobs):
+            input_ids[r, P - len(j.ids) :] = torch.tensor(j.ids)
+            attn[r, P - len(j.ids) :] = 1
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        stop = torch.tensor(self.stop_ids, dtype=torch.long)
+
+        cache = DynamicCache()
+        out = self.model(
+            input_ids=input_ids, attention_mask=attn, position_ids=positions,
+            use_cache=True, logits_to_keep=1, **{self._cache_kw: cache},
+        )
+        live = torch.arange(B)  # original row of each live batch row
+        next_pos = positions[:, -1] + 1
+        tokens_out: list[list[int]] = [[] for _ in range(B)]
+        logps_out: list[list[float]] = [[] for _ in range(B)]
+        finish = ["length"] * B
+        for _ in range(params.max_new_tokens):
+            logits = out.logits[:, -1, :].float()
+            tok, logp = sample_next(logits, params, generator)
+            for r, t, lp in zip(live.tolist(), tok.tolist(), logp.tolist()):
+                tokens_out[r].append(t)
+                logps_out[r].append(lp)
+            done = torch.isin(tok, stop)
+            for r in live[done].tolist():
+                finish[r] = "stop"
+            if done.all() or len(tokens_out[int(live[0])]) >= params.max_new_tokens:
+                break
+            if done.any():  # finished rows leave the batch and the cache
+                keep = (~done).nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                live, tok, attn, next_pos = live[keep], tok[keep], attn[keep], next_pos[keep]
+            attn = torch.cat([attn, torch.ones((attn.shape[0], 1), dtype=attn.dtype)], dim=-1)
+            out = self.model(
+                input_ids=tok.unsqueeze(-1), attention_mask=attn, position_ids=next_pos.unsqueeze(-1),
+                use_cache=True, **{self._cache_kw: cache},
+            )
+            next_pos = next_pos + 1
+
+        completions = []
+        for r, j in enumerate(jobs):
+            ids = tokens_out[r]
+            body = ids[:-1] if finish[r] == "stop" else ids
+            text = j.prefill + self.tokenizer.decode(body, skip_special_tokens=False)
+            completions.append(
+                Completion(
+                    problem_id=j.problem_id, prompt_ids=list(j.ids), response_ids=ids, text=text,
+                    logprobs=logps_out[r], finish_reason=finish[r],
+                )
+            )
+        return completions

@@ -1,0 +1,145 @@
+"""The stages a user runs — data, model, SFT, RL, eval — as functions of a config and a run
+directory. The CLI and the demo are thin layers over these."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from r1lab.config import RunConfig
+from r1lab.errors import DataError
+from r1lab.eval.run import EvalResult, evaluate
+from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, render_prompt, save_model, torch_dtype
+from r1lab.plots import RL_PANELS, SFT_PANELS, plot_curves
+from r1lab.records import Problem, load_problems, save_problems
+from r1lab.rollout import HFEngine, SamplingParams
+from r1lab.runs import MetricsWriter, RunDir, read_metrics
+from r1lab.tasks import generate_splits, get_task
+from r1lab.verify import check_gold, verify_batch
+
+
+@dataclass
+class Data:
+    train: list[Problem]  # RL prompts
+    eval: list[Problem]  # held out
+    sft: list[tuple[Problem, str]]  # (problem, verified reasoning trace)
+    report: dict[str, Any]
+
+
+def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
+    """Generate (or load) train and held-out problems, write teacher traces, and curate: drop
+    training problems that also appear in the held-out set, traces that do not verify, and
+    problems whose gold answer does not score against itself."""
+    d = cfg.data
+    t0 = time.time()
+    if d.train_path or d.eval_path:
+        if not (d.train_path and d.eval_path):
+            raise DataError("data.train_path and data.eval_path must be given together")
+        train, held = load_problems(d.train_path), load_problems(d.eval_path)
+    else:
+        held, train = generate_splits(d.tasks, d.train_size, d.eval_size, d.difficulty, d.seed)
+    report: dict[str, Any] = {"generated_train": len(train), "generated_eval": len(held)}
+
+    # decontaminate: no training prompt may equal a held-out prompt (after whitespace normalisation)
+    norm = lambda p: " ".join(str(p.prompt).split()).lower()  # noqa: E731
+    held_keys = {norm(p) for p in held}
+    before = len(train)
+    train = [p for p in train if norm(p) not in held_keys]
+    report["dropped_contaminated"] = before - len(train)
+
+    # pre-flight: each gold answer must score correct against itself (PITFALLS #2)
+    bad = check_gold(train + held)
+    if bad:
+        p, v = bad[0]
+        raise DataError(f"{len(bad)} problem(s) have a gold answer that does not verify against itself, "
+                        f"e.g. id {p.id!r} answer {p.answer!r}: {v.reason}")
+
+    # SFT traces: from the data ("response" field) or from the task's teacher; verified either way
+    pool = train[: d.sft_size]
+    pairs: list[tuple[Problem, str]] = []
+    for p in pool:
+        if "response" in p.metadata:
+            pairs.append((p, str(p.metadata["response"])))
+        elif p.metadata.get("family"):
+            pairs.append((p, get_task(p.metadata["family"]).teacher_trace(p)))
+    verdicts = verify_batch([p for p, _ in pairs], [r for _, r in pairs],
+                            timeout=cfg.reward.verify_timeout, workers=cfg.reward.verify_workers)
+    sft = [pair for pair, v in zip(pairs, verdicts) if v.correct]
+    report["sft_traces"] = len(pairs)
+    report["sft_traces_dropped_unverified"] = len(pairs) - len(sft)
+    # RL prompts are the training problems not used for SFT when there are enough of them
+    rl_pool = train[d.sft_size:] if len(train) - d.sft_size >= max(64, d.train_size // 4) else train
+    report.update({"rl_prompts": len(rl_pool), "eval": len(held), "seconds": round(time.time() - t0, 2)})
+    if run is not None:
+        save_problems(run.file("data/train.jsonl"), rl_pool)
+        save_problems(run.file("data/eval.jsonl"), held)
+        save_problems(run.file("data/sft.jsonl"), [Problem(**{**p.to_dict(), "metadata": {**p.metadata, "response": r}}) for p, r in sft])
+    log(f"data: {len(rl_pool)} RL prompts, {len(sft)} verified SFT traces, {len(held)} held-out problems "
+        f"({report['dropped_contaminated']} contaminated and {report['sft_traces_dropped_unverified']} unverified dropped)")
+    return Data(rl_pool, held, sft, report)
+
+
+def tokenizer_corpus(data: Data) -> list[str]:
+    """Text the tiny tokenizer is trained on: chat-formatted prompts and the traces."""
+    texts = [f"<|im_start|>user\n{p.prompt}<|im_end|>\n<|im_start|>assistant\n" for p in data.train + [q for q, _ in data.sft]]
+    texts += [r for _, r in data.sft]
+    return texts
+
+
+def load_policy(cfg: RunConfig, data: Data | None = None, path: str | None = None):
+    """The model a stage starts from: `path` / cfg.init_from if given, else model.path; "tiny"
+    builds a fresh tiny model (its tokenizer trained on the data's text)."""
+    source = path or cfg.init_from or cfg.model.path
+    if source == "tiny":
+        if data is None:
+            raise DataError("building the tiny model needs data to train its tokenizer on")
+        tok = build_tiny_tokenizer(tokenizer_corpus(data))
+        model = build_tiny_model(tok, cfg.model.tiny, seed=cfg.seed)
+        return model.to(torch_dtype(cfg.model.dtype)), tok
+    return load_model(source, cfg.model.dtype)
+
+
+def eval_params(cfg: RunConfig) -> SamplingParams:
+    e = cfg.eval
+    return SamplingParams(temperature=e.temperature, top_p=e.top_p,
+                          max_new_tokens=e.max_new_tokens or cfg.sampling.max_new_tokens)
+
+
+def run_eval(cfg: RunConfig, model, tokenizer, problems: list[Problem], out_path: Path | None, desc: str,
+             show_progress: bool = True) -> EvalResult:
+    engine = HFEngine(model, tokenizer, batch_size=cfg.eval.batch_size)
+    return evaluate(engine, problems, eval_params(cfg), n=cfg.eval.n, ks=cfg.eval.ks, seed=cfg.seed + 777,
+                    verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
+                    out_path=out_path, desc=desc, show_progress=show_progress)
+
+
+def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True) -> dict[str, float]:
+    from r1lab.train.sft import sft_examples, train_sft
+
+    if not data.sft:
+        raise DataError("no verified SFT traces: give problems with a 'response' field or generated task families")
+    examples = sft_examples(tokenizer, data.sft)
+    with MetricsWriter(run.file("sft_metrics.jsonl")) as mw:
+        summary = train_sft(model, tokenizer, examples, cfg.sft, metrics=mw, seed=cfg.seed, show_progress=show_progress)
+    save_model(model, tokenizer, run.checkpoint("sft"))
+    plot_curves(read_metrics(run.file("sft_metrics.jsonl")), SFT_PANELS, run.file("plots/sft.png"), "SFT")
+    return summary
+
+
+def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True) -> list[dict[str, Any]]:
+    from r1lab.train.rl import train_rl
+
+    engine = HFEngine(model, tokenizer, batch_size=cfg.eval.batch_size)
+
+    def on_eval(step: int) -> dict[str, float]:
+        res = run_eval(cfg, model, tokenizer, data.eval, None, f"eval@{step}", show_progress=False)
+        return {"eval/avg": res.summary[f"avg@{cfg.eval.n}"]}
+
+    with MetricsWriter(run.file("metrics.jsonl")) as mw, MetricsWriter(run.file("samples.jsonl")) as sw:
+        history = train_rl(cfg, model, tokenizer, engine, data.train, metrics=mw, samples=sw,
+                           on_eval=on_eval, show_progress=show_progress)
+    save_model(model, tokenizer, run.checkpoint("rl"))
+    plot_curves(read_metrics(run.file("metrics.jsonl")), RL_PANELS, run.file("plots/rl.png"), f"RL ({cfg.algo.advantage})")
+    return history

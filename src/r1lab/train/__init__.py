@@ -1,0 +1,1 @@
+"""Training stages: SFT (sft.py) and RL from verifiable rewards (rl.py)."""

@@ -1,0 +1,92 @@
+"""What SFT and RL share: batching token sequences, log-probs under the model, the optimizer."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+
+def pad_sequences(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Concatenate prompt + response per row, right-padded.
+
+    Returns input_ids [B, L], attention_mask [B, L] and response_mask [B, L-1], where
+    response_mask[:, t] marks that token input_ids[:, t+1] is a response token: it is aligned with
+    the log-probs `token_logprobs` returns. Pad positions are 0 in both masks.
+    """
+    B = len(prompts)
+    L = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, L), dtype=torch.long)
+    response_mask = torch.zeros((B, L - 1), dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        n = len(p) + len(r)
+        input_ids[i, :n] = torch.tensor(list(p) + list(r), dtype=torch.long)
+        attention_mask[i, :n] = 1
+        response_mask[i, len(p) - 1 : n - 1] = 1.0
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+def scatter_response_values(values: Sequence[Sequence[float]], response_mask: torch.Tensor) -> torch.Tensor:
+    """Place per-response-token values (e.g. the engine's log-probs) into the [B, L-1] layout."""
+    out = torch.zeros_like(response_mask)
+    for i, v in enumerate(values):
+        pos = response_mask[i].nonzero().squeeze(-1)
+        out[i, pos] = torch.tensor(list(v), dtype=out.dtype)[: len(pos)]
+    return out
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / T) of each next token: [B, L-1] (and the entropy of that distribution).
+
+    Right padding needs no position ids: causal attention never lets a real token see the pads
+    after it. Log-probs are computed in float32 whatever the model dtype.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    logits = logits.float() / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logprobs = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprobs, entropy
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+
+
+def warmup_constant(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the base lr over `warmup_steps`, then constant (the RL recipes' schedule)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, floor: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then cosine decay to floor * lr at total_steps (the SFT schedule)."""
+
+    def factor(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / max(1, warmup_steps)
+        progress = min(1.0, (s - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def grad_norm_clip(model: torch.nn.Module, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm and max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.norm(torch.stack([p.grad.norm() for p in params])))
