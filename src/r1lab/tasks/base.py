@@ -181,10 +181,10 @@ def evaluate(node: ast.expr) -> Fraction:
     if isinstance(node, ast.Constant):
         return Fraction(int(node.value))
     assert isinstance(node, ast.BinOp)
-    return _apply(BIN_OPS[type(node.op)], evaluate(node.left), evaluate(node.right))
+    return apply_op(BIN_OPS[type(node.op)], evaluate(node.left), evaluate(node.right))
 
 
-def _apply(op: str, a: Fraction, b: Fraction) -> Fraction:
+def apply_op(op: str, a: Fraction, b: Fraction) -> Fraction:
     return a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
 
 
@@ -199,7 +199,7 @@ def evaluate_steps(node: ast.expr) -> tuple[Fraction, list[str]]:
     a, left = evaluate_steps(node.left)
     b, right = evaluate_steps(node.right)
     op = BIN_OPS[type(node.op)]
-    value = _apply(op, a, b)
+    value = apply_op(op, a, b)
     return value, left + right + [f"{format_number(a)} {op} {format_number(b)} = {format_number(value)}"]
 
 
@@ -210,32 +210,33 @@ def format_number(x: Fraction) -> str:
 # --- splits -----------------------------------------------------------------------------------
 
 
-def _tries_allowed(count: int) -> int:
-    """Generous enough for a space a few times larger than `count`; fails fast on a tiny one."""
-    return 20 * count + 2000
-
-
 def _fill(
-    family: TaskFamily, count: int, rng: random.Random, difficulty: int, taken: set[str], split: str
+    family: TaskFamily, count: int, rng: random.Random, difficulty: int, taken: set[str], split: str, before: int
 ) -> list[Problem]:
-    """`count` problems whose keys are not in `taken` (which grows with them)."""
+    """`count` problems whose keys are not in `taken` (which grows with them).
+
+    Gives up, as a ConfigError, after 20 tries per problem asked for, or after a long run of only
+    duplicates: generous for a space a few times larger than needed, quick for one far too small.
+    """
     out: list[Problem] = []
-    tries = 0
-    limit = _tries_allowed(count)
+    tries = stall = 0
     while len(out) < count:
-        if tries >= limit:
+        if tries >= 20 * count + 2000 or stall >= 2000 + 2 * (before + len(out)):
             raise ConfigError(
-                f"task family {family.name!r} at difficulty {difficulty}: only {len(out)} of the {count} "
-                f"unique {split} problems needed were found in {tries} tries — its problem space is too "
-                f"small for the requested sizes; raise data.difficulty or lower train_size/eval_size"
+                f"task family {family.name!r} at difficulty {difficulty}: its problem space is too small — "
+                f"after {tries} tries only {before + len(out)} distinct problems were found "
+                f"({before} already in earlier splits), {count - len(out)} short of the {count} {split} problems "
+                f"asked for; raise data.difficulty or lower train_size/eval_size"
             )
         tries += 1
+        stall += 1
         problem = family.generate(rng, difficulty)
         key = family.dedupe_key(problem)
         if key in taken:
             continue
         taken.add(key)
         out.append(problem)
+        stall = 0
     return out
 
 
@@ -271,6 +272,7 @@ def generate_splits(
                 difficulty,
                 taken,
                 name,
+                next_id[fam.name],
             )
             for i, fam in enumerate(families)
         }

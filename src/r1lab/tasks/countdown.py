@@ -17,6 +17,7 @@ from fractions import Fraction
 from r1lab.records import Problem, Verdict
 from r1lab.tasks.base import (
     TaskFamily,
+    apply_op,
     evaluate,
     evaluate_steps,
     expression_literals,
@@ -47,8 +48,7 @@ def _combine(a: _Item, op: str, b: _Item) -> _Item:
     left = a[1] if a[2] >= p else f"({a[1]})"
     keep_right = b[2] > p or (b[2] == p and op in "+*")
     right = b[1] if keep_right else f"({b[1]})"
-    value = a[0] + b[0] if op == "+" else a[0] - b[0] if op == "-" else a[0] * b[0] if op == "*" else a[0] / b[0]
-    return value, f"{left} {op} {right}", p
+    return apply_op(op, a[0], b[0]), f"{left} {op} {right}", p
 
 
 def _moves(a: _Item, b: _Item, cap: int) -> list[tuple[_Item, str, _Item]]:
@@ -57,11 +57,11 @@ def _moves(a: _Item, b: _Item, cap: int) -> list[tuple[_Item, str, _Item]]:
     out = []
     if a[0] + b[0] <= cap:
         out.append((a, "+", b))
-    if hi[0] > lo[0]:
+    if lo[0] < hi[0] <= cap + lo[0]:
         out.append((hi, "-", lo))
     if a[0] * b[0] <= cap:
         out.append((a, "*", b))
-    if lo[0] > 1 and hi[0] % lo[0] == 0:
+    if lo[0] > 1 and hi[0] % lo[0] == 0 and hi[0] <= cap * lo[0]:
         out.append((hi, "/", lo))
     return out
 

@@ -1,0 +1,85 @@
+"""End to end on a very small model: the demo pipeline, and the sft / rl / eval commands."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from r1lab.cli import main
+
+SMALL = [
+    "model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.intermediate_size=64",
+    "data.train_size=300", "data.sft_size=150", "data.eval_size=12", "data.difficulty=2",
+    "sft.epochs=1", "sft.batch_size=16", "train.steps=3", "train.prompts_per_step=4", "train.group_size=4",
+    "sampling.max_new_tokens=24", "eval.n=4", "eval.ks=[1,4]", "reward.verify_workers=1",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    code = main(["demo", "--quiet", f"out_dir={out}", "name=demo", *SMALL, "train.eval_every=2"])
+    assert code == 0
+    return out / "demo"
+
+
+def test_demo_writes_the_whole_run_directory(demo_run):
+    for rel in ["config.yaml", "metrics.jsonl", "sft_metrics.jsonl", "samples.jsonl", "report.md", "summary.json",
+                "plots/rl.png", "plots/sft.png", "plots/stages.png", "eval/untrained.jsonl", "eval/sft.jsonl",
+                "eval/rl.jsonl", "data/train.jsonl", "data/eval.jsonl", "data/sft.jsonl"]:
+        assert (demo_run / rel).is_file(), rel
+    for tag in ("base", "sft", "rl"):
+        assert (demo_run / "checkpoints" / tag / "config.json").is_file()
+    cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
+    assert cfg["train"]["steps"] == 3 and cfg["model"]["tiny"]["hidden_size"] == 32
+
+
+def test_demo_metrics_are_finite_and_complete(demo_run):
+    rows = [json.loads(l) for l in (demo_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        for key in ("reward/total", "reward/accuracy", "reward/format", "loss/total", "policy/entropy",
+                    "response/length", "batch/zero_variance_groups", "time/generate", "time/train"):
+            assert isinstance(r[key], (int, float)) and math.isfinite(r[key]), key
+    assert "eval/avg" in rows[1]  # eval_every=2
+    summary = json.loads((demo_run / "summary.json").read_text())
+    assert set(summary["stages"]) == {"untrained", "sft", "rl"}
+    report = (demo_run / "report.md").read_text()
+    assert "| stage |" in report and "| untrained |" in report and "| rl |" in report
+
+
+def test_eval_rows_hold_every_sample(demo_run):
+    rows = [json.loads(l) for l in (demo_run / "eval" / "sft.jsonl").read_text().splitlines()]
+    assert len(rows) == 12
+    assert all(len(r["samples"]) == 4 and r["correct"] == sum(s["correct"] for s in r["samples"]) for r in rows)
+
+
+def test_eval_and_rl_commands_on_the_demo_checkpoint(demo_run, tmp_path):
+    data = demo_run / "data" / "eval.jsonl"
+    assert main(["eval", str(demo_run / "checkpoints" / "sft"), "--data", str(data), "--n", "2", "--quiet",
+                 f"out_dir={tmp_path}", "name=ev", "sampling.max_new_tokens=16"]) == 0
+    rows = (tmp_path / "ev" / "eval" / "results.jsonl").read_text().splitlines()
+    assert len(rows) == 12
+    recipe = tmp_path / "rl.yaml"
+    recipe.write_text(yaml.safe_dump({"train": {"steps": 2, "prompts_per_step": 2, "group_size": 4},
+                                      "algo": {"kl_coef": 0.04}}))
+    assert main(["rl", str(recipe), "--quiet", f"out_dir={tmp_path}", "name=rl", *SMALL[3:6],
+                 f"init_from={demo_run / 'checkpoints' / 'sft'}", "train.steps=2", "sampling.max_new_tokens=16",
+                 "eval.n=2", "eval.ks=[1,2]", "reward.verify_workers=1"]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["policy/kl"] is not None and r["policy/kl"] >= 0 for r in rows)
+    assert (tmp_path / "rl" / "checkpoints" / "rl" / "model.safetensors").is_file()
+
+
+def test_dataset_row_without_answer_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "prompt": "1+1?", "answer": "2"}\n{"id": "b", "prompt": "2+2?"}\n')
+    r = subprocess.run([sys.executable, "-m", "r1lab.cli", "rl", "recipes/tiny/grpo.yaml",
+                        f"data.train_path={bad}", f"data.eval_path={bad}", f"out_dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"r1lab: error: {bad}:2 (id 'b'): no answer — every problem needs a ground-truth 'answer'"

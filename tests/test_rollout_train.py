@@ -1,0 +1,144 @@
+"""The engine and the trainer agree: log-probs, padding, stop tokens, micro-batching, ratios."""
+
+import copy
+
+import pytest
+import torch
+
+from r1lab.config import RunConfig
+from r1lab.models import load_model, save_model, stop_token_ids
+from r1lab.records import Problem
+from r1lab.rollout import HFEngine, SamplingParams
+from r1lab.rollout.base import sample_next
+from r1lab.train.common import pad_sequences, scatter_response_values, token_logprobs
+from r1lab.train.rl import RLTrainer
+
+PROMPTS = ["Compute ((7 + 3) * 4) - 5.", "Use 3, 5, 7 to make 22.", "Compute 1 + 2.", "Compute ((1 + 2) * 3) - 4 + 12 * 5."]
+
+
+def problems(k=4):
+    return [Problem(id=f"p{i}", prompt=PROMPTS[i % len(PROMPTS)], answer="1") for i in range(k)]
+
+
+def test_tokenizer_and_model_round_trip(tiny, tmp_path):
+    model, tok = tiny
+    save_model(model, tok, tmp_path / "m")
+    model2, tok2 = load_model(tmp_path / "m")
+    text = "<think>7 + 3 = 10</think>\n<answer>10</answer>"
+    assert tok2(text)["input_ids"] == tok(text)["input_ids"]
+    assert tok2.decode(tok2(text)["input_ids"]) == text
+    for t in ("<think>", "</think>", "<answer>", "</answer>"):
+        assert len(tok2(t, add_special_tokens=False)["input_ids"]) == 1
+    assert tok2.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True) == \
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    ids = torch.tensor([tok("Compute 1 + 2.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model2(ids).logits)
+
+
+def test_engine_logprobs_match_the_trainer(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, tok, batch_size=16)
+    params = SamplingParams(temperature=0.7, max_new_tokens=24)
+    cs = engine.generate(problems(), params, n=3, seed=1)
+    assert len(cs) == 12 and all(c.finish_reason in ("stop", "length") for c in cs)
+    batch = pad_sequences([c.prompt_ids for c in cs], [c.response_ids for c in cs], tok.pad_token_id)
+    with torch.no_grad():
+        lp, _ = token_logprobs(model, batch["input_ids"], batch["attention_mask"], temperature=0.7)
+    engine_lp = scatter_response_values([c.logprobs for c in cs], batch["response_mask"])
+    diff = ((lp - engine_lp).abs() * batch["response_mask"]).max().item()
+    assert diff < 1e-4
+    for c in cs:
+        assert len(c.logprobs) == len(c.response_ids)
+        if c.finish_reason == "stop":
+            assert c.response_ids[-1] in stop_token_ids(tok)
+        else:
+            assert len(c.response_ids) == 24
+
+
+def test_left_padding_does_not_change_greedy_output(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, tok, batch_size=16)
+    params = SamplingParams(temperature=0.0, max_new_tokens=16)
+    batched = engine.generate(problems(), params, seed=0)
+    for p, c in zip(problems(), batched):
+        alone = engine.generate([p], params, seed=0)[0]
+        assert alone.response_ids == c.response_ids
+        assert alone.logprobs == pytest.approx(c.logprobs, abs=1e-4)
+
+
+def test_generation_is_seeded(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, tok)
+    a = engine.generate(problems(), SamplingParams(max_new_tokens=12), n=2, seed=5)
+    b = engine.generate(problems(), SamplingParams(max_new_tokens=12), n=2, seed=5)
+    assert [c.response_ids for c in a] == [c.response_ids for c in b]
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]]).repeat(200, 1)
+    g = torch.Generator().manual_seed(0)
+    toks, lp = sample_next(logits, SamplingParams(top_k=2), g)
+    assert set(toks.tolist()) <= {0, 1}
+    toks, _ = sample_next(logits, SamplingParams(top_p=0.5), g)
+    assert set(toks.tolist()) == {0}  # token 0 alone holds 66% of the mass
+    # the reported log-prob is of the untruncated tempered distribution (what the trainer recomputes)
+    assert lp[0].item() == pytest.approx(torch.log_softmax(logits[0], -1)[toks[0]].item())
+
+
+def test_pad_equal_to_eos_still_trains_the_eos():
+    # pad id 2 is also the EOS: the response's final EOS must stay inside the response mask
+    batch = pad_sequences([[5, 6, 7], [5]], [[8, 2], [9, 9, 9, 2]], pad_id=2)
+    mask = batch["response_mask"]
+    assert mask[0].tolist() == [0, 0, 1, 1, 0]  # predicts 8 and the EOS; the pad after it is out
+    assert mask[1].tolist() == [1, 1, 1, 1, 0]
+    assert batch["attention_mask"][0].tolist() == [1, 1, 1, 1, 1, 0]
+
+
+def _trainer(tiny, **train):
+    model, tok = tiny
+    cfg = RunConfig()
+    cfg.sampling.max_new_tokens = 16
+    cfg.train.group_size = 4
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    model = copy.deepcopy(model)
+    return RLTrainer(cfg, model, tok, HFEngine(model, tok)), model
+
+
+def _batch(trainer, seed=0):
+    _, cs = trainer.rollout(problems(4), seed=seed)
+    rewards = torch.tensor([float(i % 3 == 0) for i in range(len(cs))])
+    groups = torch.arange(4).repeat_interleave(4)
+    return trainer.make_batch(cs, rewards, groups)
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_micro_batch_size_does_not_change_the_update(tiny, mode):
+    results = []
+    for micro in (3, 16):
+        trainer, model = _trainer(tiny, micro_batch_size=micro, lr=1e-2, warmup_steps=1)
+        trainer.cfg.algo.loss_agg = mode
+        batch = _batch(trainer)
+        trainer.update(batch)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(results[0], results[1], atol=1e-6)
+
+
+def test_on_policy_ratio_is_exactly_one(tiny):
+    # two mini-batches force a separate old-policy forward; with lr 0 every ratio must be exactly 1
+    trainer, _ = _trainer(tiny, mini_batches=2, micro_batch_size=3, lr=0.0)
+    batch = _batch(trainer)
+    assert batch.old_logprobs is not None
+    stats = trainer.update(batch)
+    assert stats["policy/ratio"] == 1.0
+    assert stats["policy/clip_frac"] == 0.0
+
+
+def test_no_reference_model_without_kl(tiny):
+    trainer, _ = _trainer(tiny)
+    assert trainer.ref_model is None
+    batch = _batch(trainer)
+    assert batch.ref_logprobs is None and batch.old_logprobs is None
+    stats = trainer.update(batch)
+    assert stats["rollout/logprob_diff_max"] < 1e-4  # fp32 engine == fp32 trainer

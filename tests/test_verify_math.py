@@ -1,0 +1,255 @@
+"""The math verifier on messy model output, and the verifier pool (timeouts, crashes, caching)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+import helpers_verifiers  # noqa: F401  (registers echo, slow, boom, crash, count from outside r1lab.verify)
+import r1lab.verify
+from r1lab.errors import R1labError
+from r1lab.records import Problem, Verdict
+from r1lab.verify import check_gold, get_verifier, known_tasks, register_verifier, verify_batch
+from r1lab.verify.math import extract_answer, verify_math
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Verifiers registered inside a test are forgotten after it (later workers would import their module)."""
+    monkeypatch.setattr(r1lab.verify, "_REGISTRY", dict(r1lab.verify._REGISTRY))
+
+
+def P(answer: str, task: str = "math", pid: str = "p") -> Problem:
+    return Problem(id=pid, prompt="q", answer=answer, task=task)
+
+
+# --- extraction -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("<think>hmm</think><answer>42</answer>", ("42", "answer_tag")),
+        ("<answer> $ 7 $ </answer>", ("7", "answer_tag")),
+        ("<answer>first</answer> then <answer>second</answer>", ("second", "answer_tag")),
+        ("<answer>so it is \\boxed{5} or \\boxed{6}</answer>", ("6", "answer_tag")),
+        ("<answer>a <answer>b</answer></answer>", ("b", "answer_tag")),  # innermost of the last block
+        ("no tags, \\boxed{12} then \\boxed{121}", ("121", "boxed")),  # the last box wins
+        ("\\boxed{\\frac{1}{2}}", ("\\frac{1}{2}", "boxed")),  # nested braces matched
+        ("\\boxed{\\{1,2\\}}", ("\\{1,2\\}", "boxed")),  # escaped braces do not count
+        ("\\boxed{\\boxed{7}}", ("7", "boxed")),
+        ("\\fbox{4}", ("4", "boxed")),
+        ("$\\boxed{ $12$ }$", ("12", "boxed")),
+        ("\\boxed {3}", ("3", "boxed")),
+        ("\\boxed{3} and an unclosed \\boxed{4", ("3", "boxed")),
+        ("\\boxed{5} <answer>6", ("5", "boxed")),  # an answer tag never closed is not an answer
+        ("<answer>6", (None, "none")),
+        ("<answer>   </answer>", (None, "none")),
+        ("<answer>$$</answer>", (None, "none")),
+        ("\\boxed{}", (None, "none")),
+        ("the answer is 5", (None, "none")),
+        ("", (None, "none")),
+        ("\\boxedx{3}", (None, "none")),  # another command, not a box
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_extract_answer_is_fast_on_huge_and_pathological_text():
+    t0 = time.perf_counter()
+    assert extract_answer("junk " * 200_000 + "<answer>42</answer>") == ("42", "answer_tag")
+    assert extract_answer("\\boxed{" * 50_000) == (None, "none")  # thousands of unclosed boxes: linear scan
+    assert extract_answer("{" * 50_000 + "\\boxed{9}") == ("9", "boxed")
+    assert time.perf_counter() - t0 < 2.0
+
+
+# --- verdicts (in-process) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        ("73", "<answer>073</answer>", "correct"),  # leading zeros are numeric
+        ("073", "<answer>73</answer>", "correct"),
+        ("-5", "<answer>-5</answer>", "correct"),
+        ("-5", "<answer>5</answer>", "wrong"),
+        ("\\frac{3}{4}", "<answer>0.75</answer>", "correct"),
+        ("\\frac{3}{4}", "<answer>3/4</answer>", "correct"),
+        ("0.75", "<answer>\\boxed{\\frac34}</answer>", "correct"),
+        ("1,000", "<answer>1000</answer>", "correct"),
+        ("1000", "<answer>1,000</answer>", "correct"),
+        ("2", "<answer>2.0</answer>", "correct"),
+        ("5", "<answer>x = 5</answer>", "correct"),
+        ("\\sqrt{2}/2", "<answer>\\frac{1}{\\sqrt{2}}</answer>", "correct"),
+        ("$\\boxed{5}$", "so \\boxed{5}", "correct"),  # a boxed / $-wrapped gold answer is unwrapped
+        ("12", "<answer>121</answer>", "wrong"),  # close-looking wrong answers
+        ("121", "<answer>12</answer>", "wrong"),
+        ("1/2", "<answer>2</answer>", "wrong"),
+        ("121", "\\boxed{12} no, wait: \\boxed{121}", "correct"),
+        ("12", "\\boxed{12} no, wait: \\boxed{121}", "wrong"),
+        ("5", "<think>\\boxed{5}</think><answer>6</answer>", "wrong"),  # scratch work is never scored
+        ("5", "<answer>five</answer>", "wrong"),
+        ("5", "<answer>@@@</answer>", "unparsable"),
+        ("5", "<answer>}{</answer>", "unparsable"),
+        ("5", "<answer>\U0001f642\U0001f4a5\x00\u202e</answer>", "unparsable"),
+        ("5", "\U0001f642 \u00e9\u00e8 \ufffd", "unparsable"),
+        ("5", "", "unparsable"),
+        ("5", "<answer>5", "unparsable"),  # never closed
+        ("5", "<answer></answer>", "unparsable"),
+        ("\\frac{", "<answer>\\frac{</answer>", "error"),  # an unparseable gold is never scored correct
+        ("", "<answer>5</answer>", "error"),
+        ("\\frac{", "no answer at all", "error"),  # the gold is checked before the response
+    ],
+)
+def test_verify_math(gold, response, status):
+    v = verify_math(response, P(gold))
+    assert v.status == status, v.reason
+    assert v.extracted == extract_answer(response)[0]
+
+
+def test_verify_math_long_response():
+    text = "<think>" + "let me think. " * 50_000 + "</think><answer>\\boxed{-17}</answer>"
+    v = verify_math(text, P("-17"))
+    assert (v.status, v.extracted) == ("correct", "-17")
+
+
+def test_verify_math_off_the_main_thread():
+    """math-verify's signal alarm cannot run in a thread (verl PR#5635 scored every MATH item 0 that way)."""
+    out: list[Verdict] = []
+    t = threading.Thread(target=lambda: out.append(verify_math("<answer>\\frac{1}{2}</answer>", P("0.5"))))
+    t.start()
+    t.join()
+    assert out[0].status == "correct"
+
+
+def test_registry():
+    assert {"math", "echo", "slow"} <= set(known_tasks())
+    assert get_verifier("math")("<answer>3</answer>", P("3")).correct
+    with pytest.raises(R1labError, match="no verifier registered for task 'nope'.*math"):
+        get_verifier("nope")
+    # registered verifiers are guarded: an exception becomes an "error" verdict
+    v = get_verifier("boom")("x", P("1", "boom"))
+    assert v.status == "error" and "ZeroDivisionError" in v.reason and "verifier bug" in v.reason
+
+
+def test_verify_batch_unknown_task_fails_before_work():
+    with pytest.raises(R1labError, match="'nope'"):
+        verify_batch([P("1", "nope")], ["x"])
+    with pytest.raises(ValueError, match="2 problems but 1 responses"):
+        verify_batch([P("1"), P("2")], ["x"])
+
+
+def test_verifier_in_main_is_refused_for_workers(scratch_registry):
+    ns = {"__name__": "__main__", "register_verifier": register_verifier, "Verdict": Verdict}
+    exec("@register_verifier('from_main')\ndef f(r, p):\n    return Verdict('correct')", ns)
+    with pytest.raises(R1labError, match="__main__"):
+        verify_batch([P("1", "from_main")], ["x"], workers=1)
+    assert verify_batch([P("1", "from_main")], ["x"], workers=0)[0].correct
+
+
+# --- the worker pool ----------------------------------------------------------------------------
+
+
+def test_workers_match_in_process_math():
+    problems = [P(str(i % 7), pid=str(i)) for i in range(40)]
+    responses = [f"<think>..</think><answer>{i % 7 + (i % 3 == 0)}</answer>" for i in range(40)]
+    in_workers = verify_batch(problems, responses, workers=2)
+    in_process = verify_batch(problems, responses, workers=0)
+    assert [v.status for v in in_workers] == [v.status for v in in_process]
+    assert sum(v.correct for v in in_workers) == sum(1 for i in range(40) if i % 3)
+
+
+def test_outside_module_verifier_runs_in_workers():
+    """"echo" is registered by tests/helpers_verifiers.py; workers import it by name to find it."""
+    problems = [P(str(i), "echo", str(i)) for i in range(20)]
+    verdicts = verify_batch(problems, [str(i) if i % 2 else "no" for i in range(20)], workers=2)
+    assert [v.correct for v in verdicts] == [bool(i % 2) for i in range(20)]
+    pids = {v.extracted for v in verdicts}
+    assert str(os.getpid()) not in pids and 1 <= len(pids) <= 2
+
+
+def test_timeout_kills_the_stuck_worker_and_the_pool_recovers():
+    verify_batch([P("1", "echo")], ["1"], workers=2)  # pool already up: time only the timeout
+    problems = [P("1", "slow", str(i)) for i in range(6)]
+    responses = ["ok", "hang", "ok", "ok", "ok", "ok"]
+    t0 = time.monotonic()
+    verdicts = verify_batch(problems, responses, timeout=1.0, workers=2)
+    elapsed = time.monotonic() - t0
+    assert [v.status for v in verdicts] == ["correct", "timeout", "correct", "correct", "correct", "correct"]
+    assert "1s" in verdicts[1].reason
+    assert elapsed < 2.0
+    # the pool works afterwards, with a replacement worker
+    after = verify_batch([P("3", "echo", str(i)) for i in range(8)], ["3"] * 4 + ["4"] * 4, workers=2)
+    assert [v.correct for v in after] == [True] * 4 + [False] * 4
+    assert verify_batch([P("2")], ["<answer>2</answer>"], workers=2)[0].correct
+
+
+def test_every_item_hanging_still_returns():
+    verify_batch([P("1", "echo")], ["1"], workers=2)
+    t0 = time.monotonic()
+    verdicts = verify_batch([P("1", "slow", str(i)) for i in range(3)], ["hang"] * 3, timeout=0.5, workers=2)
+    assert [v.status for v in verdicts] == ["timeout"] * 3
+    assert time.monotonic() - t0 < 3.0  # 2 rounds of 0.5 s, plus restarts
+    assert verify_batch([P("1", "echo")], ["1"], workers=2)[0].correct
+
+
+def test_raising_verifier_gives_error_in_workers():
+    v = verify_batch([P("1", "boom")], ["x"], workers=2)[0]
+    assert v.status == "error" and "ZeroDivisionError: verifier bug" in v.reason
+
+
+def test_dying_worker_gives_error_and_is_replaced():
+    problems = [P("1", "crash", str(i)) for i in range(4)]
+    verdicts = verify_batch(problems, ["ok", "die", "ok", "ok"], workers=2)
+    assert [v.status for v in verdicts] == ["correct", "error", "correct", "correct"]
+    assert "exit code 3" in verdicts[1].reason
+    assert verify_batch([P("1", "echo")], ["1"], workers=2)[0].correct
+
+
+def test_duplicates_verified_once():
+    helpers_verifiers.CALLS.clear()
+    problems = [P("7", "count", str(i)) for i in range(6)]  # answer_only: shared across problems
+    verdicts = verify_batch(problems, ["7", "7", "8", "7", "8", "9"], workers=0)
+    assert sorted(helpers_verifiers.CALLS) == ["7", "8", "9"]
+    assert [v.status for v in verdicts] == ["correct", "correct", "wrong", "correct", "wrong", "wrong"]
+    assert verdicts[0] is not verdicts[1]  # each item gets its own copy
+
+
+def test_duplicates_not_shared_when_the_verdict_reads_the_problem(scratch_registry):
+    """Verifiers that are not answer_only (countdown reads the numbers) share only within one problem object."""
+    calls = []
+
+    @register_verifier("by_prompt")
+    def by_prompt(r: str, p: Problem) -> Verdict:
+        calls.append(p.prompt)
+        return Verdict("correct" if r in str(p.prompt) else "wrong")
+
+    a, b = Problem("a", "use 1 2", "3", task="by_prompt"), Problem("b", "use 4 5", "3", task="by_prompt")
+    verdicts = verify_batch([a, a, b, b], ["1", "1", "1", "1"], workers=0)
+    assert [v.status for v in verdicts] == ["correct", "correct", "wrong", "wrong"]
+    assert calls == ["use 1 2", "use 4 5"]
+
+
+def test_batch_of_256_is_quick():
+    verify_batch([P("1")], ["<answer>1</answer>"], workers=2)  # start-up is paid once per process
+    problems = [P(str(i % 50), pid=str(i)) for i in range(256)]
+    responses = [f"<think>t</think><answer>\\frac{{{2 * (i % 50) + i % 2}}}{{2}}</answer>" for i in range(256)]
+    t0 = time.perf_counter()
+    verdicts = verify_batch(problems, responses, workers=2)
+    assert time.perf_counter() - t0 < 2.0
+    assert [v.correct for v in verdicts] == [i % 2 == 0 for i in range(256)]
+
+
+# --- gold pre-flight ----------------------------------------------------------------------------
+
+
+def test_check_gold_catches_unparseable_gold():
+    problems = [P("3", pid="ok"), P("\\frac{", pid="bad"), P("\\frac{1}{2}", pid="frac"), P("@@", pid="junk")]
+    bad = check_gold(problems, workers=2)
+    assert [p.id for p, _ in bad] == ["bad", "junk"]
+    assert all(v.status == "error" and "does not parse" in v.reason for _, v in bad)
+    assert check_gold(problems[:1] + problems[2:3], workers=0) == []
