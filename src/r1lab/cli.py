@@ -142,7 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # overrides may come before or after options (`eval M --n 2 train.lr=1`): argparse stops
+    # filling a positional list at the first option, so collect the rest here
+    args, extra = parser.parse_known_args(argv)
+    for item in extra:
+        if "=" in item and not item.startswith("-") and hasattr(args, "overrides"):
+            args.overrides.append(item)
+        else:
+            parser.error(f"unrecognized argument: {item}")
     _quiet_libraries()
     try:
         return int(args.func(args) or 0)

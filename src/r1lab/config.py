@@ -21,11 +21,11 @@ from r1lab.errors import ConfigError
 
 @dataclass
 class TinyModelConfig:
-    hidden_size: int = 128  # width of the tiny Qwen2 model built offline
+    hidden_size: int = 192  # width of the tiny Qwen2 model built offline (~1.9M parameters)
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2  # grouped-query attention, as in Qwen2
-    intermediate_size: int = 384
+    intermediate_size: int = 576
     max_positions: int = 256
 
 
@@ -40,8 +40,8 @@ class ModelConfig:
 class DataConfig:
     tasks: list[str] = field(default_factory=lambda: ["arithmetic"])  # generated task families
     difficulty: int = 2  # family-specific knob: more steps / more numbers
-    train_size: int = 4000  # generated training problems (RL prompts are drawn from these)
-    sft_size: int = 2000  # of the training problems, how many get a teacher trace for SFT
+    train_size: int = 5000  # generated training problems: the first sft_size for SFT, the rest RL prompts
+    sft_size: int = 3000  # of the training problems, how many get a teacher trace for SFT
     eval_size: int = 200  # held-out problems, never shared with training
     train_path: str = ""  # a JSONL of problems to use instead of generated ones
     eval_path: str = ""
@@ -82,10 +82,10 @@ class AlgoConfig:
 class TrainConfig:
     """The RL loop: each step samples prompts_per_step x group_size completions and updates on them."""
 
-    steps: int = 60
+    steps: int = 150
     prompts_per_step: int = 16
     group_size: int = 8
-    lr: float = 1e-4
+    lr: float = 3e-5
     warmup_steps: int = 5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -99,9 +99,9 @@ class TrainConfig:
 
 @dataclass
 class SFTConfig:
-    epochs: int = 3
+    epochs: int = 5
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup_steps: int = 20
     weight_decay: float = 0.0
     grad_clip: float = 1.0
