@@ -61,3 +61,144 @@ def grpo_advantage(
     no_signal = (std <= 1e-12) | (count < 2) | ~valid
     adv = torch.where(no_signal, torch.zeros_like(adv), adv)
     return adv.to(torch.float32).unsqueeze(-1) * response_mask.to(torch.float32)
+
+
+@register_advantage("dr_grpo")
+def dr_grpo_advantage(rewards, response_mask, group_index, **kw: object) -> torch.Tensor:
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", Sec. 3.1):
+    A_i = r_i - mean(r_group) — the std division removed (it up-weights too-easy and too-hard
+    questions). Pair it with loss_agg=seq-mean-token-sum-norm to also remove the 1/|o_i| bias."""
+    kw = {k: v for k, v in kw.items() if k != "scale_by_std"}
+    return grpo_advantage(rewards, response_mask, group_index, scale_by_std=False, **kw)
+
+
+@register_advantage("rloo")
+def rloo_advantage(rewards, response_mask, group_index, **_: object) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): A_i = r_i - (1/(G-1)) sum_{j != i} r_j = G/(G-1) (r_i - mean).
+    Groups of one (no leave-one-out baseline) and NaN rewards get 0."""
+    valid = torch.isfinite(rewards)
+    mean, _, count = group_stats(rewards, group_index, valid)
+    r = torch.where(valid, rewards.double(), mean)
+    adv = (r - mean) * count / (count - 1).clamp(min=1)
+    adv = torch.where((count < 2) | ~valid, torch.zeros_like(adv), adv)
+    return adv.to(torch.float32).unsqueeze(-1) * response_mask.to(torch.float32)
+
+
+def last_token_rewards(rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[B] sequence rewards placed on each response's last token: [B, T]."""
+    mask = response_mask.to(torch.float32)
+    T = mask.shape[1]
+    last = (mask * torch.arange(1, T + 1, dtype=torch.float32)).argmax(dim=1)  # index of the last valid token
+    out = torch.zeros_like(mask)
+    has_tokens = mask.sum(dim=1) > 0
+    out[has_tokens, last[has_tokens]] = torch.nan_to_num(rewards.to(torch.float32)[has_tokens])
+    return out
+
+
+def discounted_returns(token_rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Return-to-go G_t = sum_{s >= t} gamma^(s-t) r_s over the response tokens, [B, T]."""
+    mask = response_mask.to(torch.float32)
+    out = torch.zeros_like(mask)
+    running = torch.zeros(mask.shape[0])
+    for t in range(mask.shape[1] - 1, -1, -1):
+        running = token_rewards[:, t] + gamma * running
+        out[:, t] = running
+    return out * mask
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / (std + eps) over the valid tokens of the whole batch; 0 outside the mask."""
+    mask = mask.to(torch.float32)
+    n = mask.sum().clamp(min=1)
+    mean = (x * mask).sum() / n
+    var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
+    return (x - mean) / (var.sqrt() + eps) * mask
+
+
+@register_advantage("reinforce_pp")
+def reinforce_pp_advantage(rewards, response_mask, group_index, token_penalty: torch.Tensor | None = None,
+                           gamma: float = 1.0, **_: object) -> torch.Tensor:
+    """REINFORCE++ (Hu 2025): token reward r_t = 1[t = last] r - beta KL_t (the KL penalty arrives
+    in `token_penalty`, already multiplied by beta, when algo.kl_in_reward is set), the gamma = 1
+    return-to-go, then whitening over every valid token of the batch (no critic, no groups)."""
+    token_rewards = last_token_rewards(rewards, response_mask)
+    if token_penalty is not None:
+        token_rewards = token_rewards - token_penalty * response_mask
+    returns = discounted_returns(token_rewards, response_mask, gamma)
+    return masked_whiten(returns, response_mask)
+
+
+@register_advantage("reinforce_pp_baseline")
+def reinforce_pp_baseline_advantage(rewards, response_mask, group_index, token_penalty: torch.Tensor | None = None,
+                                    gamma: float = 1.0, **_: object) -> torch.Tensor:
+    """REINFORCE++-baseline: r' = r - mean_group(r) (no std), then REINFORCE++'s return and global
+    whitening. The KL goes into the loss in this variant, so `token_penalty` is normally None."""
+    valid = torch.isfinite(rewards)
+    mean, _, count = group_stats(rewards, group_index, valid)
+    centred = torch.where(valid & (count > 1), rewards.double() - mean, torch.zeros_like(mean)).to(torch.float32)
+    return reinforce_pp_advantage(centred, response_mask, group_index, token_penalty=token_penalty, gamma=gamma)
+
+
+@register_advantage("gpg")
+def gpg_advantage(rewards, response_mask, group_index, **_: object) -> torch.Tensor:
+    """GPG (Chu et al. 2025, Eq. 8-9): A_i = alpha (r_i - mean_group(r)), alpha = B / (B - M) with
+    M the number of samples in zero-variance groups: the gradient of the informative samples is
+    rescaled so that dropping the uninformative ones does not shrink it."""
+    valid = torch.isfinite(rewards)
+    mean, std, count = group_stats(rewards, group_index, valid)
+    zero_var = (std <= 1e-12) | (count < 2)
+    B = rewards.numel()
+    M = int(zero_var.sum())
+    alpha = B / (B - M) if B > M else 0.0
+    adv = torch.where(zero_var | ~valid, torch.zeros_like(mean), alpha * (rewards.double() - mean))
+    return adv.to(torch.float32).unsqueeze(-1) * response_mask.to(torch.float32)
+
+
+def gae(token_rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor,
+        gamma: float = 1.0, lam: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over the response tokens.
+
+    delta_t = r_t + gamma V_{t+1} - V_t (V after the last token is 0);
+    A_t = delta_t + gamma lam A_{t+1}; returns R_t = A_t + V_t. `lam` may be a [B] tensor
+    (VAPO's length-adaptive lambda: one per sequence). Returns (advantages, returns), both [B, T].
+    """
+    mask = response_mask.to(torch.float32)
+    values = values.to(torch.float32) * mask
+    B, T = mask.shape
+    lam_t = torch.as_tensor(lam, dtype=torch.float32).expand(B) if not torch.is_tensor(lam) or lam.dim() == 0 else lam.to(torch.float32)
+    adv = torch.zeros_like(mask)
+    next_value = torch.zeros(B)
+    next_adv = torch.zeros(B)
+    for t in range(T - 1, -1, -1):
+        m = mask[:, t]
+        delta = token_rewards[:, t] + gamma * next_value - values[:, t]
+        a = delta + gamma * lam_t * next_adv
+        adv[:, t] = a * m
+        # a padding position passes the later values through unchanged (responses are left-aligned)
+        next_value = torch.where(m > 0, values[:, t], next_value)
+        next_adv = torch.where(m > 0, a, next_adv)
+    return adv, (adv + values) * mask
+
+
+def vapo_lambda(response_mask: torch.Tensor, alpha: float = 0.05) -> torch.Tensor:
+    """VAPO's length-adaptive GAE lambda (Yue et al. 2025, Eq. 7): lambda = 1 - 1 / (alpha l),
+    l the response length, so long responses get lambda near 1 (less bias over long horizons)."""
+    lengths = response_mask.to(torch.float32).sum(dim=1).clamp(min=1)
+    return (1.0 - 1.0 / (alpha * lengths)).clamp(min=0.0, max=1.0)
+
+
+@register_advantage("gae")
+def gae_advantage(rewards, response_mask, group_index, values: torch.Tensor | None = None,
+                  token_penalty: torch.Tensor | None = None, gamma: float = 1.0, lam_actor: float = 1.0,
+                  length_adaptive_alpha: float = 0.0, whiten: bool = True, **_: object) -> torch.Tensor:
+    """PPO's advantage from a critic (ORZ, VC-PPO, VAPO): GAE with lambda_actor (VC-PPO decouples
+    it from the critic's lambda), or VAPO's length-adaptive lambda when length_adaptive_alpha > 0;
+    batch-whitened as ORZ does."""
+    if values is None:
+        raise ValueError("the 'gae' advantage needs a critic: set algo.critic: true")
+    token_rewards = last_token_rewards(rewards, response_mask)
+    if token_penalty is not None:
+        token_rewards = token_rewards - token_penalty * response_mask
+    lam = vapo_lambda(response_mask, length_adaptive_alpha) if length_adaptive_alpha > 0 else lam_actor
+    adv, _ = gae(token_rewards, values, response_mask, gamma, lam)
+    return masked_whiten(adv, response_mask) if whiten else adv

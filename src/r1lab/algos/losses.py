@@ -59,16 +59,21 @@ def ppo_clip_loss(
     advantages: torch.Tensor,
     clip_eps_low: float = 0.2,
     clip_eps_high: float = 0.2,
+    dual_clip_c: float = 0.0,
     **_: object,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, Eq. 7), negated for minimisation:
     l = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A), rho = exp(logp - logp_old).
-    eps_high > eps_low is DAPO's clip-higher."""
+    eps_high > eps_low is DAPO's clip-higher; dual_clip_c > 1 adds the dual clip for A < 0."""
     log_ratio = torch.clamp(logprobs - old_logprobs, min=-20.0, max=20.0)
     ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high) * advantages
     loss = -torch.minimum(unclipped, clipped)
+    if dual_clip_c:
+        # dual clip (Ye et al. 2020): for A < 0 the loss is capped at c|A| so a huge ratio on a
+        # bad token cannot produce an unbounded update
+        loss = torch.where(advantages < 0, torch.minimum(loss, -dual_clip_c * advantages), loss)
     stats = {
         "clip_frac": (clipped < unclipped).float(),
         "clip_frac_high": ((ratio > 1.0 + clip_eps_high) & (advantages > 0)).float(),
@@ -76,6 +81,70 @@ def ppo_clip_loss(
         "ratio": ratio.detach(),
     }
     return loss, stats
+
+
+@register_policy_loss("gpg")
+def gpg_loss(logprobs, old_logprobs, advantages, **_: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GPG (Chu et al. 2025, Eq. 7): the plain policy gradient -log pi(o_t) A, no ratio, no clip
+    (so no old-policy forward is needed and no reference model)."""
+    ratio = torch.exp(torch.clamp(logprobs - old_logprobs, -20.0, 20.0)).detach()
+    zeros = torch.zeros_like(logprobs)
+    return -logprobs * advantages, {"clip_frac": zeros, "clip_frac_high": zeros, "clip_frac_low": zeros, "ratio": ratio}
+
+
+@register_policy_loss("gspo")
+def gspo_loss(
+    logprobs, old_logprobs, advantages, response_mask: torch.Tensor | None = None,
+    clip_eps_low: float = 3e-4, clip_eps_high: float = 4e-4, **_: object,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GSPO (Zheng et al. 2025, Eq. 5-7): one importance ratio per sequence, the geometric mean
+    s_i = exp(mean_t (log pi - log pi_old)), clipped at the sequence level; every token of o_i
+    carries -min(s_i A_i, clip(s_i) A_i). Use with seq-mean-token-mean so each sequence counts once."""
+    if response_mask is None:
+        response_mask = torch.ones_like(logprobs)
+    mask = response_mask.to(logprobs.dtype)
+    n = mask.sum(dim=-1).clamp(min=1)
+    seq_log_ratio = ((logprobs - old_logprobs) * mask).sum(dim=-1) / n  # [B]
+    s = torch.exp(torch.clamp(seq_log_ratio, -20.0, 20.0)).unsqueeze(-1)  # [B, 1]
+    seq_adv = (advantages * mask).sum(dim=-1, keepdim=True) / n.unsqueeze(-1)  # the sequence's advantage
+    unclipped = s * seq_adv
+    clipped = torch.clamp(s, 1.0 - clip_eps_low, 1.0 + clip_eps_high) * seq_adv
+    loss = -torch.minimum(unclipped, clipped).expand_as(logprobs)
+    clip = (clipped < unclipped).to(logprobs.dtype).expand_as(logprobs)
+    stats = {
+        "clip_frac": clip,
+        "clip_frac_high": ((s > 1.0 + clip_eps_high) & (seq_adv > 0)).to(logprobs.dtype).expand_as(logprobs),
+        "clip_frac_low": ((s < 1.0 - clip_eps_low) & (seq_adv < 0)).to(logprobs.dtype).expand_as(logprobs),
+        "ratio": s.detach().expand_as(logprobs),
+    }
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# critic, entropy and auxiliary terms
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float = 0.0) -> torch.Tensor:
+    """Per-token clipped value loss (PPO; ORZ, VC-PPO, VAPO):
+    0.5 max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2); clip 0 = unclipped."""
+    loss = (values - returns) ** 2
+    if clip > 0:
+        clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+        loss = torch.maximum(loss, (clipped - returns) ** 2)
+    return 0.5 * loss
+
+
+def adaptive_entropy_coef(coef: float, entropy: float, target: float, delta: float, max_coef: float) -> float:
+    """Skywork-OR1 adaptive entropy control (Sec. 4.4): raise the coefficient by delta while the
+    entropy is below target, lower it otherwise, kept within [0, max_coef]."""
+    coef = coef + delta if entropy < target else coef - delta
+    return min(max(coef, 0.0), max_coef)
+
+
+def positive_nll(logprobs: torch.Tensor, mask: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """VAPO's positive-example LM loss (Sec. 4.2): per-token NLL on the responses that were correct
+    (`correct` [B] bool), zero elsewhere; aggregate it like the policy loss."""
+    return -logprobs * correct.to(logprobs.dtype).unsqueeze(-1) * mask
 
 
 # ---------------------------------------------------------------------------------------------
