@@ -60,6 +60,9 @@ class SamplingConfig:
 class RewardConfig:
     # reward term name -> weight; each term is logged separately as reward/<name>
     terms: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.1})
+    # settings of the shaping terms: overlong_max / overlong_cache (DAPO), cosine_max_len,
+    # repetition_ngram / repetition_penalty; lengths default to the current max_new_tokens
+    settings: dict[str, float] = field(default_factory=dict)
     verify_timeout: float = 5.0  # seconds per item in the verifier workers
     verify_workers: int = 2
 
@@ -75,7 +78,24 @@ class AlgoConfig:
     kl_estimator: str = "k3"  # k1 | k2 | k3 (KL(pi || pi_ref), Schulman's estimators)
     kl_coef: float = 0.0  # 0 turns the reference model off entirely
     adv_std_eps: float = 1e-6  # floor added to the group std
-    entropy_coef: float = 0.0
+    dual_clip_c: float = 0.0  # > 1 caps the loss of negative-advantage tokens at c|A| (dual clip); 0 = off
+    kl_in_reward: bool = False  # False: beta*KL in the loss (GRPO); True: r_t -= beta*KL_t (PPO, REINFORCE++)
+    gamma: float = 1.0  # discount of token rewards (REINFORCE++, GAE)
+    entropy_coef: float = 0.0  # fixed entropy bonus (starting value under entropy_control)
+    entropy_control: bool = False  # Skywork-OR1 adaptive entropy: coef += delta while H < target, else -= delta
+    entropy_target: float = 0.2
+    entropy_delta: float = 1e-4
+    entropy_max_coef: float = 0.005
+    pos_nll_coef: float = 0.0  # VAPO: + mu * NLL of the correct responses
+    overlong_filter: bool = False  # DAPO: truncated responses carry no loss
+    # critic (PPO with GAE: ORZ, VC-PPO, VAPO)
+    critic: bool = False  # train a value model alongside the policy (needed by advantage: gae)
+    critic_lr: float = 5e-6
+    value_clip: float = 0.2  # clip range of the value loss (0 = unclipped)
+    lam_actor: float = 1.0  # GAE lambda for the policy's advantages (VC-PPO: 0.95)
+    lam_critic: float = 1.0  # GAE lambda for the critic's targets (VC-PPO: 1.0)
+    length_adaptive_alpha: float = 0.0  # VAPO: lambda_actor = 1 - 1/(alpha * length); 0 = off
+    value_pretrain_steps: int = 0  # VC-PPO: train the critic on the fixed starting policy first
 
 
 @dataclass
@@ -92,7 +112,14 @@ class TrainConfig:
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass
     micro_batch_size: int = 64  # sequences per forward/backward (does not change the gradient)
-    eval_every: int = 0  # held-out evaluation every N steps (0 = only at the end)
+    dynamic_sampling: bool = False  # DAPO: drop groups whose outcomes are all equal, sample again to refill
+    max_sampling_rounds: int = 3  # cap on generation rounds per step under dynamic sampling
+    min_valid_fraction: float = 0.0  # GPG: resample until this fraction of groups carries signal (needs dynamic_sampling)
+    max_new_tokens_schedule: dict[int, int] = field(default_factory=dict)  # step -> context limit (DeepScaleR, Skywork)
+    curriculum: dict[int, int] = field(default_factory=dict)  # step -> data difficulty (ORZ, Logic-RL); {} = off
+    history_resampling: bool = False  # SRPO: after each epoch drop problems every sample solved
+    easy_pool_prob: float = 0.0  # MiMo: solved-by-all problems go to a pool drawn with this probability
+    eval_every: int = 50  # held-out evaluation every N steps, plotted beside training accuracy (0 = only at the end)
     save_every: int = 0  # checkpoint every N steps (0 = only the final model)
     samples_per_step: int = 4  # decoded rollouts written to samples.jsonl per step
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lab.config import RunConfig
-from r1lab.errors import DataError
+from r1lab.errors import ConfigError, DataError
 from r1lab.eval.run import EvalResult, evaluate
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, render_prompt, save_model, torch_dtype
 from r1lab.plots import RL_PANELS, SFT_PANELS, plot_curves
@@ -26,6 +26,11 @@ class Data:
     eval: list[Problem]  # held out
     sft: list[tuple[Problem, str]]  # (problem, verified reasoning trace)
     report: dict[str, Any]
+    curriculum: dict[int, list[Problem]] | None = None  # difficulty -> RL prompts (train.curriculum)
+
+    @property
+    def rl_prompts(self) -> list[Problem] | dict[int, list[Problem]]:
+        return self.curriculum or self.train
 
 
 def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
@@ -73,6 +78,22 @@ def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
     report["sft_traces_dropped_unverified"] = len(pairs) - len(sft)
     # RL prompts are the training problems not used for SFT when there are enough of them
     rl_pool = train[d.sft_size:] if len(train) - d.sft_size >= max(64, d.train_size // 4) else train
+    curriculum = None
+    if cfg.train.curriculum and not d.train_path:
+        # one pool of RL prompts per scheduled difficulty, decontaminated against the held-out set
+        curriculum = {}
+        for level in sorted(set(cfg.train.curriculum.values())):
+            size = max(64, d.train_size - d.sft_size)
+            while True:  # the easy levels of a family may hold fewer distinct problems than asked
+                try:
+                    pool, _ = generate_splits(d.tasks, size, 1, level, d.seed + 7919 * level)
+                    break
+                except ConfigError:
+                    if size <= 16:
+                        raise
+                    size //= 2
+            curriculum[level] = [p for p in pool if norm(p) not in held_keys]
+        report["curriculum"] = {level: len(pool) for level, pool in curriculum.items()}
     report.update({"rl_prompts": len(rl_pool), "eval": len(held), "seconds": round(time.time() - t0, 2)})
     if run is not None:
         save_problems(run.file("data/train.jsonl"), rl_pool)
@@ -80,7 +101,7 @@ def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
         save_problems(run.file("data/sft.jsonl"), [Problem(**{**p.to_dict(), "metadata": {**p.metadata, "response": r}}) for p, r in sft])
     log(f"data: {len(rl_pool)} RL prompts, {len(sft)} verified SFT traces, {len(held)} held-out problems "
         f"({report['dropped_contaminated']} contaminated and {report['sft_traces_dropped_unverified']} unverified dropped)")
-    return Data(rl_pool, held, sft, report)
+    return Data(rl_pool, held, sft, report, curriculum)
 
 
 def tokenizer_corpus(data: Data) -> list[str]:
@@ -140,7 +161,7 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
         return {"eval/avg": res.summary[f"avg@{cfg.eval.n}"]}
 
     with MetricsWriter(run.file("metrics.jsonl")) as mw, MetricsWriter(run.file("samples.jsonl")) as sw:
-        history = train_rl(cfg, model, tokenizer, engine, data.train, metrics=mw, samples=sw,
+        history = train_rl(cfg, model, tokenizer, engine, data.rl_prompts, metrics=mw, samples=sw,
                            on_eval=on_eval, show_progress=show_progress)
     save_model(model, tokenizer, run.checkpoint("rl"))
     plot_curves(read_metrics(run.file("metrics.jsonl")), RL_PANELS, run.file("plots/rl.png"), f"RL ({cfg.algo.advantage})")

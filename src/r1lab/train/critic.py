@@ -1,0 +1,26 @@
+"""The value model of PPO-style methods (ORZ, VC-PPO, VAPO): the policy's transformer with a
+scalar head, predicting at each position the return of the state before the next token."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class ValueModel(nn.Module):
+    """values[:, t] estimates the return after the prefix input_ids[:, :t+1], aligned with the
+    trainer's log-prob layout [B, L-1] (the state in which token t+1 is chosen)."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.backbone = copy.deepcopy(policy.base_model)  # the transformer without the LM head
+        hidden = policy.config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.head.weight)  # start at V = 0: no arbitrary initial baseline
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return self.head(hidden[:, :-1].float()).squeeze(-1)
