@@ -104,6 +104,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_recipes(args) -> int:
+    from r1lab.recipes import format_recipes, list_recipes, recipes_dir
+
+    rows = list_recipes()
+    if not rows:
+        raise R1labError(f"no recipes found under {recipes_dir()}")
+    print(format_recipes(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1lab", description="Build reasoning models: curate, SFT, RL from verifiable rewards, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -128,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=lambda a: _stage_run(a, "rl"))
 
+    p = add("recipes", "list the recipes: one per published method, and tiny CPU variants")
+    p.set_defaults(func=cmd_recipes)
+
     p = add("eval", "score a model: n samples per problem, pass@k, avg@k, maj@k")
     p.add_argument("model", help="a local Hugging Face model directory (e.g. runs/NAME/checkpoints/rl)")
     p.add_argument("--data", help="JSONL of problems (default: the held-out split the config generates)")
@@ -137,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float)
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=cmd_eval)
+
+    p = add("serve", "an OpenAI-compatible chat-completions HTTP server for a checkpoint (streaming too)")
+    p.add_argument("checkpoint", help="a local Hugging Face model directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
+    p.add_argument("--model-name", help="the model id clients see (default: the directory name)")
+    p.set_defaults(func=lambda a: __import__("r1lab.serve", fromlist=["cmd_serve"]).cmd_serve(a))
     return parser
 
 

@@ -256,26 +256,48 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
+RECIPE_META = ("description", "paper", "base")  # recipe keys that are not config fields
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw mapping of a recipe file. `base: other.yaml` (or a list of files, relative to this
+    one) is loaded first and this file's keys merged over it, so a tiny variant states only what
+    it changes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(loaded).__name__}")
+    bases = loaded.get("base") or []
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:  # later bases override earlier ones
+        parent = read_recipe(path.parent / str(base), _seen + (path.resolve(),))
+        merged = _deep_merge(merged, {k: v for k, v in parent.items() if k not in RECIPE_META})
+    return _deep_merge(merged, loaded)
+
+
 def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults <- recipe YAML <- overrides, validated against the dataclasses."""
+    """Defaults <- recipe YAML (and its `base` chain) <- overrides, validated against the dataclasses."""
     data: dict[str, Any] = {}
     if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            raise ConfigError(f"recipe file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(loaded).__name__}")
-        data = loaded
-        data.pop("description", None)  # recipes carry a one-line description for `r1lab recipes`
-        data.pop("paper", None)
+        data = {k: v for k, v in read_recipe(recipe).items() if k not in RECIPE_META}
     for override in overrides:
         apply_override(data, override)
     return _build(RunConfig, data)

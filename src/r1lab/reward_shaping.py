@@ -110,3 +110,9 @@ def format_strict(problems, texts, verdicts, completions, **settings) -> list[fl
     from r1lab.rewards import is_r1_format
 
     return [1.0 if is_r1_format(t) else -1.0 for t in texts]
+
+
+@register_reward("accuracy_pm1")
+def accuracy_pm1(problems, texts, verdicts, completions, **settings) -> list[float]:
+    """DAPO's rule reward: +1 when the verifier says correct, -1 otherwise."""
+    return [1.0 if v.correct else -1.0 for v in verdicts]

@@ -452,6 +452,7 @@ class RLTrainer:
         cfg = self.cfg
         if cfg.train.curriculum:
             sampler.set_stage(scheduled(cfg.train.curriculum, self.step, min(sampler.pools)))
+        max_new_tokens = self.params.max_new_tokens  # this step's context limit
         t0 = time.time()
         col = self.collect(sampler)
         t1 = time.time()
@@ -476,10 +477,13 @@ class RLTrainer:
             "response/unparsable": mean(bool(c.verdict and c.verdict.status == "unparsable") for c in completions),
             "batch/zero_variance_groups": float((grouped.max(1).values == grouped.min(1).values).float().mean()),
             "adv/abs_mean": _masked_mean(batch.advantages.abs(), batch.response_mask),
-            "sampling/max_new_tokens": self.params.max_new_tokens,
+            "adv/abs_max": float((batch.advantages.abs() * batch.response_mask).max()),
+            "adv/mean": _masked_mean(batch.advantages, batch.response_mask),
+            "sampling/max_new_tokens": max_new_tokens,
             "data/epoch": sampler.epoch,
             "data/stage": sampler.stage,
             "data/dropped_solved": sampler.dropped_last_epoch,
+            "data/solved": len(sampler.solved),
             "data/easy_pool": len(sampler.easy),
             **col.info,
             **stats,
