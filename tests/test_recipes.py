@@ -15,7 +15,7 @@ from r1lab.train.rl import PromptSampler, train_rl
 
 ROOT = Path(__file__).resolve().parents[1] / "recipes"
 METHODS = ["r1_zero_grpo", "dapo", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline", "orz_ppo", "vc_ppo", "vapo",
-           "deepscaler", "skywork_or1", "srpo", "gpg", "mimo"]
+           "deepscaler", "skywork_or1", "srpo", "gpg", "mimo", "logic_rl"]
 SMALL = ["model.tiny.hidden_size=96", "model.tiny.num_layers=2", "model.tiny.intermediate_size=288",
          "data.difficulty=1", "data.train_size=230", "data.sft_size=150", "data.eval_size=8",
          "reward.verify_workers=1"]
@@ -177,3 +177,20 @@ def test_history_resampling_and_easy_pool_sampler():
     p = easy.next(1)[0]
     easy.record(p, True)
     assert all(q.id == p.id for q in easy.next(5))  # probability 1: always from the pool
+
+
+def test_logic_rl_on_knights_and_knaves(tmp_path):
+    """Knights and Knaves with a freshly built tiny model (no SFT: the rewards are the check)."""
+    cfg, h = None, None
+    cfg = load_config(ROOT / "tiny" / "logic_rl.yaml", [
+        *SMALL[:3], "data.difficulty=2", "data.train_size=120", "data.sft_size=60", "data.eval_size=8",
+        "reward.verify_workers=1", *STEPS, "train.curriculum={0: 2, 2: 3}", f"out_dir={tmp_path}"])
+    data = prepare_data(cfg, None, log=lambda *_: None)
+    model, tok = load_policy(cfg, data)
+    from r1lab.rollout import HFEngine
+
+    h = train_rl(cfg, model, tok, HFEngine(model, tok), data.rl_prompts, show_progress=False)
+    assert col(h, "data/stage") == [2, 2, 3, 3]
+    # an untrained model never has the strict format: format -1 and answer -2 on every sample
+    assert all(r == pytest.approx(-3.0) for r in col(h, "reward/logic_rl"))
+    assert all(math.isfinite(x) for x in col(h, "loss/total"))

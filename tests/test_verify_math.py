@@ -253,3 +253,83 @@ def test_check_gold_catches_unparseable_gold():
     assert [p.id for p, _ in bad] == ["bad", "junk"]
     assert all(v.status == "error" and "does not parse" in v.reason for _, v in bad)
     assert check_gold(problems[:1] + problems[2:3], workers=0) == []
+
+
+# --- hardening: phrases, multiple choice, equivalences, hostile answers, the cross-call cache ---------
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        ("5", "so the answer is 5.", "correct"),
+        ("0.5", "<think>the answer is 3.</think> Final answer: 0.5", "correct"),  # never from inside <think>
+        ("5", "<think>the answer is 5.</think> I give up", "unparsable"),
+        ("0.5", "<answer>50\\%</answer>", "correct"),
+        ("50", "<answer>50\\%</answer>", "correct"),
+        ("30", "<answer>30^\\circ</answer>", "correct"),
+        ("5", "<answer>5 \\text{ cm}</answer>", "correct"),
+        ("(1,2]", "<answer>(1, 2]</answer>", "correct"),
+        ("(1,2]", "<answer>[1,2]</answer>", "wrong"),
+        ("\\{1,2\\}", "<answer>\\{2,1\\}</answer>", "correct"),
+        ("(1,2)", "<answer>(2,1)</answer>", "wrong"),
+        ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "<answer>\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}</answer>", "correct"),
+        ("B", "<answer>(B)</answer>", "correct"),
+        ("B", "The answer is B.", "correct"),
+        ("B", "<answer>\\text{B}</answer>", "correct"),
+        ("B", "<answer>C</answer>", "wrong"),
+        ("B", "<answer>12</answer>", "unparsable"),  # no options to map a value to a letter
+    ],
+)
+def test_verify_math_hardened(gold, response, status):
+    assert verify_math(response, P(gold)).status == status
+
+
+def test_multiple_choice_with_options():
+    meta = {"choices": ["3", "\\frac{1}{2}", "7", "9", "11"]}
+    for gold, response, status in [("B", "<answer>0.5</answer>", "correct"), ("C", "<answer>0.5</answer>", "wrong"),
+                                   ("1/2", "<answer>B</answer>", "correct"), ("A", "<answer>A) 3</answer>", "correct"),
+                                   ("B", "<answer>13</answer>", "unparsable")]:
+        assert verify_math(response, Problem("mc", "q", gold, metadata=meta)).status == status, (gold, response)
+    as_dict = Problem("mc", "q", "D", metadata={"choices": {"A": "1", "D": "x^2"}})
+    assert verify_math("<answer>x^{2}</answer>", as_dict).correct
+
+
+def test_multiple_choice_verdicts_are_not_shared_across_different_options():
+    a = Problem("a", "q", "A", metadata={"choices": ["1", "2"]})
+    b = Problem("b", "q", "A", metadata={"choices": ["2", "1"]})
+    assert [v.status for v in verify_batch([a, b], ["<answer>1</answer>"] * 2, workers=0)] == ["correct", "wrong"]
+
+
+HOSTILE = [
+    "<answer>\\boxed{9^{9^{9^{9}}}}</answer>",
+    "<answer>" + "\\frac{1}{" * 5000 + "2" + "}" * 5000 + "</answer>",
+    "<answer>" + "(" * 5000 + "1" + ")" * 5000 + "</answer>",
+    "<answer>" + "1+" * 500_000 + "1</answer>",  # a 1 MB expression
+    "x" * 1_000_000,  # 1 MB of nothing
+    "<answer>10^{10^{10^{10}}} - 10^{10^{10^{10}}}</answer>",
+    "\\boxed{" * 100_000,
+]
+
+
+def test_hostile_answers_are_bounded_in_workers():
+    verify_batch([P("1")], ["<answer>1</answer>"], workers=2)  # start-up is not the items' time
+    t0 = time.perf_counter()
+    verdicts = verify_batch([P("5", pid=str(i)) for i in range(len(HOSTILE))], HOSTILE, timeout=2.0, workers=2)
+    took = time.perf_counter() - t0
+    assert all(v.status in ("wrong", "unparsable", "timeout", "error") for v in verdicts), verdicts
+    assert took < 2.0 * len(HOSTILE) / 2 + 4.0  # at worst every item uses its full timeout, two at a time
+    assert verify_batch([P("2")], ["<answer>2</answer>"], workers=2)[0].correct  # the pool still works
+
+
+def test_cache_persists_across_calls():
+    r1lab.verify.clear_verdict_cache()
+    helpers_verifiers.CALLS.clear()
+    verify_batch([P("7", "count")], ["7"], workers=0)
+    verify_batch([P("7", "count", pid="other")], ["7"], workers=0)
+    assert helpers_verifiers.CALLS == ["7"] and r1lab.verify.cache_stats["hits"] == 1
+    slow = [P("1", "slow", pid=str(i)) for i in range(2)]  # not answer_only: never cached across calls
+    verify_batch(slow, ["a", "a"], workers=0)
+    assert r1lab.verify.cache_stats["hits"] == 1
+    r1lab.verify.clear_verdict_cache()
+    verify_batch([P("7", "count")], ["7"], workers=0)
+    assert helpers_verifiers.CALLS == ["7", "7"]

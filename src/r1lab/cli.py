@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
     p.add_argument("--model-name", help="the model id clients see (default: the directory name)")
     p.set_defaults(func=lambda a: __import__("r1lab.serve", fromlist=["cmd_serve"]).cmd_serve(a))
+    __import__("r1lab.data.cli", fromlist=["register"]).register(sub)  # r1lab data <step> ...
     return parser
 
 

@@ -80,6 +80,7 @@ def compute_rewards(
     terms: dict[str, float],
     timeout: float = 5.0,
     workers: int = 2,
+    settings: dict[str, float] | None = None,
 ) -> dict[str, list[float]]:
     """Verify every completion once, evaluate each term, and write the results into the completions.
 
@@ -94,7 +95,9 @@ def compute_rewards(
     verdicts = verify_batch(problems, texts, timeout=timeout, workers=workers)
     out: dict[str, list[float]] = {}
     for name, fn in fns.items():
-        values = [float(x) for x in fn(problems, texts, verdicts, completions)]
+        # shaping terms take keyword settings (L_max, n-gram size...); plain terms take none
+        kwargs = (settings or {}) if _takes_settings(fn) else {}
+        values = [float(x) for x in fn(problems, texts, verdicts, completions, **kwargs)]
         if len(values) != len(completions):
             raise ValueError(f"reward term {name!r} returned {len(values)} values for {len(completions)} completions")
         out[name] = values
@@ -104,4 +107,110 @@ def compute_rewards(
         c.rewards.update({name: out[name][i] for name in fns})
         c.reward = total[i]
     out[TOTAL] = total
+    return out
+
+
+def _takes_settings(fn: RewardFn) -> bool:
+    import inspect
+
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+
+
+import r1lab.reward_shaping  # noqa: E402,F401  (registers the length and repetition terms)
+
+
+# --- code (MiMo) ----------------------------------------------------------------------------------
+
+
+def _outcomes(verdict: Verdict) -> list[bool] | None:
+    """Per-test pass flags from a code verdict (not-run counts as failed); None if it carries none."""
+    from r1lab.verify.code import code_test_outcomes
+
+    got = code_test_outcomes(verdict)
+    return None if not got else [x is True for x in got]
+
+
+def _levels(problem: Problem, n: int) -> tuple[list[int], list[float]] | None:
+    """(level of each test, weight of each level) from metadata["test_levels"] (+ optional
+    "level_weights", else equal weights); None when absent or inconsistent with the tests."""
+    levels = (problem.metadata or {}).get("test_levels")
+    if not isinstance(levels, list) or len(levels) != n or not all(isinstance(x, int) and x >= 0 for x in levels):
+        return None
+    count = max(levels) + 1
+    weights = (problem.metadata or {}).get("level_weights")
+    if not (isinstance(weights, list) and len(weights) == count):
+        weights = [1.0 / count] * count
+    return levels, [float(w) for w in weights]
+
+
+@register_reward("code_pass_all")
+def code_pass_all(problems, texts, verdicts, completions=None) -> list[float]:
+    """1.0 iff every test passed (the verdict is correct)."""
+    return [1.0 if v.correct else 0.0 for v in verdicts]
+
+
+@register_reward("code_fraction")
+def code_fraction(problems, texts, verdicts, completions=None) -> list[float]:
+    """Fraction of the problem's tests passed; 0.0 without per-test outcomes (timeout, error, no code)."""
+    out = []
+    for v in verdicts:
+        got = _outcomes(v)
+        out.append(sum(got) / len(got) if got else 0.0)
+    return out
+
+
+def _level_reward(problem: Problem, verdict: Verdict, strict: bool) -> float:
+    got = _outcomes(verdict)
+    if not got:
+        return 0.0
+    spec = _levels(problem, len(got))
+    if spec is None:  # one level: strict is pass-all, soft is the fraction
+        return float(all(got)) if strict else sum(got) / len(got)
+    levels, weights = spec
+    total = 0.0
+    for level, w in enumerate(weights):
+        members = [ok for ok, lv in zip(got, levels) if lv == level]
+        if strict:
+            if not all(ok for ok, lv in zip(got, levels) if lv <= level):
+                break
+            total += w
+        elif members:
+            total += w * sum(members) / len(members)
+    return total
+
+
+@register_reward("code_levels_strict")
+def code_levels_strict(problems, texts, verdicts, completions=None) -> list[float]:
+    """MiMo test-difficulty reward, strict: a level's weight counts only when all tests of it and of
+    every easier level pass. Levels come from metadata["test_levels"] (0 = easiest, one per test)."""
+    return [_level_reward(p, v, strict=True) for p, v in zip(problems, verdicts)]
+
+
+@register_reward("code_levels_soft")
+def code_levels_soft(problems, texts, verdicts, completions=None) -> list[float]:
+    """MiMo test-difficulty reward, soft: each level's weight is split among its tests; the reward is
+    the sum over passed tests."""
+    return [_level_reward(p, v, strict=False) for p, v in zip(problems, verdicts)]
+
+
+# --- Logic-RL -------------------------------------------------------------------------------------
+
+
+def is_logic_rl_format(text: str) -> bool:
+    """Logic-RL's strict format: each of <think>, </think>, <answer>, </answer> exactly once, in that order."""
+    if not isinstance(text, str) or any(text.count(tag) != 1 for tag in _TAGS):
+        return False
+    positions = [text.find(tag) for tag in _TAGS]
+    return positions == sorted(positions)
+
+
+@register_reward("logic_rl")
+def logic_rl(problems, texts, verdicts, completions=None) -> list[float]:
+    """Logic-RL (Knights and Knaves): format +1 / -1, plus answer +2 (correct), -1.5 (parsed but
+    wrong), -2 (unparsable, or any answer when the format is invalid). Range [-3, 3]."""
+    out = []
+    for t, v in zip(texts, verdicts):
+        ok = is_logic_rl_format(t)
+        answer = (2.0 if v.correct else -1.5 if v.status == "wrong" else -2.0) if ok else -2.0
+        out.append((1.0 if ok else -1.0) + answer)
     return out

@@ -243,7 +243,7 @@ class RLTrainer:
         keep_zero_var = train.min_valid_fraction > 0
         valid_groups: list[tuple] = []
         flat_groups: list[tuple] = []
-        rounds = dropped = gen_tokens = 0
+        rounds = dropped = gen_tokens = generated = 0
         t_gen = t_score = 0.0
         while True:
             prompts = sampler.next(P if not train.dynamic_sampling else max(1, P - len(valid_groups)))
@@ -255,6 +255,7 @@ class RLTrainer:
                             settings={"max_new_tokens": self.params.max_new_tokens, **cfg.reward.settings})
             t_gen, t_score = t_gen + t1 - t0, t_score + time.time() - t1
             gen_tokens += sum(len(c.response_ids) for c in completions)
+            generated += len(completions)
             rounds += 1
             for i, p in enumerate(prompts):
                 group = completions[i * G : (i + 1) * G]
@@ -284,6 +285,7 @@ class RLTrainer:
             for k, v in c.rewards.items():
                 terms.setdefault(k, []).append(v)
         info = {"sampling/rounds": rounds, "sampling/dropped_groups": dropped, "sampling/groups": len(groups),
+                "sampling/generated": generated,
                 "time/generate": t_gen, "time/score": t_score,
                 "throughput/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9)}
         return Collected(problems, completions, torch.tensor([c.reward for c in completions], dtype=torch.float32),

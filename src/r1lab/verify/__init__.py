@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable, Sequence
@@ -45,23 +45,28 @@ class _Entry:
     fn: Verifier  # the guarded verifier: never raises
     module: str  # importing this module registers the verifier (workers do exactly that)
     answer_only: bool  # the verdict depends on (response, answer) alone, so it can be shared across problems
+    reads: tuple[str, ...] = ()  # metadata keys an answer_only verdict also depends on (part of its cache key)
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_verifier(task_name: str, *, answer_only: bool = False) -> Callable[[Verifier], Verifier]:
+def register_verifier(
+    task_name: str, *, answer_only: bool = False, reads: tuple[str, ...] = ()
+) -> Callable[[Verifier], Verifier]:
     """Decorator: make `fn` the verifier for problems whose `task` is `task_name`.
 
     Records the module that calls this (so worker processes can import it) and returns `fn`
     unchanged. `answer_only=True` declares that the verdict depends on the response and the
     gold answer only; `verify_batch` then verifies a repeated (response, answer) once even across
-    different problems. Leave it False when the verifier reads the prompt or metadata (countdown).
+    different problems, and caches it across calls. Leave it False when the verifier reads the
+    prompt or metadata (countdown), unless what it reads is a few metadata keys: list them in
+    `reads` and they become part of the sharing and caching key (math reads "choices").
     """
     caller = sys._getframe(1).f_globals.get("__name__", "")
 
     def decorator(fn: Verifier) -> Verifier:
-        _REGISTRY[task_name] = _Entry(_guarded(fn, task_name), caller or fn.__module__, answer_only)
+        _REGISTRY[task_name] = _Entry(_guarded(fn, task_name), caller or fn.__module__, answer_only, tuple(reads))
         return fn
 
     return decorator
@@ -332,6 +337,54 @@ atexit.register(shutdown_workers)
 
 
 # ---------------------------------------------------------------------------------------------
+# the verdict cache: repeated (response, answer) pairs across calls (groups resample the same answers)
+
+CACHE_SIZE = 1 << 16  # entries; a bounded LRU in the calling process
+CACHE_MAX_RESPONSE = 4096  # longer responses are rarely repeated verbatim and would bloat the cache
+_CACHEABLE = ("correct", "wrong", "unparsable")  # never timeout or error: those may be load or transient
+_CACHE: OrderedDict[tuple[Any, ...], Verdict] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+cache_stats = {"hits": 0, "misses": 0}
+
+
+def clear_verdict_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+        cache_stats.update(hits=0, misses=0)
+
+
+def _cache_get(key: tuple[Any, ...]) -> Verdict | None:
+    with _CACHE_LOCK:
+        v = _CACHE.get(key)
+        if v is not None:
+            _CACHE.move_to_end(key)
+            cache_stats["hits"] += 1
+        else:
+            cache_stats["misses"] += 1
+        return v
+
+
+def _cache_put(key: tuple[Any, ...], v: Verdict) -> None:
+    if v.status not in _CACHEABLE or len(key[1]) > CACHE_MAX_RESPONSE:
+        return
+    with _CACHE_LOCK:
+        _CACHE[key] = v
+        _CACHE.move_to_end(key)
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+
+
+def _share_key(e: _Entry, task: str, response: str, p: Problem) -> tuple[Any, ...]:
+    """Items with equal keys get one verification: (response, answer, read metadata) for answer_only
+    verifiers, else also the problem object itself."""
+    if not e.answer_only:
+        return (task, response, p.answer, id(p))
+    meta = p.metadata or {}
+    extra = tuple(repr(meta.get(k)) for k in e.reads)
+    return (task, response, p.answer, extra, e.fn)
+
+
+# ---------------------------------------------------------------------------------------------
 # entry points
 
 
@@ -342,7 +395,8 @@ def verify_batch(
 
     `workers` > 0: in that many worker processes, each item bounded by `timeout` seconds
     (exceeded -> Verdict("timeout"), worker killed and replaced). `workers=0`: in this process,
-    without a timeout (tests, debugging). Repeated pairs within the call are verified once.
+    without a timeout (tests, debugging). Repeated pairs within the call are verified once, and
+    verdicts of answer_only verifiers are remembered across calls (see CACHE_SIZE, clear_verdict_cache).
     Raises R1labError for a task with no verifier (a data error, found before any work).
     """
     problems, responses = list(problems), list(responses)
@@ -358,23 +412,35 @@ def verify_batch(
                              "cannot import; move it into a module or pass workers=0")
 
     jobs: list[tuple[str, str, str, Problem]] = []
-    slot: list[int] = []
+    keys: list[tuple[Any, ...]] = []
+    slot: list[int | Verdict] = []  # an index into jobs, or a cached verdict
     seen: dict[tuple[Any, ...], int] = {}
     for p, r in zip(problems, responses):
         r = r if isinstance(r, str) else ("" if r is None else str(r))
         e = entries[p.task]
-        key = (p.task, r, p.answer) if e.answer_only else (p.task, r, p.answer, id(p))
+        key = _share_key(e, p.task, r, p)
+        cached = _cache_get(key) if e.answer_only else None
+        if cached is not None:
+            slot.append(cached)
+            continue
         if key not in seen:
             seen[key] = len(jobs)
             jobs.append((e.module, p.task, r, p))
+            keys.append(key)
         slot.append(seen[key])
 
-    if workers <= 0:
+    if not jobs:
+        unique: list[Verdict] = []
+    elif workers <= 0:
         unique = [entries[task].fn(r, p) for _, task, r, p in jobs]
     else:
         with _POOL_LOCK:
             unique = _pool(workers).run(jobs, timeout)
-    return [dataclasses.replace(unique[j]) for j in slot]  # own copies: callers may annotate them
+    for key, (_, task, _, _), v in zip(keys, jobs, unique):
+        if entries[task].answer_only:
+            _cache_put(key, v)
+    # own copies: callers may annotate them
+    return [dataclasses.replace(s if isinstance(s, Verdict) else unique[s]) for s in slot]
 
 
 def check_gold(problems: Iterable[Problem], timeout: float = 5.0, workers: int = 2) -> list[tuple[Problem, Verdict]]:
@@ -390,5 +456,10 @@ def check_gold(problems: Iterable[Problem], timeout: float = 5.0, workers: int =
 
 
 from r1lab.verify import math as _math  # noqa: E402,F401  (registers "math")
+from r1lab.verify import code as _code  # noqa: E402,F401  (registers "code")
+from r1lab.verify import judge as _judge  # noqa: E402,F401  (registers "judge")
 
-__all__ = ["Verifier", "check_gold", "get_verifier", "known_tasks", "register_verifier", "shutdown_workers", "verify_batch"]
+__all__ = [
+    "Verifier", "check_gold", "clear_verdict_cache", "get_verifier", "known_tasks", "register_verifier",
+    "shutdown_workers", "verify_batch",
+]

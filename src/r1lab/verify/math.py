@@ -1,8 +1,19 @@
 """Math answers: read the final answer out of a response, compare it with the gold answer via math-verify.
 
 Extraction is ours, comparison is math-verify's. We decide *which* text is the answer (the last
-`<answer>` block, else the last `\\boxed{}`) so that scratch work in `<think>` can never be scored,
-then hand only that text to math-verify, which knows that `\\frac{3}{4}`, `0.75` and `3/4` are equal.
+`<answer>` block, else the last `\\boxed{}`, else the last "the answer is ..." after any `</think>`)
+so that scratch work in `<think>` can never be scored, then hand only that text to math-verify,
+which knows that `\\frac{3}{4}`, `0.75` and `3/4` are equal, and also handles percents (`50\\%`
+equals 50 and 0.5, as math-verify decides), degrees (`30^\\circ`), units (`5 \\text{ cm}`),
+intervals, sets, tuples and matrices.
+
+Multiple choice: a gold answer that is a letter A-E is compared as a letter. The response may
+give the letter in any common form ("B", "(B)", "B) 12", "\\text{B}") or, when the problem lists its
+options in `metadata["choices"]` (a list in A, B, C order or a dict letter -> text), the text of
+an option, which is mapped to its letter. A gold option text with a letter response works too.
+
+Hostile answers (huge exponents, deeply nested LaTeX, megabyte strings) are bounded by the
+worker pool's hard per-item timeout in `verify_batch`, not here: see tests/test_verify_math.py.
 
 A gold answer that math-verify cannot turn into a mathematical object is an *error*, never a
 string comparison: otherwise an unparseable gold answer would score 1.0 against a response that
@@ -80,8 +91,21 @@ def _clean(answer: str) -> str | None:
     return s or None
 
 
-def extract_answer(text: str) -> tuple[str | None, str]:
-    """(answer, where) with where in "answer_tag" | "boxed" | "none".
+_PHRASE = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*(.{1,200}?)\s*(?:\.\s|\.?\s*$|\n)", re.IGNORECASE)
+
+
+def _phrase_answer(text: str) -> str | None:
+    """The last "the answer is X" / "final answer: X" after the last `</think>` (the sentence's end stops X)."""
+    tail = text[text.rfind("</think>") + 1 :] if "</think>" in text else text
+    tail = tail[-20_000:]  # where a conclusion is; bounds the scan on megabyte responses
+    found = None
+    for m in _PHRASE.finditer(tail):
+        found = m.group(1)
+    return _clean(found) if found is not None else None
+
+
+def extract_answer(text: str, phrases: bool = False) -> tuple[str | None, str]:
+    """(answer, where) with where in "answer_tag" | "boxed" | "phrase" | "none".
 
     The last complete `<answer>...</answer>` block wins: the last opening tag that is followed by
     a closing tag, up to the first closing tag after it (so repeated or stray tags never leak
@@ -99,7 +123,10 @@ def extract_answer(text: str) -> tuple[str | None, str]:
         return (answer, "answer_tag") if answer is not None else (None, "none")
     boxed = _last_boxed(text)
     answer = _clean(boxed) if boxed is not None else None
-    return (answer, "boxed") if answer is not None else (None, "none")
+    if answer is not None:
+        return answer, "boxed"
+    answer = _phrase_answer(text) if phrases else None
+    return (answer, "phrase") if answer is not None else (None, "none")
 
 
 def _timeout() -> int | None:
@@ -132,16 +159,73 @@ def gold_text(answer: str) -> str | None:
     return _clean(boxed if boxed is not None else answer)
 
 
-@register_verifier("math", answer_only=True)
+_LETTER = re.compile(r"^\(?([A-E])\)?(?:[.:)]\s*.*)?$", re.DOTALL)
+_TEXT_WRAP = re.compile(r"^\\(?:text|textbf|mathrm|mathbf)\{(.*)\}$", re.DOTALL)
+
+
+def choice_letter(answer: str) -> str | None:
+    """"B", "(B)", "B.", "B) 12", "\\text{(B)}" -> "B"; anything else -> None."""
+    s = answer.strip()
+    m = _TEXT_WRAP.match(s)
+    s = m.group(1).strip() if m else s
+    m = _LETTER.match(s)
+    return m.group(1) if m else None
+
+
+def _choices(problem: Problem) -> dict[str, str]:
+    raw = (problem.metadata or {}).get("choices")
+    if isinstance(raw, dict):
+        return {str(k).strip().upper(): str(v) for k, v in raw.items() if str(k).strip().upper() in "ABCDE"}
+    if isinstance(raw, list):
+        return {letter: str(v) for letter, v in zip("ABCDE", raw)}
+    return {}
+
+
+def _same(a: str, b: str) -> bool:
+    """a and b are the same answer: equal after whitespace normalisation, or mathematically equal."""
+    from math_verify import verify
+
+    if " ".join(a.split()).lower() == " ".join(b.split()).lower():
+        return True
+    pa, pb = _parse(a), _parse(b)
+    return bool(pa and pb and verify(list(pb), list(pa), timeout_seconds=_timeout()))
+
+
+def _choice_verdict(answer: str | None, where: str, problem: Problem) -> Verdict | None:
+    """The verdict for a multiple-choice problem; None when the problem is not one."""
+    options = _choices(problem)
+    gold = choice_letter(str(problem.answer)) if len(str(problem.answer).strip()) <= 4 or not options else None
+    if gold is None:
+        return None
+    if answer is None:
+        return Verdict("unparsable", "no non-empty <answer>...</answer> block and no \\boxed{} in the response")
+    letter = choice_letter(answer)
+    if letter is None and options:
+        matches = [k for k, text in options.items() if _same(answer, text)]
+        letter = matches[0] if len(matches) == 1 else None
+    if letter is None:
+        return Verdict("unparsable", f"answer ({where}) {_short(answer)!r} is not one of the choices", extracted=answer)
+    ok = letter == gold
+    return Verdict("correct" if ok else "wrong", f"choice {letter} ({where}) {'is' if ok else 'is not'} {gold}", extracted=answer)
+
+
+@register_verifier("math", answer_only=True, reads=("choices",))
 def verify_math(response: str, problem: Problem) -> Verdict:
     """Correct iff the extracted answer is mathematically equal to the gold answer.
 
     unparsable: no answer found, or it is not readable as math. error: the gold answer itself is
-    unusable (a data bug, reported rather than scored).
+    unusable (a data bug, reported rather than scored). Multiple choice: see the module docstring.
     """
     from math_verify import verify
 
-    answer, where = extract_answer(response)
+    answer, where = extract_answer(response, phrases=True)
+    choice = _choice_verdict(answer, where, problem)
+    if choice is not None:
+        return choice
+    options = _choices(problem)
+    letter = choice_letter(answer) if answer is not None and options else None
+    if letter is not None and letter in options:  # gold is an option's text, the response names its letter
+        answer, where = options[letter], f"{where}, choice {letter}"
     gold_str = gold_text(str(problem.answer))
     gold = _parse(gold_str) if gold_str is not None else ()
     if not gold:  # checked first: a broken gold answer is reported whatever the response says
