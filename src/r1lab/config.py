@@ -120,7 +120,6 @@ class TrainConfig:
     history_resampling: bool = False  # SRPO: after each epoch drop problems every sample solved
     easy_pool_prob: float = 0.0  # MiMo: solved-by-all problems go to a pool drawn with this probability
     eval_every: int = 50  # held-out evaluation every N steps, plotted beside training accuracy (0 = only at the end)
-    save_every: int = 0  # checkpoint every N steps (0 = only the final model)
     samples_per_step: int = 4  # decoded rollouts written to samples.jsonl per step
 
 

@@ -1,5 +1,5 @@
 """One loading path for every model: the tiny model built offline, or any local Hugging Face
-directory (a checkpoint r1lab wrote, a Qwen2.5 or Llama download). Prepared names come later.
+directory (a checkpoint r1lab wrote, a Qwen2.5 or Llama download), or a prepared name (see hub.py).
 
 The tiny model is a real Qwen2-architecture causal LM with a real byte-level BPE tokenizer trained
 with the `tokenizers` library and wrapped as a transformers fast tokenizer with a ChatML template, so
@@ -91,10 +91,15 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyModelConfig, s
 
 
 def resolve_model_path(path: str) -> Path:
-    """A local directory holding config.json. (Prepared names resolve here once they exist.)"""
+    """A local directory holding config.json, or a prepared name (`r1lab models list`), which
+    resolves to its cached converted directory (converted on first use). A real path wins."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ModelError(f"model path does not exist: {path}")
+        from r1lab import hub
+
+        if path in hub.REGISTRY:
+            return hub.prepare(path)
+        raise ModelError(f"model path does not exist: {path} (nor is it a prepared model: {', '.join(hub.known_models())})")
     if not (p / "config.json").is_file():
         raise ModelError(f"not a Hugging Face model directory (no config.json): {path}")
     return p

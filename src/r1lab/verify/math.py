@@ -79,7 +79,8 @@ def _last_boxed(text: str) -> str | None:
 
 
 def _clean(answer: str) -> str | None:
-    """Strip whitespace and math-mode wrappers (`$..$`, `$$..$$`, `\\(..\\)`, `\\[..\\]`); empty -> None."""
+    """Strip whitespace and math-mode wrappers (`$..$`, `$$..$$`, `\\(..\\)`, `\\[..\\]`) and a `\\textbf{(073)}`
+    wrapper around a bare number; empty -> None."""
     s = answer.strip()
     changed = True
     while changed and s:
@@ -88,7 +89,13 @@ def _clean(answer: str) -> str | None:
             if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
                 s = s[len(left) : len(s) - len(right)].strip()
                 changed = True
-    return s or None
+    m = _TEXT_NUMBER.match(s)
+    return (m.group(1) if m else s) or None
+
+
+# a number set as text, as contest solutions box it: `\textbf{(073)}`, `\text{ 12 }`; math-verify would
+# read the text as a string, never equal to the number 73
+_TEXT_NUMBER = re.compile(r"^\\(?:text|textbf|mathbf|mathrm)\{\s*\(?\s*(-?\d+(?:\.\d+)?)\s*\)?\s*\}$")
 
 
 _PHRASE = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*(.{1,200}?)\s*(?:\.\s|\.?\s*$|\n)", re.IGNORECASE)
@@ -104,13 +111,29 @@ def _phrase_answer(text: str) -> str | None:
     return _clean(found) if found is not None else None
 
 
+# GSM8K's final-answer line, "#### 1,234": the number after the last "####" on its line
+_HASH_ANSWER = re.compile(r"^[ \t]*####[ \t]*([^\n]+?)[ \t]*$", re.MULTILINE)
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def _hash_answer(text: str) -> str | None:
+    """The answer of the last `#### N` line (GSM8K style), thousands separators removed: "1,234"
+    would otherwise read as a tuple. Only after the last `</think>`, like the phrase rule."""
+    tail = text[text.rfind("</think>") + 1 :] if "</think>" in text else text
+    found = None
+    for m in _HASH_ANSWER.finditer(tail[-20_000:]):
+        found = m.group(1)
+    return _clean(_THOUSANDS.sub("", found)) if found is not None else None
+
+
 def extract_answer(text: str, phrases: bool = False) -> tuple[str | None, str]:
-    """(answer, where) with where in "answer_tag" | "boxed" | "phrase" | "none".
+    """(answer, where) with where in "answer_tag" | "boxed" | "hash" | "phrase" | "none".
 
     The last complete `<answer>...</answer>` block wins: the last opening tag that is followed by
     a closing tag, up to the first closing tag after it (so repeated or stray tags never leak
     into the answer). Inside it, a `\\boxed{}` narrows the answer to the last box. Without an
-    answer block, the last complete box anywhere in the text. Empty content gives (None, "none").
+    answer block, the last complete box anywhere in the text; without a box, the last `#### N`
+    line (GSM8K's own answer format). Empty content gives (None, "none").
     """
     if not isinstance(text, str):
         return None, "none"
@@ -125,6 +148,9 @@ def extract_answer(text: str, phrases: bool = False) -> tuple[str | None, str]:
     answer = _clean(boxed) if boxed is not None else None
     if answer is not None:
         return answer, "boxed"
+    answer = _hash_answer(text) if "####" in text else None
+    if answer is not None:
+        return answer, "hash"
     answer = _phrase_answer(text) if phrases else None
     return (answer, "phrase") if answer is not None else (None, "none")
 

@@ -1,0 +1,173 @@
+"""Vendored math benchmarks (see data/PROVENANCE.md): name -> file, prompt, default protocol.
+
+Each benchmark is one JSONL file shipped as package data, so evaluation works offline and the
+numbers are reproducible from the exact bytes listed in PROVENANCE.md. The default protocol
+follows common practice for reasoning models: the small-answer-space contests (AIME, AMC) are
+scored with 16 samples at temperature 0.6 / top_p 0.95 (avg@16 is far less noisy than one
+sample on 30-40 problems); MATH500 and GSM8K, with hundreds of problems, greedily with one.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from statistics import mean
+from typing import Any
+
+from r1lab.errors import DataError
+from r1lab.records import Problem
+
+PROMPT_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    file: str
+    rows: int  # expected row count: a truncated file is an error, not a smaller benchmark
+    n: int  # default samples per problem
+    temperature: float  # 0 = greedy
+    top_p: float
+    breakdown: tuple[str, ...] = ()  # metadata keys the summary is also grouped by
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "math500": Benchmark("math500", "math500.jsonl", 500, n=1, temperature=0.0, top_p=1.0, breakdown=("level", "subject")),
+    "gsm8k": Benchmark("gsm8k", "gsm8k_test.jsonl", 1319, n=1, temperature=0.0, top_p=1.0),
+    "aime24": Benchmark("aime24", "aime24.jsonl", 30, n=16, temperature=0.6, top_p=0.95),
+    "aime25": Benchmark("aime25", "aime25.jsonl", 30, n=16, temperature=0.6, top_p=0.95),
+    "amc23": Benchmark("amc23", "amc23.jsonl", 40, n=16, temperature=0.6, top_p=0.95),
+}
+
+
+def known_benchmarks() -> list[str]:
+    return list(BENCHMARKS)
+
+
+def get_benchmark(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise DataError(f"unknown benchmark {name!r}; known: {', '.join(known_benchmarks())}")
+    return BENCHMARKS[name]
+
+
+def parse_names(spec: str) -> list[Benchmark]:
+    """"math500,gsm8k" -> their entries, in order, each once; any unknown name is an error."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise DataError(f"no benchmark named; known: {', '.join(known_benchmarks())}")
+    return [get_benchmark(n) for n in dict.fromkeys(names)]
+
+
+def data_path(name: str):
+    """The vendored file (a Traversable inside the installed package)."""
+    return importlib.resources.files(__name__).joinpath("data", get_benchmark(name).file)
+
+
+def load_rows(name: str) -> list[dict[str, Any]]:
+    import json
+
+    bench = get_benchmark(name)
+    text = data_path(name).read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if len(rows) != bench.rows:
+        raise DataError(f"benchmark {name}: {len(rows)} rows, expected {bench.rows} (damaged install?)")
+    return rows
+
+
+def load_benchmark(name: str, limit: int | None = None) -> list[Problem]:
+    """Problems (task "math") with the benchmark's prompt; metadata keeps every other source field
+    (MATH500's level, subject and unique_id; the reference solution) for breakdowns and checks."""
+    rows = load_rows(name)[: limit if limit and limit > 0 else None]
+    out = []
+    for row in rows:
+        meta = {k: v for k, v in row.items() if k not in ("id", "problem", "answer", "source")}
+        out.append(Problem(id=str(row["id"]), prompt=PROMPT_TEMPLATE.format(problem=row["problem"]),
+                           answer=str(row["answer"]), task="math", source=name, metadata=meta))
+    return out
+
+
+def breakdown(rows: list[dict[str, Any]], problems: list[Problem], key: str) -> dict[str, dict[str, float]]:
+    """Per value of metadata[key]: problem count and mean accuracy (avg over samples) of eval rows."""
+    by_id = {p.id: p for p in problems}
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        groups[str(by_id[r["id"]].metadata.get(key))].append(r["avg"])
+    return {g: {"problems": len(v), "accuracy": mean(v)} for g, v in sorted(groups.items())}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0f}"
+
+
+def summary_table(results: dict[str, tuple[int, dict[str, float]]]) -> str:
+    """Markdown, one row per benchmark: `results[name] = (n, summary)` from eval.run.summarise.
+    pass@k is shown for the largest k evaluated; maj@n is the majority vote over all n."""
+    lines = ["| benchmark | problems | n | avg@n | pass@n | maj@n | len correct | len wrong | truncated |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, (n, s) in results.items():
+        lines.append(f"| {name} | {s['problems']:.0f} | {n} | {_pct(s.get(f'avg@{n}'))} | {_pct(s.get(f'pass@{n}'))} | "
+                     f"{_pct(s.get(f'maj@{n}'))} | {_num(s.get('len_correct'))} | {_num(s.get('len_wrong'))} | "
+                     f"{_pct(s.get('truncated'))} |")
+    return "\n".join(lines)
+
+
+def breakdown_table(title: str, groups: dict[str, dict[str, float]]) -> str:
+    lines = [f"| {title} | problems | accuracy |", "|---|---:|---:|"]
+    lines += [f"| {g} | {v['problems']} | {_pct(v['accuracy'])} |" for g, v in groups.items()]
+    return "\n".join(lines)
+
+
+def protocol(bench: Benchmark, n: int | None = None, temperature: float | None = None) -> tuple[int, float, float]:
+    """(n, temperature, top_p) for a run: the benchmark's default, with the caller's overrides.
+    Asking a greedy benchmark for n > 1 samples without a temperature samples at 0.6 / 0.95 instead:
+    n identical greedy samples would measure nothing that n = 1 does not."""
+    n = n or bench.n
+    if temperature is not None:
+        return n, temperature, bench.top_p if temperature > 0 else 1.0
+    if bench.temperature == 0 and n > 1:
+        return n, 0.6, 0.95
+    return n, bench.temperature, bench.top_p
+
+
+def evaluate_benchmarks(cfg, model, tokenizer, benches: list[Benchmark], out_dir, n: int | None = None,
+                        temperature: float | None = None, limit: int | None = None,
+                        show_progress: bool = True) -> tuple[dict[str, tuple[int, dict[str, float]]], str]:
+    """Score `model` on each benchmark with its protocol: per-problem JSONL `out_dir/<name>.jsonl`,
+    and a markdown report (summary table, MATH500 by level and subject) written to
+    `out_dir/summary.md` and returned with the summaries."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from r1lab.stages import run_eval
+
+    out_dir = Path(out_dir)
+    results: dict[str, tuple[int, dict[str, float]]] = {}
+    sections: list[str] = []
+    for bench in benches:
+        problems = load_benchmark(bench.name, limit)
+        c = copy.deepcopy(cfg)
+        c.eval.n, c.eval.temperature, c.eval.top_p = protocol(bench, n, temperature)
+        c.eval.ks = sorted({k for k in cfg.eval.ks if k <= c.eval.n} | {1, c.eval.n})
+        res = run_eval(c, model, tokenizer, problems, out_dir / f"{bench.name}.jsonl", bench.name, show_progress)
+        res.summary.update(temperature=c.eval.temperature, top_p=c.eval.top_p)
+        results[bench.name] = (c.eval.n, res.summary)
+        for key in bench.breakdown:
+            sections.append(breakdown_table(f"{bench.name} by {key}", breakdown(res.rows, problems, key)))
+    report = "\n\n".join([summary_table(results)] + sections)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.md").write_text(report + "\n", encoding="utf-8")
+    (out_dir / "summary.json").write_text(json.dumps({k: {"n": v[0], **v[1]} for k, v in results.items()}, indent=2) + "\n",
+                                          encoding="utf-8")
+    return results, report
+
+
+__all__ = ["BENCHMARKS", "Benchmark", "PROMPT_TEMPLATE", "breakdown", "breakdown_table", "data_path", "evaluate_benchmarks",
+           "get_benchmark",
+           "known_benchmarks", "load_benchmark", "load_rows", "parse_names", "protocol", "summary_table"]
