@@ -108,7 +108,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            yield lineno, json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as e:
             yield lineno, BadRow("malformed", f"not valid JSON ({e.msg}, column {e.colno})")
 

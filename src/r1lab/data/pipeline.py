@@ -91,6 +91,7 @@ class JsonlSink:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(self.tmp, 0o644)  # mkstemp makes it private; reports are ordinary files
         self.f = os.fdopen(fd, "w", encoding="utf-8")
         self.count = 0
 
@@ -159,9 +160,9 @@ def step_inspect(rows: Rows, s: InspectSettings, log: StepLog) -> Iterator[Probl
     for p in _counted(rows, log):
         ins.add(group_of(p, s.group_by), p)
         yield p
-    out = log.report_path("inspect")
+    out = log.reports_dir / f"{log.index:02d}-inspect"
     ins.finish(out)
-    log.reports[-1:] = [str(out / f) for f in ("inspect.json", "lengths.png", "overlap.png")]
+    log.reports += [str(out / f) for f in ("inspect.json", "lengths.png", "overlap.png")]
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,8 @@ def parse_pipeline(data: Any, where: str, overrides: Iterable[str] = ()) -> Pipe
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a pipeline must be a mapping with output and steps")
     data = json.loads(json.dumps(data))  # a private copy that overrides may edit
+    if isinstance(data.get("steps"), list):  # a bare step name means default settings
+        data["steps"] = [{entry: {}} if isinstance(entry, str) else entry for entry in data["steps"]]
     for o in overrides:
         _apply_override(data, o)
     for key in data:
@@ -252,8 +255,6 @@ def parse_pipeline(data: Any, where: str, overrides: Iterable[str] = ()) -> Pipe
     steps = []
     for i, entry in enumerate(entries):
         here = f"{where}: steps[{i}]"
-        if isinstance(entry, str):
-            entry = {entry: {}}
         if not isinstance(entry, dict) or len(entry) != 1:
             raise ConfigError(f"{here}: each step is a name or a mapping {{name: {{settings}}}}")
         (name, settings), = entry.items()
@@ -333,6 +334,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text + "\n")
         os.replace(tmp, path)
