@@ -57,6 +57,14 @@ class SamplingConfig:
 
 
 @dataclass
+class RolloutConfig:
+    engine: str = "fast"  # fast: r1lab's CPU decode loop (Llama/Qwen2 family; others fall back to hf) | hf
+    dtype: str = "auto"  # fast engine compute dtype: auto (bf16 on CPUs with native bf16, hidden >= 512) | float32 | bfloat16
+    batch_size: int = 256  # sequences decoded together (continuous batching refills the slots that free up)
+    kv_cache_gb: float = 4.0  # cap on the fast engine's KV cache: fewer slots when sequences are long
+
+
+@dataclass
 class RewardConfig:
     # reward term name -> weight; each term is logged separately as reward/<name>
     terms: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.1})
@@ -96,6 +104,10 @@ class AlgoConfig:
     lam_critic: float = 1.0  # GAE lambda for the critic's targets (VC-PPO: 1.0)
     length_adaptive_alpha: float = 0.0  # VAPO: lambda_actor = 1 - 1/(alpha * length); 0 = off
     value_pretrain_steps: int = 0  # VC-PPO: train the critic on the fixed starting policy first
+    # rollout correction (Yao et al. 2025): weight each token's policy-gradient term by
+    # min(pi_old / pi_engine, tis_cap) for the engine/trainer log-prob mismatch; 0 = off (paper: 2)
+    tis_cap: float = 0.0
+    correction: str = "tis"  # registered rollout correction (algos/corrections.py) used when tis_cap > 0
 
 
 @dataclass
@@ -112,6 +124,7 @@ class TrainConfig:
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass
     micro_batch_size: int = 64  # sequences per forward/backward (does not change the gradient)
+    bf16: bool = False  # bf16 autocast for the trainer's forward/backward; weights and optimizer state stay fp32
     dynamic_sampling: bool = False  # DAPO: drop groups whose outcomes are all equal, sample again to refill
     max_sampling_rounds: int = 3  # cap on generation rounds per step under dynamic sampling
     min_valid_fraction: float = 0.0  # GPG: resample until this fraction of groups carries signal (needs dynamic_sampling)
@@ -153,6 +166,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

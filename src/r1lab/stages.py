@@ -14,7 +14,7 @@ from r1lab.eval.run import EvalResult, evaluate
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, render_prompt, save_model, torch_dtype
 from r1lab.plots import RL_PANELS, SFT_PANELS, plot_curves
 from r1lab.records import Problem, load_problems, save_problems
-from r1lab.rollout import HFEngine, SamplingParams
+from r1lab.rollout import SamplingParams, make_engine
 from r1lab.runs import MetricsWriter, RunDir, read_metrics
 from r1lab.tasks import generate_splits, get_task
 from r1lab.verify import check_gold, verify_batch
@@ -132,7 +132,8 @@ def eval_params(cfg: RunConfig) -> SamplingParams:
 
 def run_eval(cfg: RunConfig, model, tokenizer, problems: list[Problem], out_path: Path | None, desc: str,
              show_progress: bool = True) -> EvalResult:
-    engine = HFEngine(model, tokenizer, batch_size=cfg.eval.batch_size)
+    engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.eval.batch_size,
+                         dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
     return evaluate(engine, problems, eval_params(cfg), n=cfg.eval.n, ks=cfg.eval.ks, seed=cfg.seed + 777,
                     verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
                     out_path=out_path, desc=desc, show_progress=show_progress)
@@ -154,7 +155,8 @@ def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
 def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True) -> list[dict[str, Any]]:
     from r1lab.train.rl import train_rl
 
-    engine = HFEngine(model, tokenizer, batch_size=cfg.eval.batch_size)
+    engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
+                         dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
 
     def on_eval(step: int) -> dict[str, float]:
         res = run_eval(cfg, model, tokenizer, data.eval, None, f"eval@{step}", show_progress=False)

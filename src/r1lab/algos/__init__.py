@@ -6,6 +6,7 @@ and `aggregate(...)` with an explicit mode.
 """
 
 from r1lab.algos.advantages import ADVANTAGES, get_advantage, register_advantage
+from r1lab.algos.corrections import CORRECTIONS, get_correction, register_correction
 from r1lab.algos.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -20,13 +21,16 @@ from r1lab.algos.losses import (
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "CORRECTIONS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "aggregate",
     "get_advantage",
+    "get_correction",
     "get_kl_estimator",
     "get_policy_loss",
     "register_advantage",
+    "register_correction",
     "register_kl_estimator",
     "register_policy_loss",
 ]

@@ -19,8 +19,12 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 64
+    stop: tuple[str, ...] = ()  # stop strings: the response ends right after the first one (finish "stop")
+    stop_token_ids: tuple[int, ...] = ()  # extra ids that end a response, besides the tokenizer's EOS / end of turn
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -85,3 +89,16 @@ def sample_next(
         probs = filtered.softmax(dim=-1)
         tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def stop_string_end(tokenizer, ids: list[int], stops: tuple[str, ...]) -> int | None:
+    """Where the response text must end if it contains one of the stop strings: the character
+    length up to and including the earliest one, else None. Only the tail of `ids` is decoded unless
+    the tail already holds a stop string, so calling it every decode step stays cheap."""
+    if not stops:
+        return None
+    tail = tokenizer.decode(ids[-(max(len(s) for s in stops) + 2):], skip_special_tokens=False)
+    if not any(s in tail for s in stops):
+        return None
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    return min(text.find(s) + len(s) for s in stops if s in text)

@@ -15,7 +15,7 @@ from transformers import DynamicCache
 
 from r1lab.models import stop_token_ids
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import EncodedPrompt, SamplingParams, encode_prompts, sample_next
+from r1lab.rollout.base import EncodedPrompt, SamplingParams, encode_prompts, sample_next, stop_string_end
 
 
 class HFEngine:
@@ -70,7 +70,7 @@ class HFEngine:
             input_ids[r, P - len(j.ids) :] = torch.tensor(j.ids)
             attn[r, P - len(j.ids) :] = 1
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        stop = torch.tensor(self.stop_ids, dtype=torch.long)
+        stop = torch.tensor(self.stop_ids + list(params.stop_token_ids), dtype=torch.long)
 
         cache = DynamicCache()
         out = self.model(
@@ -82,6 +82,7 @@ class HFEngine:
         tokens_out: list[list[int]] = [[] for _ in range(B)]
         logps_out: list[list[float]] = [[] for _ in range(B)]
         finish = ["length"] * B
+        cuts: dict[int, int] = {}  # row -> text length, for rows that ended on a stop string
         for _ in range(params.max_new_tokens):
             logits = out.logits[:, -1, :].float()
             tok, logp = sample_next(logits, params, generator)
@@ -89,6 +90,10 @@ class HFEngine:
                 tokens_out[r].append(t)
                 logps_out[r].append(lp)
             done = torch.isin(tok, stop)
+            for k, r in enumerate(live.tolist()):
+                if params.stop and not done[k] and (cut := stop_string_end(self.tokenizer, tokens_out[r], params.stop)) is not None:
+                    cuts[r] = cut
+                    done[k] = True
             for r in live[done].tolist():
                 finish[r] = "stop"
             if done.all() or len(tokens_out[int(live[0])]) >= params.max_new_tokens:
@@ -107,8 +112,11 @@ class HFEngine:
         completions = []
         for r, j in enumerate(jobs):
             ids = tokens_out[r]
-            body = ids[:-1] if finish[r] == "stop" else ids
-            text = j.prefill + self.tokenizer.decode(body, skip_special_tokens=False)
+            if r in cuts:  # a stop string: the text ends right after it
+                text = j.prefill + self.tokenizer.decode(ids, skip_special_tokens=False)[: cuts[r]]
+            else:
+                body = ids[:-1] if finish[r] == "stop" else ids
+                text = j.prefill + self.tokenizer.decode(body, skip_special_tokens=False)
             completions.append(
                 Completion(
                     problem_id=j.problem_id, prompt_ids=list(j.ids), response_ids=ids, text=text,

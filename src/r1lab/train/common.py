@@ -45,19 +45,31 @@ def token_logprobs(
     attention_mask: torch.Tensor,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    start: int = 0,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log softmax(logits / T) of each next token: [B, L-1] (and the entropy of that distribution).
 
     Right padding needs no position ids: causal attention never lets a real token see the pads
-    after it. Log-probs are computed in float32 whatever the model dtype.
+    after it. Log-probs are computed in float32 whatever the model dtype (or autocast).
+    `start` > 0 skips the LM head and the softmax for positions before it (prompt tokens that carry
+    no loss): those entries come back 0. `entropy_grad=False` computes the entropy for logging only,
+    outside the autograd graph.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    L = input_ids.shape[1]
+    start = min(max(start, 0), L - 1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                   logits_to_keep=L - start).logits[:, :-1]  # positions start .. L-2
     logits = logits.float() / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
-    logprobs = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    logprobs = logp_all.gather(-1, input_ids[:, start + 1:].unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+    if start:
+        logprobs = torch.nn.functional.pad(logprobs, (start, 0))
+        entropy = None if entropy is None else torch.nn.functional.pad(entropy, (start, 0))
     return logprobs, entropy
 
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from r1lab.algos import aggregate, get_advantage, get_kl_estimator, get_policy_loss
+from r1lab.algos import aggregate, get_advantage, get_correction, get_kl_estimator, get_policy_loss
 from r1lab.algos.advantages import gae, last_token_rewards
 from r1lab.algos.losses import adaptive_entropy_coef, positive_nll, value_loss
 from r1lab.config import RunConfig
@@ -147,23 +147,36 @@ class RolloutBatch:
                             correct=None if self.correct is None else self.correct[idx], **trimmed)
 
 
-def _micro_batches(idx: torch.Tensor, size: int) -> list[torch.Tensor]:
+def _micro_batches(idx: torch.Tensor, size: int, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Split one mini-batch into micro-batches of `size` rows; with `lengths`, rows of similar length
+    go together (length bucketing), so each micro-batch is trimmed to little padding. The gradient
+    is a sum over micro-batches and does not change."""
+    if lengths is not None:
+        idx = idx[torch.sort(lengths[idx], stable=True).indices]
     return [idx[i : i + size] for i in range(0, len(idx), size)]
 
 
-def _update_plan(B: int, epochs: int, mini_batches: int, micro: int, gen: torch.Generator) -> list[list[list[torch.Tensor]]]:
-    """For each epoch, its mini-batches (one optimizer step each), each split into micro-batches of
-    row indices. Drawn once per step so the old-policy forward can use the exact same micro-batches
-    as the first update: identical inputs, identical kernels, a ratio of exactly 1."""
+def _update_plan(B: int, epochs: int, mini_batches: int, micro: int, gen: torch.Generator,
+                 lengths: torch.Tensor | None = None) -> list[list[list[torch.Tensor]]]:
+    """For each epoch, its mini-batches (one optimizer step each), each split into length-bucketed
+    micro-batches of row indices. Drawn once per step so the old-policy forward can use the exact
+    same micro-batches as the first update: identical inputs, identical kernels, a ratio of exactly 1."""
     plan = []
     for _ in range(epochs):
         perm = torch.randperm(B, generator=gen)
-        plan.append([_micro_batches(mb, micro) for mb in torch.tensor_split(perm, mini_batches) if len(mb)])
+        plan.append([_micro_batches(mb, micro, lengths) for mb in torch.tensor_split(perm, mini_batches) if len(mb)])
     return plan
+
+
+def _first_response_col(response_mask: torch.Tensor) -> int:
+    """The first log-prob column any row needs: the trainer's LM head skips the prompt before it."""
+    cols = response_mask.any(0).nonzero()
+    return int(cols[0]) if len(cols) else 0
 
 
 @torch.no_grad()
 def _forward_rows(fn: Callable[[RolloutBatch], torch.Tensor], batch: RolloutBatch, parts: list[torch.Tensor]) -> torch.Tensor:
+    """fn over each micro-batch `parts` (no grad), scattered back into a [B, L-1] tensor."""
     out = torch.zeros_like(batch.response_mask)
     for idx in parts:
         v = fn(batch.rows(idx))
@@ -199,6 +212,7 @@ class RLTrainer:
         self.advantage_fn = get_advantage(algo.advantage)
         self.policy_loss_fn = get_policy_loss(algo.policy_loss)
         self.kl_fn = get_kl_estimator(algo.kl_estimator) if algo.kl_coef > 0 else None
+        self.correction_fn = get_correction(algo.correction) if algo.tis_cap > 0 else None
         if algo.advantage == "gae" and not algo.critic:
             from r1lab.errors import ConfigError
 
@@ -219,6 +233,16 @@ class RLTrainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.entropy_coef = algo.entropy_coef
         self.step = 0
+
+    def autocast(self):
+        """bf16 compute for the trainer's forwards (train.bf16); parameters, gradients and the
+        optimizer state stay float32 (the master weights), log-softmax runs in float32."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
+
+    def logprobs(self, model, b: RolloutBatch, T: float, with_entropy: bool = False, entropy_grad: bool = True):
+        with self.autocast():
+            return token_logprobs(model, b.input_ids, b.attention_mask, T, with_entropy=with_entropy,
+                                  start=_first_response_col(b.response_mask), entropy_grad=entropy_grad)
 
     @property
     def params(self) -> SamplingParams:
@@ -308,17 +332,16 @@ class RLTrainer:
         )
         T = self.params.logprob_temperature
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.step)
-        batch.plan = _update_plan(len(completions), train.ppo_epochs, train.mini_batches, train.micro_batch_size, gen)
+        batch.plan = _update_plan(len(completions), train.ppo_epochs, train.mini_batches, train.micro_batch_size, gen,
+                                  lengths=batch.attention_mask.sum(-1))
         first_pass = [idx for mb in batch.plan[0] for idx in mb]
         # a separate "old policy" forward only when the policy changes before the last update uses
         # it; with one update per rollout the old log-probs are the current ones, detached, and the
         # ratio is exactly 1. GPG's loss has no ratio at all.
         if train.ppo_epochs * train.mini_batches > 1 and algo.policy_loss != "gpg":
-            batch.old_logprobs = _forward_rows(
-                lambda b: token_logprobs(self.model, b.input_ids, b.attention_mask, T)[0], batch, first_pass)
+            batch.old_logprobs = _forward_rows(lambda b: self.logprobs(self.model, b, T)[0], batch, first_pass)
         if self.ref_model is not None:
-            batch.ref_logprobs = _forward_rows(
-                lambda b: token_logprobs(self.ref_model, b.input_ids, b.attention_mask, T)[0], batch, first_pass)
+            batch.ref_logprobs = _forward_rows(lambda b: self.logprobs(self.ref_model, b, T)[0], batch, first_pass)
         token_penalty = None
         if self.kl_fn is not None and algo.kl_in_reward:  # PPO / REINFORCE++: r_t -= beta * KL_t
             token_penalty = algo.kl_coef * self.kl_fn(batch.engine_logprobs, batch.ref_logprobs) * mask
@@ -344,7 +367,8 @@ class RLTrainer:
         norm_len = algo.loss_agg_norm or float(self.params.max_new_tokens)
         if batch.plan is None:
             gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.step)
-            batch.plan = _update_plan(batch.input_ids.shape[0], train.ppo_epochs, train.mini_batches, train.micro_batch_size, gen)
+            batch.plan = _update_plan(batch.input_ids.shape[0], train.ppo_epochs, train.mini_batches, train.micro_batch_size, gen,
+                                      lengths=batch.attention_mask.sum(-1))
         entropy_on = self.entropy_coef > 0 and (not algo.entropy_control or self._last_entropy < algo.entropy_target)
         sums: dict[str, float] = {}
         add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + float(v))  # noqa: E731
@@ -374,12 +398,16 @@ class RLTrainer:
                     if not policy:
                         tokens_total += float(sub.response_mask.sum())
                         continue
-                    logprobs, entropy = token_logprobs(self.model, sub.input_ids, sub.attention_mask, T, with_entropy=True)
+                    logprobs, entropy = self.logprobs(self.model, sub, T, with_entropy=True, entropy_grad=entropy_on)
                     old = sub.old_logprobs if sub.old_logprobs is not None else logprobs.detach()
                     per_token, stats = self.policy_loss_fn(
                         logprobs, old, sub.advantages, clip_eps_low=algo.clip_eps_low,
                         clip_eps_high=algo.clip_eps_high, dual_clip_c=algo.dual_clip_c, response_mask=mask,
                     )
+                    if self.correction_fn is not None:  # TIS: the tokens came from the engine, not pi_old
+                        w = self.correction_fn(old, sub.engine_logprobs, algo.tis_cap, sub.response_mask)
+                        per_token = per_token * w
+                        stats = {**stats, "tis_weight": w, "tis_capped": (w >= algo.tis_cap).float()}
                     pg_loss = agg(per_token)
                     loss = pg_loss
                     # KL and entropy use the same aggregation as the policy loss (verl#3986)
@@ -431,16 +459,21 @@ class RLTrainer:
             "policy/grad_norm": sums["grad_norm"] / n_updates,
             "policy/lr": self.scheduler.get_last_lr()[0],
         })
-        for name in ("clip_frac", "clip_frac_high", "clip_frac_low", "ratio"):
+        for name in ("clip_frac", "clip_frac_high", "clip_frac_low", "ratio", "tis_weight", "tis_capped"):
             if name in sums:
                 out[f"policy/{name}"] = sums[name] / tokens
         if "kl" in sums:
             out["policy/kl"] = sums["kl"] / tokens
         if "pos_nll" in sums:
             out["loss/pos_nll"] = sums["pos_nll"] / train.ppo_epochs
+        # engine vs trainer log-probs of the sampled tokens, every step (PITFALLS #6, Yao et al. 2025)
         if "logprob_diff_sum" in sums:
             out["rollout/logprob_diff_mean"] = sums["logprob_diff_sum"] / max(float(batch.response_mask.sum()), 1)
             out["rollout/logprob_diff_max"] = sums["logprob_diff_max"]
+        elif batch.old_logprobs is not None:
+            diff = (batch.engine_logprobs - batch.old_logprobs).abs() * batch.response_mask
+            out["rollout/logprob_diff_mean"] = float(diff.sum()) / max(float(batch.response_mask.sum()), 1)
+            out["rollout/logprob_diff_max"] = float(diff.max())
         if algo.entropy_control:  # Skywork-OR1: adapt the coefficient to the measured entropy
             self.entropy_coef = adaptive_entropy_coef(self.entropy_coef, self._last_entropy, algo.entropy_target,
                                                       algo.entropy_delta, algo.entropy_max_coef)

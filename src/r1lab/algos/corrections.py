@@ -1,0 +1,35 @@
+"""Rollout corrections: per-token weights for the gap between the engine that sampled a response
+and the trainer that learns from it. Pure functions of tensors, registered by name.
+
+Shapes: trainer_logprobs, engine_logprobs, mask are [B, T] over response tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from r1lab.algos.registry import Registry
+
+CORRECTIONS = Registry("rollout correction")
+register_correction = CORRECTIONS.register
+get_correction = CORRECTIONS.get_or_raise
+
+
+@register_correction("tis")
+def truncated_is_weight(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, cap: float = 2.0,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Truncated importance sampling (Yao et al. 2025, "Your Efficient RL Framework Secretly Brings
+    You Off-Policy RL Training", Eq. 3-4): the tokens were sampled from the engine's distribution
+    pi_engine (another kernel, another precision) but the gradient is of the trainer's pi_old, so each
+    token's policy-gradient term is multiplied by
+
+        w_t = min(pi_old(y_t) / pi_engine(y_t), C) = min(exp(log pi_old - log pi_engine), C),
+
+    detached (a constant weight, not a path for the gradient); C caps the variance (the paper: 2).
+    Positions outside `mask` get weight 0."""
+    if cap <= 0:
+        raise ValueError("the truncation cap C must be > 0")
+    w = torch.exp((trainer_logprobs - engine_logprobs).detach()).clamp(max=cap)  # exp overflow -> inf -> C
+    if mask is not None:
+        w = w * mask.to(w.dtype)
+    return w

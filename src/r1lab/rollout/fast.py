@@ -1,0 +1,378 @@
+"""The fast CPU engine: r1lab's own decode loop over a Hugging Face Llama/Qwen2-family model's weights.
+
+Why not `model.generate` / the HF engine: on a CPU the HF path spends most of a decode step outside
+the matrix multiplies (per-module Python, a DynamicCache that grows by `torch.cat` every step,
+fp32 matmuls, padding rows decoded after they finished). This engine keeps the arithmetic and
+drops the rest:
+
+- weights are packed once per policy version (q/k/v fused into one matrix, gate/up into one) in
+  the compute dtype, bf16 by default on CPUs with native bf16 matmuls; the residual stream, the
+  RMSNorm statistics, RoPE, the final norm, the LM head (logits) and the softmax stay float32;
+- one KV cache [layers, 2, slots, kv_heads, max_len, head_dim] is allocated per `generate` call and
+  written in place; no tensor grows during decoding;
+- continuous batching: live sequences always occupy slots 0..n-1; a finished sequence's slot is
+  filled by moving the last live one into it, and free slots are refilled from the waiting prompts
+  (whose prompt is prefilled once and its KV copied to each of its `n` samples);
+- the token choice and its log-prob come from `rollout.base.sample_next`, the same function the HF
+  engine uses, so both engines report the quantity the trainer recomputes.
+
+Supported: decoder-only models whose blocks are RMSNorm -> attention (RoPE from the model's own
+rotary module, so its rope config is honoured; grouped-query heads; optional q/k/v/o biases as in
+Qwen2) -> RMSNorm -> SiLU-gated MLP, with a tied or untied LM head: `model_type` llama and qwen2
+(without sliding windows). `unsupported_reason` says why another model is not; `make_engine` then
+falls back to the HF engine with a logged note.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from r1lab.models import stop_token_ids
+from r1lab.records import Completion, Problem
+from r1lab.rollout.base import EncodedPrompt, SamplingParams, encode_prompts, sample_next, stop_string_end
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+
+
+def unsupported_reason(model) -> str | None:
+    """None when FastEngine can run `model`, else a one-line reason."""
+    cfg = getattr(model, "config", None)
+    mtype = getattr(cfg, "model_type", None)
+    if mtype not in SUPPORTED_MODEL_TYPES:
+        return f"model_type {mtype!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
+    if getattr(cfg, "use_sliding_window", False):
+        return "sliding-window attention is not implemented"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act!r} is not silu"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return "model has no .model.layers / .model.rotary_emb"
+    for layer in inner.layers:
+        for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                  layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+            if type(m) is not torch.nn.Linear:  # e.g. LoRA-wrapped: its .weight lacks the adapter's update
+                return f"projection {type(m).__name__} is not a plain Linear (adapters not merged?)"
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        return "FastEngine runs on CPU; the model is on another device"
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    cap = torch.backends.cpu.get_cpu_capability()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    return cap in ("AVX512", "AVX512_BF16", "AMX") and ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def _resolve_dtype(dtype: str, model) -> torch.dtype:
+    if dtype in ("bfloat16", "bf16"):
+        return torch.bfloat16
+    if dtype in ("float32", "fp32"):
+        return torch.float32
+    if dtype != "auto":
+        raise ValueError(f"rollout dtype must be auto, float32 or bfloat16, got {dtype!r}")
+    # auto: bf16 where the CPU multiplies bf16 natively and the matrices are big enough to gain;
+    # tiny models are bound by per-op overhead, where fp32 is as fast and exact
+    return torch.bfloat16 if cpu_has_native_bf16() and model.config.hidden_size >= 512 else torch.float32
+
+
+class _Packed:
+    """The model's weights in the engine's layout and compute dtype, for one policy version."""
+
+    def __init__(self, model, dtype: torch.dtype):
+        cfg = model.config
+        self.dtype = dtype
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.eps = float(cfg.rms_norm_eps)
+        cast = lambda t: t.detach().to(dtype).contiguous()  # noqa: E731
+        f32 = lambda t: t.detach().float()  # noqa: E731
+        self.layers = []
+        for layer in model.model.layers:
+            at, mlp = layer.self_attn, layer.mlp
+            qkv_b = [m.bias for m in (at.q_proj, at.k_proj, at.v_proj)]
+            self.layers.append({
+                "ln1": f32(layer.input_layernorm.weight),
+                "ln2": f32(layer.post_attention_layernorm.weight),
+                "wqkv": cast(torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight])),
+                "bqkv": None if all(b is None for b in qkv_b) else cast(torch.cat(
+                    [b if b is not None else torch.zeros(m.out_features) for b, m in zip(qkv_b, (at.q_proj, at.k_proj, at.v_proj))])),
+                "wo": cast(at.o_proj.weight),
+                "bo": None if at.o_proj.bias is None else cast(at.o_proj.bias),
+                "wgu": cast(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+                "bgu": None if mlp.gate_proj.bias is None else cast(torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias])),
+                "wd": cast(mlp.down_proj.weight),
+                "bd": None if mlp.down_proj.bias is None else cast(mlp.down_proj.bias),
+            })
+        self.inter = model.model.layers[0].mlp.gate_proj.out_features
+        self.norm = f32(model.model.norm.weight)
+        # embedding rows and logits stay float32: the model's own parameters, no copy for fp32 models
+        self.embed = f32(model.get_input_embeddings().weight)
+        head = model.get_output_embeddings()
+        self.lm_head = f32(head.weight)
+        self.lm_bias = None if getattr(head, "bias", None) is None else f32(head.bias)
+
+
+def _version_key(model) -> tuple:
+    """Changes whenever any parameter is replaced or modified in place (optimizer steps bump
+    `_version`), so packed weights are rebuilt exactly when the policy changed."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+class FastEngine:
+    def __init__(self, model, tokenizer, batch_size: int = 256, dtype: str = "auto",
+                 kv_cache_gb: float = 4.0, refill_fraction: float = 0.25):
+        reason = unsupported_reason(model)
+        if reason:
+            raise ValueError(f"FastEngine cannot run this model: {reason}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.dtype = _resolve_dtype(dtype, model)
+        self.kv_cache_gb = kv_cache_gb
+        self.refill_fraction = refill_fraction
+        self.stop_ids = stop_token_ids(tokenizer)
+        self._packed: _Packed | None = None
+        self._packed_key: tuple | None = None
+        self._rope_len = 0
+        self.stats: dict[str, float] = {}
+        self._fallback = None
+
+    # -- weights and rope tables --------------------------------------------------------------------
+
+    def _weights(self) -> _Packed:
+        key = _version_key(self.model)
+        if self._packed is None or key != self._packed_key:
+            with torch.no_grad():
+                self._packed = _Packed(self.model, self.dtype)
+            self._packed_key = key
+        return self._packed
+
+    def _rope(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [length, head_dim] float32 from the model's own rotary module (its rope type,
+        scaling and attention factor), computed for positions 0..length-1."""
+        if length > self._rope_len:
+            rot = self.model.model.rotary_emb
+            pos = torch.arange(length).unsqueeze(0)
+            with torch.no_grad():
+                cos, sin = rot(torch.zeros(1, dtype=torch.float32), pos)
+            self._cos, self._sin, self._rope_len = cos[0].float(), sin[0].float(), length
+        return self._cos, self._sin
+
+    # -- the model, one layer at a time ------------------------------------------------------------
+
+    def _norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        """RMSNorm with float32 statistics; x float32."""
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rot * sin
+
+    def _mlp(self, W: _Packed, L: dict, x: torch.Tensor) -> torch.Tensor:
+        h = self._norm(x, L["ln2"], W.eps).to(W.dtype)
+        gu = F.linear(h, L["wgu"], L["bgu"])
+        act = F.silu(gu[..., : W.inter]) * gu[..., W.inter:]
+        return x + F.linear(act, L["wd"], L["bd"]).float()
+
+    def _qkv(self, W: _Packed, L: dict, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x [..., T, D] float32 -> q [..., H, T, hd], k/v [..., KV, T, hd] in the compute dtype,
+        RoPE applied in float32. cos/sin broadcast over [..., 1, T, hd]."""
+        H, KV, hd = W.n_heads, W.n_kv, W.head_dim
+        h = self._norm(x, L["ln1"], W.eps).to(W.dtype)
+        qkv = F.linear(h, L["wqkv"], L["bqkv"])
+        lead = qkv.shape[:-1]
+        q = qkv[..., : H * hd].reshape(*lead, H, hd).transpose(-2, -3)
+        k = qkv[..., H * hd: (H + KV) * hd].reshape(*lead, KV, hd).transpose(-2, -3)
+        v = qkv[..., (H + KV) * hd:].reshape(*lead, KV, hd).transpose(-2, -3)
+        q = self._rotate(q.float(), cos, sin).to(W.dtype)
+        k = self._rotate(k.float(), cos, sin).to(W.dtype)
+        return q, k, v
+
+    def _logits(self, W: _Packed, x: torch.Tensor) -> torch.Tensor:
+        h = self._norm(x, W.norm, W.eps)
+        return F.linear(h, W.lm_head, W.lm_bias)  # [N, V] float32
+
+    def _prefill(self, W: _Packed, cache: torch.Tensor, prompts: list[list[int]], slots: torch.Tensor,
+                 src: torch.Tensor) -> torch.Tensor:
+        """Run the distinct `prompts` (right-padded, causal), write their K/V into cache slots
+        `slots` (slot i gets prompt src[i]) and return the last-position logits of each slot."""
+        U, P = len(prompts), max(len(p) for p in prompts)
+        ids = torch.zeros((U, P), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, : len(p)] = torch.tensor(p)
+        lens = torch.tensor([len(p) for p in prompts])
+        cos, sin = self._rope(P)
+        cos, sin = cos[:P], sin[:P]
+        x = F.embedding(ids, W.embed)  # [U, P, D] float32
+        for li, L in enumerate(W.layers):
+            q, k, v = self._qkv(W, L, x, cos, sin)  # q [U, H, P, hd]
+            cache[li, 0, slots, :, :P] = k[src]
+            cache[li, 1, slots, :, :P] = v[src]
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=W.n_kv != W.n_heads)
+            x = x + F.linear(a.transpose(1, 2).reshape(U, P, -1), L["wo"], L["bo"]).float()
+            x = self._mlp(W, L, x)
+        last = x[torch.arange(U), lens - 1]  # [U, D]
+        return self._logits(W, last)[src]
+
+    def _decode(self, W: _Packed, cache: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """One token for each of the n live slots 0..n-1: tok [n], pos [n] (where it goes in the
+        cache). Returns logits [n, V] float32."""
+        n = tok.shape[0]
+        span = int(pos.max()) + 1
+        cos, sin = self._rope(span)
+        cos, sin = cos[pos].unsqueeze(1).unsqueeze(1), sin[pos].unsqueeze(1).unsqueeze(1)  # [n, 1, 1, hd]
+        mask = (torch.arange(span).unsqueeze(0) <= pos.unsqueeze(1)).view(n, 1, 1, span)
+        rows = torch.arange(n)
+        x = F.embedding(tok, W.embed).unsqueeze(1)  # [n, 1, D]
+        for li, L in enumerate(W.layers):
+            q, k, v = self._qkv(W, L, x, cos, sin)  # q [n, H, 1, hd], k/v [n, KV, 1, hd]
+            kc, vc = cache[li, 0], cache[li, 1]
+            kc[rows, :, pos] = k[:, :, 0]
+            vc[rows, :, pos] = v[:, :, 0]
+            a = F.scaled_dot_product_attention(q, kc[:n, :, :span], vc[:n, :, :span], attn_mask=mask,
+                                               enable_gqa=W.n_kv != W.n_heads)
+            x = x + F.linear(a.reshape(n, 1, -1), L["wo"], L["bo"]).float()
+            x = self._mlp(W, L, x)
+        return self._logits(W, x[:, 0])
+
+    # -- the public interface ------------------------------------------------------------------------
+
+    def generate(
+        self,
+        problems: list[Problem],
+        params: SamplingParams,
+        n: int = 1,
+        seed: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Completion]:
+        """Sample `n` completions per problem; returns len(problems) * n completions, the n samples
+        of problem i at positions i*n .. i*n+n-1 (the same contract as HFEngine.generate)."""
+        reason = unsupported_reason(self.model)
+        if reason is not None:  # the model changed under us (e.g. adapters were added): stay correct
+            if self._fallback is None:
+                from r1lab.rollout.hf import HFEngine
+
+                log.warning("rollout: the fast engine cannot run this model (%s); using the hf engine", reason)
+                self._fallback = HFEngine(self.model, self.tokenizer, batch_size=self.batch_size)
+            return self._fallback.generate(problems, params, n=n, seed=seed, on_batch=on_batch)
+        encoded = encode_prompts(self.tokenizer, problems)
+        if not encoded:
+            return []
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.inference_mode():
+            return self._run(encoded, n, params, generator, on_batch)
+
+    def _slots(self, W: _Packed, jobs: int, max_len: int) -> int:
+        per_slot = len(W.layers) * 2 * W.n_kv * max_len * W.head_dim * torch.finfo(W.dtype).bits // 8
+        by_memory = max(1, int(self.kv_cache_gb * 2**30 // per_slot))
+        return max(1, min(self.batch_size, jobs, by_memory))
+
+    def _run(self, encoded: list[EncodedPrompt], n: int, params: SamplingParams,
+             generator: torch.Generator | None, on_batch) -> list[Completion]:
+        W = self._weights()
+        max_new = params.max_new_tokens
+        max_len = max(len(e.ids) for e in encoded) + max_new
+        # the longest prompts first: the batch shrinks towards the end where prompts are short
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
+        waiting = deque((i, s) for i in order for s in range(n))  # (prompt index, sample index)
+        S = self._slots(W, len(waiting), max_len)
+        cache = torch.zeros((len(W.layers), 2, S, W.n_kv, max_len, W.head_dim), dtype=W.dtype)
+        stop = torch.tensor(self.stop_ids + list(params.stop_token_ids), dtype=torch.long)
+        stop_strings = params.stop
+
+        slot_job: list[tuple[int, int]] = []  # live slot -> (prompt, sample)
+        pos = torch.zeros(0, dtype=torch.long)  # live slot -> cache position of its next token
+        logits = torch.zeros((0, W.lm_head.shape[0]))
+        out_tok: dict[tuple[int, int], list[int]] = {}
+        out_lp: dict[tuple[int, int], list[float]] = {}
+        finish: dict[tuple[int, int], str] = {}
+        stop_cut: dict[tuple[int, int], int] = {}  # text length to keep for a stop-string finish
+        refill_min = max(1, int(S * self.refill_fraction))
+        decoded_tokens = 0
+        while True:
+            free = S - len(slot_job)
+            if waiting and free and (free >= min(refill_min, len(waiting)) or not slot_job):
+                new = [waiting.popleft() for _ in range(min(free, len(waiting)))]
+                distinct = sorted({i for i, _ in new})
+                src = torch.tensor([distinct.index(i) for i, _ in new])
+                slots = torch.arange(len(slot_job), len(slot_job) + len(new))
+                new_logits = self._prefill(W, cache, [encoded[i].ids for i in distinct], slots, src)
+                logits = torch.cat([logits, new_logits])
+                pos = torch.cat([pos, torch.tensor([len(encoded[i].ids) for i, _ in new])])
+                slot_job += new
+                for j in new:
+                    out_tok[j], out_lp[j] = [], []
+            if not slot_job:
+                break
+            tok, lp = sample_next(logits, params, generator)
+            done = torch.isin(tok, stop)
+            for s, (j, t, l, d) in enumerate(zip(slot_job, tok.tolist(), lp.tolist(), done.tolist())):
+                out_tok[j].append(t)
+                out_lp[j].append(l)
+                if d:
+                    finish[j] = "stop"
+                elif stop_strings and (cut := stop_string_end(self.tokenizer, out_tok[j], stop_strings)) is not None:
+                    finish[j], stop_cut[j] = "stop", cut
+                    done[s] = True
+                if not done[s] and len(out_tok[j]) >= max_new:
+                    finish[j] = "length"
+                    done[s] = True
+            if bool(done.any()):
+                keep = self._compact(cache, done)
+                slot_job = [slot_job[s] for s in keep.tolist()]
+                tok, pos = tok[keep], pos[keep]
+                if on_batch:
+                    on_batch(int(done.sum()))
+            if not slot_job and not waiting:
+                break
+            if slot_job:
+                logits = self._decode(W, cache, tok, pos)
+                decoded_tokens += len(slot_job)
+                pos = pos + 1
+            else:
+                logits = logits[:0]
+        self.stats = {"slots": S, "decoded_tokens": decoded_tokens}
+        return self._completions(encoded, n, out_tok, out_lp, finish, stop_cut)
+
+    @staticmethod
+    def _compact(cache: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        """Move the surviving sequences of the last slots into the holes the finished ones left, so
+        live slots stay 0..m-1. Returns, for each new slot, the old slot it came from."""
+        alive = (~done).nonzero().squeeze(-1)
+        m = len(alive)
+        holes = done[:m].nonzero().squeeze(-1)  # finished slots inside the new live range
+        movers = alive[alive >= m]  # survivors outside it
+        keep = torch.arange(m)
+        if len(holes):
+            cache[:, :, holes] = cache[:, :, movers]
+            keep[holes] = movers
+        return keep
+
+    def _completions(self, encoded, n, out_tok, out_lp, finish, stop_cut) -> list[Completion]:
+        completions = []
+        for i, e in enumerate(encoded):
+            for s in range(n):
+                ids, reason = out_tok[(i, s)], finish[(i, s)]
+                if (i, s) in stop_cut:  # a stop string: the text ends right after it
+                    text = self.tokenizer.decode(ids, skip_special_tokens=False)[: stop_cut[(i, s)]]
+                else:
+                    body = ids[:-1] if reason == "stop" else ids
+                    text = self.tokenizer.decode(body, skip_special_tokens=False)
+                completions.append(Completion(
+                    problem_id=e.problem_id, prompt_ids=list(e.ids), response_ids=ids, text=e.prefill + text,
+                    logprobs=out_lp[(i, s)], finish_reason=reason,
+                ))
+        return completions

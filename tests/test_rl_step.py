@@ -1,0 +1,168 @@
+"""The RL step does no redundant work and its speed features keep the math: forwards counted,
+length-bucketed micro-batches, bf16 autocast with fp32 master weights, and the truncated
+importance-sampling correction for the engine/trainer log-prob mismatch."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from r1lab.algos import aggregate, get_correction
+from r1lab.algos.corrections import truncated_is_weight
+from r1lab.config import RunConfig
+from r1lab.records import Problem
+from r1lab.rollout import FastEngine, HFEngine
+from r1lab.train.common import token_logprobs
+from r1lab.train.rl import RLTrainer, _micro_batches, _update_plan
+
+PROMPTS = ["Compute ((7 + 3) * 4) - 5.", "Use 3, 5, 7 to make 22.", "Compute 1 + 2.", "Compute ((1 + 2) * 3) - 4 + 12 * 5."]
+
+
+def problems(k=4):
+    return [Problem(id=f"p{i}", prompt=PROMPTS[i % len(PROMPTS)], answer="1") for i in range(k)]
+
+
+def _trainer(tiny, engine="hf", algo=None, **train):
+    model, tok = tiny
+    cfg = RunConfig()
+    cfg.sampling.max_new_tokens = 16
+    cfg.train.group_size = 4
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    for k, v in (algo or {}).items():
+        setattr(cfg.algo, k, v)
+    model = copy.deepcopy(model)
+    eng = HFEngine(model, tok) if engine == "hf" else FastEngine(model, tok, dtype=engine)
+    return RLTrainer(cfg, model, tok, eng), model
+
+
+def _batch(trainer, seed=0, before_make_batch=lambda: None):
+    _, cs = trainer.rollout(problems(4), seed=seed)
+    rewards = torch.tensor([float(i % 3 == 0) for i in range(len(cs))])
+    before_make_batch()  # after sampling: the engine's own forwards are not counted
+    return trainer.make_batch(cs, rewards, torch.arange(4).repeat_interleave(4))
+
+
+def _count_forwards(module, calls: list[int] | None = None) -> list[int]:
+    """calls[0] counts module's forward calls from now on."""
+    calls = calls if calls is not None else [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_no_reference_and_no_old_policy_forward_when_not_needed(tiny):
+    trainer, model = _trainer(tiny, micro_batch_size=6)  # kl_coef 0, one update per rollout
+    calls = [0]
+    batch = _batch(trainer, before_make_batch=lambda: _count_forwards(model, calls))
+    assert calls[0] == 0 and trainer.ref_model is None
+    assert batch.old_logprobs is None and batch.ref_logprobs is None
+    trainer.update(batch)
+    assert calls[0] == 3  # 16 rows in micro-batches of 6: exactly one forward each, for the update
+
+
+def test_reference_forward_only_with_kl_and_old_forward_only_with_several_updates(tiny):
+    trainer, model = _trainer(tiny, micro_batch_size=6, algo={"kl_coef": 0.1})
+    policy, ref = [0], _count_forwards(trainer.ref_model)
+    batch = _batch(trainer, before_make_batch=lambda: _count_forwards(model, policy))
+    assert (policy[0], ref[0]) == (0, 3) and batch.ref_logprobs is not None and batch.old_logprobs is None
+    trainer, model = _trainer(tiny, micro_batch_size=6, mini_batches=2)
+    policy = [0]
+    batch = _batch(trainer, before_make_batch=lambda: _count_forwards(model, policy))
+    assert policy[0] == 4 and batch.old_logprobs is not None  # 2 mini-batches of 8 -> 2 + 2 micro-batches
+    trainer.update(batch)
+    assert policy[0] == 8
+
+
+def test_micro_batches_are_length_bucketed():
+    lengths = torch.tensor([5, 50, 6, 49, 7, 48, 8, 47])
+    idx = torch.arange(8)
+    bucketed = _micro_batches(idx, 2, lengths)
+    assert [sorted(lengths[m].tolist()) for m in bucketed] == [[5, 6], [7, 8], [47, 48], [49, 50]]
+    padded = lambda parts: sum(len(m) * int(lengths[m].max()) for m in parts)  # noqa: E731
+    assert padded(bucketed) == 2 * (6 + 8 + 48 + 50) == 224
+    assert padded(_micro_batches(idx, 2)) == 2 * (50 + 49 + 48 + 47) == 388
+    # mini-batches are still drawn at random; only their split into micro-batches is sorted
+    plan = _update_plan(8, 1, 2, 2, torch.Generator().manual_seed(0), lengths)
+    for mini in plan[0]:
+        flat = torch.cat(mini)
+        assert lengths[flat].tolist() == sorted(lengths[flat].tolist())
+
+
+def test_bf16_autocast_keeps_fp32_master_weights_and_a_step_lowers_the_loss(tiny):
+    trainer, model = _trainer(tiny, bf16=True, lr=1e-2, warmup_steps=1, micro_batch_size=5)
+    batch = _batch(trainer)
+    T = trainer.params.logprob_temperature
+
+    def surrogate() -> float:  # the policy-gradient objective of this batch, evaluated in fp32
+        with torch.no_grad():
+            lp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, T)
+        return float(aggregate(-batch.advantages * lp, batch.loss_mask, "seq-mean-token-mean"))
+
+    with torch.no_grad():
+        lp32 = trainer.logprobs(model, batch, T)[0]
+        trainer.cfg.train.bf16 = False
+        lp_fp32 = trainer.logprobs(model, batch, T)[0]
+        trainer.cfg.train.bf16 = True
+    gap = ((lp32 - lp_fp32).abs() * batch.response_mask).max().item()
+    assert 0 < gap < 0.1  # the forward really ran in bf16, and stayed close
+    before = surrogate()
+    stats = trainer.update(batch)
+    assert math.isfinite(stats["loss/total"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    state = [s for s in trainer.optimizer.state.values()]
+    assert state and all(s["exp_avg"].dtype == torch.float32 and s["exp_avg_sq"].dtype == torch.float32 for s in state)
+    assert surrogate() < before - 1e-3
+
+
+def test_tis_weight_against_hand_computed_float64():
+    trainer_lp = torch.tensor([[-1.0, -2.0, -0.5, -0.1, -3.0]], dtype=torch.float64)
+    engine_lp = torch.tensor([[-1.5, -1.0, -0.5, -1.3, -0.2]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 0]], dtype=torch.float64)
+    w = truncated_is_weight(trainer_lp, engine_lp, cap=2.0, mask=mask)
+    # exp(0.5), exp(-1), exp(0), min(exp(1.2), 2), masked
+    expected = [1.6487212707001282, 0.36787944117144233, 1.0, 2.0, 0.0]
+    assert w[0].tolist() == pytest.approx(expected, abs=1e-15)
+    assert get_correction("tis") is truncated_is_weight
+    x = trainer_lp.clone().requires_grad_(True)
+    assert not truncated_is_weight(x, engine_lp, 2.0).requires_grad  # detached: a weight, not a gradient path
+    assert truncated_is_weight(torch.tensor([0.0]), torch.tensor([-1000.0]), 2.0).item() == 2.0  # no overflow
+    with pytest.raises(ValueError):
+        truncated_is_weight(trainer_lp, engine_lp, cap=0.0)
+
+
+def test_tis_multiplies_the_policy_gradient_term_exactly(tiny):
+    results = {}
+    for cap in (0.0, 2.0):
+        trainer, model = _trainer(tiny, lr=0.0, algo={"tis_cap": cap, "loss_agg": "token-mean"})
+        batch = _batch(trainer)
+        # pretend the engine disagreed with the trainer: shift its log-probs by a known pattern
+        g = torch.Generator().manual_seed(0)
+        batch.engine_logprobs = (batch.engine_logprobs + torch.randn(batch.engine_logprobs.shape, generator=g)) * batch.response_mask
+        stats = trainer.update(batch)
+        with torch.no_grad():
+            lp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, 1.0)
+        results[cap] = (stats, lp, batch)
+    stats, lp, batch = results[2.0]
+    w = torch.exp(lp - batch.engine_logprobs).clamp(max=2.0) * batch.response_mask
+    # on-policy ratio 1: per-token loss -A, times the weight
+    expected = float((-batch.advantages * w * batch.loss_mask).sum() / batch.loss_mask.sum())
+    assert stats["loss/policy"] == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert stats["policy/tis_weight"] == pytest.approx(float(w.sum() / batch.response_mask.sum()), rel=1e-5)
+    assert 0 < stats["policy/tis_capped"] < 1
+    plain = results[0.0][0]
+    assert "policy/tis_weight" not in plain
+    expected_plain = float((-batch.advantages * batch.loss_mask).sum() / batch.loss_mask.sum())
+    assert plain["loss/policy"] == pytest.approx(expected_plain, rel=1e-5, abs=1e-7)
+    assert abs(stats["loss/policy"] - plain["loss/policy"]) > 1e-4
+
+
+def test_logprob_mismatch_is_logged_every_step(tiny):
+    for dtype, low, high in (("float32", 0.0, 1e-5), ("bfloat16", 1e-5, 0.01)):
+        trainer, _ = _trainer(tiny, engine=dtype)
+        stats = trainer.update(_batch(trainer))
+        assert low <= stats["rollout/logprob_diff_mean"] < high
+        assert stats["rollout/logprob_diff_max"] >= stats["rollout/logprob_diff_mean"]
+    trainer, _ = _trainer(tiny, engine="bfloat16", mini_batches=2)  # measured against the old-policy forward
+    stats = trainer.update(_batch(trainer))
+    assert 1e-5 < stats["rollout/logprob_diff_mean"] < 0.01

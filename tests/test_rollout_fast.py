@@ -1,0 +1,183 @@
+"""FastEngine against the HF reference engine and the trainer: same tokens, same log-probs, same
+stops; sampling filters, stop strings, seeds, policy updates, fallback, and the real model."""
+
+import copy
+import logging
+from collections import Counter
+
+import pytest
+import torch
+
+from r1lab.records import Problem
+from r1lab.rollout import FastEngine, HFEngine, SamplingParams, make_engine
+from r1lab.train.common import pad_sequences, scatter_response_values, token_logprobs
+
+PROMPTS = ["Compute ((7 + 3) * 4) - 5.", "Use 3, 5, 7 to make 22.", "Compute 1 + 2.", "Compute ((1 + 2) * 3) - 4 + 12 * 5."]
+
+
+def problems(k=4):
+    return [Problem(id=f"p{i}", prompt=PROMPTS[i % len(PROMPTS)], answer="1") for i in range(k)]
+
+
+@pytest.fixture(scope="module")
+def lively(tiny):
+    """The tiny model with larger random weights: greedy decoding then wanders over the vocabulary
+    instead of repeating one token, so a chosen stop id ends rows at different steps."""
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 3 / p.shape[1] ** 0.5)
+    return model.eval(), tok
+
+
+def _stop_id(completions) -> int:
+    """A token that appears in several rows, at different first positions."""
+    first: dict[int, list[int]] = {}
+    for c in completions:
+        seen = set()
+        for i, t in enumerate(c.response_ids):
+            if t not in seen:
+                seen.add(t)
+                first.setdefault(t, []).append(i)
+    return max(first, key=lambda t: (len(set(first[t])), -min(first[t])))
+
+
+def _trainer_logprobs(model, tok, cs, T):
+    batch = pad_sequences([c.prompt_ids for c in cs], [c.response_ids for c in cs], tok.pad_token_id)
+    with torch.no_grad():
+        lp, _ = token_logprobs(model, batch["input_ids"], batch["attention_mask"], temperature=T)
+    engine_lp = scatter_response_values([c.logprobs for c in cs], batch["response_mask"])
+    return (lp - engine_lp).abs() * batch["response_mask"], batch["response_mask"]
+
+
+def test_greedy_fp32_equals_hf_with_rows_finishing_at_different_steps_and_refill(lively):
+    model, tok = lively
+    free = SamplingParams(temperature=0.0, max_new_tokens=30)
+    stop = _stop_id(HFEngine(model, tok).generate(problems(), free))
+    params = SamplingParams(temperature=0.0, max_new_tokens=30, stop_token_ids=(stop,))
+    ref = HFEngine(model, tok, batch_size=64).generate(problems(), params, n=2)
+    engine = FastEngine(model, tok, batch_size=3, dtype="float32")  # 8 sequences through 3 slots: refills
+    fast = engine.generate(problems(), params, n=2)
+    assert engine.stats["slots"] == 3
+    lengths = [len(c.response_ids) for c in ref]
+    assert len(set(lengths)) >= 3 and "stop" in {c.finish_reason for c in ref}
+    for a, b in zip(ref, fast):
+        assert (a.problem_id, a.response_ids, a.finish_reason, a.text) == (b.problem_id, b.response_ids, b.finish_reason, b.text)
+        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+    assert [c.prompt_ids for c in ref] == [c.prompt_ids for c in fast]
+    # finished rows left the batch: only live rows were decoded
+    assert engine.stats["decoded_tokens"] == sum(lengths) - len(lengths)
+
+
+def test_sampled_logprobs_equal_the_trainers_in_fp32(lively):
+    model, tok = lively
+    cs = FastEngine(model, tok, batch_size=5, dtype="float32").generate(
+        problems(), SamplingParams(temperature=0.7, max_new_tokens=24), n=3, seed=1)
+    assert len(cs) == 12 and [c.problem_id for c in cs] == [f"p{i}" for i in range(4) for _ in range(3)]
+    diff, _ = _trainer_logprobs(model, tok, cs, 0.7)
+    assert diff.max().item() < 1e-4
+    assert all(len(c.logprobs) == len(c.response_ids) for c in cs)
+
+
+def test_bf16_logprob_mismatch_is_small(tiny):
+    model, tok = tiny
+    mismatch = {}
+    for dtype in ("bfloat16", "float32"):
+        cs = FastEngine(model, tok, dtype=dtype).generate(problems(), SamplingParams(max_new_tokens=24), n=4, seed=0)
+        diff, mask = _trainer_logprobs(model, tok, cs, 1.0)  # the trainer is fp32
+        mismatch[dtype] = ((diff.sum() / mask.sum()).item(), diff.max().item())
+    assert mismatch["float32"][1] < 1e-5
+    assert 1e-5 < mismatch["bfloat16"][0] < 5e-3 and mismatch["bfloat16"][1] < 0.05  # measured: 3e-4, 3e-3
+
+
+def test_top_k_1_and_tiny_top_p_sample_the_argmax_but_report_the_full_logprob(lively):
+    model, tok = lively
+    engine = FastEngine(model, tok, dtype="float32")
+    greedy = engine.generate(problems(), SamplingParams(temperature=0.0, max_new_tokens=16))
+    for params in (SamplingParams(top_k=1, max_new_tokens=16), SamplingParams(top_p=1e-6, max_new_tokens=16)):
+        cs = engine.generate(problems(), params, seed=3)
+        assert [c.response_ids for c in cs] == [c.response_ids for c in greedy]
+        assert sum((c.logprobs for c in cs), []) == pytest.approx(sum((c.logprobs for c in greedy), []), abs=1e-6)
+    top3 = engine.generate(problems(), SamplingParams(top_k=3, max_new_tokens=16), n=4, seed=0)
+    diff, _ = _trainer_logprobs(model, tok, top3, 1.0)
+    assert diff.max().item() < 1e-4  # log-probs are of the untruncated distribution
+    assert any(c.response_ids != greedy[i // 4].response_ids for i, c in enumerate(top3))
+
+
+def test_stop_strings_end_the_text_right_after_the_string_in_both_engines(lively):
+    model, tok = lively
+    free = SamplingParams(temperature=0.0, max_new_tokens=24)
+    full = FastEngine(model, tok, dtype="float32").generate(problems(), free)
+    text = full[0].text
+    stop = text[len(text) // 3: len(text) // 3 + 3]
+    assert stop.strip()
+    params = SamplingParams(temperature=0.0, max_new_tokens=24, stop=(stop,))
+    for engine in (FastEngine(model, tok, dtype="float32"), HFEngine(model, tok)):
+        cs = engine.generate(problems(), params)
+        c = cs[0]
+        assert c.finish_reason == "stop" and c.text.endswith(stop) and text.startswith(c.text)
+        assert c.text.count(stop) == 1 and len(c.response_ids) < 24
+        assert c.response_ids == full[0].response_ids[: len(c.response_ids)]
+        for c, f in zip(cs, full):  # rows without the string run on unchanged
+            if stop not in f.text:
+                assert c.response_ids == f.response_ids
+
+
+def test_same_seed_same_samples(lively):
+    model, tok = lively
+    engine = FastEngine(model, tok, batch_size=5, dtype="bfloat16")
+    a = engine.generate(problems(), SamplingParams(max_new_tokens=12), n=3, seed=5)
+    b = engine.generate(problems(), SamplingParams(max_new_tokens=12), n=3, seed=5)
+    c = engine.generate(problems(), SamplingParams(max_new_tokens=12), n=3, seed=6)
+    assert [x.response_ids for x in a] == [x.response_ids for x in b]
+    assert [x.logprobs for x in a] == [x.logprobs for x in b]
+    assert [x.response_ids for x in a] != [x.response_ids for x in c]
+
+
+def test_weights_are_repacked_after_an_optimizer_step(lively):
+    model, tok = lively
+    model = copy.deepcopy(model)
+    engine = FastEngine(model, tok, dtype="float32")
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    before = engine.generate(problems(), params)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    out = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+    out[0, -1, before[0].response_ids[0]].backward()
+    opt.step()  # in place, as every trainer updates the policy
+    after = engine.generate(problems(), params)
+    ref = HFEngine(model, tok).generate(problems(), params)
+    assert [c.response_ids for c in after] == [c.response_ids for c in ref]
+    assert [c.response_ids for c in after] != [c.response_ids for c in before]
+
+
+def test_unsupported_models_fall_back_to_hf_with_a_note(tiny, caplog):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tok = tiny
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128)).eval()
+    with caplog.at_level(logging.WARNING, logger="r1lab.rollout"):
+        engine = make_engine(gpt2, tok, "fast")
+    assert isinstance(engine, HFEngine) and "model_type 'gpt2'" in caplog.text
+    assert len(engine.generate(problems(1), SamplingParams(max_new_tokens=4), seed=0)[0].response_ids) >= 1
+    assert isinstance(make_engine(tiny[0], tok, "fast"), FastEngine)
+    assert isinstance(make_engine(tiny[0], tok, "hf"), HFEngine)
+
+
+def test_smollm2_fast_engine_matches_hf_and_bf16_stays_close(prepared):
+    model, tok, _ = prepared
+    model.eval()
+    ps = [Problem(id="a", prompt="What is 2+3?", answer="5"), Problem(id="b", prompt="Name a color.", answer="x")]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
+    ref = HFEngine(model, tok).generate(ps, greedy)
+    fast = FastEngine(model, tok, dtype="float32").generate(ps, greedy)
+    for a, b in zip(ref, fast):
+        assert a.response_ids == b.response_ids and a.text == b.text
+        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+    assert "5" in fast[0].text
+    cs = FastEngine(model, tok, dtype="bfloat16").generate(ps, SamplingParams(max_new_tokens=16), n=2, seed=0)
+    diff, mask = _trainer_logprobs(model, tok, cs, 1.0)
+    assert (diff.sum() / mask.sum()).item() < 0.05 and diff.max().item() < 0.5
+    assert Counter(c.finish_reason for c in cs).keys() <= {"stop", "length"}
