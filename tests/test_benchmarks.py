@@ -120,4 +120,4 @@ def test_breakdown_and_summary_table():
         / sum(p.metadata["subject"] == "Precalculus" for p in problems))
     table = summary_table({"math500": (2, {"problems": 3, "avg@2": 0.5, "pass@2": 0.75, "maj@2": 0.5,
                                            "len_correct": 10.0, "len_wrong": float("nan"), "truncated": 0.0})})
-    assert table.splitlines()[2] == "| math500 | 3 | 2 | 50.0 | 75.0 | 50.0 | 10 | - | 0.0 |"
+    assert table.splitlines()[2] == "| math500 | 3 | 2 | 50.0 | 75.0 | 50.0 | - | 10 | - | 0.0 |"

@@ -4,7 +4,9 @@
     r1lab sft RECIPE [key.sub=value ...]
     r1lab rl RECIPE [key.sub=value ...]
     r1lab eval MODEL [--data FILE] [--n 8] [key.sub=value ...]
-    r1lab eval MODEL --benchmarks math500,gsm8k [--n 4] [--limit N] [--max-new-tokens 512]
+    r1lab eval MODEL --benchmarks math500,gsm8k [--n 4] [--limit N] [--max-new-tokens 512] [--out DIR]
+    r1lab eval http://HOST:PORT/v1 --benchmarks gsm8k      (any OpenAI-compatible server)
+    r1lab eval --compare RUN_A RUN_B ...
     r1lab models list | r1lab models prepare NAME [--force]
 
 Errors in the user's input print one line and exit with status 2.
@@ -86,11 +88,26 @@ def _stage_run(args, stage: str) -> int:
     return 0
 
 
+def _model_id(model: str) -> str:
+    """How the saved eval settings name a model: an endpoint URL or prepared name as given, a local
+    directory by its absolute path (so a resume from another working directory still matches)."""
+    from r1lab.rollout.openai import is_endpoint
+
+    if is_endpoint(model) or not Path(model).expanduser().exists():
+        return model
+    return str(Path(model).expanduser().resolve())
+
+
 def cmd_eval(args) -> int:
+    if args.compare:
+        return _compare(args)
+    if not args.model:
+        raise R1labError("eval needs a MODEL (a directory, a prepared name or an endpoint URL), or --compare RUN ...")
     cfg = _config(args.recipe, args.overrides)
 
     from r1lab.records import load_problems
     from r1lab.report import stage_table
+    from r1lab.rollout.openai import OpenAIEngine, is_endpoint
     from r1lab.runs import RunDir
     from r1lab.stages import load_policy, prepare_data, run_eval
 
@@ -100,28 +117,69 @@ def cmd_eval(args) -> int:
         cfg.eval.max_new_tokens = args.max_new_tokens
     if args.temperature is not None:
         cfg.eval.temperature = args.temperature
+    if args.out:  # an explicit directory: evaluating into it again resumes
+        out = Path(args.out)
+        cfg.out_dir, cfg.name = str(out.parent), out.name
     if cfg.name == "run":
         cfg.name = time.strftime("eval-%Y%m%d-%H%M%S")
+    if args.benchmarks and args.data:
+        raise R1labError("give --data or --benchmarks, not both")
+    benches = None
     if args.benchmarks:  # vendored benchmarks, each with its own prompt and protocol
-        from r1lab.benchmarks import evaluate_benchmarks, parse_names
+        from r1lab.benchmarks import parse_names, prompt_template
 
-        if args.data:
-            raise R1labError("give --data or --benchmarks, not both")
         benches = parse_names(args.benchmarks)  # before loading the model: a typo fails fast
+        prompt_template(args.prompt)
+    problems = None
+    if args.data:
+        problems = load_problems(args.data)
+    # the model (or endpoint) before anything is written: a bad name or a dead URL leaves no run dir
+    model = tok = engine = None
+    if is_endpoint(args.model):
+        engine = OpenAIEngine(args.model, model=args.model_name, concurrency=args.concurrency)
+        engine.check()
+    else:
         model, tok = load_policy(cfg, path=args.model)
+    model_id = _model_id(args.model)
+    if benches is not None:
+        from r1lab.benchmarks import evaluate_benchmarks
+
         run = RunDir.create(cfg)
         _, report = evaluate_benchmarks(cfg, model, tok, benches, run.file("eval"), n=args.n, temperature=args.temperature,
-                                        limit=args.limit, show_progress=not args.quiet)
+                                        limit=args.limit, show_progress=not args.quiet, engine=engine, model_id=model_id,
+                                        prompt=args.prompt)
         print(report)
-        print(f"per-problem results and summary: {run.file('eval')}")
+        print(f"per-problem results, summary and plots: {run.file('eval')}")
         return 0
-    model, tok = load_policy(cfg, path=args.model)
-    problems = load_problems(args.data) if args.data else prepare_data(cfg, None, log=lambda *_: None).eval
+    if problems is None:
+        problems = prepare_data(cfg, None, log=lambda *_: None).eval
     problems = problems[: args.limit] if args.limit else problems
     run = RunDir.create(cfg)
-    res = run_eval(cfg, model, tok, problems, run.file("eval/results.jsonl"), "eval", not args.quiet)
+    source = str(Path(args.data).resolve()) if args.data else "held-out split of the config"
+    res = run_eval(cfg, model, tok, problems, run.file("eval/results.jsonl"), "eval", not args.quiet, engine=engine,
+                   resume=True, settings={"model": model_id, "benchmark": source})
+    from r1lab.benchmarks import write_summary_json
+
+    label = Path(args.data).stem if args.data else "held-out"
+    write_summary_json(run.file("eval/summary.json"), {label: (cfg.eval.n, res.summary)}, {"model": model_id})
     print(stage_table({Path(args.model).name: res.summary}, cfg.eval.n, cfg.eval.ks))
     print(f"per-problem results: {run.file('eval/results.jsonl')}")
+    return 0
+
+
+def _compare(args) -> int:
+    """`r1lab eval --compare RUN_A RUN_B ...`: print the side-by-side table and write it."""
+    from r1lab.eval.compare import compare_table
+
+    if args.model or args.benchmarks or args.data:
+        raise R1labError("--compare takes run directories only (no MODEL, --benchmarks or --data)")
+    table = compare_table(args.compare)
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    runs = "\n".join(f"- `{r}`" for r in args.compare)
+    (out / "compare.md").write_text(f"# Eval comparison\n\n{runs}\n\n{table}\n", encoding="utf-8")
+    print(table)
+    print(f"written: {out / 'compare.md'}")
     return 0
 
 
@@ -163,7 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recipes)
 
     p = add("eval", "score a model: n samples per problem, pass@k, avg@k, maj@k")
-    p.add_argument("model", help="a local Hugging Face model directory (e.g. runs/NAME/checkpoints/rl) or a prepared name")
+    p.add_argument("model", nargs="?", help="a local Hugging Face model directory (e.g. runs/NAME/checkpoints/rl), "
+                   "a prepared name, or an OpenAI-compatible endpoint URL (http://HOST:PORT/v1)")
+    p.add_argument("--compare", nargs="+", metavar="RUN", help="instead of evaluating: one side-by-side table of "
+                   "these eval run directories")
+    p.add_argument("--out", help="output directory (default runs/eval-TIME); evaluating into it again resumes")
+    p.add_argument("--prompt", default="boxed", help="benchmark prompt: boxed (the usual \\boxed{} instruction) or r1 "
+                   "(<think>/<answer>, the format r1lab's SFT data trains)")
+    p.add_argument("--model-name", help="endpoint only: the model id to request (default: the first the server lists)")
+    p.add_argument("--concurrency", type=int, default=8, help="endpoint only: requests in flight")
     p.add_argument("--data", help="JSONL of problems (default: the held-out split the config generates)")
     p.add_argument("--benchmarks", help="comma-separated vendored benchmarks: math500,gsm8k,aime24,aime25,amc23")
     p.add_argument("--limit", type=int, help="only the first N problems (of each benchmark)")

@@ -98,6 +98,72 @@ def plot_stages(stages: dict[str, dict[str, float]], metrics: list[str], path: s
     return save_figure(fig, path)
 
 
+def plot_benchmark_accuracy(results: dict[str, tuple[int, dict[str, float]]], path: str | Path, model: str = "") -> Path:
+    """Grouped bars per benchmark: avg@n (accuracy), pass@n and maj@n in percent, each labelled.
+    `results[name] = (n, summary)` as evaluate_benchmarks returns."""
+    metrics = [("avg@n (accuracy)", "avg"), ("pass@n", "pass"), ("maj@n", "maj")]
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(max(4.8, 1.9 * len(names) + 1.5), 4.0))
+    width = 0.8 / len(metrics)
+    table = []
+    for _, key in metrics:
+        vals = []
+        for name in names:
+            n, s = results[name]
+            v = s.get(f"{key}@{n}")
+            vals.append(100 * v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0)
+        table.append(vals)
+    top = max((v for vals in table for v in vals), default=0.0)
+    ymax = min(105.0, max(10.0, top * 1.25 + 2))
+    for i, ((label, _), vals) in enumerate(zip(metrics, table)):
+        xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(names))]
+        bars = ax.bar(xs, vals, width, label=label)
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, v + 0.01 * ymax, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([f"{nm}\n(n={results[nm][0]}, {results[nm][1].get('problems', 0):.0f} problems)" for nm in names],
+                       fontsize=8)
+    ax.set_ylabel("% of problems")
+    ax.set_ylim(0, ymax)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"Benchmark accuracy: {model}" if model else "Benchmark accuracy", fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_breakdown(groups: dict[str, dict[str, float]], path: str | Path, title: str, key: str) -> Path:
+    """Accuracy per group (e.g. MATH500 by level or subject), with each group's problem count.
+    Numeric group names (levels) are sorted as numbers; long names get horizontal bars."""
+    names = sorted(groups, key=lambda g: (0, float(g), g) if g.replace(".", "", 1).isdigit() else (1, 0.0, g))
+    vals = [100 * groups[g]["accuracy"] for g in names]
+    vmax = min(105.0, max(10.0, max(vals, default=0) * 1.25 + 2))
+    horizontal = max((len(g) for g in names), default=0) > 6
+    if horizontal:
+        fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(names) + 1.3))
+        bars = ax.barh(range(len(names)), vals, color="tab:blue")
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels([f"{g} ({groups[g]['problems']})" for g in names], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("accuracy (%)")
+        ax.set_xlim(0, vmax)
+        for b, v in zip(bars, vals):
+            ax.text(v + 0.01 * vmax, b.get_y() + b.get_height() / 2, f"{v:.1f}", va="center", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    else:
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.6))
+        bars = ax.bar(range(len(names)), vals, color="tab:blue")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([f"{g}\n({groups[g]['problems']})" for g in names], fontsize=8)
+        ax.set_xlabel(f"{key} (problems)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, vmax)
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, v + 0.01 * vmax, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
 RL_PANELS = {
     "reward": ["reward/total"],
     "accuracy (train samples)": ["accuracy", "eval/avg"],

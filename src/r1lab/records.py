@@ -84,6 +84,12 @@ class Completion:
     rewards: dict[str, float] = field(default_factory=dict)  # reward term name -> value
     reward: float = 0.0
     verdict: Verdict | None = None
+    token_count: int | None = None  # response length in tokens where response_ids are unknown (endpoints)
+
+    @property
+    def num_tokens(self) -> int | None:
+        """Response length in tokens: from the ids, else as the server reported it (None if it did not)."""
+        return len(self.response_ids) if self.response_ids else self.token_count
 
     @property
     def truncated(self) -> bool:

@@ -131,12 +131,17 @@ def eval_params(cfg: RunConfig) -> SamplingParams:
 
 
 def run_eval(cfg: RunConfig, model, tokenizer, problems: list[Problem], out_path: Path | None, desc: str,
-             show_progress: bool = True) -> EvalResult:
-    engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.eval.batch_size,
-                         dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
+             show_progress: bool = True, engine=None, resume: bool = False, settings: dict[str, Any] | None = None,
+             on_progress=None) -> EvalResult:
+    """Evaluate with the config's eval settings. `engine` (e.g. an OpenAIEngine for a served model)
+    replaces the local HF engine of `model`; `resume`/`settings`/`on_progress` as in eval.run.evaluate."""
+    if engine is None:
+        engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.eval.batch_size,
+                             dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
     return evaluate(engine, problems, eval_params(cfg), n=cfg.eval.n, ks=cfg.eval.ks, seed=cfg.seed + 777,
                     verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
-                    out_path=out_path, desc=desc, show_progress=show_progress)
+                    out_path=out_path, desc=desc, show_progress=show_progress, resume=resume, settings=settings,
+                    on_progress=on_progress)
 
 
 def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True) -> dict[str, float]:

@@ -20,6 +20,10 @@ from r1lab.errors import DataError
 from r1lab.records import Problem
 
 PROMPT_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+# The R1 format r1lab's SFT data and recipes train (recipes/real/): reasoning in <think>, answer in <answer>.
+R1_PROMPT_TEMPLATE = ("{problem}\nThink step by step inside <think> </think>, then give only the final answer "
+                      "inside <answer> </answer>.")
+PROMPTS = {"boxed": PROMPT_TEMPLATE, "r1": R1_PROMPT_TEMPLATE}
 
 
 @dataclass(frozen=True)
@@ -76,14 +80,22 @@ def load_rows(name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def load_benchmark(name: str, limit: int | None = None) -> list[Problem]:
-    """Problems (task "math") with the benchmark's prompt; metadata keeps every other source field
-    (MATH500's level, subject and unique_id; the reference solution) for breakdowns and checks."""
+def prompt_template(prompt: str) -> str:
+    if prompt not in PROMPTS:
+        raise DataError(f"unknown prompt {prompt!r}; known: {', '.join(PROMPTS)}")
+    return PROMPTS[prompt]
+
+
+def load_benchmark(name: str, limit: int | None = None, prompt: str = "boxed") -> list[Problem]:
+    """Problems (task "math") with the benchmark's prompt (`prompt`: "boxed", the usual
+    instruction, or "r1", the <think>/<answer> format of r1lab's training data); metadata keeps
+    every other source field (MATH500's level, subject and unique_id; the reference solution)."""
+    template = prompt_template(prompt)
     rows = load_rows(name)[: limit if limit and limit > 0 else None]
     out = []
     for row in rows:
         meta = {k: v for k, v in row.items() if k not in ("id", "problem", "answer", "source")}
-        out.append(Problem(id=str(row["id"]), prompt=PROMPT_TEMPLATE.format(problem=row["problem"]),
+        out.append(Problem(id=str(row["id"]), prompt=template.format(problem=row["problem"]),
                            answer=str(row["answer"]), task="math", source=name, metadata=meta))
     return out
 
@@ -107,13 +119,14 @@ def _num(x: float | None) -> str:
 
 def summary_table(results: dict[str, tuple[int, dict[str, float]]]) -> str:
     """Markdown, one row per benchmark: `results[name] = (n, summary)` from eval.run.summarise.
-    pass@k is shown for the largest k evaluated; maj@n is the majority vote over all n."""
-    lines = ["| benchmark | problems | n | avg@n | pass@n | maj@n | len correct | len wrong | truncated |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    avg@n is the accuracy (mean fraction of correct samples); pass@k is shown for the largest k
+    evaluated; maj@n is the majority vote over all n; lengths are mean tokens per sample."""
+    lines = ["| benchmark | problems | n | avg@n | pass@n | maj@n | len mean | len correct | len wrong | truncated |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, (n, s) in results.items():
         lines.append(f"| {name} | {s['problems']:.0f} | {n} | {_pct(s.get(f'avg@{n}'))} | {_pct(s.get(f'pass@{n}'))} | "
-                     f"{_pct(s.get(f'maj@{n}'))} | {_num(s.get('len_correct'))} | {_num(s.get('len_wrong'))} | "
-                     f"{_pct(s.get('truncated'))} |")
+                     f"{_pct(s.get(f'maj@{n}'))} | {_num(s.get('len_mean'))} | {_num(s.get('len_correct'))} | "
+                     f"{_num(s.get('len_wrong'))} | {_pct(s.get('truncated'))} |")
     return "\n".join(lines)
 
 
@@ -137,37 +150,70 @@ def protocol(bench: Benchmark, n: int | None = None, temperature: float | None =
 
 def evaluate_benchmarks(cfg, model, tokenizer, benches: list[Benchmark], out_dir, n: int | None = None,
                         temperature: float | None = None, limit: int | None = None,
-                        show_progress: bool = True) -> tuple[dict[str, tuple[int, dict[str, float]]], str]:
-    """Score `model` on each benchmark with its protocol: per-problem JSONL `out_dir/<name>.jsonl`,
-    and a markdown report (summary table, MATH500 by level and subject) written to
-    `out_dir/summary.md` and returned with the summaries."""
+                        show_progress: bool = True, engine=None, model_id: str = "", prompt: str = "boxed",
+                        on_progress=None) -> tuple[dict[str, tuple[int, dict[str, float]]], str]:
+    """Score a model on each benchmark with its protocol: per-problem JSONL `out_dir/<name>.jsonl`
+    (resumed when it exists with the same settings), and a report (summary table, MATH500 by level
+    and subject) written to `out_dir/summary.md` and returned with the summaries, `summary.json`,
+    and plots under `out_dir/plots/`.
+
+    `engine` (e.g. an OpenAIEngine) replaces the local engine of `model`/`tokenizer`; `model_id`
+    names the model in the saved settings, so that a resume with another model is refused."""
     import copy
     import json
     from pathlib import Path
 
+    from r1lab.plots import plot_benchmark_accuracy, plot_breakdown
     from r1lab.stages import run_eval
 
     out_dir = Path(out_dir)
     results: dict[str, tuple[int, dict[str, float]]] = {}
     sections: list[str] = []
+    plots: list[Path] = []
     for bench in benches:
-        problems = load_benchmark(bench.name, limit)
+        problems = load_benchmark(bench.name, limit, prompt)
         c = copy.deepcopy(cfg)
         c.eval.n, c.eval.temperature, c.eval.top_p = protocol(bench, n, temperature)
         c.eval.ks = sorted({k for k in cfg.eval.ks if k <= c.eval.n} | {1, c.eval.n})
-        res = run_eval(c, model, tokenizer, problems, out_dir / f"{bench.name}.jsonl", bench.name, show_progress)
+        settings = {"model": model_id, "benchmark": bench.name, "prompt": prompt}
+        res = run_eval(c, model, tokenizer, problems, out_dir / f"{bench.name}.jsonl", bench.name, show_progress,
+                       engine=engine, resume=True, settings=settings, on_progress=on_progress)
         res.summary.update(temperature=c.eval.temperature, top_p=c.eval.top_p)
         results[bench.name] = (c.eval.n, res.summary)
         for key in bench.breakdown:
-            sections.append(breakdown_table(f"{bench.name} by {key}", breakdown(res.rows, problems, key)))
+            groups = breakdown(res.rows, problems, key)
+            sections.append(breakdown_table(f"{bench.name} by {key}", groups))
+            p = plot_breakdown(groups, out_dir / "plots" / f"{bench.name}_by_{key}.png",
+                               f"{bench.name} accuracy by {key} (avg@{c.eval.n}, {model_id or 'model'})", key)
+            plots.append(p)
+    plots.insert(0, plot_benchmark_accuracy(results, out_dir / "plots" / "accuracy.png", model_id or "model"))
     report = "\n\n".join([summary_table(results)] + sections)
+    report_md = report + "\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.md").write_text(report + "\n", encoding="utf-8")
-    (out_dir / "summary.json").write_text(json.dumps({k: {"n": v[0], **v[1]} for k, v in results.items()}, indent=2) + "\n",
-                                          encoding="utf-8")
+    (out_dir / "summary.md").write_text(report_md + "\n", encoding="utf-8")
+    write_summary_json(out_dir / "summary.json", results, {"model": model_id, "prompt": prompt})
     return results, report
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "PROMPT_TEMPLATE", "breakdown", "breakdown_table", "data_path", "evaluate_benchmarks",
+def write_summary_json(path, results: dict[str, tuple[int, dict[str, float]]], meta: dict | None = None) -> None:
+    """`{benchmark: {n, avg@n, pass@k..., lengths...}, "_meta": {...}}`, what `r1lab eval --compare` reads."""
+    import json
+    import os
+    from pathlib import Path
+
+    def clean(v):
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    data = {k: {"n": n, **{key: clean(v) for key, v in s.items()}} for k, (n, s) in results.items()}
+    if meta:
+        data["_meta"] = meta
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+__all__ = ["BENCHMARKS", "Benchmark", "PROMPTS", "PROMPT_TEMPLATE", "R1_PROMPT_TEMPLATE", "prompt_template",
+           "write_summary_json", "breakdown", "breakdown_table", "data_path", "evaluate_benchmarks",
            "get_benchmark",
            "known_benchmarks", "load_benchmark", "load_rows", "parse_names", "protocol", "summary_table"]

@@ -1,19 +1,34 @@
-"""Score a model on held-out problems: n samples each, verified, summarised, saved per problem."""
+"""Score a model on held-out problems: n samples each, verified, summarised, saved per problem.
+
+Problems are generated and verified in chunks; each finished chunk's rows are appended to the
+per-problem JSONL and flushed, so an interrupted eval keeps what it scored. With `resume=True` an
+eval into an existing file continues where it stopped: problems already in the file are not
+generated or scored again, and the file's settings (model, benchmark, n, temperature, ...) must be
+those of this run, or it is refused. Chunk boundaries and seeds depend only on a problem's position
+in the full list, so a resumed eval produces what an uninterrupted one would have.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import Any
+from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
+from r1lab.errors import DataError, R1labError
 from r1lab.eval.metrics import avg_at_k, majority_at_k, pass_at_k
-from r1lab.records import Problem, write_jsonl
+from r1lab.records import Problem
 from r1lab.rollout.base import SamplingParams
 from r1lab.verify import verify_batch
+
+
+class ResumeError(R1labError):
+    """An existing per-problem file was written with other settings than this eval's."""
 
 
 @dataclass
@@ -22,10 +37,16 @@ class EvalResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _mean_or_nan(xs: list[float]) -> float:
+    return mean(xs) if xs else float("nan")
+
+
 def summarise(rows: list[dict[str, Any]], n: int, ks: list[int]) -> dict[str, float]:
+    """accuracy (avg@n: the mean over problems of the fraction of correct samples), pass@k for
+    each k <= n (unbiased), maj@n, mean length of all / correct / wrong samples (in tokens; samples
+    whose length the engine could not report are left out), truncation and unparsable rates."""
     samples = [s for r in rows for s in r["samples"]]
-    correct_len = [s["length"] for s in samples if s["correct"]]
-    wrong_len = [s["length"] for s in samples if not s["correct"]]
+    lengths = [s for s in samples if s.get("length") is not None]
     out: dict[str, float] = {
         "problems": len(rows),
         "samples": len(samples),
@@ -35,12 +56,84 @@ def summarise(rows: list[dict[str, Any]], n: int, ks: list[int]) -> dict[str, fl
     for k in ks:
         if k <= n:
             out[f"pass@{k}"] = mean(pass_at_k(n, r["correct"], k) for r in rows) if rows else 0.0
-    out["len_correct"] = mean(correct_len) if correct_len else float("nan")
-    out["len_wrong"] = mean(wrong_len) if wrong_len else float("nan")
-    out["len_mean"] = mean(s["length"] for s in samples) if samples else 0.0
+    out["len_correct"] = _mean_or_nan([s["length"] for s in lengths if s["correct"]])
+    out["len_wrong"] = _mean_or_nan([s["length"] for s in lengths if not s["correct"]])
+    out["len_mean"] = _mean_or_nan([s["length"] for s in lengths])
     out["truncated"] = mean(s["finish"] == "length" for s in samples) if samples else 0.0
     out["unparsable"] = mean(s["status"] == "unparsable" for s in samples) if samples else 0.0
     return out
+
+
+def settings_path(out_path: str | Path) -> Path:
+    """`eval/gsm8k.jsonl` -> `eval/gsm8k.settings.json`: what the per-problem file was made with."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name.removesuffix(".jsonl") + ".settings.json")
+
+
+def _load_done(out_path: Path, settings: dict[str, Any], problems: list[Problem]) -> list[dict[str, Any]]:
+    """Rows already scored into `out_path` by an eval with the same settings. A torn last line
+    (the process died mid-write) is cut off; rows of problems not asked for now are ignored."""
+    sp = settings_path(out_path)
+    try:
+        saved = json.loads(sp.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResumeError(f"{out_path} exists but {sp.name} does not, so it cannot be resumed; "
+                          "remove it or evaluate into another directory") from None
+    except ValueError:
+        raise ResumeError(f"{sp} is not valid JSON; remove {out_path.parent} or evaluate into another directory") from None
+    diff = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in settings.items() if saved.get(k) != v]
+    if diff:
+        raise ResumeError(f"{out_path} was evaluated with other settings ({'; '.join(diff)}); "
+                          "evaluate into another directory to change them")
+    wanted = {p.id for p in problems}
+    rows: dict[str, dict[str, Any]] = {}
+    good_bytes = 0
+    with out_path.open("rb") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                if not line.endswith(b"\n") or not isinstance(row, dict) or "id" not in row:
+                    raise ValueError
+            except ValueError:
+                break  # a torn write: everything from here on is dropped and scored again
+            good_bytes += len(line)
+            if row["id"] in wanted:
+                rows.setdefault(row["id"], row)
+    if good_bytes < out_path.stat().st_size:
+        with out_path.open("r+b") as f:
+            f.truncate(good_bytes)
+    return list(rows.values())
+
+
+def _start_file(out_path: Path, settings: dict[str, Any]) -> None:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sp = settings_path(out_path)
+    tmp = sp.with_name(f".{sp.name}.tmp")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    out_path.write_text("", encoding="utf-8")
+    os.replace(tmp, sp)
+
+
+def _rows_for(problems: list[Problem], n: int, completions, verdicts) -> list[dict[str, Any]]:
+    rows = []
+    for i, p in enumerate(problems):
+        cs, vs = completions[i * n : (i + 1) * n], verdicts[i * n : (i + 1) * n]
+        ok = [v.correct for v in vs]
+        rows.append({
+            "id": p.id,
+            "prompt": p.prompt,
+            "answer": p.answer,
+            "n": n,
+            "correct": sum(ok),
+            "avg": avg_at_k(ok),
+            "maj": majority_at_k([v.extracted for v in vs], ok),
+            "samples": [
+                {"text": c.text, "extracted": v.extracted, "status": v.status, "reason": v.reason,
+                 "correct": v.correct, "length": c.num_tokens, "finish": c.finish_reason}
+                for c, v in zip(cs, vs)
+            ],
+        })
+    return rows
 
 
 def evaluate(
@@ -55,46 +148,62 @@ def evaluate(
     out_path: str | Path | None = None,
     desc: str = "eval",
     show_progress: bool = True,
+    resume: bool = False,
+    settings: dict[str, Any] | None = None,
+    chunk_size: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
+    """Sample `n` completions per problem from `engine`, verify them, summarise.
+
+    out_path: per-problem JSONL, appended chunk by chunk. resume: continue an existing out_path
+    whose settings (`settings` plus n, temperature, top_p, max_new_tokens, seed) match, else it is
+    started afresh. chunk_size: problems per generate call (default: what fills one engine batch).
+    on_progress(done, total): called after each chunk is written.
+    """
     ks = ks or [1, n]
     t0 = time.time()
-    bar = tqdm(total=len(problems) * n, desc=desc, unit="sample", disable=not show_progress, dynamic_ncols=True)
-    completions = engine.generate(problems, params, n=n, seed=seed, on_batch=bar.update)
-    bar.close()
-    expanded = [p for p in problems for _ in range(n)]
-    verdicts = verify_batch(expanded, [c.text for c in completions], timeout=verify_timeout, workers=verify_workers)
-    rows = []
-    for i, p in enumerate(problems):
-        cs, vs = completions[i * n : (i + 1) * n], verdicts[i * n : (i + 1) * n]
-        ok = [v.correct for v in vs]
-        rows.append(
-            {
-                "id": p.id,
-                "prompt": p.prompt,
-                "answer": p.answer,
-                "n": n,
-                "correct": sum(ok),
-                "avg": avg_at_k(ok),
-                "maj": majority_at_k([v.extracted for v in vs], ok),
-                "samples": [
-                    {
-                        "text": c.text,
-                        "extracted": v.extracted,
-                        "status": v.status,
-                        "reason": v.reason,
-                        "correct": v.correct,
-                        "length": len(c.response_ids),
-                        "finish": c.finish_reason,
-                    }
-                    for c, v in zip(cs, vs)
-                ],
-            }
-        )
+    settings = {**(settings or {}), "n": n, "temperature": params.temperature, "top_p": params.top_p,
+                "max_new_tokens": params.max_new_tokens, "seed": seed}
+    out = Path(out_path) if out_path is not None else None
+    done: dict[str, dict[str, Any]] = {}
+    if out is not None:
+        if len({p.id for p in problems}) != len(problems):
+            raise DataError(f"{out}: problem ids are not unique, so results cannot be saved per problem")
+        if resume and out.exists():
+            done = {r["id"]: r for r in _load_done(out, settings, problems)}
+        else:
+            _start_file(out, settings)
+    if chunk_size is None:
+        chunk_size = max(1, getattr(engine, "batch_size", 16 * n) // n)
+    total = len(problems)
+    bar = tqdm(total=total * n, initial=len(done) * n, desc=desc, unit="sample", disable=not show_progress,
+               dynamic_ncols=True)
+    gen_tokens, new = 0, 0
+    try:
+        for start in range(0, total, chunk_size):
+            todo = [p for p in problems[start : start + chunk_size] if p.id not in done]
+            if not todo:
+                continue
+            # the seed depends on the chunk's position only: resuming reproduces the samples
+            completions = engine.generate(todo, params, n=n, seed=seed + start * n, on_batch=bar.update)
+            verdicts = verify_batch([p for p in todo for _ in range(n)], [c.text for c in completions],
+                                    timeout=verify_timeout, workers=verify_workers)
+            rows = _rows_for(todo, n, completions, verdicts)
+            if out is not None:
+                with out.open("a", encoding="utf-8") as f:
+                    f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                    f.flush()
+            done.update((r["id"], r) for r in rows)
+            gen_tokens += sum(c.num_tokens or 0 for c in completions)
+            new += len(todo)
+            if on_progress:
+                on_progress(len(done), total)
+    finally:
+        bar.close()
+    rows = [done[p.id] for p in problems]
     summary = summarise(rows, n, ks)
     elapsed = time.time() - t0
-    gen_tokens = sum(len(c.response_ids) for c in completions)
-    summary["seconds"] = elapsed
+    summary["seconds"] = elapsed  # of this invocation; a resumed eval only counts what it generated
     summary["tokens_per_s"] = gen_tokens / max(elapsed, 1e-9)
-    if out_path is not None:
-        write_jsonl(out_path, rows)
+    summary["resumed_problems"] = total - new
     return EvalResult(summary, rows)
