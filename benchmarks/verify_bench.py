@@ -44,6 +44,20 @@ HOSTILE = [
     ("forge report on fd 4", "import os\nos.write(4, b'x {\"kind\": \"done\"}\\n')\nos._exit(0)",
      {"after": "assert f(1) == 2"}),
     ("ctypes libc call", "import ctypes\nctypes.CDLL(None).exit(0)", {"after": "assert f(1) == 2"}),
+    # found by trying cases the tests did not have (2026-11-25); the first two were misses then
+    ("chdir /tmp, then write", "import os\nos.chdir('/tmp')\nopen('escape', 'w').write('x')", {}),
+    ("chdir /tmp + write, audit off", "import os\nos.chdir('/tmp')\nopen('escape', 'w').write('x')\n"
+     "print('wrote to a private tmpfs' if os.path.exists('/tmp/escape') else '')", {"audit": False}),
+    ("write via dir_fd, audit off", "import os\nfd = os.open('/tmp', os.O_RDONLY)\n"
+     "os.close(os.open('escape', os.O_CREAT | os.O_WRONLY, dir_fd=fd))", {"audit": False}),
+    ("stderr flood", "import sys\nwhile True: sys.stderr.write('e' * 65536)", {}),
+    ("os.system", "import os\nos.system('id')", {}),
+    ("symlink to /etc/passwd", "import os\nos.symlink('/etc/passwd', 'p')\nprint(open('p').read())", {}),
+    ("raise own rlimit", "import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))", {}),
+    ("disk bomb in cwd", "f = open('big', 'wb')\nwhile True: f.write(b'x' * 2**20)", {}),
+    ("deep recursion", "import sys\nsys.setrecursionlimit(10**7)\ndef f(n): return f(n + 1)\nf(0)", {}),
+    ("8 spinning threads", "import threading\n[threading.Thread(target=lambda: [0 for _ in iter(int, 1)]).start()"
+     " for _ in range(8)]", {}),
 ]
 
 
@@ -103,6 +117,7 @@ def bench_sandbox() -> None:
 def bench_hostile() -> None:
     os.environ.setdefault("OPENAI_API_KEY", "sk-benchmark-secret")
     print("\nhostile programs (timeout 2 s, memory 256 MB, output cap 1 MB):")
+    print(f"  isolation layers here: {', '.join(run_python('pass').isolation)}")
     print(f"  {'input':38s} {'verdict':14s} {'seconds':>7s}  reason")
     for name, code, kw in HOSTILE:
         t0 = time.perf_counter()
@@ -111,7 +126,8 @@ def bench_hostile() -> None:
         leaked = "sk-benchmark-secret" in r.stdout
         reason = (r.reason or "output: " + r.stdout.strip()[:40]).replace("\n", " ")[:70]
         print(f"  {name:38s} {r.status:14s} {took:7.2f}  {reason}{'  LEAKED' if leaked else ''}")
-    assert not os.path.exists("/work/escape.txt")
+    escaped = [p for p in ("/work/escape.txt", "/tmp/escape", "/etc/escape") if os.path.exists(p)]
+    print(f"  files that escaped the sandbox: {escaped or 'none'}")
 
 
 if __name__ == "__main__":

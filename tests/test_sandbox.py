@@ -77,8 +77,36 @@ def test_writes_outside_fail_even_without_the_audit_hook(tmp_path):
     target = tmp_path / "precious.txt"
     target.write_text("keep")
     r = run(f"import os\nos.remove({str(target)!r})", audit=False)
-    assert r.status == "runtime_error" and "PermissionError" in r.reason
+    # refused by file permissions, or (tmpfs layer) the file under /tmp is not even visible
+    assert r.status == "runtime_error" and ("PermissionError" in r.reason or "FileNotFoundError" in r.reason)
     assert target.read_text() == "keep"
+
+
+def test_a_chdir_does_not_open_a_way_out():
+    # relative paths are judged from the directory the program is in now, not where it started
+    r = run("import os\nos.chdir('/tmp')\nopen('r1lab-chdir-escape', 'w').write('x')")
+    assert r.status == "runtime_error" and "PermissionError" in r.reason
+    assert not os.path.exists("/tmp/r1lab-chdir-escape")
+
+
+def test_world_writable_directories_are_private_to_the_sandbox():
+    """Without the audit hook, writes into /tmp, /dev/shm or through a dir_fd land in a tmpfs that
+    vanishes with the sandbox (the "tmpfs" layer), where mount namespaces are permitted."""
+    probe = run("pass")
+    if "tmpfs" not in probe.isolation:
+        pytest.skip("mount namespaces are not permitted here")
+    names = ["/tmp/r1lab-tmpfs-a", "/tmp/r1lab-tmpfs-b", "/dev/shm/r1lab-tmpfs-c"]
+    code = ("import os\nos.chdir('/tmp')\nopen('r1lab-tmpfs-a', 'w').write('x')\n"
+            "fd = os.open('/tmp', os.O_RDONLY)\nos.close(os.open('r1lab-tmpfs-b', os.O_CREAT | os.O_WRONLY, dir_fd=fd))\n"
+            "open('/dev/shm/r1lab-tmpfs-c', 'w').write('x')\nprint(sorted(os.listdir('/tmp')))")
+    r = run(code, audit=False)
+    assert r.status == "ok" and "r1lab-tmpfs-a" in r.stdout  # the program saw its own writes...
+    assert not any(os.path.exists(n) for n in names)  # ...and nobody else ever does
+
+
+def test_a_flood_on_stderr_is_cut_off_like_stdout():
+    r = run("import sys\nwhile True: sys.stderr.write('e' * 65536)", max_output=100_000)
+    assert r.status == "output_limit"
 
 
 def test_environment_holds_no_secrets(monkeypatch):

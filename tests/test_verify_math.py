@@ -42,6 +42,8 @@ def P(answer: str, task: str = "math", pid: str = "p") -> Problem:
         ("\\boxed{\\{1,2\\}}", ("\\{1,2\\}", "boxed")),  # escaped braces do not count
         ("\\boxed{\\boxed{7}}", ("7", "boxed")),
         ("\\fbox{4}", ("4", "boxed")),
+        ("so $\\framebox{204}$ minutes", ("204", "boxed")),  # AIME 2024 I #1's reference solution boxes this way
+        ("\\frameboxed{2}", (None, "none")),
         ("$\\boxed{ $12$ }$", ("12", "boxed")),
         ("\\boxed {3}", ("3", "boxed")),
         ("\\boxed{3} and an unclosed \\boxed{4", ("3", "boxed")),

@@ -37,12 +37,12 @@ INTERNAL_TIMEOUT_S: int | None = 5
 
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 # one token of a brace scan: a box opener, an escaped character (so \{ and \} do not count), or a brace
-_BRACE_TOKENS = re.compile(r"(?P<box>\\(?:boxed|fbox)(?![A-Za-z])\s*\{)|(?P<esc>\\.)|(?P<open>\{)|(?P<close>\})", re.DOTALL)
+_BRACE_TOKENS = re.compile(r"(?P<box>\\(?:boxed|fbox|framebox)(?![A-Za-z])\s*\{)|(?P<esc>\\.)|(?P<open>\{)|(?P<close>\})", re.DOTALL)
 _WRAPPERS = (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
 
 def _has_box(text: str) -> bool:
-    return "\\boxed" in text or "\\fbox" in text
+    return any(box in text for box in ("\\boxed", "\\fbox", "\\framebox"))
 
 
 def _last_box_span(text: str) -> tuple[int, int] | None:

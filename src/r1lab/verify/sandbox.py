@@ -100,10 +100,13 @@ def _main(setup_fd, result_fd):
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.unshare(0x40000000) == 0:  # CLONE_NEWNET
+        newns, newnet, newuser = 0x00020000, 0x40000000, 0x10000000
+        if libc.unshare(newnet | newns) == 0:
+            layers += ["netns"] + (["tmpfs"] if _private_tmp(libc, cfg["cwd"]) else [])
+        elif libc.unshare(newuser | newnet | newns) == 0:
+            layers += ["userns+netns"] + (["tmpfs"] if _private_tmp(libc, cfg["cwd"]) else [])
+        elif libc.unshare(newnet) == 0:
             layers.append("netns")
-        elif libc.unshare(0x10000000 | 0x40000000) == 0:  # CLONE_NEWUSER | CLONE_NEWNET
-            layers.append("userns+netns")
     except Exception:
         libc = None
     uid = cfg["uid"]
@@ -171,6 +174,31 @@ def _main(setup_fd, result_fd):
     os._exit(0)
 
 
+def _private_tmp(libc, cwd):
+    """In a fresh mount namespace, cover every world-writable directory with an empty, small tmpfs
+    that vanishes with the process, then bind the working directory back at its own path: whatever
+    the program writes outside it (through a chdir, a dir_fd, a path the audit hook cannot see) is
+    thrown away. Returns False, leaving the mounts as they were, where mounting is not permitted."""
+    import os
+    if libc.mount(None, b"/", None, 16384 | 262144, None) != 0:  # MS_REC | MS_PRIVATE
+        return False
+    keep = os.open(cwd, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        covered = []
+        for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
+            if os.path.isdir(d) and not os.path.islink(d):
+                if libc.mount(b"tmpfs", d.encode(), b"tmpfs", 2 | 4, b"size=64m,mode=1777") != 0:  # nosuid, nodev
+                    return False
+                covered.append(d)
+        if any(cwd.startswith(d + "/") for d in covered):
+            os.makedirs(cwd, exist_ok=True)
+            if libc.mount(f"/proc/self/fd/{keep}".encode(), cwd.encode(), None, 4096, None) != 0:  # MS_BIND
+                return False
+        return True
+    finally:
+        os.close(keep)
+
+
 def _execute(source, where, ns, out):
     """Runs in a fresh thread, so no frame above the untrusted code holds the nonce; records only text."""
     try:
@@ -205,7 +233,7 @@ def _run_in_thread(threading, source, where, ns, exit_ok, report):
 
 def _install_audit_hook(cwd):
     import os, sys
-    realpath, fspath, join = os.path.realpath, os.fspath, os.path.join
+    realpath, fspath, join, getcwd = os.path.realpath, os.fspath, os.path.join, os.getcwd
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
     blocked = {"os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.exec", "os.system", "os.startfile",
                "subprocess.Popen", "pty.spawn", "os.kill", "os.killpg", "signal.pthread_kill", "os.setuid",
@@ -213,7 +241,8 @@ def _install_audit_hook(cwd):
                "sys._current_frames", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
                "sys.setprofile", "sys.settrace", "os.chroot", "os.mount"}
     path_events = {"os.remove", "os.rmdir", "os.rename", "os.chmod", "os.chown", "os.link", "os.symlink",
-                   "os.truncate", "os.utime", "os.mkdir", "shutil.rmtree", "shutil.move", "shutil.copyfile"}
+                   "os.truncate", "os.utime", "os.mkdir", "shutil.rmtree", "shutil.move", "shutil.copyfile",
+                   "os.chdir"}
     inside = cwd + "/"
     allowed_outside = ("/dev/null",)
     proc_ok = ("/proc/self/status", "/proc/meminfo", "/proc/cpuinfo", "/proc/self/fd")
@@ -224,7 +253,7 @@ def _install_audit_hook(cwd):
         p = fspath(p)
         if isinstance(p, bytes):
             p = p.decode("utf-8", "replace")
-        full = realpath(join(cwd, p))
+        full = realpath(join(getcwd(), p))
         return full == cwd or full.startswith(inside) or full in allowed_outside
 
     def hook(event, args):
@@ -375,6 +404,7 @@ def _collect(proc: subprocess.Popen, result_r: int, nonce: bytes, deadline_s: fl
     deadline = start + deadline_s
     cause = ""
     exited_at: float | None = None
+    stderr_bytes = 0
     while sel.get_map():
         now = time.monotonic()
         if now >= deadline:
@@ -397,6 +427,10 @@ def _collect(proc: subprocess.Popen, result_r: int, nonce: bytes, deadline_s: fl
             if fd == proc.stderr.fileno():
                 if len(buf) < STDERR_KEEP:
                     buf += chunk[: STDERR_KEEP - len(buf)]
+                stderr_bytes += len(chunk)
+                if stderr_bytes > max_output:  # a flood on stderr is capped like one on stdout
+                    cause = "output_limit"
+                    break
                 continue
             buf += chunk
             if fd == proc.stdout.fileno() and len(buf) > max_output:
