@@ -280,6 +280,10 @@ def test_check_gold_catches_unparseable_gold():
         ("B", "<answer>\\text{B}</answer>", "correct"),
         ("B", "<answer>C</answer>", "wrong"),
         ("B", "<answer>12</answer>", "unparsable"),  # no options to map a value to a letter
+        ("1000", "<answer>1e3</answer>", "correct"),  # e-notation, not Euler's number times 3
+        ("1/4", "<answer>2.5E-1</answer>", "correct"),
+        ("3e", "<answer>3e</answer>", "correct"),  # a real e stays e
+        ("1000", "<answer>1e4</answer>", "wrong"),
     ],
 )
 def test_verify_math_hardened(gold, response, status):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import threading
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -90,11 +91,16 @@ def _clean(answer: str) -> str | None:
                 s = s[len(left) : len(s) - len(right)].strip()
                 changed = True
     m = _TEXT_NUMBER.match(s)
-    return (m.group(1) if m else s) or None
+    s = m.group(1) if m else s
+    e = _E_NOTATION.match(s)
+    if e:  # 1e3, 2.5E-1: math-verify reads the `e` as Euler's number; a bounded exponent becomes a decimal
+        s = format(Decimal(s), "f")
+    return s or None
 
 
 # a number set as text, as contest solutions box it: `\textbf{(073)}`, `\text{ 12 }`; math-verify would
 # read the text as a string, never equal to the number 73
+_E_NOTATION = re.compile(r"^-?\d+(?:\.\d+)?[eE][-+]?\d{1,3}$")  # exponent bounded: no 1e999999 blow-up
 _TEXT_NUMBER = re.compile(r"^\\(?:text|textbf|mathbf|mathrm)\{\s*\(?\s*(-?\d+(?:\.\d+)?)\s*\)?\s*\}$")
 
 
