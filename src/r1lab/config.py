@@ -111,6 +111,18 @@ class AlgoConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (peft): train r-rank updates of the target projections instead of every
+    weight. Checkpoints are saved merged, as plain HF directories."""
+
+    r: int = 0  # adapter rank; 0 = off (full fine-tuning)
+    alpha: float = 16.0  # scaling: the update is (alpha / r) * B A
+    dropout: float = 0.0  # dropout on the adapters' input
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj"])  # Llama / Qwen2 names
+
+
+@dataclass
 class TrainConfig:
     """The RL loop: each step samples prompts_per_step x group_size completions and updates on them."""
 
@@ -134,6 +146,7 @@ class TrainConfig:
     easy_pool_prob: float = 0.0  # MiMo: solved-by-all problems go to a pool drawn with this probability
     eval_every: int = 50  # held-out evaluation every N steps, plotted beside training accuracy (0 = only at the end)
     samples_per_step: int = 4  # decoded rollouts written to samples.jsonl per step
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # RL on LoRA adapters (r > 0); off by default
 
 
 @dataclass
@@ -145,6 +158,7 @@ class SFTConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     max_steps: int = 0  # stop early after this many optimizer steps (0 = all epochs)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # SFT of LoRA adapters (r > 0); off by default
 
 
 @dataclass

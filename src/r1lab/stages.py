@@ -149,17 +149,23 @@ def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
 
     if not data.sft:
         raise DataError("no verified SFT traces: give problems with a 'response' field or generated task families")
+    from r1lab.train.lora import apply_lora, merge_lora
+
     examples = sft_examples(tokenizer, data.sft)
+    lora = apply_lora(model, cfg.sft.lora, "sft.lora")  # adapters in place; None = full fine-tuning
     with MetricsWriter(run.file("sft_metrics.jsonl")) as mw:
         summary = train_sft(model, tokenizer, examples, cfg.sft, metrics=mw, seed=cfg.seed, show_progress=show_progress)
+    merge_lora(lora, model)  # saved merged: a plain HF directory
     save_model(model, tokenizer, run.checkpoint("sft"))
     plot_curves(read_metrics(run.file("sft_metrics.jsonl")), SFT_PANELS, run.file("plots/sft.png"), "SFT")
     return summary
 
 
 def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True) -> list[dict[str, Any]]:
+    from r1lab.train.lora import apply_lora, merge_lora
     from r1lab.train.rl import train_rl
 
+    lora = apply_lora(model, cfg.train.lora, "train.lora")  # adapters in place; None = full fine-tuning
     engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
                          dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
 
@@ -170,6 +176,7 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
     with MetricsWriter(run.file("metrics.jsonl")) as mw, MetricsWriter(run.file("samples.jsonl")) as sw:
         history = train_rl(cfg, model, tokenizer, engine, data.rl_prompts, metrics=mw, samples=sw,
                            on_eval=on_eval, show_progress=show_progress)
+    merge_lora(lora, model)
     save_model(model, tokenizer, run.checkpoint("rl"))
     plot_curves(read_metrics(run.file("metrics.jsonl")), RL_PANELS, run.file("plots/rl.png"), f"RL ({cfg.algo.advantage})")
     return history
