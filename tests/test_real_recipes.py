@@ -1,0 +1,64 @@
+"""The real-model recipes and their data: GSM8K train in the R1 format (exact bytes, traces that
+verify), and recipes whose GRPO stage starts from the checkpoint their SFT stage writes."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from r1lab.config import load_config
+from r1lab.records import load_problems
+from r1lab.verify import verify_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "gsm8k"
+REAL = ROOT / "recipes" / "real"
+
+
+def _make_r1():
+    spec = importlib.util.spec_from_file_location("make_r1", DATA / "make_r1.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name,rows", [("train_r1.jsonl", 7273), ("dev_r1.jsonl", 200)])
+def test_vendored_gsm8k_r1_files_are_the_recorded_bytes(name, rows):
+    digest = hashlib.sha256((DATA / name).read_bytes()).hexdigest()
+    assert digest in (DATA / "PROVENANCE.md").read_text()
+    assert len(load_problems(DATA / name)) == rows
+
+
+def test_r1_trace_removes_calculator_annotations():
+    m = _make_r1()
+    assert m.r1_trace("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nShe earned $<<0.2*50=10>>10.", "24") == (
+        "<think>\nNatalia sold 48/2 = 24 clips in May.\nShe earned $10.\n</think>\n<answer>24</answer>")
+    row = json.loads((DATA / "train_r1.jsonl").open().readline())
+    assert row["id"] == "gsm8k-train-0" and row["answer"] == "72"
+    assert row["prompt"].endswith("inside <answer> </answer>.") and "<<" not in row["response"]
+
+
+def test_gsm8k_r1_traces_verify_against_their_answers():
+    """Every 73rd training trace and all dev traces score correct (the data stage checks all)."""
+    problems = load_problems(DATA / "train_r1.jsonl")[::73] + load_problems(DATA / "dev_r1.jsonl")
+    verdicts = verify_batch(problems, [p.metadata["response"] for p in problems], timeout=10.0, workers=2)
+    assert [(p.id, v.status, v.reason) for p, v in zip(problems, verdicts) if not v.correct] == []
+
+
+def test_real_recipes_chain_sft_into_grpo():
+    names = {p.stem for p in REAL.glob("[!_]*.yaml")}
+    assert names == {"smollm2_gsm8k_sft_lora", "smollm2_gsm8k_sft_full", "smollm2_gsm8k_grpo", "smollm2_arith_sft",
+                     "smollm2_arith_grpo"}
+    for sft, rl in (("smollm2_gsm8k_sft_lora", "smollm2_gsm8k_grpo"), ("smollm2_arith_sft", "smollm2_arith_grpo")):
+        s, r = load_config(REAL / f"{sft}.yaml"), load_config(REAL / f"{rl}.yaml")
+        assert r.init_from == f"{s.out_dir}/{s.name}/checkpoints/sft"
+        assert s.model.path == "smollm2-135m-instruct" and s.sft.lora.r > 0 and r.train.lora.r > 0
+        assert r.sampling.max_new_tokens <= 200 and 30 <= r.train.steps <= 60
+    full = load_config(REAL / "smollm2_gsm8k_sft_full.yaml")
+    assert full.sft.lora.r == 0 and full.model.dtype == "float32"
+    for p in (full.data.train_path, full.data.eval_path):
+        assert (ROOT / p).is_file()
