@@ -1,0 +1,186 @@
+"""Rollout speed on this CPU: HF `generate` (fp32, bf16) against r1lab's FastEngine at identical
+settings, next to the measured bf16 matmul roofline.
+
+Settings: SmolLM2-135M-Instruct, 16 chat prompts, sampling at T=1 (no top-k / top-p), every row
+forced to the full `max_new_tokens` (HF: min_new_tokens; FastEngine: no stop ids), so both decode
+exactly batch x max_new_tokens tokens. Timings are the median of `--repeats` runs after a warm-up,
+torch's default threads. Run under the shared lock:
+
+    flock /tmp/r1lab-cpu.lock .venv/bin/python benchmarks/speed_rollout.py
+
+Writes benchmarks/results/speed_rollout.json and speed_rollout.png (tokens/s against batch size and
+against max new tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from r1lab.models import load_model, render_prompt
+from r1lab.records import Problem
+from r1lab.rollout import FastEngine, SamplingParams
+
+RESULTS = Path(__file__).parent / "results"
+TOPICS = ["the sea", "a robot", "prime numbers", "a lighthouse", "autumn", "a bakery", "the moon", "a train",
+          "chess", "a garden", "rain", "a library", "mountains", "a violin", "friendship", "a desert"]
+
+
+def prompts(k: int) -> list[Problem]:
+    return [Problem(id=f"q{i}", prompt=f"Write a short story about {TOPICS[i % len(TOPICS)]}.", answer="")
+            for i in range(k)]
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_flops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 20) -> float:
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    t = median_time(lambda: a @ b, repeats)
+    return 2 * m * k * n / t
+
+
+def hf_generate_tokens_per_s(model, tok, batch: int, new: int, repeats: int) -> float:
+    texts = [render_prompt(tok, p.prompt) for p in prompts(batch)]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+              pad_token_id=tok.pad_token_id)
+    with torch.inference_mode():
+        model.generate(**enc, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+        out = model.generate(**enc, **kw)
+        assert out.shape[1] - enc["input_ids"].shape[1] == new
+        t = median_time(lambda: model.generate(**enc, **kw), repeats)
+    return batch * new / t
+
+
+def fast_tokens_per_s(engine: FastEngine, batch: int, new: int, repeats: int) -> float:
+    ps = prompts(batch)
+    params = SamplingParams(temperature=1.0, max_new_tokens=new)
+    engine.generate(ps[:2], SamplingParams(max_new_tokens=4), seed=0)  # warm-up (packs the weights)
+    counted = []
+
+    def run():
+        cs = engine.generate(ps, params, seed=len(counted))
+        counted.append(sum(len(c.response_ids) for c in cs))
+
+    t = median_time(run, repeats)
+    assert set(counted) == {batch * new}, counted  # every row ran to the full length
+    return batch * new / t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--batches", default="1,2,4,8,16,32,64,128")
+    ap.add_argument("--news", default="32,64,128,256,512")
+    ap.add_argument("--hf-batches", default="1,4,16,64")
+    ap.add_argument("--hf-news", default="32,128,256")
+    ap.add_argument("--quick", action="store_true", help="headline only, no sweeps")
+    args = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model32, tok = load_model("smollm2-135m-instruct")
+    model32.eval()
+    model16 = copy.deepcopy(model32).to(torch.bfloat16).eval()
+    params = sum(p.numel() for p in model32.parameters())
+    res: dict = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                            f"torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}",
+                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "params": params,
+                 "settings": {"batch": args.batch, "max_new_tokens": args.new, "temperature": 1.0, "repeats": args.repeats}}
+    # roofline: the measured bf16 matmul peak, and a decode-shaped (batch x hidden x intermediate) product
+    res["matmul_gflops"] = {
+        "square_2048_fp32": matmul_flops(2048, 2048, 2048, torch.float32) / 1e9,
+        "square_2048_bf16": matmul_flops(2048, 2048, 2048, torch.bfloat16) / 1e9,
+        f"decode_{args.batch}x576x1536_fp32": matmul_flops(args.batch, 576, 1536, torch.float32, 200) / 1e9,
+        f"decode_{args.batch}x576x1536_bf16": matmul_flops(args.batch, 576, 1536, torch.bfloat16, 200) / 1e9,
+    }
+    roofline = res["matmul_gflops"]["square_2048_bf16"] * 1e9 / (2 * params)
+    res["roofline_tokens_per_s_bf16"] = roofline
+    print(json.dumps(res, indent=1), flush=True)
+
+    fast16 = FastEngine(model32, tok, dtype="bfloat16", batch_size=256)
+    fast32 = FastEngine(model32, tok, dtype="float32", batch_size=256)
+    for e in (fast16, fast32):
+        e.stop_ids = []  # force the full length, as min_new_tokens does for HF
+    B, N, R = args.batch, args.new, args.repeats
+    head = {
+        "hf_generate_fp32": hf_generate_tokens_per_s(model32, tok, B, N, R),
+        "hf_generate_bf16": hf_generate_tokens_per_s(model16, tok, B, N, R),
+        "fast_engine_fp32": fast_tokens_per_s(fast32, B, N, R),
+        "fast_engine_bf16": fast_tokens_per_s(fast16, B, N, R),
+    }
+    res["headline_tokens_per_s"] = head
+    res["speedup_vs_hf_fp32"] = head["fast_engine_bf16"] / head["hf_generate_fp32"]
+    res["speedup_vs_hf_bf16"] = head["fast_engine_bf16"] / head["hf_generate_bf16"]
+    res["fraction_of_roofline"] = head["fast_engine_bf16"] / roofline
+    print(json.dumps({k: res[k] for k in ("headline_tokens_per_s", "speedup_vs_hf_fp32", "speedup_vs_hf_bf16",
+                                          "fraction_of_roofline")}, indent=1), flush=True)
+    if not args.quick:
+        sweep: dict = {"batch": {}, "new": {}}
+        for b in map(int, args.batches.split(",")):
+            sweep["batch"].setdefault("fast_engine_bf16", {})[b] = fast_tokens_per_s(fast16, b, N, 1 if b >= 64 else R)
+            print("batch", b, sweep["batch"]["fast_engine_bf16"][b], flush=True)
+        for b in map(int, args.hf_batches.split(",")):
+            sweep["batch"].setdefault("hf_generate_fp32", {})[b] = hf_generate_tokens_per_s(model32, tok, b, N, 1)
+            sweep["batch"].setdefault("hf_generate_bf16", {})[b] = hf_generate_tokens_per_s(model16, tok, b, N, 1)
+            print("hf batch", b, sweep["batch"]["hf_generate_fp32"][b], sweep["batch"]["hf_generate_bf16"][b], flush=True)
+        for n in map(int, args.news.split(",")):
+            sweep["new"].setdefault("fast_engine_bf16", {})[n] = fast_tokens_per_s(fast16, B, n, 1)
+            print("new", n, sweep["new"]["fast_engine_bf16"][n], flush=True)
+        for n in map(int, args.hf_news.split(",")):
+            sweep["new"].setdefault("hf_generate_fp32", {})[n] = hf_generate_tokens_per_s(model32, tok, B, n, 1)
+            sweep["new"].setdefault("hf_generate_bf16", {})[n] = hf_generate_tokens_per_s(model16, tok, B, n, 1)
+            print("hf new", n, sweep["new"]["hf_generate_fp32"][n], sweep["new"]["hf_generate_bf16"][n], flush=True)
+        res["sweep_tokens_per_s"] = sweep
+        plot(sweep, roofline, B, N, RESULTS / "speed_rollout.png")
+    (RESULTS / "speed_rollout.json").write_text(json.dumps(res, indent=1))
+    print(f"wrote {RESULTS / 'speed_rollout.json'}")
+
+
+def plot(sweep: dict, roofline: float, B: int, N: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {"fast_engine_bf16": ("r1lab FastEngine bf16", "o-"), "hf_generate_bf16": ("HF generate bf16", "s--"),
+              "hf_generate_fp32": ("HF generate fp32", "^--")}
+    for ax, key, xlabel, title in ((axes[0], "batch", "batch size", f"{N} new tokens"),
+                                   (axes[1], "new", "max new tokens", f"batch {B}")):
+        for name, pts in sweep[key].items():
+            xs = sorted(pts)
+            label, style = styles[name]
+            ax.plot(xs, [pts[x] for x in xs], style, label=label)
+        ax.axhline(roofline, color="gray", linestyle=":", label=f"bf16 matmul roofline ({roofline:.0f})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("generated tokens / s")
+        ax.set_title(f"SmolLM2-135M, sampling T=1, {title}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
