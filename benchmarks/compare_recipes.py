@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from r1lab.cli import _quiet_libraries  # noqa: E402
 from r1lab.config import load_config  # noqa: E402
 from r1lab.models import load_model  # noqa: E402
-from r1lab.rollout import HFEngine  # noqa: E402
+from r1lab.rollout import make_engine  # noqa: E402
 from r1lab.runs import RunDir  # noqa: E402
 from r1lab.stages import load_policy, prepare_data, run_eval, run_sft  # noqa: E402
 from r1lab.train.rl import PromptSampler, RLTrainer  # noqa: E402
@@ -56,7 +56,8 @@ def main() -> None:
     for label, name in METHODS.items():
         cfg = load_config(ROOT / f"recipes/tiny/{name}.yaml", [f"seed={args.seed}", f"init_from={sft_dir}", f"out_dir={out}"])
         model, tok = load_model(sft_dir)
-        engine = HFEngine(model, tok, batch_size=cfg.eval.batch_size)
+        engine = make_engine(model, tok, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
+                             dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)  # as `r1lab rl` does
         trainer = RLTrainer(cfg, model, tok, engine)
         sampler = PromptSampler(data.rl_prompts, seed=cfg.seed)
         if cfg.algo.critic and cfg.algo.value_pretrain_steps:
@@ -75,20 +76,7 @@ def main() -> None:
         print(f"{label}: avg@8 {100 * curve[0]['avg']:.1f} -> {100 * curve[-1]['avg']:.1f} "
               f"in {trainer.step} steps, {time.time() - t0:.0f} s", flush=True)
     (out / "compare.json").write_text(json.dumps(results, indent=2))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for label, r in results.items():
-        xs = [p["samples"] for p in r["curve"]]
-        axes[0].plot(xs, [100 * p["avg"] for p in r["curve"]], marker="o", label=label)
-        axes[1].plot(xs, [p["len"] for p in r["curve"]], marker="o", label=label)
-    axes[0].set_ylabel("held-out avg@8 (%)")
-    axes[1].set_ylabel("mean response length (tokens)")
-    for ax in axes:
-        ax.set_xlabel("samples generated")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"RL methods from one SFT model, equal sample budget ({args.budget}), seed {args.seed}")
-    fig.tight_layout()
-    fig.savefig(out / "compare.png", dpi=110)
+    plot(results, args.budget, args.seed, out / "compare.png")
     print(f"\n# compare_recipes, {time.strftime('%Y-%m-%d')}, budget {args.budget} samples, seed {args.seed}")
     print("| method | steps | held-out avg@8 start | end | pass@8 end | mean length end | wall time |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -96,6 +84,28 @@ def main() -> None:
         a, b = r["curve"][0], r["curve"][-1]
         print(f"| {label} | {r['steps']} | {100 * a['avg']:.1f} | {100 * b['avg']:.1f} | {100 * b['pass8']:.1f} | "
               f"{b['len']:.1f} | {r['seconds']:.0f} s |")
+
+
+def plot(results: dict, budget: int, seed: int, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, r in results.items():
+        xs = [p["samples"] for p in r["curve"]]
+        axes[0].plot(xs, [100 * p["avg"] for p in r["curve"]], marker="o", label=label)
+        axes[1].plot(xs, [p["len"] for p in r["curve"]], marker="o", label=label)
+    lengths = [p["len"] for r in results.values() for p in r["curve"]]
+    mid = (max(lengths) + min(lengths)) / 2
+    if max(lengths) - min(lengths) < 4:  # do not let autoscaling blow a fraction of a token up to full height
+        axes[1].set_ylim(mid - 2, mid + 2)
+    axes[0].set_ylabel("held-out avg@8 (%)")
+    axes[1].set_ylabel("mean response length (tokens)")
+    for ax in axes:
+        ax.set_xlabel("samples generated")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"RL methods from one SFT model, equal sample budget ({budget}), seed {seed}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
