@@ -181,3 +181,53 @@ def test_smollm2_fast_engine_matches_hf_and_bf16_stays_close(prepared):
     diff, mask = _trainer_logprobs(model, tok, cs, 1.0)
     assert (diff.sum() / mask.sum()).item() < 0.05 and diff.max().item() < 0.5
     assert Counter(c.finish_reason for c in cs).keys() <= {"stop", "length"}
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_and_auto_picks_fp32(tiny, monkeypatch, caplog, tmp_path):
+    """Emulated bf16 is ~100x slower than fp32 (AVX2 hosts): `auto` must not pick it, and an explicit
+    bf16 setting is honoured but named in a warning."""
+    import r1lab.models as models
+    from r1lab.rollout import fast
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: False)
+    model, tok = tiny
+    big = copy.deepcopy(model)
+    big.config.hidden_size = 576  # the size rule alone would pick bf16
+    assert fast._resolve_dtype("auto", big) is torch.float32
+    path = models.save_model(model, tok, tmp_path / "m")
+    with caplog.at_level(logging.WARNING, logger="r1lab.models"):
+        loaded, _ = models.load_model(path, dtype="bfloat16")
+    assert next(loaded.parameters()).dtype is torch.bfloat16
+    assert "model.dtype=bfloat16: this CPU has no native bf16 matmuls" in caplog.text
+
+
+def test_lora_wrapped_policy_runs_in_the_fast_engine_and_follows_adapter_updates(lively):
+    """LoRA RL keeps the fast engine: it applies W + (alpha/r) B A. Greedy ids and log-probs equal HF's
+    on the wrapped model, and a change to an adapter weight is picked up by the next generate."""
+    from r1lab.config import LoRAConfig
+    from r1lab.train.lora import apply_lora
+
+    model, tok = lively
+    model = copy.deepcopy(model)
+    apply_lora(model, LoRAConfig(r=4, alpha=8.0, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:  # B starts at zero: give the adapters an effect to get right
+                p.copy_(torch.randn(p.shape, generator=g))
+    model.eval()
+    engine = make_engine(model, tok, "fast", dtype="float32")
+    assert isinstance(engine, FastEngine) and engine._fallback is None
+    params = SamplingParams(temperature=0.0, max_new_tokens=20)
+    refs = []
+    for _ in range(2):
+        ref = HFEngine(model, tok).generate(problems(), params)
+        fast = engine.generate(problems(), params)
+        assert [c.response_ids for c in fast] == [c.response_ids for c in ref]
+        for a, b in zip(ref, fast):
+            assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+        refs.append([c.logprobs for c in ref])
+        with torch.no_grad():  # an update of one adapter only
+            model.model.layers[0].self_attn.q_proj.lora_B["default"].weight.mul_(-3.0)
+    assert refs[0] != refs[1]  # the update mattered, so the engine's agreement after it is a real check

@@ -8,6 +8,7 @@ everything downstream (rollout, training, checkpoints, eval) runs the same code 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterable
 
@@ -17,6 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from r1lab.config import ModelConfig, TinyModelConfig
 from r1lab.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -37,6 +40,24 @@ def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ModelError(f"model.dtype: unknown dtype {name!r} (use float32 or bfloat16)")
     return DTYPES[name]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX). Without it torch emulates
+    bf16 matmuls, ~100x slower than fp32 on a 2-core AVX2 EPYC (benchmarks/speed_rollout.py)."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    return cap in ("AVX512", "AVX512_BF16", "AMX") and ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def warn_if_emulated_bf16(setting: str) -> None:
+    """bf16 on a CPU without native bf16 is legal but slow: say so once, naming the setting."""
+    if not cpu_has_native_bf16() and not torch.cuda.is_available():
+        log.warning("%s: this CPU has no native bf16 matmuls (no AVX-512 BF16 / AMX), so bf16 runs emulated, "
+                    "far slower than float32; use float32 here", setting)
 
 
 def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -121,6 +142,8 @@ def load_model(path: str | Path, dtype: str = "float32") -> tuple[PreTrainedMode
     """Load a causal LM and its tokenizer from a local Hugging Face directory."""
     p = resolve_model_path(str(path))
     tokenizer = load_tokenizer(p)
+    if torch_dtype(dtype) is torch.bfloat16:
+        warn_if_emulated_bf16("model.dtype=bfloat16")
     try:
         model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype(dtype))
     except ModelError:

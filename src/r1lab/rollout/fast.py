@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from r1lab.models import stop_token_ids
+from r1lab.models import cpu_has_native_bf16, stop_token_ids
 from r1lab.records import Completion, Problem
 from r1lab.rollout.base import EncodedPrompt, SamplingParams, encode_prompts, sample_next, stop_string_end
 
@@ -57,20 +57,11 @@ def unsupported_reason(model) -> str | None:
     for layer in inner.layers:
         for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
                   layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
-            if type(m) is not torch.nn.Linear:  # e.g. LoRA-wrapped: its .weight lacks the adapter's update
-                return f"projection {type(m).__name__} is not a plain Linear (adapters not merged?)"
+            if type(m) is not torch.nn.Linear and not _is_plain_lora(m):
+                return f"projection {type(m).__name__} is neither a Linear nor a LoRA-wrapped Linear"
     if any(p.device.type != "cpu" for p in model.parameters()):
         return "FastEngine runs on CPU; the model is on another device"
     return None
-
-
-def cpu_has_native_bf16() -> bool:
-    cap = torch.backends.cpu.get_cpu_capability()
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        flags = ""
-    return cap in ("AVX512", "AVX512_BF16", "AMX") and ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 def _resolve_dtype(dtype: str, model) -> torch.dtype:
@@ -100,27 +91,55 @@ class _Packed:
         self.layers = []
         for layer in model.model.layers:
             at, mlp = layer.self_attn, layer.mlp
-            qkv_b = [m.bias for m in (at.q_proj, at.k_proj, at.v_proj)]
+            W = _effective_weight
+            qkv_b = [_bias(m) for m in (at.q_proj, at.k_proj, at.v_proj)]
             self.layers.append({
                 "ln1": f32(layer.input_layernorm.weight),
                 "ln2": f32(layer.post_attention_layernorm.weight),
-                "wqkv": cast(torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight])),
+                "wqkv": cast(torch.cat([W(at.q_proj), W(at.k_proj), W(at.v_proj)])),
                 "bqkv": None if all(b is None for b in qkv_b) else cast(torch.cat(
-                    [b if b is not None else torch.zeros(m.out_features) for b, m in zip(qkv_b, (at.q_proj, at.k_proj, at.v_proj))])),
-                "wo": cast(at.o_proj.weight),
-                "bo": None if at.o_proj.bias is None else cast(at.o_proj.bias),
-                "wgu": cast(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
-                "bgu": None if mlp.gate_proj.bias is None else cast(torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias])),
-                "wd": cast(mlp.down_proj.weight),
-                "bd": None if mlp.down_proj.bias is None else cast(mlp.down_proj.bias),
+                    [b if b is not None else torch.zeros(W(m).shape[0]) for b, m in zip(qkv_b, (at.q_proj, at.k_proj, at.v_proj))])),
+                "wo": cast(W(at.o_proj)),
+                "bo": None if _bias(at.o_proj) is None else cast(_bias(at.o_proj)),
+                "wgu": cast(torch.cat([W(mlp.gate_proj), W(mlp.up_proj)])),
+                "bgu": None if _bias(mlp.gate_proj) is None else cast(torch.cat([_bias(mlp.gate_proj), _bias(mlp.up_proj)])),
+                "wd": cast(W(mlp.down_proj)),
+                "bd": None if _bias(mlp.down_proj) is None else cast(_bias(mlp.down_proj)),
             })
-        self.inter = model.model.layers[0].mlp.gate_proj.out_features
+        self.inter = _effective_weight(model.model.layers[0].mlp.gate_proj).shape[0]
         self.norm = f32(model.model.norm.weight)
         # embedding rows and logits stay float32: the model's own parameters, no copy for fp32 models
         self.embed = f32(model.get_input_embeddings().weight)
         head = model.get_output_embeddings()
         self.lm_head = f32(head.weight)
         self.lm_bias = None if getattr(head, "bias", None) is None else f32(head.bias)
+
+
+def _is_plain_lora(m) -> bool:
+    """A peft LoRA layer over a Linear, without DoRA or other variants: W + sum_a s_a B_a A_a."""
+    base = getattr(m, "base_layer", None)
+    return (type(base) is torch.nn.Linear and hasattr(m, "lora_A") and hasattr(m, "lora_B")
+            and not any(getattr(m, "use_dora", {}).get(a, False) for a in m.active_adapters))
+
+
+def _bias(m) -> torch.Tensor | None:
+    return m.bias if type(m) is torch.nn.Linear else m.base_layer.bias
+
+
+def _effective_weight(m) -> torch.Tensor:
+    """The weight the module applies: a Linear's own, or a LoRA layer's base plus its active adapters'
+    scaled low-rank updates (unless already merged in). Dropout on the adapters' input is a training
+    device; generation uses the deterministic update, as peft's eval mode does."""
+    if type(m) is torch.nn.Linear:
+        return m.weight
+    w = m.base_layer.weight
+    if getattr(m, "merged", False):
+        return w
+    w = w.detach().float()
+    for a in m.active_adapters:
+        if a in m.lora_A:
+            w = w + m.scaling[a] * (m.lora_B[a].weight.detach().float() @ m.lora_A[a].weight.detach().float())
+    return w
 
 
 def _version_key(model) -> tuple:

@@ -233,6 +233,10 @@ class RLTrainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.entropy_coef = algo.entropy_coef
         self.step = 0
+        if cfg.train.bf16:
+            from r1lab.models import warn_if_emulated_bf16
+
+            warn_if_emulated_bf16("train.bf16")
 
     def autocast(self):
         """bf16 compute for the trainer's forwards (train.bf16); parameters, gradients and the
