@@ -1,5 +1,6 @@
-"""Rollout speed on this CPU: HF `generate` (fp32, bf16) against r1lab's FastEngine at identical
-settings, next to the measured bf16 matmul roofline.
+"""Rollout speed on this CPU: HF `generate` against r1lab's FastEngine at identical settings, next
+to the measured matmul roofline. fp32 always; bf16 too where the CPU multiplies bf16 natively
+(AVX-512 BF16 / AMX), since elsewhere torch emulates it far slower than fp32 (`--bf16 yes` forces it).
 
 Settings: SmolLM2-135M-Instruct, 16 chat prompts, sampling at T=1 (no top-k / top-p), every row
 forced to the full `max_new_tokens` (HF: min_new_tokens; FastEngine: no stop ids), so both decode
@@ -27,6 +28,7 @@ import torch
 from r1lab.models import load_model, render_prompt
 from r1lab.records import Problem
 from r1lab.rollout import FastEngine, SamplingParams
+from r1lab.rollout.fast import cpu_has_native_bf16
 
 RESULTS = Path(__file__).parent / "results"
 TOPICS = ["the sea", "a robot", "prime numbers", "a lighthouse", "autumn", "a bakery", "the moon", "a train",
@@ -93,83 +95,96 @@ def main() -> None:
     ap.add_argument("--hf-batches", default="1,4,16,64")
     ap.add_argument("--hf-news", default="32,128,256")
     ap.add_argument("--quick", action="store_true", help="headline only, no sweeps")
+    ap.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
+                    help="measure the bf16 contenders: auto = only on CPUs with native bf16 matmuls (AVX-512 BF16 / AMX); "
+                         "elsewhere bf16 is emulated, tens of times slower than fp32, and not worth minutes of benchmark")
     args = ap.parse_args()
+    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and cpu_has_native_bf16())
+    best = "bf16" if bf16 else "fp32"
     RESULTS.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model32, tok = load_model("smollm2-135m-instruct")
     model32.eval()
-    model16 = copy.deepcopy(model32).to(torch.bfloat16).eval()
+    model16 = copy.deepcopy(model32).to(torch.bfloat16).eval() if bf16 else None
     params = sum(p.numel() for p in model32.parameters())
     res: dict = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                             f"torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}",
                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "params": params,
                  "settings": {"batch": args.batch, "max_new_tokens": args.new, "temperature": 1.0, "repeats": args.repeats}}
-    # roofline: the measured bf16 matmul peak, and a decode-shaped (batch x hidden x intermediate) product
+    # the matmul peak, and a decode-shaped (batch x hidden x intermediate) product
+    res["native_bf16"] = cpu_has_native_bf16()
     res["matmul_gflops"] = {
         "square_2048_fp32": matmul_flops(2048, 2048, 2048, torch.float32) / 1e9,
-        "square_2048_bf16": matmul_flops(2048, 2048, 2048, torch.bfloat16) / 1e9,
         f"decode_{args.batch}x576x1536_fp32": matmul_flops(args.batch, 576, 1536, torch.float32, 200) / 1e9,
-        f"decode_{args.batch}x576x1536_bf16": matmul_flops(args.batch, 576, 1536, torch.bfloat16, 200) / 1e9,
     }
-    roofline = res["matmul_gflops"]["square_2048_bf16"] * 1e9 / (2 * params)
-    res["roofline_tokens_per_s_bf16"] = roofline
+    if bf16:
+        res["matmul_gflops"]["square_2048_bf16"] = matmul_flops(2048, 2048, 2048, torch.bfloat16) / 1e9
+        res["matmul_gflops"][f"decode_{args.batch}x576x1536_bf16"] = matmul_flops(args.batch, 576, 1536, torch.bfloat16, 200) / 1e9
+    else:  # one small product, to state how slow emulated bf16 is here
+        res["matmul_gflops"]["square_512_bf16_emulated"] = matmul_flops(512, 512, 512, torch.bfloat16, 3) / 1e9
+    # the roofline: the measured matmul peak of the best precision this CPU has, 2 FLOPs per parameter per token
+    roofline = res["matmul_gflops"][f"square_2048_{best}"] * 1e9 / (2 * params)
+    res["roofline"] = {"precision": best, "tokens_per_s": roofline}
     print(json.dumps(res, indent=1), flush=True)
 
-    fast16 = FastEngine(model32, tok, dtype="bfloat16", batch_size=256)
+    fast16 = FastEngine(model32, tok, dtype="bfloat16", batch_size=256) if bf16 else None
     fast32 = FastEngine(model32, tok, dtype="float32", batch_size=256)
-    for e in (fast16, fast32):
+    for e in filter(None, (fast16, fast32)):
         e.stop_ids = []  # force the full length, as min_new_tokens does for HF
     B, N, R = args.batch, args.new, args.repeats
-    head = {
-        "hf_generate_fp32": hf_generate_tokens_per_s(model32, tok, B, N, R),
-        "hf_generate_bf16": hf_generate_tokens_per_s(model16, tok, B, N, R),
-        "fast_engine_fp32": fast_tokens_per_s(fast32, B, N, R),
-        "fast_engine_bf16": fast_tokens_per_s(fast16, B, N, R),
-    }
+    head = {"hf_generate_fp32": hf_generate_tokens_per_s(model32, tok, B, N, R),
+            "fast_engine_fp32": fast_tokens_per_s(fast32, B, N, R)}
+    if bf16:
+        head["hf_generate_bf16"] = hf_generate_tokens_per_s(model16, tok, B, N, R)
+        head["fast_engine_bf16"] = fast_tokens_per_s(fast16, B, N, R)
     res["headline_tokens_per_s"] = head
-    res["speedup_vs_hf_fp32"] = head["fast_engine_bf16"] / head["hf_generate_fp32"]
-    res["speedup_vs_hf_bf16"] = head["fast_engine_bf16"] / head["hf_generate_bf16"]
-    res["fraction_of_roofline"] = head["fast_engine_bf16"] / roofline
-    print(json.dumps({k: res[k] for k in ("headline_tokens_per_s", "speedup_vs_hf_fp32", "speedup_vs_hf_bf16",
+    fast_best = head[f"fast_engine_{best}"]
+    res["speedup_vs_hf_fp32"] = fast_best / head["hf_generate_fp32"]
+    res["speedup_same_precision"] = {p: head[f"fast_engine_{p}"] / head[f"hf_generate_{p}"]
+                                     for p in ("fp32", "bf16") if f"hf_generate_{p}" in head}
+    res["fraction_of_roofline"] = fast_best / roofline
+    print(json.dumps({k: res[k] for k in ("headline_tokens_per_s", "speedup_vs_hf_fp32", "speedup_same_precision",
                                           "fraction_of_roofline")}, indent=1), flush=True)
     if not args.quick:
         sweep: dict = {"batch": {}, "new": {}}
+        fast = fast16 if bf16 else fast32
+        hf_models = {"fp32": model32, **({"bf16": model16} if bf16 else {})}
         for b in map(int, args.batches.split(",")):
-            sweep["batch"].setdefault("fast_engine_bf16", {})[b] = fast_tokens_per_s(fast16, b, N, 1 if b >= 64 else R)
-            print("batch", b, sweep["batch"]["fast_engine_bf16"][b], flush=True)
+            sweep["batch"].setdefault(f"fast_engine_{best}", {})[b] = fast_tokens_per_s(fast, b, N, 1 if b >= 64 else R)
+            print("batch", b, sweep["batch"][f"fast_engine_{best}"][b], flush=True)
         for b in map(int, args.hf_batches.split(",")):
-            sweep["batch"].setdefault("hf_generate_fp32", {})[b] = hf_generate_tokens_per_s(model32, tok, b, N, 1)
-            sweep["batch"].setdefault("hf_generate_bf16", {})[b] = hf_generate_tokens_per_s(model16, tok, b, N, 1)
-            print("hf batch", b, sweep["batch"]["hf_generate_fp32"][b], sweep["batch"]["hf_generate_bf16"][b], flush=True)
+            for p, m in hf_models.items():
+                sweep["batch"].setdefault(f"hf_generate_{p}", {})[b] = hf_generate_tokens_per_s(m, tok, b, N, 1)
+                print("hf", p, "batch", b, sweep["batch"][f"hf_generate_{p}"][b], flush=True)
         for n in map(int, args.news.split(",")):
-            sweep["new"].setdefault("fast_engine_bf16", {})[n] = fast_tokens_per_s(fast16, B, n, 1)
-            print("new", n, sweep["new"]["fast_engine_bf16"][n], flush=True)
+            sweep["new"].setdefault(f"fast_engine_{best}", {})[n] = fast_tokens_per_s(fast, B, n, 1)
+            print("new", n, sweep["new"][f"fast_engine_{best}"][n], flush=True)
         for n in map(int, args.hf_news.split(",")):
-            sweep["new"].setdefault("hf_generate_fp32", {})[n] = hf_generate_tokens_per_s(model32, tok, B, n, 1)
-            sweep["new"].setdefault("hf_generate_bf16", {})[n] = hf_generate_tokens_per_s(model16, tok, B, n, 1)
-            print("hf new", n, sweep["new"]["hf_generate_fp32"][n], sweep["new"]["hf_generate_bf16"][n], flush=True)
+            for p, m in hf_models.items():
+                sweep["new"].setdefault(f"hf_generate_{p}", {})[n] = hf_generate_tokens_per_s(m, tok, B, n, 1)
+                print("hf", p, "new", n, sweep["new"][f"hf_generate_{p}"][n], flush=True)
         res["sweep_tokens_per_s"] = sweep
-        plot(sweep, roofline, B, N, RESULTS / "speed_rollout.png")
+        plot(sweep, roofline, best, B, N, RESULTS / "speed_rollout.png")
     (RESULTS / "speed_rollout.json").write_text(json.dumps(res, indent=1))
     print(f"wrote {RESULTS / 'speed_rollout.json'}")
 
 
-def plot(sweep: dict, roofline: float, B: int, N: int, path: Path) -> None:
+def plot(sweep: dict, roofline: float, precision: str, B: int, N: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    styles = {"fast_engine_bf16": ("r1lab FastEngine bf16", "o-"), "hf_generate_bf16": ("HF generate bf16", "s--"),
-              "hf_generate_fp32": ("HF generate fp32", "^--")}
+    styles = {"fast_engine_bf16": ("r1lab FastEngine bf16", "o-"), "fast_engine_fp32": ("r1lab FastEngine fp32", "o-"),
+              "hf_generate_bf16": ("HF generate bf16", "s--"), "hf_generate_fp32": ("HF generate fp32", "^--")}
     for ax, key, xlabel, title in ((axes[0], "batch", "batch size", f"{N} new tokens"),
                                    (axes[1], "new", "max new tokens", f"batch {B}")):
         for name, pts in sweep[key].items():
             xs = sorted(pts)
             label, style = styles[name]
             ax.plot(xs, [pts[x] for x in xs], style, label=label)
-        ax.axhline(roofline, color="gray", linestyle=":", label=f"bf16 matmul roofline ({roofline:.0f})")
+        ax.axhline(roofline, color="gray", linestyle=":", label=f"{precision} matmul roofline ({roofline:.0f})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
