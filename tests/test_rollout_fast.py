@@ -195,6 +195,13 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_auto_picks_fp32(tiny, monke
     big = copy.deepcopy(model)
     big.config.hidden_size = 576  # the size rule alone would pick bf16
     assert fast._resolve_dtype("auto", big) is torch.float32
+    if not torch.cuda.is_available():
+        assert models.torch_dtype("auto") is torch.float32
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+        assert models.torch_dtype("auto") is torch.bfloat16
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(models.ModelError, match="float32, bfloat16 or auto"):
+        models.torch_dtype("fp8")
     path = models.save_model(model, tok, tmp_path / "m")
     with caplog.at_level(logging.WARNING, logger="r1lab.models"):
         loaded, _ = models.load_model(path, dtype="bfloat16")

@@ -32,7 +32,7 @@ class TinyModelConfig:
 @dataclass
 class ModelConfig:
     path: str = "tiny"  # "tiny" (built offline), a local Hugging Face model directory, or a prepared name
-    dtype: str = "float32"  # parameter dtype for training: float32 | bfloat16
+    dtype: str = "float32"  # parameter dtype: float32 | bfloat16 | auto (bf16 on a GPU or a CPU with native bf16, else fp32)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 

@@ -37,8 +37,12 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 
 def torch_dtype(name: str) -> torch.dtype:
+    """float32 / bfloat16 by name; `auto` is bfloat16 where it is fast (a GPU, or a CPU with native
+    bf16 matmuls) and float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() or cpu_has_native_bf16() else torch.float32
     if name not in DTYPES:
-        raise ModelError(f"model.dtype: unknown dtype {name!r} (use float32 or bfloat16)")
+        raise ModelError(f"model.dtype: unknown dtype {name!r} (use float32, bfloat16 or auto)")
     return DTYPES[name]
 
 
@@ -142,7 +146,7 @@ def load_model(path: str | Path, dtype: str = "float32") -> tuple[PreTrainedMode
     """Load a causal LM and its tokenizer from a local Hugging Face directory."""
     p = resolve_model_path(str(path))
     tokenizer = load_tokenizer(p)
-    if torch_dtype(dtype) is torch.bfloat16:
+    if dtype != "auto" and torch_dtype(dtype) is torch.bfloat16:
         warn_if_emulated_bf16("model.dtype=bfloat16")
     try:
         model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype(dtype))
