@@ -64,6 +64,8 @@ def test_eval_and_rl_commands_on_the_demo_checkpoint(demo_run, tmp_path):
                  f"out_dir={tmp_path}", "name=ev", "sampling.max_new_tokens=16"]) == 0
     rows = (tmp_path / "ev" / "eval" / "results.jsonl").read_text().splitlines()
     assert len(rows) == 12
+    assert (tmp_path / "ev" / "eval" / "summary.md").read_text().startswith(f"eval ({data.resolve()})\n\n| stage | avg@2 |")
+    assert json.loads((tmp_path / "ev" / "eval" / "summary.json").read_text())["eval"]["problems"] == 12
     recipe = tmp_path / "rl.yaml"
     recipe.write_text(yaml.safe_dump({"train": {"steps": 2, "prompts_per_step": 2, "group_size": 4},
                                       "algo": {"kl_coef": 0.04}}))

@@ -162,8 +162,10 @@ def cmd_eval(args) -> int:
 
     label = Path(args.data).stem if args.data else "held-out"
     write_summary_json(run.file("eval/summary.json"), {label: (cfg.eval.n, res.summary)}, {"model": model_id})
-    print(stage_table({Path(args.model).name: res.summary}, cfg.eval.n, cfg.eval.ks))
-    print(f"per-problem results: {run.file('eval/results.jsonl')}")
+    table = stage_table({Path(args.model).name: res.summary}, cfg.eval.n, cfg.eval.ks)
+    run.file("eval/summary.md").write_text(f"{label} ({source})\n\n{table}\n", encoding="utf-8")
+    print(table)
+    print(f"per-problem results and summary: {run.file('eval')}")
     return 0
 
 
