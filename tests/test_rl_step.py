@@ -166,3 +166,16 @@ def test_logprob_mismatch_is_logged_every_step(tiny):
     trainer, _ = _trainer(tiny, engine="bfloat16", mini_batches=2)  # measured against the old-policy forward
     stats = trainer.update(_batch(trainer))
     assert 1e-5 < stats["rollout/logprob_diff_mean"] < 0.01
+
+
+def test_group_signal_separates_equal_rewards_from_equal_correctness():
+    """Group 1: all wrong, but one sample is well formatted (accuracy 1.0 + format 0.1 weights): the
+    rewards differ, so it carries signal although dynamic sampling would drop it. Group 2: all right
+    and all formatted: no signal at all. Group 3: mixed correctness."""
+    from r1lab.train.rl import group_signal
+
+    rewards = torch.tensor([0.0, 0.1, 0.0, 0.0, 1.1, 1.1, 1.1, 1.1, 1.1, 0.0, 0.1, 1.0])
+    correct = [False] * 4 + [True] * 4 + [True, False, False, True]
+    zero_variance, same_correctness = group_signal(rewards, correct, 4)
+    assert zero_variance == pytest.approx(1 / 3)
+    assert same_correctness == pytest.approx(2 / 3)

@@ -170,6 +170,6 @@ RL_PANELS = {
     "response length (tokens)": ["response/length", "response/length_correct", "response/length_wrong"],
     "KL to reference": ["policy/kl"],
     "entropy": ["policy/entropy"],
-    "zero-variance groups / clip": ["batch/zero_variance_groups", "policy/clip_frac"],
+    "zero-variance groups / clip": ["batch/zero_variance_groups", "batch/same_correctness_groups", "policy/clip_frac"],
 }
 SFT_PANELS = {"SFT loss": ["sft/loss"], "SFT grad norm": ["sft/grad_norm"], "SFT lr": ["sft/lr"]}

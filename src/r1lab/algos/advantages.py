@@ -107,12 +107,15 @@ def discounted_returns(token_rewards: torch.Tensor, response_mask: torch.Tensor,
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / (std + eps) over the valid tokens of the whole batch; 0 outside the mask."""
-    mask = mask.to(torch.float32)
-    n = mask.sum().clamp(min=1)
-    mean = (x * mask).sum() / n
-    var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
-    return (x - mean) / (var.sqrt() + eps) * mask
+    """(x - mean) / (std + eps) over the valid tokens of the whole batch; 0 outside the mask.
+
+    In float64: when every reward of the batch is equal, x is the KL penalty alone, with a spread of
+    ~1e-5, and float32 cancellation error divided by that std leaves the result visibly off-centre."""
+    x64, mask64 = x.double(), mask.double()
+    n = mask64.sum().clamp(min=1)
+    mean = (x64 * mask64).sum() / n
+    var = (((x64 - mean) * mask64) ** 2).sum() / (n - 1).clamp(min=1)
+    return ((x64 - mean) / (var.sqrt() + eps) * mask64).to(x.dtype if x.is_floating_point() else torch.float32)
 
 
 @register_advantage("reinforce_pp")

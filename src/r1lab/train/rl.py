@@ -199,6 +199,18 @@ class Collected:
     info: dict[str, float]
 
 
+def group_signal(rewards: torch.Tensor, correct: list[bool], group_size: int) -> tuple[float, float]:
+    """(fraction of groups whose total rewards are all equal, fraction all right or all wrong).
+
+    The first is the groups with zero advantage and no gradient. The second is what dynamic sampling
+    drops (DAPO filters on accuracy); with a format or length term in the reward such a group can still
+    carry signal, so the two differ and both are logged."""
+    flat = rewards.view(-1, group_size)
+    grouped = torch.tensor(correct, dtype=torch.float32).view(-1, group_size)
+    equal = lambda g: float((g.max(1).values == g.min(1).values).float().mean())  # noqa: E731
+    return equal(flat), equal(grouped)
+
+
 class RLTrainer:
     """Owns the policy, the optional reference and critic, the optimizers and the engine."""
 
@@ -241,7 +253,7 @@ class RLTrainer:
     def autocast(self):
         """bf16 compute for the trainer's forwards (train.bf16); parameters, gradients and the
         optimizer state stay float32 (the master weights), log-softmax runs in float32."""
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
 
     def logprobs(self, model, b: RolloutBatch, T: float, with_entropy: bool = False, entropy_grad: bool = True):
         with self.autocast():
@@ -504,7 +516,7 @@ class RLTrainer:
         lengths = [len(c.response_ids) for c in completions]
         correct = [bool(c.verdict and c.verdict.correct) for c in completions]
         G = cfg.train.group_size
-        grouped = torch.tensor(correct, dtype=torch.float32).view(-1, G)
+        zero_variance, same_correctness = group_signal(rewards, correct, G)
         m: dict[str, Any] = {
             "reward/total": float(rewards.mean()),
             **{f"reward/{k}": mean(v) for k, v in col.terms.items()},
@@ -514,7 +526,8 @@ class RLTrainer:
             "response/length_wrong": mean([l for l, ok in zip(lengths, correct) if not ok]) if not all(correct) else None,
             "response/truncated": mean(c.truncated for c in completions),
             "response/unparsable": mean(bool(c.verdict and c.verdict.status == "unparsable") for c in completions),
-            "batch/zero_variance_groups": float((grouped.max(1).values == grouped.min(1).values).float().mean()),
+            "batch/zero_variance_groups": zero_variance,
+            "batch/same_correctness_groups": same_correctness,
             "adv/abs_mean": _masked_mean(batch.advantages.abs(), batch.response_mask),
             "adv/abs_max": float((batch.advantages.abs() * batch.response_mask).max()),
             "adv/mean": _masked_mean(batch.advantages, batch.response_mask),
