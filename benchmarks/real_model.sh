@@ -8,7 +8,8 @@
 #
 # Sizes are overridable (CPU-feasible defaults below are smaller than the recipes' where noted).
 set -euo pipefail
-R1=.venv/bin/r1lab
+R1=${R1:-.venv/bin/r1lab}   # e.g. R1="python3 -m r1lab" where r1lab is on PYTHONPATH only
+EVAL_BS=${EVAL_BS:-32}
 LIMIT=${LIMIT:-200}              # GSM8K test problems (the first LIMIT), greedy
 MAXTOK=${MAXTOK:-256}            # generation budget of the test-set evals
 SFT_STEPS=${SFT_STEPS:-300}
@@ -27,13 +28,15 @@ t() {  # t LABEL COMMAND... : run, log the wall time
 
 geval() {  # geval MODEL OUT PROMPT
   t "eval:$2" $R1 eval "$1" --benchmarks gsm8k --limit "$LIMIT" --max-new-tokens "$MAXTOK" --prompt "$3" \
-    --out "runs/$2" --quiet eval.batch_size=32
+    --out "runs/$2" --quiet eval.batch_size="$EVAL_BS"
 }
 
 for s in $STAGES; do
   case $s in
     base)
       geval smollm2-135m-instruct real-base-boxed boxed
+      geval smollm2-135m-instruct real-base-r1 r1 ;;
+    base_r1)
       geval smollm2-135m-instruct real-base-r1 r1 ;;
     sft_lora)
       t sft_lora $R1 sft recipes/real/smollm2_gsm8k_sft_lora.yaml sft.max_steps="$SFT_STEPS" --quiet

@@ -209,6 +209,19 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_auto_picks_fp32(tiny, monke
     assert "model.dtype=bfloat16: this CPU has no native bf16 matmuls" in caplog.text
 
 
+def test_model_device_auto_is_cpu_without_a_gpu_and_bad_devices_are_named():
+    import r1lab.models as models
+
+    if not torch.cuda.is_available():
+        assert models.resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(models.ModelError, match="model.device=cuda: torch sees no CUDA GPU"):
+            models.resolve_device("cuda")
+    assert models.resolve_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "tpu:0", ""):
+        with pytest.raises(models.ModelError, match="model.device"):
+            models.resolve_device(bad)
+
+
 def test_lora_wrapped_policy_runs_in_the_fast_engine_and_follows_adapter_updates(lively):
     """LoRA RL keeps the fast engine: it applies W + (alpha/r) B A. Greedy ids and log-probs equal HF's
     on the wrapped model, and a change to an adapter weight is picked up by the next generate."""

@@ -33,6 +33,7 @@ class TinyModelConfig:
 class ModelConfig:
     path: str = "tiny"  # "tiny" (built offline), a local Hugging Face model directory, or a prepared name
     dtype: str = "float32"  # parameter dtype: float32 | bfloat16 | auto (bf16 on a GPU or a CPU with native bf16, else fp32)
+    device: str = "auto"  # where the policy (and reference, critic) live: auto (cuda if present, else cpu) | cpu | cuda[:N]
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 

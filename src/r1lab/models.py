@@ -46,6 +46,25 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def resolve_device(name: str) -> torch.device:
+    """model.device: `auto` is the first GPU when torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"model.device: unknown device {name!r} (use auto, cpu or cuda[:N])") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ModelError(f"model.device: unsupported device type {device.type!r} (use auto, cpu or cuda[:N])")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"model.device={name}: torch sees no CUDA GPU here (torch {torch.__version__}); use cpu or auto")
+    return device
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX). Without it torch emulates
     bf16 matmuls, ~100x slower than fp32 on a 2-core AVX2 EPYC (benchmarks/speed_rollout.py)."""

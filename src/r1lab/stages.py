@@ -11,7 +11,7 @@ from typing import Any
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError, DataError
 from r1lab.eval.run import EvalResult, evaluate
-from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, render_prompt, save_model, torch_dtype
+from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, render_prompt, resolve_device, save_model, torch_dtype
 from r1lab.plots import RL_PANELS, SFT_PANELS, plot_curves
 from r1lab.records import Problem, load_problems, save_problems
 from r1lab.rollout import SamplingParams, make_engine
@@ -120,8 +120,9 @@ def load_policy(cfg: RunConfig, data: Data | None = None, path: str | None = Non
             raise DataError("building the tiny model needs data to train its tokenizer on")
         tok = build_tiny_tokenizer(tokenizer_corpus(data))
         model = build_tiny_model(tok, cfg.model.tiny, seed=cfg.seed)
-        return model.to(torch_dtype(cfg.model.dtype)), tok
-    return load_model(source, cfg.model.dtype)
+        return model.to(torch_dtype(cfg.model.dtype)).to(resolve_device(cfg.model.device)), tok
+    model, tok = load_model(source, cfg.model.dtype)
+    return model.to(resolve_device(cfg.model.device)), tok
 
 
 def eval_params(cfg: RunConfig) -> SamplingParams:

@@ -41,7 +41,8 @@ class HFEngine:
         of problem i at positions i*n .. i*n+n-1."""
         encoded = encode_prompts(self.tokenizer, problems)
         jobs = [e for e in encoded for _ in range(n)]
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        device = next(self.model.parameters()).device  # a GPU model samples on its GPU, seeded there
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         # sort by prompt length so each batch pads little; restore the order at the end
         order = sorted(range(len(jobs)), key=lambda i: len(jobs[i].ids))
         results: list[Completion | None] = [None] * len(jobs)
@@ -69,15 +70,17 @@ class HFEngine:
         for r, j in enumerate(jobs):
             input_ids[r, P - len(j.ids) :] = torch.tensor(j.ids)
             attn[r, P - len(j.ids) :] = 1
+        device = next(self.model.parameters()).device
+        input_ids, attn = input_ids.to(device), attn.to(device)
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        stop = torch.tensor(self.stop_ids + list(params.stop_token_ids), dtype=torch.long)
+        stop = torch.tensor(self.stop_ids + list(params.stop_token_ids), dtype=torch.long, device=device)
 
         cache = DynamicCache()
         out = self.model(
             input_ids=input_ids, attention_mask=attn, position_ids=positions,
             use_cache=True, logits_to_keep=1, **{self._cache_kw: cache},
         )
-        live = torch.arange(B)  # original row of each live batch row
+        live = torch.arange(B, device=device)  # original row of each live batch row
         next_pos = positions[:, -1] + 1
         tokens_out: list[list[int]] = [[] for _ in range(B)]
         logps_out: list[list[float]] = [[] for _ in range(B)]
@@ -102,7 +105,7 @@ class HFEngine:
                 keep = (~done).nonzero().squeeze(-1)
                 cache.batch_select_indices(keep)
                 live, tok, attn, next_pos = live[keep], tok[keep], attn[keep], next_pos[keep]
-            attn = torch.cat([attn, torch.ones((attn.shape[0], 1), dtype=attn.dtype)], dim=-1)
+            attn = torch.cat([attn, torch.ones((attn.shape[0], 1), dtype=attn.dtype, device=device)], dim=-1)
             out = self.model(
                 input_ids=tok.unsqueeze(-1), attention_mask=attn, position_ids=next_pos.unsqueeze(-1),
                 use_cache=True, **{self._cache_kw: cache},

