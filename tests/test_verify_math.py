@@ -284,6 +284,16 @@ def test_check_gold_catches_unparseable_gold():
         ("1/4", "<answer>2.5E-1</answer>", "correct"),
         ("3e", "<answer>3e</answer>", "correct"),  # a real e stays e
         ("1000", "<answer>1e4</answer>", "wrong"),
+        # a cut-off or unbalanced expression: math-verify's plain reader would score its leading number
+        # (SmolLM2's only "correct" MATH500 answer was the first of these, gold r = 4)
+        ("4", "So, the final answer is $$6r^2 - 19r - 7 = 4r^2 - 24r - 22 = 4(2r-7).$$", "wrong"),
+        ("4", "<answer>4 \\cdot</answer>", "unparsable"),
+        ("4", "<answer>4x+</answer>", "unparsable"),
+        ("2", "<answer>2r-7)</answer>", "unparsable"),
+        ("4", "<answer>4\\,</answer>", "correct"),  # a spacing command is not a dangling comma
+        # a sentence's full stop after the answer is not part of it
+        ("\\frac{1}{2}", "The final answer is \\frac{1}{2}.", "correct"),
+        ("4", "<answer>x = 4.</answer>", "correct"),
     ],
 )
 def test_verify_math_hardened(gold, response, status):

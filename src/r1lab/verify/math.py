@@ -90,12 +90,29 @@ def _clean(answer: str) -> str | None:
             if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
                 s = s[len(left) : len(s) - len(right)].strip()
                 changed = True
+    s = _SENTENCE_END.sub("", s)  # "x = 4." ends a sentence; left on, the period stops LaTeX parsing
     m = _TEXT_NUMBER.match(s)
     s = m.group(1) if m else s
     e = _E_NOTATION.match(s)
     if e:  # 1e3, 2.5E-1: math-verify reads the `e` as Euler's number; a bounded exponent becomes a decimal
         s = format(Decimal(s), "f")
     return s or None
+
+
+_SENTENCE_END = re.compile(r"(?<!\\)[\s.,;:!?]+$")  # not an escaped `\,` / `\;` spacing command
+# An expression cut off or unbalanced ("4 \cdot", "4x+", "2r-7)"): math-verify's plain-expression
+# reader would take the leading number out of it ("4", "4", "2") and score that.
+_DANGLING = re.compile(r"(?:(?<!\\)[-+*/^=(\[{,_]|\\cdot|\\times|\\div|\\pm|\\frac|\\sqrt)\s*$")
+
+
+def _well_formed(s: str) -> bool:
+    depth = 0
+    for ch in s:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if depth < 0:
+            return False
+    return depth == 0 and not _DANGLING.search(s)
 
 
 # a number set as text, as contest solutions box it: `\textbf{(073)}`, `\text{ 12 }`; math-verify would
@@ -176,6 +193,8 @@ def _parse(answer: str) -> tuple[Any, ...]:
     """
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
+    if not _well_formed(answer):
+        return ()
     parsed = parse(
         f"${answer}$",
         extraction_config=[LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()],
