@@ -71,7 +71,8 @@ def test_eval_and_rl_commands_on_the_demo_checkpoint(demo_run, tmp_path):
                                       "algo": {"kl_coef": 0.04}}))
     assert main(["rl", str(recipe), "--quiet", f"out_dir={tmp_path}", "name=rl", *SMALL[3:6],
                  f"init_from={demo_run / 'checkpoints' / 'sft'}", "train.steps=2", "sampling.max_new_tokens=16",
-                 "eval.n=2", "eval.ks=[1,2]", "reward.verify_workers=1"]) == 0
+                 "eval.n=2", "eval.ks=[1,2]", "reward.verify_workers=1", "eval.at_start=false"]) == 0
+    assert sorted(p.name for p in (tmp_path / "rl" / "eval").glob("*.jsonl")) == ["rl.jsonl"]  # no start eval
     rows = [json.loads(l) for l in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["policy/kl"] is not None and r["policy/kl"] >= 0 for r in rows)
     assert (tmp_path / "rl" / "checkpoints" / "rl" / "model.safetensors").is_file()

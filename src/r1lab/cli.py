@@ -78,7 +78,9 @@ def _stage_run(args, stage: str) -> int:
     if stage == "sft":
         run_sft(cfg, run, model, tok, data, show_progress=not args.quiet)
     else:
-        stages["start"] = run_eval(cfg, model, tok, data.eval, run.file("eval/start.jsonl"), "eval start", not args.quiet).summary
+        if cfg.eval.at_start:
+            stages["start"] = run_eval(cfg, model, tok, data.eval, run.file("eval/start.jsonl"), "eval start",
+                                       not args.quiet).summary
         run_rl(cfg, run, model, tok, data, show_progress=not args.quiet)
     stages[stage] = run_eval(cfg, model, tok, data.eval, run.file(f"eval/{stage}.jsonl"), f"eval {stage}", not args.quiet).summary
     table = stage_table(stages, cfg.eval.n, cfg.eval.ks)

@@ -170,6 +170,7 @@ class EvalConfig:
     max_new_tokens: int = 0  # 0 = sampling.max_new_tokens
     ks: list[int] = field(default_factory=lambda: [1, 4, 8])
     batch_size: int = 256  # sequences decoded together
+    at_start: bool = True  # `r1lab rl`: evaluate the starting model too (false: the SFT run already did)
 
 
 @dataclass
