@@ -38,7 +38,13 @@ def _quiet_libraries() -> None:
 def _config(recipe: str | None, overrides: list[str]):
     from r1lab.config import load_config
 
-    return load_config(recipe, overrides)
+    cfg = load_config(recipe, overrides)
+    # checked before a run directory exists: a bad dtype or device must leave nothing behind
+    from r1lab.models import resolve_device, torch_dtype
+
+    torch_dtype(cfg.model.dtype)
+    resolve_device(cfg.model.device)
+    return cfg
 
 
 def cmd_demo(args) -> int:
