@@ -146,3 +146,22 @@ def test_no_reference_model_without_kl(tiny):
     assert batch.ref_logprobs is None and batch.old_logprobs is None
     stats = trainer.update(batch)
     assert stats["rollout/logprob_diff_max"] < 1e-4  # fp32 engine == fp32 trainer
+
+
+def test_inverse_cdf_sampler_draws_the_distribution_and_never_a_zero_mass_token():
+    from r1lab.rollout.base import INVERSE_CDF_MIN_VOCAB, inverse_cdf_sample
+
+    p = torch.tensor([[0.0, 0.1, 0.0, 0.6, 0.3, 0.0]]).repeat(100_000, 1)
+    tokens = inverse_cdf_sample(p, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=6).double() / len(tokens)
+    assert freq[[0, 2, 5]].sum() == 0  # zero mass is never drawn, also at the edges
+    assert torch.allclose(freq[[1, 3, 4]], torch.tensor([0.1, 0.6, 0.3], dtype=torch.float64), atol=0.006)  # ~4 sigma
+    again = inverse_cdf_sample(p[:50], torch.Generator().manual_seed(0))
+    assert torch.equal(again, tokens[:50])  # seeded: the same draws
+    # a large vocabulary goes through it inside sample_next, top-k truncation included
+    V = INVERSE_CDF_MIN_VOCAB + 10
+    logits = torch.randn(256, V)
+    tok, logp = sample_next(logits, SamplingParams(temperature=1.0, top_k=3), torch.Generator().manual_seed(1))
+    top3 = logits.topk(3, dim=-1).indices
+    assert bool((top3 == tok.unsqueeze(-1)).any(-1).all())
+    assert torch.allclose(logp, torch.log_softmax(logits, -1).gather(-1, tok.unsqueeze(-1)).squeeze(-1))

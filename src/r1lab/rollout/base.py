@@ -87,8 +87,27 @@ def sample_next(
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             filtered = filtered.masked_fill(drop, float("-inf"))
         probs = filtered.softmax(dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        if probs.shape[-1] >= INVERSE_CDF_MIN_VOCAB:
+            tokens = inverse_cdf_sample(probs, generator)
+        else:
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+# torch.multinomial draws one exponential per vocabulary entry per row: with SmolLM2's 49,152 entries
+# that was 38% of a batch-64 decode step on CPU (benchmarks, torch.profiler). One uniform per row
+# against the cumulative distribution samples the same distribution. Small vocabularies (the tiny
+# model) keep multinomial, so their seeded streams, and the figures measured with them, stay the same.
+INVERSE_CDF_MIN_VOCAB = 4096
+
+
+def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of probs [B, V] (rows need not be normalised): the first index whose
+    cumulative mass exceeds u * total, u ~ U[0, 1). `right=True` never lands on a zero-mass entry."""
+    cdf = probs.double().cumsum(dim=-1)  # float64: 49k float32 partial sums would drift by ~1e-5
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device)
+    tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+    return tokens.clamp_(max=probs.shape[-1] - 1)
 
 
 def stop_string_end(tokenizer, ids: list[int], stops: tuple[str, ...]) -> int | None:
