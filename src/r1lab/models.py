@@ -62,6 +62,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights are (its first parameter's device: r1lab never splits a model)."""
     return next(model.parameters()).device
 
 

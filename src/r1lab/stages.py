@@ -119,9 +119,9 @@ def load_policy(cfg: RunConfig, data: Data | None = None, path: str | None = Non
         if data is None:
             raise DataError("building the tiny model needs data to train its tokenizer on")
         tok = build_tiny_tokenizer(tokenizer_corpus(data))
-        model = build_tiny_model(tok, cfg.model.tiny, seed=cfg.seed)
-        return model.to(torch_dtype(cfg.model.dtype)).to(resolve_device(cfg.model.device)), tok
-    model, tok = load_model(source, cfg.model.dtype)
+        model = build_tiny_model(tok, cfg.model.tiny, seed=cfg.seed).to(torch_dtype(cfg.model.dtype))
+    else:
+        model, tok = load_model(source, cfg.model.dtype)
     return model.to(resolve_device(cfg.model.device)), tok
 
 

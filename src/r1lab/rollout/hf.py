@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-from r1lab.models import stop_token_ids
+from r1lab.models import model_device, stop_token_ids
 from r1lab.records import Completion, Problem
 from r1lab.rollout.base import EncodedPrompt, SamplingParams, encode_prompts, sample_next, stop_string_end
 
@@ -41,7 +41,7 @@ class HFEngine:
         of problem i at positions i*n .. i*n+n-1."""
         encoded = encode_prompts(self.tokenizer, problems)
         jobs = [e for e in encoded for _ in range(n)]
-        device = next(self.model.parameters()).device  # a GPU model samples on its GPU, seeded there
+        device = model_device(self.model)  # a GPU model samples on its GPU, seeded there
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         # sort by prompt length so each batch pads little; restore the order at the end
         order = sorted(range(len(jobs)), key=lambda i: len(jobs[i].ids))
@@ -70,7 +70,7 @@ class HFEngine:
         for r, j in enumerate(jobs):
             input_ids[r, P - len(j.ids) :] = torch.tensor(j.ids)
             attn[r, P - len(j.ids) :] = 1
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         input_ids, attn = input_ids.to(device), attn.to(device)
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         stop = torch.tensor(self.stop_ids + list(params.stop_token_ids), dtype=torch.long, device=device)

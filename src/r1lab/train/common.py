@@ -7,6 +7,8 @@ from typing import Sequence
 
 import torch
 
+from r1lab.models import model_device
+
 
 def pad_sequences(
     prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
@@ -60,7 +62,7 @@ def token_logprobs(
     back (autograd follows the copy), so the loss code is the same for every device.
     """
     home = input_ids.device
-    device = next(model.parameters()).device
+    device = model_device(model)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     L = input_ids.shape[1]
     start = min(max(start, 0), L - 1)

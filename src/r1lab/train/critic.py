@@ -8,6 +8,8 @@ import copy
 import torch
 from torch import nn
 
+from r1lab.models import model_device
+
 
 class ValueModel(nn.Module):
     """values[:, t] estimates the return after the prefix input_ids[:, :t+1], aligned with the
@@ -17,7 +19,7 @@ class ValueModel(nn.Module):
         super().__init__()
         self.backbone = copy.deepcopy(policy.base_model)  # the transformer without the LM head
         hidden = policy.config.hidden_size
-        self.head = nn.Linear(hidden, 1, device=next(policy.parameters()).device)
+        self.head = nn.Linear(hidden, 1, device=model_device(policy))
         nn.init.zeros_(self.head.weight)  # start at V = 0: no arbitrary initial baseline
         nn.init.zeros_(self.head.bias)
 

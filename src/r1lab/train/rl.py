@@ -32,6 +32,7 @@ from r1lab.algos import aggregate, get_advantage, get_correction, get_kl_estimat
 from r1lab.algos.advantages import gae, last_token_rewards
 from r1lab.algos.losses import adaptive_entropy_coef, positive_nll, value_loss
 from r1lab.config import RunConfig
+from r1lab.models import model_device
 from r1lab.records import Completion, Problem
 from r1lab.rewards import compute_rewards
 from r1lab.rollout.base import SamplingParams
@@ -253,7 +254,7 @@ class RLTrainer:
     def autocast(self):
         """bf16 compute for the trainer's forwards (train.bf16); parameters, gradients and the
         optimizer state stay float32 (the master weights), log-softmax runs in float32."""
-        return torch.autocast(next(self.model.parameters()).device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
+        return torch.autocast(model_device(self.model).type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
 
     def logprobs(self, model, b: RolloutBatch, T: float, with_entropy: bool = False, entropy_grad: bool = True):
         with self.autocast():
