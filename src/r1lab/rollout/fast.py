@@ -6,8 +6,13 @@ fp32 matmuls, padding rows decoded after they finished). This engine keeps the a
 drops the rest:
 
 - weights are packed once per policy version (q/k/v fused into one matrix, gate/up into one) in
-  the compute dtype, bf16 by default on CPUs with native bf16 matmuls; the residual stream, the
-  RMSNorm statistics, RoPE, the final norm, the LM head (logits) and the softmax stay float32;
+  the compute dtype, bf16 by default on CPUs with native bf16 matmuls, and, in bf16, reordered
+  once into oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`): a plain bf16
+  `F.linear` re-blocks its weight on every call, which made decode-shaped matmuls 1.3-2.5x slower
+  (benchmarks/speed_rollout.py --profile). The LM head runs in the compute dtype too, with
+  float32 accumulation and the logits rounded to it, as the trainer's bf16 autocast and vLLM do
+  (the fp32 head had been ~30% of a bf16 decode step); the residual stream, the RMSNorm
+  statistics, RoPE, the softmax and the log-probs stay float32;
 - one KV cache [layers, 2, slots, kv_heads, max_len, head_dim] is allocated per `generate` call and
   written in place; no tensor grows during decoding;
 - continuous batching: live sequences always occupy slots 0..n-1; a finished sequence's slot is
@@ -86,6 +91,7 @@ class _Packed:
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.eps = float(cfg.rms_norm_eps)
+        pack = _weight_packer(dtype)
         cast = lambda t: t.detach().to(dtype).contiguous()  # noqa: E731
         f32 = lambda t: t.detach().float()  # noqa: E731
         self.layers = []
@@ -96,23 +102,59 @@ class _Packed:
             self.layers.append({
                 "ln1": f32(layer.input_layernorm.weight),
                 "ln2": f32(layer.post_attention_layernorm.weight),
-                "wqkv": cast(torch.cat([W(at.q_proj), W(at.k_proj), W(at.v_proj)])),
+                "wqkv": pack(cast(torch.cat([W(at.q_proj), W(at.k_proj), W(at.v_proj)]))),
                 "bqkv": None if all(b is None for b in qkv_b) else cast(torch.cat(
                     [b if b is not None else torch.zeros(W(m).shape[0]) for b, m in zip(qkv_b, (at.q_proj, at.k_proj, at.v_proj))])),
-                "wo": cast(W(at.o_proj)),
+                "wo": pack(cast(W(at.o_proj))),
                 "bo": None if _bias(at.o_proj) is None else cast(_bias(at.o_proj)),
-                "wgu": cast(torch.cat([W(mlp.gate_proj), W(mlp.up_proj)])),
+                "wgu": pack(cast(torch.cat([W(mlp.gate_proj), W(mlp.up_proj)]))),
                 "bgu": None if _bias(mlp.gate_proj) is None else cast(torch.cat([_bias(mlp.gate_proj), _bias(mlp.up_proj)])),
-                "wd": cast(W(mlp.down_proj)),
+                "wd": pack(cast(W(mlp.down_proj))),
                 "bd": None if _bias(mlp.down_proj) is None else cast(_bias(mlp.down_proj)),
             })
         self.inter = _effective_weight(model.model.layers[0].mlp.gate_proj).shape[0]
         self.norm = f32(model.model.norm.weight)
-        # embedding rows and logits stay float32: the model's own parameters, no copy for fp32 models
+        # embedding rows stay float32: the model's own parameter, no copy for fp32 models
         self.embed = f32(model.get_input_embeddings().weight)
         head = model.get_output_embeddings()
-        self.lm_head = f32(head.weight)
-        self.lm_bias = None if getattr(head, "bias", None) is None else f32(head.bias)
+        self.vocab = head.weight.shape[0]
+        self.lm_head = pack(cast(head.weight))
+        self.lm_bias = None if getattr(head, "bias", None) is None else cast(head.bias)
+
+
+def _weight_packer(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """bf16 weights -> oneDNN's prepacked layout (`linear` recognises it), where the CPU has native
+    bf16 and torch has the op; otherwise weights stay as they are (fp32 keeps plain F.linear, so the
+    fp32 engine's numbers are exactly those of the model)."""
+    if dtype is not torch.bfloat16 or not _can_prepack_bf16():
+        return lambda w: w
+    return lambda w: torch.ops.mkldnn._reorder_linear_weight(w, PACK_BATCH_HINT)
+
+
+PACK_BATCH_HINT = 16  # oneDNN picks its blocking for this many rows; any row count works (measured 1..128)
+_PREPACK_OK: bool | None = None
+
+
+def _can_prepack_bf16() -> bool:
+    global _PREPACK_OK
+    if _PREPACK_OK is None:
+        _PREPACK_OK = False
+        if cpu_has_native_bf16() and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+            try:  # one trial: an op that exists but rejects this CPU must not break generation
+                w = torch.randn(8, 16, dtype=torch.bfloat16)
+                x = torch.randn(2, 16, dtype=torch.bfloat16)
+                y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 2), None, "none", [], "")
+                _PREPACK_OK = bool(torch.allclose(y.float(), F.linear(x, w).float()))
+            except (RuntimeError, NotImplementedError):
+                _PREPACK_OK = False
+    return _PREPACK_OK
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear over a plain or a oneDNN-prepacked weight (see `_weight_packer`)."""
+    if w.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    return F.linear(x, w, b)
 
 
 def _is_plain_lora(m) -> bool:
@@ -202,27 +244,27 @@ class FastEngine:
 
     def _mlp(self, W: _Packed, L: dict, x: torch.Tensor) -> torch.Tensor:
         h = self._norm(x, L["ln2"], W.eps).to(W.dtype)
-        gu = F.linear(h, L["wgu"], L["bgu"])
+        gu = linear(h, L["wgu"], L["bgu"])
         act = F.silu(gu[..., : W.inter]) * gu[..., W.inter:]
-        return x + F.linear(act, L["wd"], L["bd"]).float()
+        return x.add_(linear(act, L["wd"], L["bd"]))  # in place, the compute dtype promoted to float32
 
     def _qkv(self, W: _Packed, L: dict, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """x [..., T, D] float32 -> q [..., H, T, hd], k/v [..., KV, T, hd] in the compute dtype,
         RoPE applied in float32. cos/sin broadcast over [..., 1, T, hd]."""
         H, KV, hd = W.n_heads, W.n_kv, W.head_dim
         h = self._norm(x, L["ln1"], W.eps).to(W.dtype)
-        qkv = F.linear(h, L["wqkv"], L["bqkv"])
+        qkv = linear(h, L["wqkv"], L["bqkv"])
         lead = qkv.shape[:-1]
-        q = qkv[..., : H * hd].reshape(*lead, H, hd).transpose(-2, -3)
-        k = qkv[..., H * hd: (H + KV) * hd].reshape(*lead, KV, hd).transpose(-2, -3)
+        # q and k heads rotated together (one set of elementwise ops instead of two)
+        qk = qkv[..., : (H + KV) * hd].reshape(*lead, H + KV, hd).transpose(-2, -3)
+        qk = self._rotate(qk.float(), cos, sin).to(W.dtype)
+        q, k = qk[..., :H, :, :], qk[..., H:, :, :]
         v = qkv[..., (H + KV) * hd:].reshape(*lead, KV, hd).transpose(-2, -3)
-        q = self._rotate(q.float(), cos, sin).to(W.dtype)
-        k = self._rotate(k.float(), cos, sin).to(W.dtype)
         return q, k, v
 
     def _logits(self, W: _Packed, x: torch.Tensor) -> torch.Tensor:
-        h = self._norm(x, W.norm, W.eps)
-        return F.linear(h, W.lm_head, W.lm_bias)  # [N, V] float32
+        h = self._norm(x, W.norm, W.eps).to(W.dtype)
+        return linear(h, W.lm_head, W.lm_bias).float()  # [N, V]
 
     def _prefill(self, W: _Packed, cache: torch.Tensor, prompts: list[list[int]], slots: torch.Tensor,
                  src: torch.Tensor) -> torch.Tensor:
@@ -241,7 +283,7 @@ class FastEngine:
             cache[li, 0, slots, :, :P] = k[src]
             cache[li, 1, slots, :, :P] = v[src]
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=W.n_kv != W.n_heads)
-            x = x + F.linear(a.transpose(1, 2).reshape(U, P, -1), L["wo"], L["bo"]).float()
+            x = x.add_(linear(a.transpose(1, 2).reshape(U, P, -1), L["wo"], L["bo"]))
             x = self._mlp(W, L, x)
         last = x[torch.arange(U), lens - 1]  # [U, D]
         return self._logits(W, last)[src]
@@ -250,20 +292,23 @@ class FastEngine:
         """One token for each of the n live slots 0..n-1: tok [n], pos [n] (where it goes in the
         cache). Returns logits [n, V] float32."""
         n = tok.shape[0]
+        S, KV, max_len, hd = cache.shape[2], W.n_kv, cache.shape[4], W.head_dim
         span = int(pos.max()) + 1
         cos, sin = self._rope(span)
         cos, sin = cos[pos].unsqueeze(1).unsqueeze(1), sin[pos].unsqueeze(1).unsqueeze(1)  # [n, 1, 1, hd]
         mask = (torch.arange(span).unsqueeze(0) <= pos.unsqueeze(1)).view(n, 1, 1, span)
-        rows = torch.arange(n)
+        # where each (slot, kv head)'s new K/V row goes in a layer's [S * KV * max_len, hd] cache view:
+        # one index_copy_ per tensor instead of an advanced-indexing write
+        at = ((torch.arange(n).unsqueeze(1) * KV + torch.arange(KV)) * max_len + pos.unsqueeze(1)).reshape(-1)
         x = F.embedding(tok, W.embed).unsqueeze(1)  # [n, 1, D]
         for li, L in enumerate(W.layers):
             q, k, v = self._qkv(W, L, x, cos, sin)  # q [n, H, 1, hd], k/v [n, KV, 1, hd]
             kc, vc = cache[li, 0], cache[li, 1]
-            kc[rows, :, pos] = k[:, :, 0]
-            vc[rows, :, pos] = v[:, :, 0]
+            kc.view(S * KV * max_len, hd).index_copy_(0, at, k.reshape(n * KV, hd))
+            vc.view(S * KV * max_len, hd).index_copy_(0, at, v.reshape(n * KV, hd))
             a = F.scaled_dot_product_attention(q, kc[:n, :, :span], vc[:n, :, :span], attn_mask=mask,
                                                enable_gqa=W.n_kv != W.n_heads)
-            x = x + F.linear(a.reshape(n, 1, -1), L["wo"], L["bo"]).float()
+            x = x.add_(linear(a.reshape(n, 1, -1), L["wo"], L["bo"]))
             x = self._mlp(W, L, x)
         return self._logits(W, x[:, 0])
 
@@ -314,7 +359,7 @@ class FastEngine:
 
         slot_job: list[tuple[int, int]] = []  # live slot -> (prompt, sample)
         pos = torch.zeros(0, dtype=torch.long)  # live slot -> cache position of its next token
-        logits = torch.zeros((0, W.lm_head.shape[0]))
+        logits = torch.zeros((0, W.vocab))
         out_tok: dict[tuple[int, int], list[int]] = {}
         out_lp: dict[tuple[int, int], list[float]] = {}
         finish: dict[tuple[int, int], str] = {}
