@@ -149,7 +149,7 @@ def test_no_reference_model_without_kl(tiny):
 
 
 def test_inverse_cdf_sampler_draws_the_distribution_and_never_a_zero_mass_token():
-    from r1lab.rollout.base import INVERSE_CDF_MIN_VOCAB, inverse_cdf_sample
+    from r1lab.rollout.base import inverse_cdf_sample
 
     p = torch.tensor([[0.0, 0.1, 0.0, 0.6, 0.3, 0.0]]).repeat(100_000, 1)
     tokens = inverse_cdf_sample(p, torch.Generator().manual_seed(0))
@@ -158,10 +158,41 @@ def test_inverse_cdf_sampler_draws_the_distribution_and_never_a_zero_mass_token(
     assert torch.allclose(freq[[1, 3, 4]], torch.tensor([0.1, 0.6, 0.3], dtype=torch.float64), atol=0.006)  # ~4 sigma
     again = inverse_cdf_sample(p[:50], torch.Generator().manual_seed(0))
     assert torch.equal(again, tokens[:50])  # seeded: the same draws
-    # a large vocabulary goes through it inside sample_next, top-k truncation included
-    V = INVERSE_CDF_MIN_VOCAB + 10
+    # sample_next draws through it, top-k truncation included
+    V = 5000
     logits = torch.randn(256, V)
     tok, logp = sample_next(logits, SamplingParams(temperature=1.0, top_k=3), torch.Generator().manual_seed(1))
     top3 = logits.topk(3, dim=-1).indices
     assert bool((top3 == tok.unsqueeze(-1)).any(-1).all())
     assert torch.allclose(logp, torch.log_softmax(logits, -1).gather(-1, tok.unsqueeze(-1)).squeeze(-1))
+
+
+def test_two_level_inverse_cdf_over_many_chunks_keeps_the_distribution_and_skips_zero_mass():
+    """Mass placed at chunk edges (1023, 1024, 2047), in a ragged last chunk, and zero-mass entries
+    right next to them: frequencies within 4 sigma, zero mass never drawn."""
+    from r1lab.rollout.base import inverse_cdf_sample
+
+    V = 3 * 1024 + 100  # ragged: the last chunk is padded
+    support = torch.tensor([0, 1023, 1024, 2047, 3000, V - 1])
+    mass = torch.tensor([0.05, 0.25, 0.1, 0.3, 0.2, 0.1], dtype=torch.float64)
+    p = torch.zeros(V)
+    p[support] = mass.float() * 7.0  # unnormalised rows are fine
+    draws = inverse_cdf_sample(p.repeat(200_000, 1), torch.Generator().manual_seed(3))
+    freq = torch.bincount(draws, minlength=V).double() / len(draws)
+    assert freq.sum() == pytest.approx(1.0) and set(draws.unique().tolist()) <= set(support.tolist())
+    sigma = (mass * (1 - mass) / len(draws)).sqrt()
+    assert bool(((freq[support] - mass).abs() < 4 * sigma).all()), (freq[support], mass)
+
+
+def test_untruncated_sampling_reports_the_log_softmax_at_the_drawn_token_at_any_temperature():
+    logits = torch.randn(64, 8192) * 4
+    for T in (1.0, 0.6):
+        tok, logp = sample_next(logits, SamplingParams(temperature=T), torch.Generator().manual_seed(0))
+        ref = torch.log_softmax(logits.double() / T, -1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+        assert torch.allclose(logp.double(), ref, atol=1e-5)
+    # one dominant token is always drawn; a -inf logit never is
+    peaked = torch.full((8, 4096), -30.0)
+    peaked[:, 5] = 30.0
+    peaked[:, 6] = float("-inf")
+    tok, logp = sample_next(peaked, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0))
+    assert tok.tolist() == [5] * 8 and torch.allclose(logp, torch.zeros(8), atol=1e-6)

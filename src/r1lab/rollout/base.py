@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from r1lab.models import render_prompt
 from r1lab.records import Problem
@@ -71,12 +72,16 @@ def sample_next(
     Returns (tokens [B], logprobs [B]) where the log-prob is log softmax(logits / T) at the chosen
     token, before top-k/top-p truncation: the same quantity the trainer recomputes.
     """
+    V = logits.shape[-1]
+    plain = params.temperature > 0 and not (params.top_k and params.top_k < V) and params.top_p >= 1.0
+    if plain:
+        return _sample_untruncated(logits, params.temperature, generator)
     logp = torch.log_softmax(logits / params.logprob_temperature, dim=-1)
     if params.temperature == 0:
         tokens = logits.argmax(dim=-1)
     else:
         filtered = logp
-        if params.top_k and params.top_k < logits.shape[-1]:
+        if params.top_k and params.top_k < V:
             kth = torch.topk(filtered, params.top_k, dim=-1).values[:, -1:]
             filtered = filtered.masked_fill(filtered < kth, float("-inf"))
         if params.top_p < 1.0:
@@ -86,28 +91,49 @@ def sample_next(
             drop_sorted = (cum - sorted_logp.softmax(dim=-1)) >= params.top_p
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             filtered = filtered.masked_fill(drop, float("-inf"))
-        probs = filtered.softmax(dim=-1)
-        if probs.shape[-1] >= INVERSE_CDF_MIN_VOCAB:
-            tokens = inverse_cdf_sample(probs, generator)
-        else:
-            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        tokens = inverse_cdf_sample(filtered.softmax(dim=-1), generator)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def _sample_untruncated(logits: torch.Tensor, temperature: float, generator: torch.Generator | None):
+    """Plain sampling at temperature T (no top-k / top-p), the RL default, in three passes over the
+    [B, V] logits (max, exp, chunk sums) instead of a log-softmax, a softmax and a full cumulative
+    sum: on a 49k vocabulary those were ~8% of a SmolLM2 decode step at batch 16 and ~17% at 64."""
+    z = logits if temperature == 1.0 else logits / temperature
+    m = z.amax(dim=-1, keepdim=True)
+    e = (z - m).exp_()  # unnormalised probabilities; the sampler does not need them to sum to 1
+    tokens = inverse_cdf_sample(e, generator)
+    lse = m.squeeze(-1) + e.sum(dim=-1).log()
+    return tokens, z.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+
+
 # torch.multinomial draws one exponential per vocabulary entry per row: with SmolLM2's 49,152 entries
-# that was 38% of a batch-64 decode step on CPU (benchmarks, torch.profiler). One uniform per row
-# against the cumulative distribution samples the same distribution. Small vocabularies (the tiny
-# model) keep multinomial, so their seeded streams, and the figures measured with them, stay the same.
-INVERSE_CDF_MIN_VOCAB = 4096
+# that was 38% of a batch-64 decode step on CPU (benchmarks, torch.profiler), and 8% of a tiny-model
+# step. One uniform per row against the cumulative distribution samples the same distribution.
+_CDF_CHUNK = 1024
 
 
 def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of probs [B, V] (rows need not be normalised): the first index whose
-    cumulative mass exceeds u * total, u ~ U[0, 1). `right=True` never lands on a zero-mass entry."""
-    cdf = probs.double().cumsum(dim=-1)  # float64: 49k float32 partial sums would drift by ~1e-5
-    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device)
-    tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
-    return tokens.clamp_(max=probs.shape[-1] - 1)
+    """One token per row of probs [B, V] (rows need not be normalised, entries >= 0): the first index
+    whose cumulative mass exceeds u * total, u ~ U[0, 1); `right=True` never lands on a zero-mass entry.
+
+    Two levels, so no [B, V] cumulative sum is built: float64 sums of 1,024-entry chunks pick the
+    chunk, then a float64 cumulative sum inside that one chunk picks the entry (float64: 49k float32
+    partial sums would drift by ~1e-5)."""
+    B, V = probs.shape
+    C = min(_CDF_CHUNK, V)
+    pad = -V % C
+    chunks = (F.pad(probs, (0, pad)) if pad else probs).view(B, -1, C)
+    chunk_cdf = chunks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)  # [B, V/C]
+    u = torch.rand((B, 1), generator=generator, dtype=torch.float64, device=probs.device) * chunk_cdf[:, -1:]
+    ci = torch.searchsorted(chunk_cdf, u, right=True).clamp_(max=chunk_cdf.shape[1] - 1)  # [B, 1]
+    before = torch.where(ci > 0, chunk_cdf.gather(1, (ci - 1).clamp_(min=0)), torch.zeros_like(u))
+    rows = torch.arange(B, device=probs.device)
+    within = chunks[rows, ci.squeeze(1)].double().cumsum(dim=-1)  # [B, C]
+    # rounding between the two levels must not push the target past the chunk's last positive entry
+    target = torch.minimum(u - before, within[:, -1:] * (1 - 1e-12))
+    ti = torch.searchsorted(within, target, right=True).clamp_(max=C - 1)
+    return (ci * C + ti).squeeze(1).clamp_(max=V - 1)
 
 
 def stop_string_end(tokenizer, ids: list[int], stops: tuple[str, ...]) -> int | None:
