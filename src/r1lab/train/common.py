@@ -68,7 +68,9 @@ def token_logprobs(
     start = min(max(start, 0), L - 1)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                    logits_to_keep=L - start).logits[:, :-1]  # positions start .. L-2
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
     logprobs = logp_all.gather(-1, input_ids[:, start + 1:].unsqueeze(-1)).squeeze(-1)
     entropy = None
@@ -83,7 +85,11 @@ def token_logprobs(
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    # fused: one kernel per parameter for the whole update instead of ~10 elementwise passes over
+    # all parameters (the foreach form was 0.93 s of a 135M-parameter step on this CPU)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                for p in params)
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay, fused=fused or None)
 
 
 def warmup_constant(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

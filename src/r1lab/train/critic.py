@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from r1lab.models import model_device
+from r1lab.train.attention import trainer_attention
 
 
 class ValueModel(nn.Module):
@@ -25,6 +26,7 @@ class ValueModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         device = self.head.weight.device  # the batch may be on the CPU and the model on a GPU
-        hidden = self.backbone(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                               use_cache=False).last_hidden_state
+        with trainer_attention():
+            hidden = self.backbone(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                   use_cache=False).last_hidden_state
         return self.head(hidden[:, :-1].float()).squeeze(-1).to(input_ids.device)

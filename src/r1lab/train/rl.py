@@ -37,6 +37,7 @@ from r1lab.records import Completion, Problem
 from r1lab.rewards import compute_rewards
 from r1lab.rollout.base import SamplingParams
 from r1lab.runs import MetricsWriter
+from r1lab.train.attention import trainer_attention, use_cpu_training_attention
 from r1lab.train.common import (
     grad_norm_clip,
     make_optimizer,
@@ -221,6 +222,7 @@ class RLTrainer:
         self.tokenizer = tokenizer
         self.engine = engine
         self.metrics = metrics
+        use_cpu_training_attention(model)  # before the reference and critic copies are made
         algo = cfg.algo
         self.advantage_fn = get_advantage(algo.advantage)
         self.policy_loss_fn = get_policy_loss(algo.policy_loss)
@@ -257,7 +259,7 @@ class RLTrainer:
         return torch.autocast(model_device(self.model).type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
 
     def logprobs(self, model, b: RolloutBatch, T: float, with_entropy: bool = False, entropy_grad: bool = True):
-        with self.autocast():
+        with self.autocast(), trainer_attention():
             return token_logprobs(model, b.input_ids, b.attention_mask, T, with_entropy=with_entropy,
                                   start=_first_response_col(b.response_mask), entropy_grad=entropy_grad)
 

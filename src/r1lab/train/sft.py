@@ -14,6 +14,7 @@ from r1lab.config import SFTConfig
 from r1lab.records import Problem
 from r1lab.rollout.base import encode_prompts
 from r1lab.runs import MetricsWriter
+from r1lab.train.attention import trainer_attention, use_cpu_training_attention
 from r1lab.train.common import grad_norm_clip, make_optimizer, pad_sequences, token_logprobs, warmup_cosine
 
 
@@ -33,7 +34,8 @@ def sft_examples(tokenizer, pairs: Sequence[tuple[Problem, str]]) -> list[tuple[
 
 def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Token-mean NLL over response tokens; returns (loss, number of response tokens)."""
-    logprobs, _ = token_logprobs(model, batch["input_ids"], batch["attention_mask"])
+    with trainer_attention():
+        logprobs, _ = token_logprobs(model, batch["input_ids"], batch["attention_mask"])
     mask = batch["response_mask"]
     n = int(mask.sum().item())
     return -(logprobs * mask).sum() / max(n, 1), n
@@ -56,6 +58,7 @@ def train_sft(
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
+    use_cpu_training_attention(model)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     sched = warmup_cosine(opt, cfg.warmup_steps, total)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
