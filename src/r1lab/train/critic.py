@@ -26,7 +26,8 @@ class ValueModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         device = self.head.weight.device  # the batch may be on the CPU and the model on a GPU
-        with trainer_attention():
+        # float32 even inside the trainer's bf16 autocast: the value head's targets are small differences
+        with trainer_attention(), torch.autocast(device.type, enabled=False):
             hidden = self.backbone(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                    use_cache=False).last_hidden_state
         return self.head(hidden[:, :-1].float()).squeeze(-1).to(input_ids.device)

@@ -403,56 +403,59 @@ class RLTrainer:
                     self.optimizer.zero_grad(set_to_none=True)
                 if self.critic is not None:
                     self.critic_optimizer.zero_grad(set_to_none=True)
-                for idx in micro_batches:
-                    sub = batch.rows(idx)
-                    mask = sub.loss_mask
-                    agg = lambda x: aggregate(x, mask, algo.loss_agg, num_seqs, num_tokens, norm_len)  # noqa: E731
-                    if self.critic is not None:
-                        values = self.critic(sub.input_ids, sub.attention_mask)
-                        vl = aggregate(value_loss(values, sub.old_values, sub.returns, algo.value_clip),
-                                       sub.response_mask, "token-mean", num_seqs, int(batch.response_mask[mb].sum()))
-                        vl.backward()
-                        add("value_loss", vl.detach())
-                        add("value_sq_err", ((values.detach() - sub.returns) ** 2 * sub.response_mask).sum())
-                    if not policy:
-                        tokens_total += float(sub.response_mask.sum())
-                        continue
-                    logprobs, entropy = self.logprobs(self.model, sub, T, with_entropy=True, entropy_grad=entropy_on)
-                    old = sub.old_logprobs if sub.old_logprobs is not None else logprobs.detach()
-                    per_token, stats = self.policy_loss_fn(
-                        logprobs, old, sub.advantages, clip_eps_low=algo.clip_eps_low,
-                        clip_eps_high=algo.clip_eps_high, dual_clip_c=algo.dual_clip_c, response_mask=mask,
-                    )
-                    if self.correction_fn is not None:  # TIS: the tokens came from the engine, not pi_old
-                        w = self.correction_fn(old, sub.engine_logprobs, algo.tis_cap, sub.response_mask)
-                        per_token = per_token * w
-                        stats = {**stats, "tis_weight": w, "tis_capped": (w >= algo.tis_cap).float()}
-                    pg_loss = agg(per_token)
-                    loss = pg_loss
-                    # KL and entropy use the same aggregation as the policy loss (verl#3986)
-                    if self.kl_fn is not None:
-                        kl = self.kl_fn(logprobs, sub.ref_logprobs)
-                        if not algo.kl_in_reward:
-                            loss = loss + algo.kl_coef * agg(kl)
-                        add("kl", (kl.detach() * mask).sum())
-                    if entropy_on:
-                        loss = loss - self.entropy_coef * agg(entropy)
-                    if algo.pos_nll_coef and sub.correct is not None and bool(sub.correct.any()):
-                        nll = agg(positive_nll(logprobs, mask, sub.correct))
-                        loss = loss + algo.pos_nll_coef * nll
-                        add("pos_nll", nll.detach())
-                    loss.backward()
-                    tokens_total += float(mask.sum())
-                    add("loss", loss.detach())
-                    add("pg_loss", pg_loss.detach())
-                    add("entropy", (entropy.detach() * mask).sum())
-                    for name, v in stats.items():
-                        add(name, (v * mask).sum())
-                    # how far the engine's sampling log-probs are from the trainer's (PITFALLS #6)
-                    if sub.old_logprobs is None:
-                        diff = (sub.engine_logprobs - logprobs.detach()).abs() * sub.response_mask
-                        sums["logprob_diff_max"] = max(sums.get("logprob_diff_max", 0.0), float(diff.max()))
-                        add("logprob_diff_sum", diff.sum())
+                # one autocast context per optimizer step: each weight is cast to bf16 once for all
+                # its micro-batches (the cache lives until the outermost context exits), not once each
+                with self.autocast():
+                    for idx in micro_batches:
+                        sub = batch.rows(idx)
+                        mask = sub.loss_mask
+                        agg = lambda x: aggregate(x, mask, algo.loss_agg, num_seqs, num_tokens, norm_len)  # noqa: E731
+                        if self.critic is not None:
+                            values = self.critic(sub.input_ids, sub.attention_mask)
+                            vl = aggregate(value_loss(values, sub.old_values, sub.returns, algo.value_clip),
+                                           sub.response_mask, "token-mean", num_seqs, int(batch.response_mask[mb].sum()))
+                            vl.backward()
+                            add("value_loss", vl.detach())
+                            add("value_sq_err", ((values.detach() - sub.returns) ** 2 * sub.response_mask).sum())
+                        if not policy:
+                            tokens_total += float(sub.response_mask.sum())
+                            continue
+                        logprobs, entropy = self.logprobs(self.model, sub, T, with_entropy=True, entropy_grad=entropy_on)
+                        old = sub.old_logprobs if sub.old_logprobs is not None else logprobs.detach()
+                        per_token, stats = self.policy_loss_fn(
+                            logprobs, old, sub.advantages, clip_eps_low=algo.clip_eps_low,
+                            clip_eps_high=algo.clip_eps_high, dual_clip_c=algo.dual_clip_c, response_mask=mask,
+                        )
+                        if self.correction_fn is not None:  # TIS: the tokens came from the engine, not pi_old
+                            w = self.correction_fn(old, sub.engine_logprobs, algo.tis_cap, sub.response_mask)
+                            per_token = per_token * w
+                            stats = {**stats, "tis_weight": w, "tis_capped": (w >= algo.tis_cap).float()}
+                        pg_loss = agg(per_token)
+                        loss = pg_loss
+                        # KL and entropy use the same aggregation as the policy loss (verl#3986)
+                        if self.kl_fn is not None:
+                            kl = self.kl_fn(logprobs, sub.ref_logprobs)
+                            if not algo.kl_in_reward:
+                                loss = loss + algo.kl_coef * agg(kl)
+                            add("kl", (kl.detach() * mask).sum())
+                        if entropy_on:
+                            loss = loss - self.entropy_coef * agg(entropy)
+                        if algo.pos_nll_coef and sub.correct is not None and bool(sub.correct.any()):
+                            nll = agg(positive_nll(logprobs, mask, sub.correct))
+                            loss = loss + algo.pos_nll_coef * nll
+                            add("pos_nll", nll.detach())
+                        loss.backward()
+                        tokens_total += float(mask.sum())
+                        add("loss", loss.detach())
+                        add("pg_loss", pg_loss.detach())
+                        add("entropy", (entropy.detach() * mask).sum())
+                        for name, v in stats.items():
+                            add(name, (v * mask).sum())
+                        # how far the engine's sampling log-probs are from the trainer's (PITFALLS #6)
+                        if sub.old_logprobs is None:
+                            diff = (sub.engine_logprobs - logprobs.detach()).abs() * sub.response_mask
+                            sums["logprob_diff_max"] = max(sums.get("logprob_diff_max", 0.0), float(diff.max()))
+                            add("logprob_diff_sum", diff.sum())
                 if policy:
                     add("grad_norm", grad_norm_clip(self.model, train.grad_clip))
                     self.optimizer.step()
