@@ -10,6 +10,11 @@ model), one update per rollout batch. Settings:
   (TRL: bf16=True, autocast over fp32 weights; r1lab: FastEngine bf16 + train.bf16 autocast);
 - tiny: the tiny Qwen2 (hidden 128, 4 layers), 4 prompts x 8 = 32 completions, max 48 new tokens, fp32.
 
+r1lab trains on length-sorted micro-batches of 4 rows on SmolLM2 (its recipes' setting; the same
+gradient as one 16-row batch, less padding); TRL on its one 16-row batch (smaller per-device
+batches would also shrink its generation batch). Contenders run interleaved (r1lab, TRL, r1lab,
+[TRL]); the speed-up is the ratio of their mean seconds per step.
+
 Reported: seconds per step (median over the steps after `--warmup`), r1lab's breakdown into
 generate / score / reference / train, peak RSS, r1lab's reward trajectory from two runs with the
 same seed, and the engine/trainer log-prob mismatch. TRL is a benchmark-only extra (`pip install
@@ -36,8 +41,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = {
-    "smollm2": {"prompts_per_step": 2, "group_size": 8, "max_new_tokens": 96},
-    "tiny": {"prompts_per_step": 4, "group_size": 8, "max_new_tokens": 48},
+    "smollm2": {"prompts_per_step": 2, "group_size": 8, "max_new_tokens": 96, "r1lab_micro_batch": 4},
+    "tiny": {"prompts_per_step": 4, "group_size": 8, "max_new_tokens": 48, "r1lab_micro_batch": 64},
 }
 LR = 1e-6
 
@@ -101,7 +106,9 @@ def run_r1lab(model_path: str, precision: str, steps: int, seed: int, s: dict) -
     cfg.seed = seed
     cfg.sampling.temperature, cfg.sampling.max_new_tokens = 1.0, s["max_new_tokens"]
     cfg.train.prompts_per_step, cfg.train.group_size = s["prompts_per_step"], s["group_size"]
-    cfg.train.lr, cfg.train.warmup_steps, cfg.train.micro_batch_size = LR, 1, 64
+    # micro-batches of 4 length-sorted rows (r1lab's recipes' setting): the gradient is the same as
+    # one 16-row forward, the padding is not (the rows' lengths differ by up to ~2x)
+    cfg.train.lr, cfg.train.warmup_steps, cfg.train.micro_batch_size = LR, 1, s["r1lab_micro_batch"]
     cfg.train.bf16 = precision == "bf16"
     cfg.algo.loss_agg = "token-mean"
     cfg.reward.terms = {"accuracy": 1.0}
@@ -208,6 +215,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--root", default="")
+    ap.add_argument("--trl-twice", action="store_true", help="a second TRL run after the second r1lab run")
     ap.add_argument("--only", default="", help="comma list of smollm2-fp32, smollm2-bf16, tiny-fp32")
     args = ap.parse_args()
     root = Path(args.root or tempfile.mkdtemp(prefix="r1lab_speed_"))
@@ -242,12 +250,18 @@ def main() -> None:
         print("this CPU has no native bf16 matmuls: measuring fp32 only (--only smollm2-bf16 forces it)", flush=True)
     for model, precision in configs:
         key = f"{model}-{precision}"
+        # interleaved (r1lab, TRL, r1lab again, TRL again): this VM's speed drifts by up to 2x within
+        # minutes, so each contender gets an early and a late slot and the ratio uses both
         runs = {"r1lab": contender("r1lab", model, precision, args.steps, args.seed, root)}
-        runs["r1lab_same_seed"] = contender("r1lab", model, precision, args.steps, args.seed, root)
         runs["trl"] = contender("trl", model, precision, args.steps, args.seed, root)
+        runs["r1lab_same_seed"] = contender("r1lab", model, precision, args.steps, args.seed, root)
+        if args.trl_twice:
+            runs["trl_again"] = contender("trl", model, precision, args.steps, args.seed, root)
         out["runs"][key] = {name: {"summary": summarise(r, args.warmup), "raw": r} for name, r in runs.items()}
         s = {name: out["runs"][key][name]["summary"] for name in runs}
-        s_r, s_t = s["r1lab"]["s_per_step"], s["trl"]["s_per_step"]
+        s_r = statistics.mean([s["r1lab"]["s_per_step"], s["r1lab_same_seed"]["s_per_step"]])
+        s_t = statistics.mean([s[k]["s_per_step"] for k in ("trl", "trl_again") if k in s])
+        out["runs"][key]["r1lab_s_per_step"], out["runs"][key]["trl_s_per_step"] = s_r, s_t
         out["runs"][key]["speedup_vs_trl"] = s_t / s_r
         out["runs"][key]["same_seed_rewards_equal"] = s["r1lab"]["rewards"] == s["r1lab_same_seed"]["rewards"]
         print(f"{key}: r1lab {s_r:.2f} s/step, TRL {s_t:.2f} s/step -> {s_t / s_r:.2f}x; "

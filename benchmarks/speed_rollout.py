@@ -4,8 +4,9 @@ to the measured matmul roofline. fp32 always; bf16 too where the CPU multiplies 
 
 Settings: SmolLM2-135M-Instruct, 16 chat prompts, sampling at T=1 (no top-k / top-p), every row
 forced to the full `max_new_tokens` (HF: min_new_tokens; FastEngine: no stop ids), so both decode
-exactly batch x max_new_tokens tokens. Timings are the median of `--repeats` runs after a warm-up,
-torch's default threads. Run under the shared lock:
+exactly batch x max_new_tokens tokens. The headline runs the contenders interleaved, one run of each
+per round for `--repeats` rounds, and reports medians and the median per-round ratio; the sweeps
+time each point on its own. Torch's default threads. Run under the shared lock:
 
     flock /tmp/r1lab-cpu.lock .venv/bin/python benchmarks/speed_rollout.py
 
@@ -57,32 +58,63 @@ def matmul_flops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 20) 
     return 2 * m * k * n / t
 
 
-def hf_generate_tokens_per_s(model, tok, batch: int, new: int, repeats: int) -> float:
+def hf_generate_runner(model, tok, batch: int, new: int):
+    """A warmed-up callable that runs HF generate once at the settings and returns the tokens made."""
     texts = [render_prompt(tok, p.prompt) for p in prompts(batch)]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
               pad_token_id=tok.pad_token_id)
+
+    def run() -> int:
+        with torch.inference_mode():
+            out = model.generate(**enc, **kw)
+        assert out.shape[1] - enc["input_ids"].shape[1] == new
+        return batch * new
+
     with torch.inference_mode():
         model.generate(**enc, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
-        out = model.generate(**enc, **kw)
-        assert out.shape[1] - enc["input_ids"].shape[1] == new
-        t = median_time(lambda: model.generate(**enc, **kw), repeats)
-    return batch * new / t
+    return run
 
 
-def fast_tokens_per_s(engine: FastEngine, batch: int, new: int, repeats: int) -> float:
+def fast_runner(engine: FastEngine, batch: int, new: int):
     ps = prompts(batch)
     params = SamplingParams(temperature=1.0, max_new_tokens=new)
     engine.generate(ps[:2], SamplingParams(max_new_tokens=4), seed=0)  # warm-up (packs the weights)
-    counted = []
+    seeds = iter(range(1_000_000))
 
-    def run():
-        cs = engine.generate(ps, params, seed=len(counted))
-        counted.append(sum(len(c.response_ids) for c in cs))
+    def run() -> int:
+        cs = engine.generate(ps, params, seed=next(seeds))
+        made = sum(len(c.response_ids) for c in cs)
+        assert made == batch * new, made  # every row ran to the full length
+        return made
 
-    t = median_time(run, repeats)
-    assert set(counted) == {batch * new}, counted  # every row ran to the full length
-    return batch * new / t
+    return run
+
+
+def tokens_per_s(run, repeats: int) -> float:
+    made = []
+    t = median_time(lambda: made.append(run()), repeats)
+    return made[0] / t
+
+
+def hf_generate_tokens_per_s(model, tok, batch: int, new: int, repeats: int) -> float:
+    return tokens_per_s(hf_generate_runner(model, tok, batch, new), repeats)
+
+
+def fast_tokens_per_s(engine: FastEngine, batch: int, new: int, repeats: int) -> float:
+    return tokens_per_s(fast_runner(engine, batch, new), repeats)
+
+
+def interleaved(runners: dict, repeats: int) -> dict[str, list[float]]:
+    """tokens/s of each runner, `repeats` rounds, one run of each per round: this VM's speed drifts
+    by up to 2x within minutes, so contenders measured minutes apart are not comparable."""
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            made = run()
+            rates[name].append(made / (time.perf_counter() - t0))
+    return rates
 
 
 def main() -> None:
@@ -132,19 +164,23 @@ def main() -> None:
     for e in filter(None, (fast16, fast32)):
         e.stop_ids = []  # force the full length, as min_new_tokens does for HF
     B, N, R = args.batch, args.new, args.repeats
-    head = {"hf_generate_fp32": hf_generate_tokens_per_s(model32, tok, B, N, R),
-            "fast_engine_fp32": fast_tokens_per_s(fast32, B, N, R)}
+    runners = {"hf_generate_fp32": hf_generate_runner(model32, tok, B, N), "fast_engine_fp32": fast_runner(fast32, B, N)}
     if bf16:
-        head["hf_generate_bf16"] = hf_generate_tokens_per_s(model16, tok, B, N, R)
-        head["fast_engine_bf16"] = fast_tokens_per_s(fast16, B, N, R)
+        runners["hf_generate_bf16"] = hf_generate_runner(model16, tok, B, N)
+        runners["fast_engine_bf16"] = fast_runner(fast16, B, N)
+    rates = interleaved(runners, R)
+    head = {name: statistics.median(r) for name, r in rates.items()}
     res["headline_tokens_per_s"] = head
+    res["headline_rounds_tokens_per_s"] = rates
     fast_best = head[f"fast_engine_{best}"]
-    res["speedup_vs_hf_fp32"] = fast_best / head["hf_generate_fp32"]
-    res["speedup_same_precision"] = {p: head[f"fast_engine_{p}"] / head[f"hf_generate_{p}"]
-                                     for p in ("fp32", "bf16") if f"hf_generate_{p}" in head}
+    per_round = [f / h for f, h in zip(rates[f"fast_engine_{best}"], rates["hf_generate_fp32"])]
+    res["speedup_vs_hf_fp32"] = statistics.median(per_round)
+    res["speedup_vs_hf_fp32_per_round"] = per_round
+    res["speedup_same_precision"] = {p: statistics.median(f / h for f, h in zip(rates[f"fast_engine_{p}"], rates[f"hf_generate_{p}"]))
+                                     for p in ("fp32", "bf16") if f"hf_generate_{p}" in rates}
     res["fraction_of_roofline"] = fast_best / roofline
-    print(json.dumps({k: res[k] for k in ("headline_tokens_per_s", "speedup_vs_hf_fp32", "speedup_same_precision",
-                                          "fraction_of_roofline")}, indent=1), flush=True)
+    print(json.dumps({k: res[k] for k in ("headline_tokens_per_s", "speedup_vs_hf_fp32", "speedup_vs_hf_fp32_per_round",
+                                          "speedup_same_precision", "fraction_of_roofline")}, indent=1), flush=True)
     if not args.quick:
         sweep: dict = {"batch": {}, "new": {}}
         fast = fast16 if bf16 else fast32
