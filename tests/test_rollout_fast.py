@@ -153,6 +153,27 @@ def test_weights_are_repacked_after_an_optimizer_step(lively):
     assert [c.response_ids for c in after] != [c.response_ids for c in before]
 
 
+def test_weights_are_repacked_after_a_step_of_r1labs_fused_optimizer(lively):
+    """Fused AdamW updates parameters without bumping their version counters; r1lab's optimizers
+    say so explicitly, and the engine's log-probs stay the trainer's after every step."""
+    from r1lab.train.common import make_optimizer
+
+    model, tok = lively
+    model = copy.deepcopy(model)
+    engine = FastEngine(model, tok, dtype="float32")
+    opt = make_optimizer(model, lr=0.05, weight_decay=0.0)
+    params = SamplingParams(max_new_tokens=12)
+    engine.generate(problems(), params, seed=0)
+    for step in range(2):
+        out = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+        out[0, -1].logsumexp(-1).backward()
+        opt.step()
+        opt.zero_grad()
+        cs = engine.generate(problems(), params, n=2, seed=step)
+        diff, _ = _trainer_logprobs(model, tok, cs, 1.0)
+        assert diff.max().item() < 1e-4, step
+
+
 def test_unsupported_models_fall_back_to_hf_with_a_note(tiny, caplog):
     from transformers import GPT2Config, GPT2LMHeadModel
 

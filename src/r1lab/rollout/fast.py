@@ -185,9 +185,11 @@ def _effective_weight(m) -> torch.Tensor:
 
 
 def _version_key(model) -> tuple:
-    """Changes whenever any parameter is replaced or modified in place (optimizer steps bump
-    `_version`), so packed weights are rebuilt exactly when the policy changed."""
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    """Changes whenever any parameter is replaced or modified in place, so packed weights are rebuilt
+    exactly when the policy changed: autograd's version counters catch in-place ops, and
+    `_r1lab_weights_version` the optimizers r1lab makes (fused AdamW's kernel does not bump the
+    counters: found by a demo run whose engine/trainer log-prob gap grew to 2.9 while the policy moved)."""
+    return (getattr(model, "_r1lab_weights_version", 0), tuple((p.data_ptr(), p._version) for p in model.parameters()))
 
 
 class FastEngine:

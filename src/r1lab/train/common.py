@@ -89,7 +89,16 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     # all parameters (the foreach form was 0.93 s of a 135M-parameter step on this CPU)
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
                 for p in params)
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay, fused=fused or None)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay, fused=fused or None)
+    # the fused kernel updates parameters without bumping their autograd version counters, which the
+    # fast engine's packed-weight cache keyed on: every step now bumps an explicit counter as well
+    opt.register_step_post_hook(lambda *_: note_weights_changed(model))
+    return opt
+
+
+def note_weights_changed(model: torch.nn.Module) -> None:
+    """Tell caches of `model`'s weights (the fast engine's packed copy) that they changed."""
+    model._r1lab_weights_version = getattr(model, "_r1lab_weights_version", 0) + 1
 
 
 def warmup_constant(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
