@@ -9,7 +9,7 @@ drops the rest:
   the compute dtype, bf16 by default on CPUs with native bf16 matmuls, and, in bf16, reordered
   once into oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`): a plain bf16
   `F.linear` re-blocks its weight on every call, which made decode-shaped matmuls 1.3-2.5x slower
-  (benchmarks/speed_rollout.py --profile). The LM head runs in the compute dtype too, with
+  (timed on SmolLM2 shapes, BENCHMARKS.md). The LM head runs in the compute dtype too, with
   float32 accumulation and the logits rounded to it, as the trainer's bf16 autocast and vLLM do
   (the fp32 head had been ~30% of a bf16 decode step); the residual stream, the RMSNorm
   statistics, RoPE, the softmax and the log-probs stay float32;
