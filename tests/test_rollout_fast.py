@@ -90,7 +90,7 @@ def test_bf16_logprob_mismatch_is_small(tiny):
         diff, mask = _trainer_logprobs(model, tok, cs, 1.0)  # the trainer is fp32
         mismatch[dtype] = ((diff.sum() / mask.sum()).item(), diff.max().item())
     assert mismatch["float32"][1] < 1e-5
-    assert 1e-5 < mismatch["bfloat16"][0] < 5e-3 and mismatch["bfloat16"][1] < 0.05  # measured: 3e-4, 3e-3
+    assert 1e-5 < mismatch["bfloat16"][0] < 5e-3 and mismatch["bfloat16"][1] < 0.05  # measured: 5e-4, 4e-3 (bf16 LM head)
 
 
 def test_top_k_1_and_tiny_top_p_sample_the_argmax_but_report_the_full_logprob(lively):
