@@ -30,6 +30,7 @@ falls back to the HF engine with a logged note.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from typing import Callable
@@ -132,22 +133,20 @@ def _weight_packer(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]
 
 
 PACK_BATCH_HINT = 16  # oneDNN picks its blocking for this many rows; any row count works (measured 1..128)
-_PREPACK_OK: bool | None = None
 
 
+@functools.cache
 def _can_prepack_bf16() -> bool:
-    global _PREPACK_OK
-    if _PREPACK_OK is None:
-        _PREPACK_OK = False
-        if cpu_has_native_bf16() and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
-            try:  # one trial: an op that exists but rejects this CPU must not break generation
-                w = torch.randn(8, 16, dtype=torch.bfloat16)
-                x = torch.randn(2, 16, dtype=torch.bfloat16)
-                y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 2), None, "none", [], "")
-                _PREPACK_OK = bool(torch.allclose(y.float(), F.linear(x, w).float()))
-            except (RuntimeError, NotImplementedError):
-                _PREPACK_OK = False
-    return _PREPACK_OK
+    if not (cpu_has_native_bf16() and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    try:  # one trial: an op that exists but rejects this CPU must not break generation
+        w = torch.randn(8, 16, dtype=torch.bfloat16)
+        x = torch.randn(2, 16, dtype=torch.bfloat16)
+        y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 2), None, "none", [], "")
+        return bool(torch.allclose(y.float(), F.linear(x, w).float()))
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:

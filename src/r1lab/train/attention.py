@@ -17,12 +17,12 @@ The mask comes from HF's SDPA mask builder, so padding and causality are handled
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 
 NAME = "r1lab_cpu"
-_registered = False
 _trainer_depth = 0
 
 
@@ -37,16 +37,13 @@ def trainer_attention():
         _trainer_depth -= 1
 
 
+@cache
 def _register() -> None:
-    global _registered
-    if _registered:
-        return
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     AttentionInterface.register(NAME, cpu_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
-    _registered = True
 
 
 def use_cpu_training_attention(model) -> bool:
@@ -86,15 +83,14 @@ def matmul_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     g = H // KV
     q = query.reshape(B, KV, g * L, hd)  # heads kv*g .. kv*g+g-1 share key head kv (HF's repeat_kv order)
     scores = torch.matmul(q, key.transpose(-1, -2)).float().mul_(scaling).view(B, KV, g, L, S)
+    if mask is None and causal and L > 1:
+        mask = torch.ones(L, S, dtype=torch.bool, device=query.device).tril(S - L)
     if mask is not None:
-        allowed = mask.view(mask.shape[0], 1, 1, L, S) if mask.dtype is torch.bool else None
-        if allowed is None:  # an additive float mask
-            scores = scores + mask.float().view(mask.shape[0], 1, 1, L, S)
-        else:
-            scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
-    elif causal and L > 1:
-        allowed = torch.ones(L, S, dtype=torch.bool, device=query.device).tril(S - L)
-        scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
+        mask = mask.view(-1, 1, 1, L, S)
+        if mask.dtype is torch.bool:
+            scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+        else:  # an additive float mask
+            scores = scores + mask.float()
     probs = torch.softmax(scores, dim=-1).to(value.dtype).view(B, KV, g * L, S)
     if dropout:
         probs = F.dropout(probs, p=dropout, training=True)
