@@ -52,7 +52,8 @@ def _count_forwards(module, calls: list[int] | None = None) -> list[int]:
 
 
 def test_no_reference_and_no_old_policy_forward_when_not_needed(tiny):
-    trainer, model = _trainer(tiny, micro_batch_size=6)  # kl_coef 0, one update per rollout
+    # kl_coef 0, one update per rollout; whole rows (the shared-prompt forwards are counted below)
+    trainer, model = _trainer(tiny, micro_batch_size=6, shared_prefix=False)
     calls = [0]
     batch = _batch(trainer, before_make_batch=lambda: _count_forwards(model, calls))
     assert calls[0] == 0 and trainer.ref_model is None
@@ -62,16 +63,30 @@ def test_no_reference_and_no_old_policy_forward_when_not_needed(tiny):
 
 
 def test_reference_forward_only_with_kl_and_old_forward_only_with_several_updates(tiny):
-    trainer, model = _trainer(tiny, micro_batch_size=6, algo={"kl_coef": 0.1})
+    trainer, model = _trainer(tiny, micro_batch_size=6, algo={"kl_coef": 0.1}, shared_prefix=False)
     policy, ref = [0], _count_forwards(trainer.ref_model)
     batch = _batch(trainer, before_make_batch=lambda: _count_forwards(model, policy))
     assert (policy[0], ref[0]) == (0, 3) and batch.ref_logprobs is not None and batch.old_logprobs is None
-    trainer, model = _trainer(tiny, micro_batch_size=6, mini_batches=2)
+    trainer, model = _trainer(tiny, micro_batch_size=6, mini_batches=2, shared_prefix=False)
     policy = [0]
     batch = _batch(trainer, before_make_batch=lambda: _count_forwards(model, policy))
     assert policy[0] == 4 and batch.old_logprobs is not None  # 2 mini-batches of 8 -> 2 + 2 micro-batches
     trainer.update(batch)
     assert policy[0] == 8
+
+
+def test_shared_prefix_runs_each_prompt_once_per_mini_batch_and_keeps_the_update(tiny):
+    shared, model = _trainer(tiny, micro_batch_size=6)
+    plain, plain_model = _trainer(tiny, micro_batch_size=6, shared_prefix=False)
+    batch = _batch(shared)
+    calls = _count_forwards(model)
+    stats = shared.update(copy.deepcopy(batch))
+    assert calls[0] == 3 + 4  # 3 micro-batches of responses + the 4 distinct prompts, once each
+    want = plain.update(copy.deepcopy(batch))
+    for k in ("loss/policy", "policy/entropy", "policy/grad_norm"):
+        assert stats[k] == pytest.approx(want[k], rel=1e-5, abs=1e-7), k
+    for (n, p), q in zip(model.named_parameters(), plain_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=n)
 
 
 def test_micro_batches_are_length_bucketed():

@@ -138,6 +138,7 @@ class TrainConfig:
     mini_batches: int = 1  # optimizer steps per pass
     micro_batch_size: int = 64  # sequences per forward/backward (does not change the gradient)
     bf16: bool = False  # bf16 autocast for the trainer's forward/backward; weights and optimizer state stay fp32
+    shared_prefix: bool = True  # each distinct prompt of a mini-batch runs once in the trainer's forwards (same gradient)
     dynamic_sampling: bool = False  # DAPO: drop groups whose outcomes are all equal, sample again to refill
     max_sampling_rounds: int = 3  # cap on generation rounds per step under dynamic sampling
     min_valid_fraction: float = 0.0  # GPG: resample until this fraction of groups carries signal (needs dynamic_sampling)

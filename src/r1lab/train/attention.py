@@ -82,15 +82,16 @@ def matmul_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     KV, S = key.shape[1], key.shape[2]
     g = H // KV
     q = query.reshape(B, KV, g * L, hd)  # heads kv*g .. kv*g+g-1 share key head kv (HF's repeat_kv order)
-    scores = torch.matmul(q, key.transpose(-1, -2)).float().mul_(scaling).view(B, KV, g, L, S)
+    acc = torch.promote_types(query.dtype, torch.float32)  # bf16 -> float32 softmax; float64 stays float64
+    scores = torch.matmul(q, key.transpose(-1, -2)).to(acc).mul_(scaling).view(B, KV, g, L, S)
     if mask is None and causal and L > 1:
         mask = torch.ones(L, S, dtype=torch.bool, device=query.device).tril(S - L)
     if mask is not None:
         mask = mask.view(-1, 1, 1, L, S)
         if mask.dtype is torch.bool:
-            scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+            scores = scores.masked_fill(~mask, torch.finfo(acc).min)
         else:  # an additive float mask
-            scores = scores + mask.float()
+            scores = scores + mask.to(acc)
     probs = torch.softmax(scores, dim=-1).to(value.dtype).view(B, KV, g * L, S)
     if dropout:
         probs = F.dropout(probs, p=dropout, training=True)

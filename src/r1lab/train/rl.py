@@ -38,6 +38,7 @@ from r1lab.rewards import compute_rewards
 from r1lab.rollout.base import SamplingParams
 from r1lab.runs import MetricsWriter
 from r1lab.train.attention import trainer_attention, use_cpu_training_attention
+from r1lab.train.prefix import SharedPrefix
 from r1lab.train.common import (
     grad_norm_clip,
     make_optimizer,
@@ -177,12 +178,17 @@ def _first_response_col(response_mask: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def _forward_rows(fn: Callable[[RolloutBatch], torch.Tensor], batch: RolloutBatch, parts: list[torch.Tensor]) -> torch.Tensor:
-    """fn over each micro-batch `parts` (no grad), scattered back into a [B, L-1] tensor."""
+def _forward_rows(fn: Callable[..., torch.Tensor], batch: RolloutBatch, mini_batches: list[list[torch.Tensor]],
+                  prefix_for: Callable[[torch.Tensor], SharedPrefix | None] | None = None) -> torch.Tensor:
+    """fn(rows, idx, prefix) over each micro-batch of `mini_batches` (no grad), scattered back into a
+    [B, L-1] tensor. `prefix_for(mini-batch rows)` gives the shared prompt forwards, built per
+    mini-batch exactly as the update builds them, so both passes compute the same numbers."""
     out = torch.zeros_like(batch.response_mask)
-    for idx in parts:
-        v = fn(batch.rows(idx))
-        out[idx, : v.shape[1]] = v
+    for micro_batches in mini_batches:
+        prefix = prefix_for(torch.cat(micro_batches)) if prefix_for else None
+        for idx in micro_batches:
+            v = fn(batch.rows(idx), idx, prefix)
+            out[idx, : v.shape[1]] = v
     return out * batch.response_mask
 
 
@@ -258,10 +264,22 @@ class RLTrainer:
         optimizer state stay float32 (the master weights), log-softmax runs in float32."""
         return torch.autocast(model_device(self.model).type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
 
-    def logprobs(self, model, b: RolloutBatch, T: float, with_entropy: bool = False, entropy_grad: bool = True):
+    def logprobs(self, model, b: RolloutBatch, T: float, with_entropy: bool = False, entropy_grad: bool = True,
+                 prefix: SharedPrefix | None = None, idx: torch.Tensor | None = None):
+        """Log-probs (and entropy) of rows `b`; with `prefix`, the rows `idx` of the batch it was
+        built on run only their responses on top of their prompts' shared K/V."""
         with self.autocast(), trainer_attention():
+            if prefix is not None:
+                return prefix.logprobs(idx, T, with_entropy=with_entropy, entropy_grad=entropy_grad)
             return token_logprobs(model, b.input_ids, b.attention_mask, T, with_entropy=with_entropy,
                                   start=_first_response_col(b.response_mask), entropy_grad=entropy_grad)
+
+    def shared_prefix(self, model, batch: RolloutBatch, rows: torch.Tensor) -> SharedPrefix | None:
+        """Each distinct prompt among `rows` run once through `model` (train.shared_prefix), or None."""
+        if not self.cfg.train.shared_prefix:
+            return None
+        with self.autocast(), trainer_attention():
+            return SharedPrefix.build(model, batch.input_ids, batch.attention_mask, batch.response_mask, rows)
 
     @property
     def params(self) -> SamplingParams:
@@ -353,19 +371,21 @@ class RLTrainer:
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.step)
         batch.plan = _update_plan(len(completions), train.ppo_epochs, train.mini_batches, train.micro_batch_size, gen,
                                   lengths=batch.attention_mask.sum(-1))
-        first_pass = [idx for mb in batch.plan[0] for idx in mb]
+        first_pass = batch.plan[0]
         # a separate "old policy" forward only when the policy changes before the last update uses
         # it; with one update per rollout the old log-probs are the current ones, detached, and the
         # ratio is exactly 1. GPG's loss has no ratio at all.
         if train.ppo_epochs * train.mini_batches > 1 and algo.policy_loss != "gpg":
-            batch.old_logprobs = _forward_rows(lambda b: self.logprobs(self.model, b, T)[0], batch, first_pass)
+            batch.old_logprobs = _forward_rows(lambda b, idx, pre: self.logprobs(self.model, b, T, prefix=pre, idx=idx)[0],
+                                               batch, first_pass, lambda rows: self.shared_prefix(self.model, batch, rows))
         if self.ref_model is not None:
-            batch.ref_logprobs = _forward_rows(lambda b: self.logprobs(self.ref_model, b, T)[0], batch, first_pass)
+            batch.ref_logprobs = _forward_rows(lambda b, idx, pre: self.logprobs(self.ref_model, b, T, prefix=pre, idx=idx)[0],
+                                               batch, first_pass, lambda rows: self.shared_prefix(self.ref_model, batch, rows))
         token_penalty = None
         if self.kl_fn is not None and algo.kl_in_reward:  # PPO / REINFORCE++: r_t -= beta * KL_t
             token_penalty = algo.kl_coef * self.kl_fn(batch.engine_logprobs, batch.ref_logprobs) * mask
         if self.critic is not None:
-            batch.old_values = _forward_rows(lambda b: self.critic(b.input_ids, b.attention_mask), batch, first_pass)
+            batch.old_values = _forward_rows(lambda b, idx, pre: self.critic(b.input_ids, b.attention_mask), batch, first_pass)
             token_rewards = last_token_rewards(rewards, mask)
             if token_penalty is not None:
                 token_rewards = token_rewards - token_penalty
@@ -406,6 +426,8 @@ class RLTrainer:
                 # one autocast context per optimizer step: each weight is cast to bf16 once for all
                 # its micro-batches (the cache lives until the outermost context exits), not once each
                 with self.autocast():
+                    # each prompt of the mini-batch once, its K/V shared by its rows' micro-batches
+                    prefix = self.shared_prefix(self.model, batch, mb) if policy else None
                     for idx in micro_batches:
                         sub = batch.rows(idx)
                         mask = sub.loss_mask
@@ -420,7 +442,8 @@ class RLTrainer:
                         if not policy:
                             tokens_total += float(sub.response_mask.sum())
                             continue
-                        logprobs, entropy = self.logprobs(self.model, sub, T, with_entropy=True, entropy_grad=entropy_on)
+                        logprobs, entropy = self.logprobs(self.model, sub, T, with_entropy=True, entropy_grad=entropy_on,
+                                                          prefix=prefix, idx=idx)
                         old = sub.old_logprobs if sub.old_logprobs is not None else logprobs.detach()
                         per_token, stats = self.policy_loss_fn(
                             logprobs, old, sub.advantages, clip_eps_low=algo.clip_eps_low,
@@ -456,6 +479,8 @@ class RLTrainer:
                             diff = (sub.engine_logprobs - logprobs.detach()).abs() * sub.response_mask
                             sums["logprob_diff_max"] = max(sums.get("logprob_diff_max", 0.0), float(diff.max()))
                             add("logprob_diff_sum", diff.sum())
+                if prefix is not None:  # the prompts' share of the gradient, once for all micro-batches
+                    prefix.backward()
                 if policy:
                     add("grad_norm", grad_norm_clip(self.model, train.grad_clip))
                     self.optimizer.step()
