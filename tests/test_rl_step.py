@@ -81,7 +81,7 @@ def test_shared_prefix_runs_each_prompt_once_per_mini_batch_and_keeps_the_update
     batch = _batch(shared)
     calls = _count_forwards(model)
     stats = shared.update(copy.deepcopy(batch))
-    assert calls[0] == 3 + 4  # 3 micro-batches of responses + the 4 distinct prompts, once each
+    assert calls[0] == 3 + 1  # 3 micro-batches of responses + one forward of the 4 distinct prompts
     want = plain.update(copy.deepcopy(batch))
     for k in ("loss/policy", "policy/entropy", "policy/grad_norm"):
         assert stats[k] == pytest.approx(want[k], rel=1e-5, abs=1e-7), k

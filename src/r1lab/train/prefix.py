@@ -13,9 +13,9 @@ over all the micro-batches of one optimizer step, and `backward()` sends them th
 forwards once, so the gradient is exactly that of the full forward (tested in float64 against it,
 with prompts of different lengths and several micro-batches).
 
-Each distinct prompt runs alone (no padding), so its K/V do not depend on which rows are batched
-with it: the old-policy pass and the first update see identical numbers and the ratio stays exactly
-1. Used for a mini-batch whose rows repeat a prompt, on models whose attention takes a 4-D boolean
+The prompts of a mini-batch run as one right-padded batch, built the same way for the same
+mini-batch in the old-policy pass and in the first update: identical numbers, a ratio of exactly 1.
+Used for a mini-batch whose rows repeat a prompt, on models whose attention takes a 4-D boolean
 mask (SDPA, and r1lab's CPU training attention); anything else takes the plain forward.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import inspect
 
 import torch
-import torch.nn.functional as F
 
 from r1lab.models import model_device
 
@@ -79,22 +78,16 @@ class SharedPrefix:
         self.grad = torch.is_grad_enabled()
         self._cache_kw = _cache_kwarg(model)
         device = model_device(model)
-        per_prompt = []
-        for ids in prefixes:  # one forward per prompt: its K/V never depend on the other rows
-            if not ids:
-                per_prompt.append(None)
-                continue
-            out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
-            per_prompt.append([(layer.keys, layer.values) for layer in _returned_cache(out).layers])
-        template = next(p for p in per_prompt if p is not None)
+        # all distinct prompts in one right-padded causal forward: a real token never sees the pads
+        # after it, and the suffix forwards mask the pads' K/V out (their gradient is exactly 0)
         Q = max(len(ids) for ids in prefixes)
-        self.kv_out: list[torch.Tensor] = []  # per layer: K [U, KV, Q, hd], V [U, KV, Q, hd], zero-padded
-        for layer in range(len(template)):
-            for which in range(2):
-                t = template[layer][which]
-                parts = [torch.zeros(1, t.shape[1], Q, t.shape[3], dtype=t.dtype, device=t.device) if p is None
-                         else F.pad(p[layer][which], (0, 0, 0, Q - p[layer][which].shape[2])) for p in per_prompt]
-                self.kv_out.append(torch.cat(parts))
+        ids = torch.zeros((len(prefixes), Q), dtype=torch.long)
+        for r, p in enumerate(prefixes):
+            ids[r, : len(p)] = torch.tensor(p, dtype=torch.long)
+        out = model(input_ids=ids.to(device), use_cache=True, logits_to_keep=1)
+        self.kv_out: list[torch.Tensor] = []  # per layer: K [U, KV, Q, hd], V [U, KV, Q, hd]
+        for layer in _returned_cache(out).layers:
+            self.kv_out += [layer.keys, layer.values]
         # the suffix forwards take leaves, so each micro-batch's backward stops at the prompt's K/V
         self.kv = [t.detach().requires_grad_() for t in self.kv_out] if self.grad else self.kv_out
 
