@@ -105,3 +105,25 @@ def test_shared_prefix_declines_when_nothing_repeats_or_the_attention_cannot_tak
 def test_prompt_lengths_read_from_the_response_mask():
     t = _batch()
     assert prompt_lengths(t["attention_mask"], t["response_mask"]).tolist() == [len(p) for p in PROMPTS]
+
+
+def test_shared_prefix_with_frozen_lower_layers_trains_the_rest_exactly(tiny):
+    """As under LoRA on upper layers only: K/V below the first trainable layer need no gradient."""
+    model = _llama()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("model.layers.1."))  # layer 1 K/V need grads, layer 0 K/V do not
+    t = _batch()
+    idx = torch.arange(len(PROMPTS))
+    L = int(t["attention_mask"].sum(-1).max())
+    mask = t["response_mask"][:, : L - 1].double()
+    lp, _ = token_logprobs(model, t["input_ids"][:, :L], t["attention_mask"][:, :L])
+    (lp * mask).sum().backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    prefix = SharedPrefix.build(model, t["input_ids"], t["attention_mask"], t["response_mask"], idx)
+    lp, _ = prefix.logprobs(idx)
+    (lp * mask).sum().backward()
+    prefix.backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, want[n], rtol=1e-9, atol=1e-12, msg=n)

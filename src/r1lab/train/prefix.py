@@ -89,7 +89,8 @@ class SharedPrefix:
         for layer in _returned_cache(out).layers:
             self.kv_out += [layer.keys, layer.values]
         # the suffix forwards take leaves, so each micro-batch's backward stops at the prompt's K/V
-        self.kv = [t.detach().requires_grad_() for t in self.kv_out] if self.grad else self.kv_out
+        # (K/V that need no gradient, e.g. below the first LoRA-adapted layer, stay as they are)
+        self.kv = [t.detach().requires_grad_() if self.grad and t.requires_grad else t for t in self.kv_out]
 
     @classmethod
     def build(cls, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
@@ -151,7 +152,7 @@ class SharedPrefix:
     def backward(self) -> None:
         """Send the K/V gradients the micro-batches accumulated through the prompt forwards (once)."""
         if self.grad:
-            pairs = [(out, leaf.grad) for out, leaf in zip(self.kv_out, self.kv) if leaf.grad is not None]
+            pairs = [(out, leaf.grad) for out, leaf in zip(self.kv_out, self.kv) if out is not leaf and leaf.grad is not None]
             if pairs:
                 torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
         self.kv_out = self.kv = []
