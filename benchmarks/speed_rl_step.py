@@ -8,7 +8,9 @@ model), one update per rollout batch. Settings:
 
 - smollm2: SmolLM2-135M-Instruct, 2 prompts x 8 completions, max 96 new tokens, fp32 and bf16
   (TRL: bf16=True, autocast over fp32 weights; r1lab: FastEngine bf16 + train.bf16 autocast);
-- tiny: the tiny Qwen2 (hidden 128, 4 layers), 4 prompts x 8 = 32 completions, max 48 new tokens, fp32.
+- tiny: the tiny Qwen2 (hidden 128, 4 layers), 4 prompts x 8 = 32 completions, max 48 new tokens, fp32;
+- tiny-sft: the same model first fine-tuned (r1lab SFT) on sums so that it answers ~20% of them: its
+  rewards are not all 0 (the equal-results check), its answers are short (~9 tokens).
 
 r1lab trains on length-sorted micro-batches of 4 rows on SmolLM2 (its recipes' setting; the same
 gradient as one 16-row batch, less padding); TRL on its one 16-row batch (smaller per-device
@@ -17,7 +19,8 @@ batches would also shrink its generation batch). Contenders run interleaved (r1l
 
 Reported: seconds per step (median over the steps after `--warmup`), r1lab's breakdown into
 generate / score / reference / train, peak RSS, r1lab's reward trajectory from two runs with the
-same seed, and the engine/trainer log-prob mismatch. TRL is a benchmark-only extra (`pip install
+same seed (identical), r1lab's mean reward against TRL's (a z-score: the samplers differ, so equal
+results means agreement within sampling noise), and the engine/trainer log-prob mismatch. TRL is a benchmark-only extra (`pip install
 r1lab[bench]`). Run under the shared lock:
 
     flock /tmp/r1lab-cpu.lock .venv/bin/python benchmarks/speed_rl_step.py
@@ -44,6 +47,7 @@ SETTINGS = {
     "smollm2": {"prompts_per_step": 2, "group_size": 8, "max_new_tokens": 96, "r1lab_micro_batch": 4},
     "tiny": {"prompts_per_step": 4, "group_size": 8, "max_new_tokens": 48, "r1lab_micro_batch": 64},
 }
+SETTINGS["tiny-sft"] = SETTINGS["tiny"]
 LR = 1e-6
 
 
@@ -62,20 +66,33 @@ def problems(k: int, seed: int):
     return out
 
 
-def tiny_model_dir(root: Path) -> Path:
-    """The tiny Qwen2 (h128, 4 layers) and its tokenizer, saved once so both contenders load it."""
-    from r1lab.config import TinyModelConfig
+def tiny_model_dir(root: Path, sft: bool = False) -> Path:
+    """The tiny Qwen2 (h128, 4 layers) and its tokenizer, saved once so both contenders load it.
+    Untrained (`sft=False`, the issue's speed setting: its answers run to the token limit and are
+    never right), or fine-tuned (r1lab SFT, ~50 s) on sums of the same kind until it answers ~20%
+    of them, so both contenders' rewards carry signal for the equal-results check (a speed
+    benchmark, not an evaluation: overlap with its prompts does not matter)."""
+    from r1lab.config import SFTConfig, TinyModelConfig
     from r1lab.models import build_tiny_model, build_tiny_tokenizer, save_model
+    from r1lab.train.sft import sft_examples, train_sft
 
-    path = root / "tiny-h128-l4"
+    path = root / ("tiny-h128-l4-sft" if sft else "tiny-h128-l4")
     if not (path / "config.json").exists():
-        corpus = [f"<|im_start|>user\n{p.prompt}<|im_end|>\n<|im_start|>assistant\n<think>{p.answer}</think>"
-                  f"<answer>{p.answer}</answer>" for p in problems(400, 99)]
+        train = problems(3000, 99)
+        answer = lambda p: f"<think>{p.answer}</think><answer>{p.answer}</answer>"  # noqa: E731
+        corpus = [f"<|im_start|>user\n{p.prompt}<|im_end|>\n<|im_start|>assistant\n{answer(p)}" for p in train[:400]]
         tok = build_tiny_tokenizer(corpus, vocab_size=512)
         model = build_tiny_model(tok, TinyModelConfig(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                                                       intermediate_size=384, max_positions=512), seed=0)
+        if sft:
+            train_sft(model, tok, sft_examples(tok, [(p, answer(p)) for p in train]),
+                      SFTConfig(epochs=TINY_SFT_EPOCHS, batch_size=32, lr=2e-3, warmup_steps=20), seed=0,
+                      show_progress=False)
         save_model(model, tok, path)
     return path
+
+
+TINY_SFT_EPOCHS = 6
 
 
 def peak_rss_mb() -> float:
@@ -206,28 +223,43 @@ def summarise(res: dict, warmup: int) -> dict:
     return out
 
 
+def reward_agreement(r1lab: list[float], trl: list[float], per_step: int) -> dict[str, float]:
+    """Mean 0/1 reward of each toolkit over all its completions and the z-score of their difference
+    (binomial standard errors): the samplers differ, so equal results means |z| below ~2."""
+    import math
+
+    out = {}
+    for name, rewards in (("r1lab", r1lab), ("trl", trl)):
+        n = per_step * len(rewards)
+        mean = sum(rewards) / len(rewards)
+        out[f"{name}_mean"], out[f"{name}_n"] = mean, n
+        out[f"{name}_se"] = math.sqrt(max(mean * (1 - mean), 1e-12) / n)
+    out["z"] = (out["r1lab_mean"] - out["trl_mean"]) / math.hypot(out["r1lab_se"], out["trl_se"])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", choices=["r1lab", "trl"])
-    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--model", default="smollm2", choices=sorted(SETTINGS))
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--tiny-steps", type=int, default=12, help="steps of the (cheap) tiny-model runs")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--root", default="")
     ap.add_argument("--trl-twice", action="store_true", help="a second TRL run after the second r1lab run")
-    ap.add_argument("--only", default="", help="comma list of smollm2-fp32, smollm2-bf16, tiny-fp32")
+    ap.add_argument("--only", default="", help="comma list of smollm2-fp32, smollm2-bf16, tiny-fp32, tiny-sft-fp32")
     args = ap.parse_args()
     root = Path(args.root or tempfile.mkdtemp(prefix="r1lab_speed_"))
     if args.run:
-        path = "smollm2-135m-instruct" if args.model == "smollm2" else str(tiny_model_dir(root))
+        path = "smollm2-135m-instruct" if args.model == "smollm2" else str(tiny_model_dir(root, sft=args.model == "tiny-sft"))
         fn = run_r1lab if args.run == "r1lab" else run_trl
         res = fn(path, args.precision, args.steps, args.seed, SETTINGS[args.model])
         print("RESULT " + json.dumps(res), flush=True)
         return
     import torch
 
-    tiny_model_dir(root)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out: dict = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                             f"torch {torch.__version__}",
@@ -242,21 +274,25 @@ def main() -> None:
     from r1lab.rollout.fast import cpu_has_native_bf16
 
     out["native_bf16"] = cpu_has_native_bf16()
-    configs = [("smollm2", "fp32"), ("smollm2", "bf16"), ("tiny", "fp32")]
+    configs = [("smollm2", "fp32"), ("smollm2", "bf16"), ("tiny", "fp32"), ("tiny-sft", "fp32")]
     if args.only:
         configs = [c for c in configs if f"{c[0]}-{c[1]}" in args.only.split(",")]
     elif not out["native_bf16"]:  # emulated bf16 is far slower than fp32 for both contenders: not a setting anyone runs
         configs = [c for c in configs if c[1] != "bf16"]
         print("this CPU has no native bf16 matmuls: measuring fp32 only (--only smollm2-bf16 forces it)", flush=True)
+    for model, _ in configs:  # once, before the contenders' processes look for them
+        if model.startswith("tiny"):
+            tiny_model_dir(root, sft=model == "tiny-sft")
     for model, precision in configs:
         key = f"{model}-{precision}"
+        steps = args.steps if model == "smollm2" else args.tiny_steps
         # interleaved (r1lab, TRL, r1lab again, TRL again): this VM's speed drifts by up to 2x within
         # minutes, so each contender gets an early and a late slot and the ratio uses both
-        runs = {"r1lab": contender("r1lab", model, precision, args.steps, args.seed, root)}
-        runs["trl"] = contender("trl", model, precision, args.steps, args.seed, root)
-        runs["r1lab_same_seed"] = contender("r1lab", model, precision, args.steps, args.seed, root)
+        runs = {"r1lab": contender("r1lab", model, precision, steps, args.seed, root)}
+        runs["trl"] = contender("trl", model, precision, steps, args.seed, root)
+        runs["r1lab_same_seed"] = contender("r1lab", model, precision, steps, args.seed, root)
         if args.trl_twice:
-            runs["trl_again"] = contender("trl", model, precision, args.steps, args.seed, root)
+            runs["trl_again"] = contender("trl", model, precision, steps, args.seed, root)
         out["runs"][key] = {name: {"summary": summarise(r, args.warmup), "raw": r} for name, r in runs.items()}
         s = {name: out["runs"][key][name]["summary"] for name in runs}
         s_r = statistics.mean([s["r1lab"]["s_per_step"], s["r1lab_same_seed"]["s_per_step"]])
@@ -264,9 +300,12 @@ def main() -> None:
         out["runs"][key]["r1lab_s_per_step"], out["runs"][key]["trl_s_per_step"] = s_r, s_t
         out["runs"][key]["speedup_vs_trl"] = s_t / s_r
         out["runs"][key]["same_seed_rewards_equal"] = s["r1lab"]["rewards"] == s["r1lab_same_seed"]["rewards"]
+        n = SETTINGS[model]["prompts_per_step"] * SETTINGS[model]["group_size"]
+        agree = out["runs"][key]["reward_agreement"] = reward_agreement(s["r1lab"]["rewards"], s["trl"]["rewards"], n)
         print(f"{key}: r1lab {s_r:.2f} s/step, TRL {s_t:.2f} s/step -> {s_t / s_r:.2f}x; "
               f"RSS {s['r1lab']['peak_rss_mb']:.0f} vs {s['trl']['peak_rss_mb']:.0f} MB; "
-              f"rewards {s['r1lab']['rewards']} / {s['r1lab_same_seed']['rewards']} (TRL {s['trl']['rewards']})",
+              f"rewards {s['r1lab']['rewards']} / {s['r1lab_same_seed']['rewards']} (TRL {s['trl']['rewards']}); "
+              f"mean reward r1lab {agree['r1lab_mean']:.3f} vs TRL {agree['trl_mean']:.3f}, z = {agree['z']:.2f}",
               flush=True)
         (RESULTS / "speed_rl_step.json").write_text(json.dumps(out, indent=1))
     print(f"wrote {RESULTS / 'speed_rl_step.json'}")
