@@ -127,3 +127,30 @@ def test_shared_prefix_with_frozen_lower_layers_trains_the_rest_exactly(tiny):
     for n, p in model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, want[n], rtol=1e-9, atol=1e-12, msg=n)
+
+
+def test_embedding_gradient_added_in_place_equals_autograds(tiny):
+    """EmbeddingGradInPlace: the tied embedding's gradient over two micro-batches (plus the LM head's
+    share through autograd) equals the plain backward's; the padding row gets none."""
+    from r1lab.train.common import EmbeddingGradInPlace
+
+    model = _models(tiny)["qwen2"]
+    emb = model.get_input_embeddings()
+    assert emb.padding_idx is not None and model.get_output_embeddings().weight is emb.weight  # tied
+    t = _batch()
+    t["input_ids"][0, 2] = emb.padding_idx  # a pad inside a row: its row must get no gradient
+    parts = [torch.tensor([0, 3, 6, 5]), torch.tensor([1, 2, 4, 7])]
+    grads = []
+    for in_place in (False, True):
+        model.zero_grad(set_to_none=True)
+        with EmbeddingGradInPlace(model, enabled=in_place) as ctx:
+            assert (ctx.module is not None) == in_place
+            for idx in parts:
+                L = int(t["attention_mask"][idx].sum(-1).max())
+                lp, _ = token_logprobs(model, t["input_ids"][idx, :L], t["attention_mask"][idx, :L])
+                (lp * t["response_mask"][idx, : L - 1]).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert "forward" not in vars(emb)  # the module's own forward is back
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-12, atol=1e-14, msg=n)
+    assert grads[1]["model.embed_tokens.weight"].abs().sum() > 0

@@ -83,6 +83,59 @@ def token_logprobs(
     return logprobs.to(home), None if entropy is None else entropy.to(home)
 
 
+class EmbeddingGradInPlace:
+    """For one optimizer step: the input embedding's backward adds its rows straight into the
+    float32 `.grad` of the embedding weight (index_add_), instead of building a dense [vocab, hidden]
+    gradient per micro-batch that autograd then sums with the LM head's (for a tied weight) and
+    accumulates.
+
+    SmolLM2's tied 49,152 x 576 weight made that 113 MB of zero-fill, sum and accumulation per
+    micro-batch (~0.8 s of a ~5 s GRPO update, profiled); now `.grad` is created once per step and
+    only the touched rows are written. Gradient contributions are additive, so the order in which
+    this and autograd's accumulation of the LM head's gradient run does not matter (Megatron's fused
+    weight-gradient accumulation writes into its main grads from the backward the same way). The
+    padding index gets no gradient, as in nn.Embedding. Tested against the plain backward.
+    """
+
+    def __init__(self, model: torch.nn.Module, enabled: bool = True):
+        self.module = model.get_input_embeddings() if enabled and hasattr(model, "get_input_embeddings") else None
+        w = getattr(self.module, "weight", None)
+        if (type(self.module) is not torch.nn.Embedding or w is None or not w.requires_grad or w.is_sparse
+                or self.module.sparse or self.module.max_norm is not None or self.module.scale_grad_by_freq):
+            self.module = None
+
+    def __enter__(self) -> "EmbeddingGradInPlace":
+        if self.module is not None:
+            module = self.module
+            module.forward = lambda ids: _EmbeddingIntoGrad.apply(ids, module.weight, module.padding_idx)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.module is not None:
+            del self.module.forward  # back to the class's forward
+
+
+class _EmbeddingIntoGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.weight, ctx.padding_idx = weight, padding_idx
+        return torch.nn.functional.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        weight = ctx.weight
+        rows, g = ids.reshape(-1), grad.reshape(-1, grad.shape[-1])
+        if ctx.padding_idx is not None:
+            keep = rows != ctx.padding_idx
+            rows, g = rows[keep], g[keep]
+        if weight.grad is None:
+            weight.grad = torch.zeros_like(weight)
+        weight.grad.index_add_(0, rows, g.to(weight.grad.dtype))
+        return None, None, None
+
+
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel per parameter for the whole update instead of ~10 elementwise passes over

@@ -40,6 +40,7 @@ from r1lab.runs import MetricsWriter
 from r1lab.train.attention import trainer_attention, use_cpu_training_attention
 from r1lab.train.prefix import SharedPrefix
 from r1lab.train.common import (
+    EmbeddingGradInPlace,
     grad_norm_clip,
     make_optimizer,
     pad_sequences,
@@ -425,7 +426,7 @@ class RLTrainer:
                     self.critic_optimizer.zero_grad(set_to_none=True)
                 # one autocast context per optimizer step: each weight is cast to bf16 once for all
                 # its micro-batches (the cache lives until the outermost context exits), not once each
-                with self.autocast():
+                with self.autocast(), EmbeddingGradInPlace(self.model, enabled=policy):
                     # each prompt of the mini-batch once, its K/V shared by its rows' micro-batches
                     prefix = self.shared_prefix(self.model, batch, mb) if policy else None
                     for idx in micro_batches:
