@@ -61,7 +61,7 @@ def supports_shared_prefix(model) -> bool:
 
 
 class SharedPrefix:
-    """The distinct prompt prefixes of batch rows `rows`, run once each (see the module docstring).
+    """The distinct prompt prefixes of batch rows `rows`, run once, as one batch (see the module docstring).
 
     `input_ids`, `attention_mask` and `response_mask` are the whole batch in `pad_sequences` layout;
     `rows` indexes the rows this object serves (one mini-batch). Use `build`, which returns None
