@@ -68,15 +68,7 @@ def token_logprobs(
     start = min(max(start, 0), L - 1)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                    logits_to_keep=L - start).logits[:, :-1]  # positions start .. L-2
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logprobs = logp_all.gather(-1, input_ids[:, start + 1:].unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
+    logprobs, entropy = logprobs_of_targets(logits, input_ids[:, start + 1:], temperature, with_entropy, entropy_grad)
     if start:
         logprobs = torch.nn.functional.pad(logprobs, (start, 0))
         entropy = None if entropy is None else torch.nn.functional.pad(entropy, (start, 0))
@@ -134,6 +126,22 @@ class _EmbeddingIntoGrad(torch.autograd.Function):
             weight.grad = torch.zeros_like(weight)
         weight.grad.index_add_(0, rows, g.to(weight.grad.dtype))
         return None, None, None
+
+
+def logprobs_of_targets(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                        with_entropy: bool = False, entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / T) at `targets` ([..., V] logits, [...] ids), in float32 whatever the
+    logits' dtype, and the entropy of each distribution (outside the graph unless `entropy_grad`)."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprobs, entropy
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:

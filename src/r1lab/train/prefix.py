@@ -26,6 +26,7 @@ import inspect
 import torch
 
 from r1lab.models import model_device
+from r1lab.train.common import logprobs_of_targets
 
 MASKED_ATTENTION = ("sdpa", "r1lab_cpu")
 
@@ -63,17 +64,17 @@ def supports_shared_prefix(model) -> bool:
 class SharedPrefix:
     """The distinct prompt prefixes of batch rows `rows`, run once, as one batch (see the module docstring).
 
-    `input_ids`, `attention_mask` and `response_mask` are the whole batch in `pad_sequences` layout;
-    `rows` indexes the rows this object serves (one mini-batch). Use `build`, which returns None
-    when sharing cannot help or the model cannot take it.
+    `input_ids`, `attention_mask` and `response_mask` (to `build`) are the whole batch in
+    `pad_sequences` layout; `rows` indexes the rows this object serves (one mini-batch). Use
+    `build`, which returns None when sharing cannot help or the model cannot take it.
     """
 
-    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
-                 prompt_of: torch.Tensor, prefixes: list[list[int]]):
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 q: torch.Tensor, prompt_of: torch.Tensor, prefixes: list[list[int]]):
         self.model = model
-        self.input_ids, self.attention_mask = input_ids, attention_mask
+        self.input_ids = input_ids
         self.lengths = attention_mask.sum(-1)
-        self.q = prompt_lengths(attention_mask, response_mask) - 1  # prefix length of each batch row
+        self.q = q  # prefix length of each batch row (its prompt minus the last token)
         self.prompt_of = prompt_of  # batch row -> index into `prefixes` (-1 for rows not served)
         self.grad = torch.is_grad_enabled()
         self._cache_kw = _cache_kwarg(model)
@@ -107,7 +108,7 @@ class SharedPrefix:
         prefixes = [list(k) for k in index]
         if len(index) == len(rows) or not any(prefixes):
             return None
-        return cls(model, input_ids, attention_mask, response_mask, prompt_of, prefixes)
+        return cls(model, input_ids, attention_mask, q, prompt_of, prefixes)
 
     def logprobs(self, idx: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
                  entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -136,17 +137,10 @@ class SharedPrefix:
                                              for l in range(len(self.kv) // 2)])
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=cols.to(device),
                        use_cache=True, logits_to_keep=torch.arange(S - 1, device=device),
-                       **{self._cache_kw: cache}).logits.float()  # [m, S-1]: predictions of suffix tokens 1..S-1
-        if temperature != 1.0:
-            logits = logits / temperature
-        logp_all = torch.log_softmax(logits, dim=-1)
-        logprobs = logp_all.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
-        entropy = None
-        if with_entropy:
-            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                entropy = (-(logp_all.exp() * logp_all).sum(-1)).cpu()
+                       **{self._cache_kw: cache}).logits  # [m, S-1]: predictions of suffix tokens 1..S-1
+        logprobs, entropy = logprobs_of_targets(logits, ids[:, 1:].to(device), temperature, with_entropy, entropy_grad)
         # suffix position j predicts input token q + j + 1, whose log-prob column is q + j
-        place = lambda v: torch.zeros(m, width + S, dtype=v.dtype).scatter(1, cols[:, : S - 1], v)[:, :width]  # noqa: E731
+        place = lambda v: torch.zeros(m, width + S, dtype=v.dtype).scatter(1, cols[:, : S - 1], v.cpu())[:, :width]  # noqa: E731
         return place(logprobs), None if entropy is None else place(entropy)
 
     def backward(self) -> None:
