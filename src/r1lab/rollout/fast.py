@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from r1lab.models import cpu_has_native_bf16, stop_token_ids
 from r1lab.records import Completion, Problem
 from r1lab.rollout.base import EncodedPrompt, SamplingParams, encode_prompts, sample_next, stop_string_end
+from r1lab.rollout.kernels import load as load_kernels
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def _version_key(model) -> tuple:
 
 class FastEngine:
     def __init__(self, model, tokenizer, batch_size: int = 256, dtype: str = "auto",
-                 kv_cache_gb: float = 4.0, refill_fraction: float = 0.25):
+                 kv_cache_gb: float = 4.0, refill_fraction: float = 0.25, kernels: str = "auto"):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"FastEngine cannot run this model: {reason}")
@@ -203,6 +204,10 @@ class FastEngine:
         self.dtype = _resolve_dtype(dtype, model)
         self.kv_cache_gb = kv_cache_gb
         self.refill_fraction = refill_fraction
+        if kernels not in ("auto", "torch"):
+            raise ValueError(f"rollout kernels must be auto or torch, got {kernels!r}")
+        # "auto": the fused C decode kernels where they build (rollout/kernels.py), else torch operators
+        self._kernels = load_kernels(self.dtype) if kernels == "auto" else None
         self.stop_ids = stop_token_ids(tokenizer)
         self._packed: _Packed | None = None
         self._packed_key: tuple | None = None
@@ -313,6 +318,48 @@ class FastEngine:
             x = self._mlp(W, L, x)
         return self._logits(W, x[:, 0])
 
+    def _decode_fused(self, W: _Packed, cache: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """`_decode` with the non-matmul work of each layer in five calls of the C kernels
+        (rollout/kernels.c): the same computation, up to float rounding (tested against `_decode`)."""
+        K, n = self._kernels, tok.shape[0]
+        H, KV, hd, D = W.n_heads, W.n_kv, W.head_dim, W.embed.shape[1]
+        max_len, eps = cache.shape[4], W.eps
+        cos, sin = self._rope(max_len)
+        buf = self._buffers(W, cache.shape[2])
+        h, q, att, act = (b[:n] for b in buf)
+        pos = pos.contiguous()
+        p_pos, p_cos, p_sin = pos.data_ptr(), cos.data_ptr(), sin.data_ptr()
+        p_h, p_q, p_att, p_act = h.data_ptr(), q.data_ptr(), att.data_ptr(), act.data_ptr()
+        # cache [layers, 2, slots, KV, max_len, hd]: layer li's K at li * 2 * per, its V one `per` later
+        per, base = cache[0, 0].numel() * cache.element_size(), cache.data_ptr()
+        scale = hd ** -0.5
+        x = F.embedding(tok, W.embed)  # [n, D] float32, the residual stream
+        p_x = x.data_ptr()
+        K.add_rmsnorm(p_x, None, W.layers[0]["ln1"].data_ptr(), p_h, n, D, eps)
+        for li, L in enumerate(W.layers):
+            qkv = linear(h, L["wqkv"], L["bqkv"])
+            kc, vc = base + 2 * li * per, base + (2 * li + 1) * per
+            K.rope_kv(qkv.data_ptr(), n, H, KV, hd, p_cos, p_sin, p_pos, p_q, kc, vc, max_len)
+            K.decode_attention(p_q, kc, vc, p_pos, n, H, KV, hd, max_len, scale, p_att)
+            o = linear(att, L["wo"], L["bo"])
+            K.add_rmsnorm(p_x, o.data_ptr(), L["ln2"].data_ptr(), p_h, n, D, eps)
+            gu = linear(h, L["wgu"], L["bgu"])
+            K.silu_mul(gu.data_ptr(), n, W.inter, p_act)
+            d = linear(act, L["wd"], L["bd"])
+            nxt = W.layers[li + 1]["ln1"] if li + 1 < len(W.layers) else W.norm  # the next norm, fused here
+            K.add_rmsnorm(p_x, d.data_ptr(), nxt.data_ptr(), p_h, n, D, eps)
+        return linear(h, W.lm_head, W.lm_bias).float()
+
+    def _buffers(self, W: _Packed, slots: int) -> tuple[torch.Tensor, ...]:
+        """Scratch for `_decode_fused`, [slots, ...] in the compute dtype, kept between steps:
+        normed hidden states, rotated queries, attention output, gated MLP activations."""
+        shapes = ((W.embed.shape[1],), (W.n_heads, W.head_dim), (W.n_heads * W.head_dim,), (W.inter,))
+        key = (W.dtype, slots, shapes)
+        if getattr(self, "_buffers_key", None) != key:
+            self._buffers_cache = tuple(torch.empty((slots, *s), dtype=W.dtype) for s in shapes)
+            self._buffers_key = key
+        return self._buffers_cache
+
     # -- the public interface ------------------------------------------------------------------------
 
     def generate(
@@ -366,6 +413,7 @@ class FastEngine:
         finish: dict[tuple[int, int], str] = {}
         stop_cut: dict[tuple[int, int], int] = {}  # text length to keep for a stop-string finish
         refill_min = max(1, int(S * self.refill_fraction))
+        decode = self._decode_fused if self._kernels is not None else self._decode
         decoded_tokens = 0
         while True:
             free = S - len(slot_job)
@@ -404,12 +452,12 @@ class FastEngine:
             if not slot_job and not waiting:
                 break
             if slot_job:
-                logits = self._decode(W, cache, tok, pos)
+                logits = decode(W, cache, tok, pos)
                 decoded_tokens += len(slot_job)
                 pos = pos + 1
             else:
                 logits = logits[:0]
-        self.stats = {"slots": S, "decoded_tokens": decoded_tokens}
+        self.stats = {"slots": S, "decoded_tokens": decoded_tokens, "kernels": "c" if self._kernels else "torch"}
         return self._completions(encoded, n, out_tok, out_lp, finish, stop_cut)
 
     @staticmethod
