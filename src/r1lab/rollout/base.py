@@ -72,10 +72,9 @@ def sample_next(
     Returns (tokens [B], logprobs [B]) where the log-prob is log softmax(logits / T) at the chosen
     token, before top-k/top-p truncation: the same quantity the trainer recomputes.
     """
-    V = logits.shape[-1]
-    plain = params.temperature > 0 and not (params.top_k and params.top_k < V) and params.top_p >= 1.0
-    if plain:
+    if untruncated(params, logits.shape[-1]):
         return _sample_untruncated(logits, params.temperature, generator)
+    V = logits.shape[-1]
     logp = torch.log_softmax(logits / params.logprob_temperature, dim=-1)
     if params.temperature == 0:
         tokens = logits.argmax(dim=-1)
@@ -93,6 +92,11 @@ def sample_next(
             filtered = filtered.masked_fill(drop, float("-inf"))
         tokens = inverse_cdf_sample(filtered.softmax(dim=-1), generator)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def untruncated(params: SamplingParams, vocab_size: int) -> bool:
+    """Plain sampling at a positive temperature: no top-k below the vocabulary, no top-p."""
+    return params.temperature > 0 and not (params.top_k and params.top_k < vocab_size) and params.top_p >= 1.0
 
 
 def _sample_untruncated(logits: torch.Tensor, temperature: float, generator: torch.Generator | None):

@@ -19,7 +19,11 @@ drops the rest:
   filled by moving the last live one into it, and free slots are refilled from the waiting prompts
   (whose prompt is prefilled once and its KV copied to each of its `n` samples);
 - the token choice and its log-prob come from `rollout.base.sample_next`, the same function the HF
-  engine uses, so both engines report the quantity the trainer recomputes.
+  engine uses, so both engines report the quantity the trainer recomputes;
+- a decode step's non-matmul work runs in r1lab's fused C kernels (`rollout/kernels.py`) where they
+  build: five calls per layer instead of ~45 torch operators and a flash-attention call set up for
+  one query token (`_decode_fused`); `_decode` is the same step in torch operators, the fallback
+  and the reference the kernels are tested against.
 
 Supported: decoder-only models whose blocks are RMSNorm -> attention (RoPE from the model's own
 rotary module, so its rope config is honoured; grouped-query heads; optional q/k/v/o biases as in
@@ -40,7 +44,8 @@ import torch.nn.functional as F
 
 from r1lab.models import cpu_has_native_bf16, stop_token_ids
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import EncodedPrompt, SamplingParams, encode_prompts, sample_next, stop_string_end
+from r1lab.rollout.base import (EncodedPrompt, SamplingParams, encode_prompts, sample_next, stop_string_end,
+                                untruncated)
 from r1lab.rollout.kernels import load as load_kernels
 
 log = logging.getLogger(__name__)
@@ -430,7 +435,10 @@ class FastEngine:
                     out_tok[j], out_lp[j] = [], []
             if not slot_job:
                 break
-            tok, lp = sample_next(logits, params, generator)
+            if self._kernels is not None and untruncated(params, logits.shape[-1]):
+                tok, lp = self._kernels.sample(logits, params.temperature, generator)
+            else:
+                tok, lp = sample_next(logits, params, generator)
             done = torch.isin(tok, stop)
             for s, (j, t, l, d) in enumerate(zip(slot_job, tok.tolist(), lp.tolist(), done.tolist())):
                 out_tok[j].append(t)

@@ -33,10 +33,10 @@ static inline bf16 f32_to_bf16(float f) {
 }
 
 /* exp(x) in float32, vectorisable (glibc's expf is not, without -ffast-math): Cephes' range
-   reduction and degree-6 polynomial, relative error ~2e-7. Inputs are clamped to [-87, 88]:
-   below, the true value is < 2e-38 and the result ~1.6e-38 (harmless in a softmax or a sigmoid). */
-static inline float exp_f32(float x) {
-    x = x < -87.0f ? -87.0f : x; /* not fminf/fmaxf: those stay library calls (NaN rules) */
+   reduction and degree-6 polynomial, relative error ~2e-7. Below -87 (true value < 2e-38) the result
+   is 0, so masked (-inf) logits get no mass; above 88 it is exp(88) (a sigmoid's saturation). */
+static inline float exp_f32(float in) {
+    float x = in < -87.0f ? -87.0f : in; /* not fminf/fmaxf: those stay library calls (NaN rules) */
     x = x > 88.0f ? 88.0f : x;
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest integer */
     float r = x - n * 0.693359375f;
@@ -50,12 +50,12 @@ static inline float exp_f32(float x) {
     p = p * (r * r) + r + 1.0f;
     union { uint32_t u; float f; } s;
     s.u = (uint32_t)((int32_t)n + 127) << 23;
-    return p * s.f;
+    return in < -87.0f ? 0.0f : p * s.f; /* exp(-inf) and masked logits: exactly 0 */
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
-#define HAVE_AVX512_BF16 1
+#define HAVE_AVX512 1
 
 /* r[t] = the sum of the 16 lanes of a[t], t < 16: a transpose-and-add tree (45 shuffles and adds
    for 16 dot products instead of 16 horizontal reductions). */
@@ -76,34 +76,47 @@ static inline __m512 sum16(__m512 *a) {
     return _mm512_permutexvar_ps(order, e);
 }
 
-/* One (row, kv head) of decode attention in bf16 with the CPU's bf16 dot-product instruction:
-   scores sc [g, L] (float32), then out [g, hd] = softmax(sc) v. hd is a multiple of 32. */
+/* q . k for one query head and one cache row, as 16 float32 partial sums: bf16 pairs through the
+   CPU's bf16 dot-product instruction, or float32 fused multiply-adds. */
+static inline __attribute__((always_inline)) __m512 dot_partial(const void *q, const void *k, int64_t hd, int bf) {
+    __m512 s = _mm512_setzero_ps();
+#ifdef __AVX512BF16__
+    if (bf) {
+        for (int64_t c = 0; c < hd; c += 32)
+            s = _mm512_dpbf16_ps(s, (__m512bh)_mm512_loadu_si512((const bf16 *)q + c),
+                                 (__m512bh)_mm512_loadu_si512((const bf16 *)k + c));
+        return s;
+    }
+#endif
+    for (int64_t c = 0; c < hd; c += 16)
+        s = _mm512_fmadd_ps(_mm512_loadu_ps((const float *)q + c), _mm512_loadu_ps((const float *)k + c), s);
+    return s;
+}
+
+static inline __m512 load16(const void *p, int bf) {
+#ifdef __AVX512BF16__
+    if (bf) return _mm512_cvtpbh_ps((__m256bh)_mm256_loadu_si256((const __m256i *)p));
+#endif
+    return _mm512_loadu_ps((const float *)p);
+}
+
+/* One (row, kv head) of decode attention: scores sc [g, L] (float32), then out [g, hd] =
+   softmax(sc) v, in bf16 (`bf`) or float32; hd a multiple of 32 (bf16) or 16 (float32). */
 static inline __attribute__((always_inline)) void
-attention_task_bf16_hd(const bf16 *q, const bf16 *kb, const bf16 *vb, int64_t L, int64_t g, int64_t hd,
-                       float scale, float *sc, bf16 *out, int64_t out_stride) {
-    int64_t chunks = hd / 32;
+attention_task_hd(const void *q, const void *kb, const void *vb, int64_t L, int64_t g, int64_t hd, float scale,
+                  float *sc, void *out, int bf) {
+    size_t es = bf ? sizeof(bf16) : sizeof(float);
+    const char *qc = q, *kc = kb, *vc = vb;
     for (int64_t i = 0; i < g; i++) {
-        __m512bh qv[8];
-        for (int64_t c = 0; c < chunks; c++) qv[c] = (__m512bh)_mm512_loadu_si512(q + i * hd + c * 32);
+        const char *qi = qc + i * hd * es;
         float *si = sc + i * L;
         int64_t t = 0;
         for (; t + 16 <= L; t += 16) {
             __m512 a[16];
-            for (int tt = 0; tt < 16; tt++) {
-                const bf16 *kt = kb + (t + tt) * hd;
-                __m512 s = _mm512_setzero_ps();
-                for (int64_t c = 0; c < chunks; c++)
-                    s = _mm512_dpbf16_ps(s, qv[c], (__m512bh)_mm512_loadu_si512(kt + c * 32));
-                a[tt] = s;
-            }
+            for (int tt = 0; tt < 16; tt++) a[tt] = dot_partial(qi, kc + (t + tt) * hd * es, hd, bf);
             _mm512_storeu_ps(si + t, _mm512_mul_ps(sum16(a), _mm512_set1_ps(scale)));
         }
-        for (; t < L; t++) {
-            __m512 s = _mm512_setzero_ps();
-            for (int64_t c = 0; c < chunks; c++)
-                s = _mm512_dpbf16_ps(s, qv[c], (__m512bh)_mm512_loadu_si512(kb + t * hd + c * 32));
-            si[t] = _mm512_reduce_add_ps(s) * scale;
-        }
+        for (; t < L; t++) si[t] = _mm512_reduce_add_ps(dot_partial(qi, kc + t * hd * es, hd, bf)) * scale;
     }
     float inv[g];
     for (int64_t i = 0; i < g; i++) {
@@ -119,9 +132,8 @@ attention_task_bf16_hd(const bf16 *q, const bf16 *kb, const bf16 *vb, int64_t L,
     __m512 acc[g * vecs];
     for (int64_t k = 0; k < g * vecs; k++) acc[k] = _mm512_setzero_ps();
     for (int64_t t = 0; t < L; t++) {
-        const bf16 *vt = vb + t * hd;
         __m512 v[16];
-        for (int64_t c = 0; c < vecs; c++) v[c] = _mm512_cvtpbh_ps((__m256bh)_mm256_loadu_si256((const __m256i *)(vt + c * 16)));
+        for (int64_t c = 0; c < vecs; c++) v[c] = load16(vc + (t * hd + c * 16) * es, bf);
         for (int64_t i = 0; i < g; i++) {
             __m512 p = _mm512_set1_ps(sc[i * L + t]);
             for (int64_t c = 0; c < vecs; c++) acc[i * vecs + c] = _mm512_fmadd_ps(p, v[c], acc[i * vecs + c]);
@@ -129,34 +141,43 @@ attention_task_bf16_hd(const bf16 *q, const bf16 *kb, const bf16 *vb, int64_t L,
     }
     for (int64_t i = 0; i < g; i++)
         for (int64_t c = 0; c < vecs; c++) {
-            float tmp[16];
-            _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[i * vecs + c], _mm512_set1_ps(inv[i])));
-            for (int k = 0; k < 16; k++) out[i * out_stride + c * 16 + k] = f32_to_bf16(tmp[k]);
+            __m512 r = _mm512_mul_ps(acc[i * vecs + c], _mm512_set1_ps(inv[i]));
+            if (bf) {
+                float tmp[16];
+                _mm512_storeu_ps(tmp, r);
+                for (int k = 0; k < 16; k++) ((bf16 *)out)[i * hd + c * 16 + k] = f32_to_bf16(tmp[k]);
+            } else {
+                _mm512_storeu_ps((float *)out + i * hd + c * 16, r);
+            }
         }
 }
 
 /* the common head sizes as compile-time constants (unrolled loops, the accumulators in registers) */
-static void attention_task_bf16(const bf16 *q, const bf16 *kb, const bf16 *vb, int64_t L, int64_t g,
-                                int64_t hd, float scale, float *sc, bf16 *out, int64_t out_stride) {
-    if (hd == 64)
-        attention_task_bf16_hd(q, kb, vb, L, g, 64, scale, sc, out, out_stride);
-    else if (hd == 128)
-        attention_task_bf16_hd(q, kb, vb, L, g, 128, scale, sc, out, out_stride);
-    else
-        attention_task_bf16_hd(q, kb, vb, L, g, hd, scale, sc, out, out_stride);
+#define DEFINE_TASK(SUF, BF)                                                                           \
+static void attention_task_##SUF(const void *q, const void *kb, const void *vb, int64_t L, int64_t g,  \
+                                 int64_t hd, float scale, float *sc, void *out) {                      \
+    if (hd == 64) attention_task_hd(q, kb, vb, L, g, 64, scale, sc, out, BF);                          \
+    else if (hd == 128) attention_task_hd(q, kb, vb, L, g, 128, scale, sc, out, BF);                   \
+    else if (hd == 32) attention_task_hd(q, kb, vb, L, g, 32, scale, sc, out, BF);                     \
+    else attention_task_hd(q, kb, vb, L, g, hd, scale, sc, out, BF);                                   \
 }
+DEFINE_TASK(f32, 0)
+#define FAST_TASK_f32(hd, g) ((hd) % 16 == 0 && (hd) <= 256 && (g) <= 16)
+#ifdef __AVX512BF16__
+DEFINE_TASK(bf16, 1)
+#define FAST_TASK_bf16(hd, g) ((hd) % 32 == 0 && (hd) <= 256 && (g) <= 16)
+#endif
 #endif
 
-/* which (dtype, head size, group) the vectorised attention task above takes; the rest runs the
-   portable loop */
-#ifdef HAVE_AVX512_BF16
-#define FAST_TASK_bf16(hd, g) ((hd) % 32 == 0 && (hd) <= 256 && (g) <= 16)
-#else
+/* which (dtype, head size, group) the vectorised attention task takes; the rest runs the portable loop */
+#ifndef FAST_TASK_f32
+#define FAST_TASK_f32(hd, g) 0
+#define attention_task_f32(...) ((void)0)
+#endif
+#ifndef FAST_TASK_bf16
 #define FAST_TASK_bf16(hd, g) 0
 #define attention_task_bf16(...) ((void)0)
 #endif
-#define FAST_TASK_f32(hd, g) 0
-#define attention_task_f32(...) ((void)0)
 
 #define LOAD_f32(v) (v)
 #define STORE_f32(v) (v)
@@ -230,7 +251,7 @@ void r1_decode_attention_##SUF(const T *q, const T *kc, const T *vc, const int64
             float *sc = malloc(sizeof(float) * (size_t)(g * L));                                       \
             attention_task_##SUF(q + (r * H + j * g) * hd, kc + (r * KV + j) * max_len * hd,           \
                                  vc + (r * KV + j) * max_len * hd, L, g, hd, scale, sc,                \
-                                 out + (r * H + j * g) * hd, hd);                                      \
+                                 out + (r * H + j * g) * hd);                                          \
             free(sc);                                                                                  \
             continue;                                                                                  \
         }                                                                                              \
@@ -297,4 +318,54 @@ DEFINE_KERNELS(bf16, bf16)
 /* the exp above, exposed for its test */
 void r1_exp_f32(const float *x, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = exp_f32(x[i]);
+}
+
+/* Sampling at temperature T without top-k / top-p, the same computation as rollout.base's
+   `_sample_untruncated` + `inverse_cdf_sample` in one pass per row: z = logits / T, e = exp(z - max),
+   float64 sums of 1,024-entry chunks pick the chunk holding u * total, a float64 running sum inside
+   it picks the entry (the first whose cumulative mass exceeds the target: never a zero-mass entry).
+   logits [B, V]; u [B] uniforms in [0, 1) drawn by the caller (so seeded runs draw the same stream);
+   out: tokens [B], logprobs [B] = z[token] - logsumexp(z). scratch: B * V floats. */
+void r1_sample(const float *logits, int64_t B, int64_t V, float temperature, const double *u, int64_t *tokens,
+               float *logprobs, float *scratch) {
+    const int64_t C = 1024;
+    _Pragma("omp parallel for schedule(static) if(B > 1 && B * V > 200000)")
+    for (int64_t b = 0; b < B; b++) {
+        const float *x = logits + b * V;
+        float *e = scratch + b * V, m = -INFINITY;
+        _Pragma("omp simd reduction(max:m)")
+        for (int64_t i = 0; i < V; i++) {
+            float z = x[i] / temperature;
+            m = z > m ? z : m;
+        }
+        for (int64_t i = 0; i < V; i++) e[i] = exp_f32(x[i] / temperature - m);
+        double total = 0.0;
+        for (int64_t c0 = 0; c0 < V; c0 += C) {
+            int64_t c1 = c0 + C < V ? c0 + C : V;
+            double cs = 0.0;
+            _Pragma("omp simd reduction(+:cs)")
+            for (int64_t i = c0; i < c1; i++) cs += e[i];
+            total += cs;
+        }
+        double target = u[b] * total, before = 0.0;
+        int64_t c0 = 0;
+        for (; c0 < V; c0 += C) { /* the chunk whose cumulative mass first exceeds the target */
+            int64_t c1 = c0 + C < V ? c0 + C : V;
+            double cs = 0.0;
+            _Pragma("omp simd reduction(+:cs)")
+            for (int64_t i = c0; i < c1; i++) cs += e[i];
+            if (before + cs > target || c1 == V) break;
+            before += cs;
+        }
+        int64_t c1 = c0 + C < V ? c0 + C : V, tok = -1, last_positive = c0;
+        double run = 0.0, want = target - before;
+        for (int64_t i = c0; i < c1; i++) {
+            if (e[i] > 0.0f) last_positive = i;
+            run += e[i];
+            if (run > want && e[i] > 0.0f) { tok = i; break; }
+        }
+        if (tok < 0) tok = last_positive; /* rounding between the two levels: the chunk's last positive entry */
+        tokens[b] = tok;
+        logprobs[b] = x[tok] / temperature - (m + (float)log(total));
+    }
 }

@@ -90,6 +90,23 @@ class Kernels:
         self.rope_kv = fn("rope_kv", P, I, I, I, I, P, P, P, P, P, P, I)
         self.decode_attention = fn("decode_attention", P, P, P, P, I, I, I, I, I, F, P)
         self.silu_mul = fn("silu_mul", P, I, I, P)
+        self._sample = lib.r1_sample
+        self._sample.argtypes, self._sample.restype = [P, I, I, F, P, P, P, P], None
+        self._scratch = torch.empty(0)
+
+    def sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None):
+        """(tokens [B], logprobs [B]) for logits [B, V] float32, sampled at `temperature` (no top-k /
+        top-p): `rollout.base._sample_untruncated` in one C pass per row, with the same one uniform
+        per row from `generator`."""
+        B, V = logits.shape
+        logits = logits.float().contiguous()
+        u = torch.rand((B,), generator=generator, dtype=torch.float64)
+        if self._scratch.numel() < B * V:
+            self._scratch = torch.empty(B * V)
+        tokens, logprobs = torch.empty(B, dtype=torch.long), torch.empty(B)
+        self._sample(logits.data_ptr(), B, V, temperature, u.data_ptr(), tokens.data_ptr(), logprobs.data_ptr(),
+                     self._scratch.data_ptr())
+        return tokens, logprobs
 
 
 @functools.cache
