@@ -19,7 +19,8 @@ drops the rest:
   filled by moving the last live one into it, and free slots are refilled from the waiting prompts
   (whose prompt is prefilled once and its KV copied to each of its `n` samples);
 - the token choice and its log-prob come from `rollout.base.sample_next`, the same function the HF
-  engine uses, so both engines report the quantity the trainer recomputes;
+  engine uses (or, for plain temperature sampling, its one-pass C twin, which draws the same
+  uniforms), so both engines report the quantity the trainer recomputes;
 - a decode step's non-matmul work runs in r1lab's fused C kernels (`rollout/kernels.py`) where they
   build: five calls per layer instead of ~45 torch operators and a flash-attention call set up for
   one query token (`_decode_fused`); `_decode` is the same step in torch operators, the fallback
@@ -213,6 +214,8 @@ class FastEngine:
             raise ValueError(f"rollout kernels must be auto or torch, got {kernels!r}")
         # "auto": the fused C decode kernels where they build (rollout/kernels.py), else torch operators
         self._kernels = load_kernels(self.dtype) if kernels == "auto" else None
+        self._buffers_key: tuple | None = None
+        self._buffers_cache: tuple[torch.Tensor, ...] = ()
         self.stop_ids = stop_token_ids(tokenizer)
         self._packed: _Packed | None = None
         self._packed_key: tuple | None = None
@@ -325,7 +328,9 @@ class FastEngine:
 
     def _decode_fused(self, W: _Packed, cache: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """`_decode` with the non-matmul work of each layer in five calls of the C kernels
-        (rollout/kernels.c): the same computation, up to float rounding (tested against `_decode`)."""
+        (rollout/kernels.c): the same computation, up to float rounding (tested against `_decode`).
+        The kernels take raw pointers to contiguous arrays: the scratch buffers, the cache, and the
+        outputs of `linear` (fresh, contiguous tensors)."""
         K, n = self._kernels, tok.shape[0]
         H, KV, hd, D = W.n_heads, W.n_kv, W.head_dim, W.embed.shape[1]
         max_len, eps = cache.shape[4], W.eps
@@ -360,7 +365,7 @@ class FastEngine:
         normed hidden states, rotated queries, attention output, gated MLP activations."""
         shapes = ((W.embed.shape[1],), (W.n_heads, W.head_dim), (W.n_heads * W.head_dim,), (W.inter,))
         key = (W.dtype, slots, shapes)
-        if getattr(self, "_buffers_key", None) != key:
+        if self._buffers_key != key:
             self._buffers_cache = tuple(torch.empty((slots, *s), dtype=W.dtype) for s in shapes)
             self._buffers_key = key
         return self._buffers_cache
