@@ -23,8 +23,26 @@ def have_kernels():
         pytest.fail("the C kernels did not build on this machine (a C compiler is part of the test setup)")
 
 
-def k(dtype):
-    return load(dtype)
+@pytest.fixture(scope="module")
+def portable(tmp_path_factory, have_kernels):
+    """kernels.c built for plain x86-64 with AVX2 (no AVX-512): the portable loops that CPUs without
+    AVX-512 run, checked here against the same references."""
+    import ctypes
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the portable build is checked on x86-64")
+    out = tmp_path_factory.mktemp("portable") / "kernels_avx2.so"
+    flags = [f for f in kernels_mod.FLAGS if not f.startswith("-march")] + ["-march=x86-64-v3"]
+    kernels_mod.build(kernels_mod._compiler(), out, flags)
+    return ctypes.CDLL(str(out))
+
+
+BUILDS = ("native", "portable")
+
+
+def k(dtype, build="native", portable=None):
+    return load(dtype) if build == "native" else kernels_mod.Kernels(portable, dtype)
 
 
 def test_exp_is_accurate_over_the_float32_range(have_kernels):
@@ -45,8 +63,9 @@ def test_exp_is_accurate_over_the_float32_range(have_kernels):
     assert torch.isfinite(out).all() and torch.allclose(out.double(), torch.tensor(88.0).double().exp(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_add_rmsnorm_matches_float64(have_kernels, dtype):
+def test_add_rmsnorm_matches_float64(have_kernels, portable, build, dtype):
     torch.manual_seed(0)
     n, D, eps = 5, 96, 1e-6
     x = torch.randn(n, D) * 3
@@ -54,21 +73,22 @@ def test_add_rmsnorm_matches_float64(have_kernels, dtype):
     add = torch.randn(n, D).to(dtype)
     out = torch.empty(n, D, dtype=dtype)
     x_k = x.clone()
-    k(dtype).add_rmsnorm(x_k.data_ptr(), add.data_ptr(), w.data_ptr(), out.data_ptr(), n, D, eps)
+    k(dtype, build, portable).add_rmsnorm(x_k.data_ptr(), add.data_ptr(), w.data_ptr(), out.data_ptr(), n, D, eps)
     x64 = x.double() + add.double()
     ref = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * w.double()
     torch.testing.assert_close(x_k.double(), x64, rtol=1e-7, atol=1e-6)  # the residual stream, updated in place
     torch.testing.assert_close(out.double(), ref, **TOL[dtype])
     # without an addend the residual stream is left as it is
     x_k = x.clone()
-    k(dtype).add_rmsnorm(x_k.data_ptr(), None, w.data_ptr(), out.data_ptr(), n, D, eps)
+    k(dtype, build, portable).add_rmsnorm(x_k.data_ptr(), None, w.data_ptr(), out.data_ptr(), n, D, eps)
     assert torch.equal(x_k, x)
     ref = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + eps) * w.double()
     torch.testing.assert_close(out.double(), ref, **TOL[dtype])
 
 
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rope_kv_rotates_and_writes_the_cache_rows(have_kernels, dtype):
+def test_rope_kv_rotates_and_writes_the_cache_rows(have_kernels, portable, build, dtype):
     torch.manual_seed(1)
     n, H, KV, hd, slots, max_len = 3, 6, 2, 32, 4, 20
     qkv = torch.randn(n, (H + 2 * KV) * hd).to(dtype)
@@ -78,7 +98,7 @@ def test_rope_kv_rotates_and_writes_the_cache_rows(have_kernels, dtype):
     q = torch.empty(n, H, hd, dtype=dtype)
     kc = torch.full((slots, KV, max_len, hd), 9.0).to(dtype)
     vc = kc.clone()
-    k(dtype).rope_kv(qkv.data_ptr(), n, H, KV, hd, cos.data_ptr(), sin.data_ptr(), pos.data_ptr(),
+    k(dtype, build, portable).rope_kv(qkv.data_ptr(), n, H, KV, hd, cos.data_ptr(), sin.data_ptr(), pos.data_ptr(),
                      q.data_ptr(), kc.data_ptr(), vc.data_ptr(), max_len)
     x = qkv.double()[:, : (H + KV) * hd].view(n, H + KV, hd)
     c, s = cos.double()[pos].unsqueeze(1), sin.double()[pos].unsqueeze(1)
@@ -93,9 +113,10 @@ def test_rope_kv_rotates_and_writes_the_cache_rows(have_kernels, dtype):
     assert torch.all(kc[~written] == 9) and torch.all(vc[~written] == 9)
 
 
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hd,H,KV", [(64, 9, 3), (32, 4, 4), (128, 4, 1), (48, 6, 2)])
-def test_decode_attention_matches_float64(have_kernels, dtype, hd, H, KV):
+@pytest.mark.parametrize("hd,H,KV", [(64, 9, 3), (32, 4, 4), (128, 4, 1), (48, 6, 2), (40, 4, 2)])
+def test_decode_attention_matches_float64(have_kernels, portable, build, dtype, hd, H, KV):
     """Per row, attention over its own cache positions 0..pos only, grouped-query heads in HF's
     order; spans around the 16-position blocks of the vectorised path (1, 15, 16, 17, 40)."""
     torch.manual_seed(2)
@@ -106,7 +127,7 @@ def test_decode_attention_matches_float64(have_kernels, dtype, hd, H, KV):
     pos = torch.tensor([0, 14, 15, 16, 39])
     out = torch.empty(n, H * hd, dtype=dtype)
     scale = 1 / math.sqrt(hd)
-    k(dtype).decode_attention(q.data_ptr(), kc.data_ptr(), vc.data_ptr(), pos.data_ptr(), n, H, KV, hd, max_len,
+    k(dtype, build, portable).decode_attention(q.data_ptr(), kc.data_ptr(), vc.data_ptr(), pos.data_ptr(), n, H, KV, hd, max_len,
                               scale, out.data_ptr())
     for r in range(n):
         L = int(pos[r]) + 1
@@ -135,14 +156,15 @@ def test_decode_attention_threads_agree_with_one_thread(have_kernels):
         assert torch.equal(one[0], both[r])
 
 
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_silu_mul_matches_torch_and_float64(have_kernels, dtype):
+def test_silu_mul_matches_torch_and_float64(have_kernels, portable, build, dtype):
     torch.manual_seed(4)
     n, inter = 4, 200
     gu = (torch.randn(n, 2 * inter) * 4).to(dtype)
     gu[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.0]).to(dtype)  # saturation both ways, signed zero
     out = torch.empty(n, inter, dtype=dtype)
-    k(dtype).silu_mul(gu.data_ptr(), n, inter, out.data_ptr())
+    k(dtype, build, portable).silu_mul(gu.data_ptr(), n, inter, out.data_ptr())
     g, u = gu[:, :inter].double(), gu[:, inter:].double()
     torch.testing.assert_close(out.double(), g * torch.sigmoid(g) * u, **TOL[dtype])
     torch.testing.assert_close(out, F.silu(gu[:, :inter]) * gu[:, inter:], **TOL[dtype])
@@ -226,8 +248,9 @@ def test_a_failed_build_falls_back_to_torch(monkeypatch, tmp_path, caplog):
         kernels_mod._library.cache_clear()
 
 
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("V,temperature", [(316, 1.0), (3000, 0.7), (1024, 1.3)])
-def test_sample_draws_what_the_torch_sampler_draws(have_kernels, V, temperature):
+def test_sample_draws_what_the_torch_sampler_draws(have_kernels, portable, build, V, temperature):
     """Same generator state -> the same uniforms -> the same tokens as `sample_next` (up to a boundary
     case of float rounding), and log-probs of the chosen tokens equal to log_softmax(z / T)."""
     from r1lab.rollout.base import SamplingParams, sample_next
@@ -237,7 +260,7 @@ def test_sample_draws_what_the_torch_sampler_draws(have_kernels, V, temperature)
     logits = torch.randn(B, V) * 3
     logits[:, 5] = float("-inf")  # a masked entry
     params = SamplingParams(temperature=temperature)
-    tok_k, lp_k = k(torch.float32).sample(logits, temperature, torch.Generator().manual_seed(1))
+    tok_k, lp_k = k(torch.float32, build, portable).sample(logits, temperature, torch.Generator().manual_seed(1))
     tok_t, lp_t = sample_next(logits, params, torch.Generator().manual_seed(1))
     assert (tok_k != tok_t).sum() <= 2
     assert not (tok_k == 5).any() and (tok_k >= 0).all() and (tok_k < V).all()

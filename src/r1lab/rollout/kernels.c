@@ -3,7 +3,7 @@
    A decode step of a small model on a CPU spends more time in ~45 small torch operator calls per
    layer (RMSNorm, RoPE, casts, the cache write, the SiLU gate, residual adds) and in the flash
    attention kernel's per-call set-up than in its matrix products. These functions do that work in
-   five calls per layer; the matrix products stay with torch/oneDNN.
+   five calls per layer, and the token sampling in one; the matrix products stay with torch/oneDNN.
 
    Arrays are contiguous. "T" is the compute dtype: float32 (suffix _f32) or bfloat16 (_bf16, held
    as uint16). Arithmetic is float32 throughout; bf16 results are rounded to nearest-even, as torch
