@@ -53,6 +53,19 @@ static inline float exp_f32(float in) {
     return in < -87.0f ? 0.0f : p * s.f; /* exp(-inf) and masked logits: exactly 0 */
 }
 
+/* Rows i < g of sc [g, L] -> exp(sc - max) in place; inv[i] = 1 / the row's sum. */
+static inline void softmax_rows(float *sc, int64_t g, int64_t L, float *inv) {
+    for (int64_t i = 0; i < g; i++) {
+        float *si = sc + i * L, m = -INFINITY, sum = 0.0f;
+        _Pragma("omp simd reduction(max:m)")
+        for (int64_t t = 0; t < L; t++) m = si[t] > m ? si[t] : m;
+        for (int64_t t = 0; t < L; t++) si[t] = exp_f32(si[t] - m);
+        _Pragma("omp simd reduction(+:sum)")
+        for (int64_t t = 0; t < L; t++) sum += si[t];
+        inv[i] = 1.0f / sum;
+    }
+}
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define HAVE_AVX512 1
@@ -119,15 +132,7 @@ attention_task_hd(const void *q, const void *kb, const void *vb, int64_t L, int6
         for (; t < L; t++) si[t] = _mm512_reduce_add_ps(dot_partial(qi, kc + t * hd * es, hd, bf)) * scale;
     }
     float inv[g];
-    for (int64_t i = 0; i < g; i++) {
-        float *si = sc + i * L, m = -INFINITY, sum = 0.0f;
-        _Pragma("omp simd reduction(max:m)")
-        for (int64_t t = 0; t < L; t++) m = si[t] > m ? si[t] : m;
-        for (int64_t t = 0; t < L; t++) si[t] = exp_f32(si[t] - m);
-        _Pragma("omp simd reduction(+:sum)")
-        for (int64_t t = 0; t < L; t++) sum += si[t];
-        inv[i] = 1.0f / sum;
-    }
+    softmax_rows(sc, g, L, inv);
     int64_t vecs = hd / 16;
     __m512 acc[g * vecs];
     for (int64_t k = 0; k < g * vecs; k++) acc[k] = _mm512_setzero_ps();
@@ -247,16 +252,15 @@ void r1_decode_attention_##SUF(const T *q, const T *kc, const T *vc, const int64
     _Pragma("omp parallel for schedule(static) if(parallel)")                                          \
     for (int64_t task = 0; task < tasks; task++) {                                                     \
         int64_t r = task / KV, j = task % KV, L = pos[r] + 1;                                          \
+        float *qf = malloc(sizeof(float) * (size_t)(2 * g * hd + g * L)); /* q, acc, scores */         \
+        float *acc = qf + g * hd, *sc = acc + g * hd;                                                  \
         if (FAST_TASK_##SUF(hd, g)) {                                                                  \
-            float *sc = malloc(sizeof(float) * (size_t)(g * L));                                       \
             attention_task_##SUF(q + (r * H + j * g) * hd, kc + (r * KV + j) * max_len * hd,           \
                                  vc + (r * KV + j) * max_len * hd, L, g, hd, scale, sc,                \
                                  out + (r * H + j * g) * hd);                                          \
-            free(sc);                                                                                  \
+            free(qf);                                                                                  \
             continue;                                                                                  \
         }                                                                                              \
-        float *qf = malloc(sizeof(float) * (size_t)(g * hd + g * hd + g * L));                         \
-        float *acc = qf + g * hd, *sc = acc + g * hd;                                                  \
         for (int64_t i = 0; i < g; i++)                                                                \
             for (int64_t d = 0; d < hd; d++) qf[i * hd + d] = LOAD_##SUF(q[(r * H + j * g + i) * hd + d]); \
         const T *kb = kc + (r * KV + j) * max_len * hd, *vb = vc + (r * KV + j) * max_len * hd;         \
@@ -272,15 +276,7 @@ void r1_decode_attention_##SUF(const T *q, const T *kc, const T *vc, const int64
             }                                                                                          \
         }                                                                                              \
         float inv[g];                                                                                  \
-        for (int64_t i = 0; i < g; i++) {                                                              \
-            float *si = sc + i * L, m = -INFINITY, sum = 0.0f;                                         \
-            _Pragma("omp simd reduction(max:m)")                                                       \
-            for (int64_t t = 0; t < L; t++) m = si[t] > m ? si[t] : m;                                 \
-            for (int64_t t = 0; t < L; t++) si[t] = exp_f32(si[t] - m);                                \
-            _Pragma("omp simd reduction(+:sum)")                                                       \
-            for (int64_t t = 0; t < L; t++) sum += si[t];                                              \
-            inv[i] = 1.0f / sum;                                                                       \
-        }                                                                                              \
+        softmax_rows(sc, g, L, inv);                                                                   \
         memset(acc, 0, sizeof(float) * (size_t)(g * hd));                                              \
         for (int64_t t = 0; t < L; t++) {                                                              \
             float vt[hd];                                                                              \
