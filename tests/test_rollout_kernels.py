@@ -276,3 +276,21 @@ def test_sample_frequencies_follow_the_softmax(have_kernels):
     sd = (probs.double() * (1 - probs.double()) / len(tok)).sqrt()
     assert ((freq - probs.double()).abs() <= 4 * sd + 1e-12).all(), freq
     assert freq[5] == 0
+
+
+def test_a_damaged_cached_library_is_rebuilt(monkeypatch, tmp_path):
+    """A cached file that does not load (a truncated write from an older version, a copied cache) is
+    replaced by a fresh build. (Not overwritten in place: the process may have it mapped.)"""
+    kernels_mod._library.cache_clear()
+    try:
+        monkeypatch.setenv("R1LAB_HOME", str(tmp_path))
+        path = kernels_mod.library_path(kernels_mod._compiler())
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"not a shared library")
+        assert load(torch.float32) is not None
+        assert path.read_bytes()[:4] == b"\x7fELF"
+        x, out = torch.tensor([0.0, 1.0, -1.0]), torch.empty(3)
+        kernels_mod._library().r1_exp_f32(x.data_ptr(), out.data_ptr(), 3)
+        torch.testing.assert_close(out, x.exp())
+    finally:
+        kernels_mod._library.cache_clear()

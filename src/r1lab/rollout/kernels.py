@@ -110,6 +110,12 @@ class Kernels:
         return tokens, logprobs
 
 
+def library_path(cc: str) -> Path:
+    """Where the library built from this source, compiler, flags and CPU lives."""
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS, _cpu_signature(), torch.__version__]).encode())
+    return _cache_dir() / f"r1lab_kernels_{key.hexdigest()[:16]}.so"
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     if os.environ.get(ENV_SWITCH, "1") == "0":
@@ -118,12 +124,16 @@ def _library() -> ctypes.CDLL | None:
     if cc is None:
         log.info("fast engine: no C compiler found; decoding with torch operators")
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS, _cpu_signature(), torch.__version__]).encode())
-    path = _cache_dir() / f"r1lab_kernels_{key.hexdigest()[:16]}.so"
+    path = library_path(cc)
     try:
         if not path.exists():
             build(cc, path)
-        lib = ctypes.CDLL(str(path))
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:  # a damaged cached library (a full disk, a copied cache): build it again, once
+            path.unlink(missing_ok=True)
+            build(cc, path)
+            lib = ctypes.CDLL(str(path))
         _self_test(lib)
         return lib
     except (OSError, RuntimeError, subprocess.SubprocessError, AssertionError) as err:
