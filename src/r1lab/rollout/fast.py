@@ -424,6 +424,7 @@ class FastEngine:
         stop_cut: dict[tuple[int, int], int] = {}  # text length to keep for a stop-string finish
         refill_min = max(1, int(S * self.refill_fraction))
         decode = self._decode_fused if self._kernels is not None else self._decode
+        c_sampler = self._kernels is not None and untruncated(params, W.vocab)  # fixed for the call
         decoded_tokens = 0
         while True:
             free = S - len(slot_job)
@@ -440,7 +441,7 @@ class FastEngine:
                     out_tok[j], out_lp[j] = [], []
             if not slot_job:
                 break
-            if self._kernels is not None and untruncated(params, logits.shape[-1]):
+            if c_sampler:
                 tok, lp = self._kernels.sample(logits, params.temperature, generator)
             else:
                 tok, lp = sample_next(logits, params, generator)
@@ -470,7 +471,7 @@ class FastEngine:
                 pos = pos + 1
             else:
                 logits = logits[:0]
-        self.stats = {"slots": S, "decoded_tokens": decoded_tokens, "kernels": "c" if self._kernels else "torch"}
+        self.stats = {"slots": S, "decoded_tokens": decoded_tokens, "kernels": "c" if self._kernels is not None else "torch"}
         return self._completions(encoded, n, out_tok, out_lp, finish, stop_cut)
 
     @staticmethod
