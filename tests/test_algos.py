@@ -125,7 +125,7 @@ class TestKL:
     def test_loss_gradients_on_a_categorical(self):
         """Differentiated as a loss through log pi (the sample held fixed), in exact expectation:
         k2 gives the gradient of KL(pi || ref); k3 gives that of KL(ref || pi); k1 gives zero.
-        This is why the estimator choice is spelled out in the config (PITFALLS #10)."""
+        This is why the estimator choice is spelled out in the config (docs/pitfalls.md, "KL estimators")."""
         theta = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64, requires_grad=True)
         ref_logp = torch.log(torch.tensor([0.2, 0.2, 0.6], dtype=torch.float64))
 

@@ -9,11 +9,11 @@ from r1lab.errors import ConfigError
 
 def test_defaults_recipe_and_overrides(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("description: test\ntrain:\n  steps: 7\n  lr: 1e-5\nalgo:\n  clip_eps_high: 0.28\n")
+    recipe.write_text("description: test\ntrain:\n  steps: 7\n  lr: 1e-5\nalgo:\n  policy_loss_args: {clip_eps_high: 0.28}\n")
     cfg = load_config(recipe, ["train.lr=3e-4", "data.tasks=[arithmetic, countdown]", "reward.terms={accuracy: 1}"])
     assert cfg.train.steps == 7
     assert cfg.train.lr == 3e-4  # the override wins over the recipe; "3e-4" read as a float
-    assert cfg.algo.clip_eps_high == 0.28
+    assert cfg.algo.policy_loss_args == {"clip_eps_high": 0.28}
     assert cfg.data.tasks == ["arithmetic", "countdown"]
     assert cfg.reward.terms == {"accuracy": 1.0}
     assert cfg.model.tiny.hidden_size == RunConfig().model.tiny.hidden_size

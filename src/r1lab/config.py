@@ -78,18 +78,23 @@ class RewardConfig:
 
 @dataclass
 class AlgoConfig:
+    """The method: which registered pieces the RL loop uses, and each piece's own settings.
+
+    `*_args` hold the hyper-parameters of the chosen piece, checked against what it takes (its
+    keyword-only parameters, with their defaults): a key it does not take is an error, never ignored.
+    `r1lab recipes --methods` lists every piece with the settings it takes."""
+
     advantage: str = "grpo"  # registered advantage estimator (algos/advantages.py)
+    advantage_args: dict[str, Any] = field(default_factory=dict)  # e.g. {std_eps: 1e-6} (grpo), {lam_actor: 0.95} (gae)
     policy_loss: str = "ppo_clip"  # registered policy loss (algos/losses.py)
+    policy_loss_args: dict[str, Any] = field(default_factory=dict)  # e.g. {clip_eps_low: 0.2, clip_eps_high: 0.28, dual_clip_c: 3}
     loss_agg: str = "seq-mean-token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
     loss_agg_norm: float = 0.0  # the constant L of seq-mean-token-sum-norm (0 = sampling.max_new_tokens)
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2  # > clip_eps_low is DAPO's clip-higher
     kl_estimator: str = "k3"  # k1 | k2 | k3 (KL(pi || pi_ref), Schulman's estimators)
+    kl_args: dict[str, Any] = field(default_factory=dict)  # the estimator's settings, e.g. {clamp: 10} (k3)
     kl_coef: float = 0.0  # 0 turns the reference model off entirely
-    adv_std_eps: float = 1e-6  # floor added to the group std
-    dual_clip_c: float = 0.0  # > 1 caps the loss of negative-advantage tokens at c|A| (dual clip); 0 = off
     kl_in_reward: bool = False  # False: beta*KL in the loss (GRPO); True: r_t -= beta*KL_t (PPO, REINFORCE++)
-    gamma: float = 1.0  # discount of token rewards (REINFORCE++, GAE)
+    gamma: float = 1.0  # discount of token rewards, shared by the advantage (REINFORCE++, GAE) and the critic
     entropy_coef: float = 0.0  # fixed entropy bonus (starting value under entropy_control)
     entropy_control: bool = False  # Skywork-OR1 adaptive entropy: coef += delta while H < target, else -= delta
     entropy_target: float = 0.2
@@ -97,18 +102,30 @@ class AlgoConfig:
     entropy_max_coef: float = 0.005
     pos_nll_coef: float = 0.0  # VAPO: + mu * NLL of the correct responses
     overlong_filter: bool = False  # DAPO: truncated responses carry no loss
-    # critic (PPO with GAE: ORZ, VC-PPO, VAPO)
+    # critic (PPO with GAE: ORZ, VC-PPO, VAPO); the settings below it need critic: true
     critic: bool = False  # train a value model alongside the policy (needed by advantage: gae)
     critic_lr: float = 5e-6
     value_clip: float = 0.2  # clip range of the value loss (0 = unclipped)
-    lam_actor: float = 1.0  # GAE lambda for the policy's advantages (VC-PPO: 0.95)
-    lam_critic: float = 1.0  # GAE lambda for the critic's targets (VC-PPO: 1.0)
-    length_adaptive_alpha: float = 0.0  # VAPO: lambda_actor = 1 - 1/(alpha * length); 0 = off
+    lam_critic: float = 1.0  # GAE lambda for the critic's targets (VC-PPO: 1.0; the actor's is advantage_args.lam_actor)
     value_pretrain_steps: int = 0  # VC-PPO: train the critic on the fixed starting policy first
-    # rollout correction (Yao et al. 2025): weight each token's policy-gradient term by
-    # min(pi_old / pi_engine, tis_cap) for the engine/trainer log-prob mismatch; 0 = off (paper: 2)
-    tis_cap: float = 0.0
-    correction: str = "tis"  # registered rollout correction (algos/corrections.py) used when tis_cap > 0
+    # rollout correction (Yao et al. 2025) for the engine/trainer log-prob mismatch: "" = off,
+    # "tis" weights each token's policy-gradient term by min(pi_old / pi_engine, cap) (paper: cap 2)
+    correction: str = ""  # registered rollout correction (algos/corrections.py)
+    correction_args: dict[str, Any] = field(default_factory=dict)  # e.g. {cap: 2.0} (tis)
+
+
+CRITIC_SETTINGS = ("critic_lr", "value_clip", "lam_critic", "value_pretrain_steps")  # taken only with critic: true
+
+# settings that moved into a method's own section: the error for the old key names the new one
+MOVED_KEYS = {
+    "algo.clip_eps_low": "algo.policy_loss_args.clip_eps_low",
+    "algo.clip_eps_high": "algo.policy_loss_args.clip_eps_high",
+    "algo.dual_clip_c": "algo.policy_loss_args.dual_clip_c",
+    "algo.adv_std_eps": "algo.advantage_args.std_eps",
+    "algo.lam_actor": "algo.advantage_args.lam_actor",
+    "algo.length_adaptive_alpha": "algo.advantage_args.length_adaptive_alpha",
+    "algo.tis_cap": "algo.correction=tis with algo.correction_args.cap",
+}
 
 
 @dataclass
@@ -256,6 +273,8 @@ def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in types:
+            if path in MOVED_KEYS:
+                raise ConfigError(f"config key '{path}' is now '{MOVED_KEYS[path]}' (the method's own settings)")
             raise ConfigError(f"unknown config key '{path}'{_suggest(key, list(types), where)}")
         setattr(obj, key, _coerce(value, types[key], path))
     return obj

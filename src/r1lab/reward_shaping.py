@@ -69,9 +69,13 @@ def kimi_length_values(lengths: list[int], correct: list[bool]) -> list[float]:
 
 @register_reward("kimi_length")
 def kimi_length(problems, texts, verdicts, completions, **settings) -> list[float]:
-    groups: dict[int, list[int]] = defaultdict(list)  # samples of the same problem object form a group
-    for i, p in enumerate(problems):
-        groups[id(p)].append(i)
+    """Groups are the batch's groups: consecutive blocks of `group_size` samples (the RL loop's
+    layout). Without a group size, the samples of one problem id form a group."""
+    G = int(settings.get("group_size") or 0)
+    keys = [i // G for i in range(len(completions))] if G > 0 else [p.id for p in problems]
+    groups: dict[object, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        groups[key].append(i)
     out = [0.0] * len(completions)
     for idx in groups.values():
         vals = kimi_length_values([_length(completions[i]) for i in idx], [verdicts[i].correct for i in idx])

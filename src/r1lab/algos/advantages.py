@@ -1,9 +1,12 @@
 """Advantage estimators. Each takes sequence rewards and returns per-token advantages.
 
 Signature of every estimator:
-    fn(rewards: [B] float, response_mask: [B, T] {0,1}, group_index: [B] long, **hparams) -> [B, T]
+    fn(rewards: [B] float, response_mask: [B, T] {0,1}, group_index: [B] long, *, <context>, <hparams>) -> [B, T]
 `group_index[i]` names the prompt sample i was drawn for, so group statistics are vectorised.
-Advantages are zero outside the response mask.
+Context inputs, passed only to estimators that declare them: `values` [B, T] (the critic's),
+`token_penalty` [B, T] (beta * KL_t when the KL is in the reward), `gamma` (the discount, shared with
+the critic). Every other keyword is the estimator's own hyper-parameter, set from
+`algo.advantage_args`. Advantages are zero outside the response mask.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch
 
 from r1lab.algos.registry import Registry
 
-ADVANTAGES = Registry("advantage estimator")
+ADVANTAGES = Registry("advantage estimator", context=("values", "token_penalty", "gamma"))
 register_advantage = ADVANTAGES.register
 get_advantage = ADVANTAGES.get_or_raise
 
@@ -37,21 +40,20 @@ def group_stats(values: torch.Tensor, group_index: torch.Tensor, valid: torch.Te
 
 
 @register_advantage("grpo")
-def grpo_advantage(
-    rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    group_index: torch.Tensor,
-    std_eps: float = 1e-6,
-    scale_by_std: bool = True,
-    **_: object,
-) -> torch.Tensor:
+def grpo_advantage(rewards: torch.Tensor, response_mask: torch.Tensor, group_index: torch.Tensor, *,
+                   std_eps: float = 1e-6) -> torch.Tensor:
     """GRPO outcome advantage, DeepSeekMath (Shao et al. 2024) Eq. 3 / Sec. 4.1.2:
     A_i = (r_i - mean(r_group)) / (std(r_group) + eps), the same for every token of o_i.
 
-    Guarantees (PITFALLS #9): a group whose rewards are all equal gets exactly 0 (no float residue
+    Guarantees (docs/pitfalls.md, "Zero-variance groups"): a group whose rewards are all equal gets exactly 0 (no float residue
     blown up by the std); a group of one gets 0; a NaN reward is excluded from its group's statistics
     and its own advantage is 0. `std` is the unbiased (Bessel-corrected) sample std, as in verl and TRL.
+    `std_eps` is the floor added to the group std.
     """
+    return _group_centred(rewards, response_mask, group_index, std_eps, scale_by_std=True)
+
+
+def _group_centred(rewards, response_mask, group_index, std_eps: float, scale_by_std: bool) -> torch.Tensor:
     valid = torch.isfinite(rewards)
     mean, std, count = group_stats(rewards, group_index, valid)
     r = torch.where(valid, rewards.double(), mean)
@@ -64,16 +66,15 @@ def grpo_advantage(
 
 
 @register_advantage("dr_grpo")
-def dr_grpo_advantage(rewards, response_mask, group_index, **kw: object) -> torch.Tensor:
+def dr_grpo_advantage(rewards, response_mask, group_index) -> torch.Tensor:
     """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", Sec. 3.1):
     A_i = r_i - mean(r_group) — the std division removed (it up-weights too-easy and too-hard
     questions). Pair it with loss_agg=seq-mean-token-sum-norm to also remove the 1/|o_i| bias."""
-    kw = {k: v for k, v in kw.items() if k != "scale_by_std"}
-    return grpo_advantage(rewards, response_mask, group_index, scale_by_std=False, **kw)
+    return _group_centred(rewards, response_mask, group_index, 0.0, scale_by_std=False)
 
 
 @register_advantage("rloo")
-def rloo_advantage(rewards, response_mask, group_index, **_: object) -> torch.Tensor:
+def rloo_advantage(rewards, response_mask, group_index) -> torch.Tensor:
     """RLOO (Ahmadian et al. 2024): A_i = r_i - (1/(G-1)) sum_{j != i} r_j = G/(G-1) (r_i - mean).
     Groups of one (no leave-one-out baseline) and NaN rewards get 0."""
     valid = torch.isfinite(rewards)
@@ -84,22 +85,24 @@ def rloo_advantage(rewards, response_mask, group_index, **_: object) -> torch.Te
     return adv.to(torch.float32).unsqueeze(-1) * response_mask.to(torch.float32)
 
 
-def last_token_rewards(rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """[B] sequence rewards placed on each response's last token: [B, T]."""
-    mask = response_mask.to(torch.float32)
+def last_token_rewards(rewards: torch.Tensor, response_mask: torch.Tensor,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[B] sequence rewards placed on each response's last token: [B, T] of `dtype`."""
+    mask = response_mask.to(dtype)
     T = mask.shape[1]
-    last = (mask * torch.arange(1, T + 1, dtype=torch.float32)).argmax(dim=1)  # index of the last valid token
+    last = (mask * torch.arange(1, T + 1, dtype=dtype)).argmax(dim=1)  # index of the last valid token
     out = torch.zeros_like(mask)
     has_tokens = mask.sum(dim=1) > 0
-    out[has_tokens, last[has_tokens]] = torch.nan_to_num(rewards.to(torch.float32)[has_tokens])
+    out[has_tokens, last[has_tokens]] = torch.nan_to_num(rewards.to(dtype)[has_tokens])
     return out
 
 
 def discounted_returns(token_rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
-    """Return-to-go G_t = sum_{s >= t} gamma^(s-t) r_s over the response tokens, [B, T]."""
-    mask = response_mask.to(torch.float32)
+    """Return-to-go G_t = sum_{s >= t} gamma^(s-t) r_s over the response tokens, [B, T], in the
+    dtype of `token_rewards`."""
+    mask = response_mask.to(token_rewards.dtype)
     out = torch.zeros_like(mask)
-    running = torch.zeros(mask.shape[0])
+    running = torch.zeros(mask.shape[0], dtype=token_rewards.dtype)
     for t in range(mask.shape[1] - 1, -1, -1):
         running = token_rewards[:, t] + gamma * running
         out[:, t] = running
@@ -119,31 +122,35 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> tor
 
 
 @register_advantage("reinforce_pp")
-def reinforce_pp_advantage(rewards, response_mask, group_index, token_penalty: torch.Tensor | None = None,
-                           gamma: float = 1.0, **_: object) -> torch.Tensor:
+def reinforce_pp_advantage(rewards, response_mask, group_index, *, token_penalty: torch.Tensor | None = None,
+                           gamma: float = 1.0) -> torch.Tensor:
     """REINFORCE++ (Hu 2025): token reward r_t = 1[t = last] r - beta KL_t (the KL penalty arrives
     in `token_penalty`, already multiplied by beta, when algo.kl_in_reward is set), the gamma = 1
-    return-to-go, then whitening over every valid token of the batch (no critic, no groups)."""
-    token_rewards = last_token_rewards(rewards, response_mask)
+    return-to-go, then whitening over every valid token of the batch (no critic, no groups).
+
+    Returns accumulate in float64: with equal rewards only the small KL penalties differ between
+    tokens, and float32 sums lose them before the whitening divides by their spread."""
+    mask64 = response_mask.double()
+    token_rewards = last_token_rewards(rewards, response_mask, torch.float64)
     if token_penalty is not None:
-        token_rewards = token_rewards - token_penalty * response_mask
-    returns = discounted_returns(token_rewards, response_mask, gamma)
-    return masked_whiten(returns, response_mask)
+        token_rewards = token_rewards - token_penalty.double() * mask64
+    returns = discounted_returns(token_rewards, mask64, gamma)
+    return masked_whiten(returns, mask64).to(torch.float32)
 
 
 @register_advantage("reinforce_pp_baseline")
-def reinforce_pp_baseline_advantage(rewards, response_mask, group_index, token_penalty: torch.Tensor | None = None,
-                                    gamma: float = 1.0, **_: object) -> torch.Tensor:
+def reinforce_pp_baseline_advantage(rewards, response_mask, group_index, *, token_penalty: torch.Tensor | None = None,
+                                    gamma: float = 1.0) -> torch.Tensor:
     """REINFORCE++-baseline: r' = r - mean_group(r) (no std), then REINFORCE++'s return and global
     whitening. The KL goes into the loss in this variant, so `token_penalty` is normally None."""
     valid = torch.isfinite(rewards)
     mean, _, count = group_stats(rewards, group_index, valid)
-    centred = torch.where(valid & (count > 1), rewards.double() - mean, torch.zeros_like(mean)).to(torch.float32)
+    centred = torch.where(valid & (count > 1), rewards.double() - mean, torch.zeros_like(mean))
     return reinforce_pp_advantage(centred, response_mask, group_index, token_penalty=token_penalty, gamma=gamma)
 
 
 @register_advantage("gpg")
-def gpg_advantage(rewards, response_mask, group_index, **_: object) -> torch.Tensor:
+def gpg_advantage(rewards, response_mask, group_index) -> torch.Tensor:
     """GPG (Chu et al. 2025, Eq. 8-9): A_i = alpha (r_i - mean_group(r)), alpha = B / (B - M) with
     M the number of samples in zero-variance groups: the gradient of the informative samples is
     rescaled so that dropping the uninformative ones does not shrink it."""
@@ -190,10 +197,10 @@ def vapo_lambda(response_mask: torch.Tensor, alpha: float = 0.05) -> torch.Tenso
     return (1.0 - 1.0 / (alpha * lengths)).clamp(min=0.0, max=1.0)
 
 
-@register_advantage("gae")
-def gae_advantage(rewards, response_mask, group_index, values: torch.Tensor | None = None,
+@register_advantage("gae", needs_critic=True)
+def gae_advantage(rewards, response_mask, group_index, *, values: torch.Tensor | None = None,
                   token_penalty: torch.Tensor | None = None, gamma: float = 1.0, lam_actor: float = 1.0,
-                  length_adaptive_alpha: float = 0.0, whiten: bool = True, **_: object) -> torch.Tensor:
+                  length_adaptive_alpha: float = 0.0, whiten: bool = True) -> torch.Tensor:
     """PPO's advantage from a critic (ORZ, VC-PPO, VAPO): GAE with lambda_actor (VC-PPO decouples
     it from the critic's lambda), or VAPO's length-adaptive lambda when length_adaptive_alpha > 0;
     batch-whitened as ORZ does."""

@@ -1,7 +1,9 @@
 """Rollout corrections: per-token weights for the gap between the engine that sampled a response
 and the trainer that learns from it. Pure functions of tensors, registered by name.
 
-Shapes: trainer_logprobs, engine_logprobs, mask are [B, T] over response tokens.
+Signature: fn(trainer_logprobs, engine_logprobs, mask=None, *, <hparams>) -> weights [B, T];
+all tensors [B, T] over response tokens. Keyword-only parameters are the method's settings
+(`algo.correction_args`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ get_correction = CORRECTIONS.get_or_raise
 
 
 @register_correction("tis")
-def truncated_is_weight(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, cap: float = 2.0,
-                        mask: torch.Tensor | None = None) -> torch.Tensor:
+def truncated_is_weight(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor,
+                        mask: torch.Tensor | None = None, *, cap: float = 2.0) -> torch.Tensor:
     """Truncated importance sampling (Yao et al. 2025, "Your Efficient RL Framework Secretly Brings
     You Off-Policy RL Training", Eq. 3-4): the tokens were sampled from the engine's distribution
     pi_engine (another kernel, another precision) but the gradient is of the trainer's pi_old, so each

@@ -3,7 +3,12 @@
 Shapes: logprobs, old_logprobs, ref_logprobs, advantages, mask are all [B, T] over response tokens.
 Per-token losses come back unaggregated; `aggregate` turns them into one scalar with an explicit
 mode, normalised by the counts of the whole optimizer step so micro-batching never changes the
-gradient (PITFALLS #5).
+gradient (docs/pitfalls.md, "loss normalisation").
+
+A policy loss's keyword-only parameters are its hyper-parameters (set from `algo.policy_loss_args`),
+except `response_mask`, which the trainer supplies to the losses that declare it. Traits:
+`needs_old_logprobs` (default true: the loss has an importance ratio against the policy that
+sampled), `loss_agg` (a method whose paper fixes the aggregation; any other setting is refused).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 
 from r1lab.algos.registry import Registry
 
-POLICY_LOSSES = Registry("policy loss")
+POLICY_LOSSES = Registry("policy loss", context=("response_mask",))
 register_policy_loss = POLICY_LOSSES.register
 get_policy_loss = POLICY_LOSSES.get_or_raise
 
@@ -41,9 +46,9 @@ def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 
 @register_kl_estimator("k3")
-def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, clamp: float = 10.0) -> torch.Tensor:
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, *, clamp: float = 10.0) -> torch.Tensor:
     """k3 = exp(x) - x - 1 with x = log pi_ref - log pi_theta (>= 0, low variance); x clamped to
-    [-clamp, clamp] so one wild token cannot overflow exp, as common implementations do."""
+    [-clamp, clamp] so one wild token cannot overflow exp."""
     x = torch.clamp(ref_logprobs - logprobs, min=-clamp, max=clamp)
     return torch.exp(x) - x - 1.0
 
@@ -57,10 +62,10 @@ def ppo_clip_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
+    *,
     clip_eps_low: float = 0.2,
     clip_eps_high: float = 0.2,
     dual_clip_c: float = 0.0,
-    **_: object,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, Eq. 7), negated for minimisation:
     l = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A), rho = exp(logp - logp_old).
@@ -83,8 +88,8 @@ def ppo_clip_loss(
     return loss, stats
 
 
-@register_policy_loss("gpg")
-def gpg_loss(logprobs, old_logprobs, advantages, **_: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+@register_policy_loss("gpg", needs_old_logprobs=False)
+def gpg_loss(logprobs, old_logprobs, advantages) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GPG (Chu et al. 2025, Eq. 7): the plain policy gradient -log pi(o_t) A, no ratio, no clip
     (so no old-policy forward is needed and no reference model)."""
     ratio = torch.exp(torch.clamp(logprobs - old_logprobs, -20.0, 20.0)).detach()
@@ -92,14 +97,16 @@ def gpg_loss(logprobs, old_logprobs, advantages, **_: object) -> tuple[torch.Ten
     return -logprobs * advantages, {"clip_frac": zeros, "clip_frac_high": zeros, "clip_frac_low": zeros, "ratio": ratio}
 
 
-@register_policy_loss("gspo")
+@register_policy_loss("gspo", loss_agg="seq-mean-token-mean")
 def gspo_loss(
-    logprobs, old_logprobs, advantages, response_mask: torch.Tensor | None = None,
-    clip_eps_low: float = 3e-4, clip_eps_high: float = 4e-4, **_: object,
+    logprobs, old_logprobs, advantages, *, response_mask: torch.Tensor | None = None,
+    clip_eps_low: float = 3e-4, clip_eps_high: float = 4e-4,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO (Zheng et al. 2025, Eq. 5-7): one importance ratio per sequence, the geometric mean
     s_i = exp(mean_t (log pi - log pi_old)), clipped at the sequence level; every token of o_i
-    carries -min(s_i A_i, clip(s_i) A_i). Use with seq-mean-token-mean so each sequence counts once."""
+    carries -min(s_i A_i, clip(s_i) A_i). The objective is a mean over sequences, so the method fixes
+    the aggregation to seq-mean-token-mean (each sequence counts once); its clip range is the
+    paper's (3e-4, 4e-4), far narrower than PPO's token-level 0.2."""
     if response_mask is None:
         response_mask = torch.ones_like(logprobs)
     mask = response_mask.to(logprobs.dtype)
