@@ -30,7 +30,8 @@ from r1lab.models import load_model  # noqa: E402
 from r1lab.rollout import make_engine  # noqa: E402
 from r1lab.runs import RunDir  # noqa: E402
 from r1lab.stages import load_policy, prepare_data, run_eval, run_sft  # noqa: E402
-from r1lab.train.rl import PromptSampler, RLTrainer  # noqa: E402
+from r1lab.train.rl import RLTrainer  # noqa: E402
+from r1lab.train.sampler import PromptSampler  # noqa: E402
 
 METHODS = {"GRPO": "grpo", "Dr. GRPO": "dr_grpo", "DAPO": "dapo", "REINFORCE++": "reinforce_pp", "PPO (ORZ)": "orz_ppo"}
 ROOT = Path(__file__).resolve().parents[1]

@@ -109,7 +109,8 @@ def run_r1lab(model_path: str, precision: str, steps: int, seed: int, s: dict) -
     from r1lab.config import RunConfig
     from r1lab.models import load_model
     from r1lab.rollout import make_engine
-    from r1lab.train.rl import PromptSampler, RLTrainer
+    from r1lab.train.rl import RLTrainer
+    from r1lab.train.sampler import PromptSampler
 
     class FixedOrder(PromptSampler):
         """The prompts in list order, exactly as TRL's unshuffled dataloader hands them out."""

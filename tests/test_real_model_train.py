@@ -100,7 +100,7 @@ def test_grpo_update_on_smollm2_moves_only_lora_weights(smol):
     apply_lora(model, LoRAConfig(r=4, alpha=8.0, target_modules=["q_proj", "v_proj"]))
     trainer = RLTrainer(cfg, model, tok, HFEngine(model, tok))
     before = _params(model)
-    _, cs = trainer.rollout(PROBLEMS[:2], seed=0)
+    cs = trainer.rollout(PROBLEMS[:2], seed=0)
     assert len(cs) == 4 and all(1 <= len(c.response_ids) <= 8 for c in cs)
     batch = trainer.make_batch(cs, torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.tensor([0, 0, 1, 1]))
     m = trainer.update(batch)

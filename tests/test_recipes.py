@@ -11,7 +11,8 @@ from r1lab.config import load_config
 from r1lab.recipes import list_recipes
 from r1lab.runs import RunDir
 from r1lab.stages import load_policy, prepare_data, run_sft
-from r1lab.train.rl import PromptSampler, train_rl
+from r1lab.train.rl import train_rl
+from r1lab.train.sampler import PromptSampler
 
 ROOT = Path(__file__).resolve().parents[1] / "recipes"
 METHODS = ["r1_zero_grpo", "dapo", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline", "orz_ppo", "vc_ppo", "vapo",
@@ -118,7 +119,7 @@ def test_value_pretraining_lowers_the_value_loss(sft_checkpoint, tmp_path, name)
 
     def mse():
         with torch.no_grad():
-            v = trainer.critic(fixed.input_ids, fixed.attention_mask)
+            v = trainer.policy.critic(fixed.input_ids, fixed.attention_mask)
         return float(((v - fixed.returns) ** 2 * fixed.response_mask).sum() / fixed.response_mask.sum())
 
     before = mse()

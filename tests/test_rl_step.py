@@ -14,7 +14,8 @@ from r1lab.config import RunConfig
 from r1lab.records import Problem
 from r1lab.rollout import FastEngine, HFEngine
 from r1lab.train.common import token_logprobs
-from r1lab.train.rl import RLTrainer, _micro_batches, _update_plan
+from r1lab.train.batch import micro_batches, update_plan
+from r1lab.train.rl import RLTrainer
 
 PROMPTS = ["Compute ((7 + 3) * 4) - 5.", "Use 3, 5, 7 to make 22.", "Compute 1 + 2.", "Compute ((1 + 2) * 3) - 4 + 12 * 5."]
 
@@ -38,7 +39,7 @@ def _trainer(tiny, engine="hf", algo=None, **train):
 
 
 def _batch(trainer, seed=0, before_make_batch=lambda: None):
-    _, cs = trainer.rollout(problems(4), seed=seed)
+    cs = trainer.rollout(problems(4), seed=seed)
     rewards = torch.tensor([float(i % 3 == 0) for i in range(len(cs))])
     before_make_batch()  # after sampling: the engine's own forwards are not counted
     return trainer.make_batch(cs, rewards, torch.arange(4).repeat_interleave(4))
@@ -56,7 +57,7 @@ def test_no_reference_and_no_old_policy_forward_when_not_needed(tiny):
     trainer, model = _trainer(tiny, micro_batch_size=6, shared_prefix=False)
     calls = [0]
     batch = _batch(trainer, before_make_batch=lambda: _count_forwards(model, calls))
-    assert calls[0] == 0 and trainer.ref_model is None
+    assert calls[0] == 0 and trainer.policy.ref_model is None
     assert batch.old_logprobs is None and batch.ref_logprobs is None
     trainer.update(batch)
     assert calls[0] == 3  # 16 rows in micro-batches of 6: exactly one forward each, for the update
@@ -64,7 +65,7 @@ def test_no_reference_and_no_old_policy_forward_when_not_needed(tiny):
 
 def test_reference_forward_only_with_kl_and_old_forward_only_with_several_updates(tiny):
     trainer, model = _trainer(tiny, micro_batch_size=6, algo={"kl_coef": 0.1}, shared_prefix=False)
-    policy, ref = [0], _count_forwards(trainer.ref_model)
+    policy, ref = [0], _count_forwards(trainer.policy.ref_model)
     batch = _batch(trainer, before_make_batch=lambda: _count_forwards(model, policy))
     assert (policy[0], ref[0]) == (0, 3) and batch.ref_logprobs is not None and batch.old_logprobs is None
     trainer, model = _trainer(tiny, micro_batch_size=6, mini_batches=2, shared_prefix=False)
@@ -92,13 +93,13 @@ def test_shared_prefix_runs_each_prompt_once_per_mini_batch_and_keeps_the_update
 def test_micro_batches_are_length_bucketed():
     lengths = torch.tensor([5, 50, 6, 49, 7, 48, 8, 47])
     idx = torch.arange(8)
-    bucketed = _micro_batches(idx, 2, lengths)
+    bucketed = micro_batches(idx, 2, lengths)
     assert [sorted(lengths[m].tolist()) for m in bucketed] == [[5, 6], [7, 8], [47, 48], [49, 50]]
     padded = lambda parts: sum(len(m) * int(lengths[m].max()) for m in parts)  # noqa: E731
     assert padded(bucketed) == 2 * (6 + 8 + 48 + 50) == 224
-    assert padded(_micro_batches(idx, 2)) == 2 * (50 + 49 + 48 + 47) == 388
+    assert padded(micro_batches(idx, 2)) == 2 * (50 + 49 + 48 + 47) == 388
     # mini-batches are still drawn at random; only their split into micro-batches is sorted
-    plan = _update_plan(8, 1, 2, 2, torch.Generator().manual_seed(0), lengths)
+    plan = update_plan(8, 1, 2, 2, torch.Generator().manual_seed(0), lengths)
     for mini in plan[0]:
         flat = torch.cat(mini)
         assert lengths[flat].tolist() == sorted(lengths[flat].tolist())
@@ -115,9 +116,9 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_a_step_lowers_the_loss(tiny
         return float(aggregate(-batch.advantages * lp, batch.loss_mask, "seq-mean-token-mean"))
 
     with torch.no_grad():
-        lp32 = trainer.logprobs(model, batch, T)[0]
+        lp32 = trainer.policy.logprobs(batch)
         trainer.cfg.train.bf16 = False
-        lp_fp32 = trainer.logprobs(model, batch, T)[0]
+        lp_fp32 = trainer.policy.logprobs(batch)
         trainer.cfg.train.bf16 = True
     gap = ((lp32 - lp_fp32).abs() * batch.response_mask).max().item()
     assert 0 < gap < 0.1  # the forward really ran in bf16, and stayed close
@@ -125,7 +126,7 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_a_step_lowers_the_loss(tiny
     stats = trainer.update(batch)
     assert math.isfinite(stats["loss/total"])
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    state = [s for s in trainer.optimizer.state.values()]
+    state = [s for s in trainer.policy.optimizer.state.values()]
     assert state and all(s["exp_avg"].dtype == torch.float32 and s["exp_avg_sq"].dtype == torch.float32 for s in state)
     assert surrogate() < before - 1e-3
 
@@ -140,8 +141,8 @@ def test_tis_weight_against_hand_computed_float64():
     assert w[0].tolist() == pytest.approx(expected, abs=1e-15)
     assert get_correction("tis") is truncated_is_weight
     x = trainer_lp.clone().requires_grad_(True)
-    assert not truncated_is_weight(x, engine_lp, 2.0).requires_grad  # detached: a weight, not a gradient path
-    assert truncated_is_weight(torch.tensor([0.0]), torch.tensor([-1000.0]), 2.0).item() == 2.0  # no overflow
+    assert not truncated_is_weight(x, engine_lp, cap=2.0).requires_grad  # detached: a weight, not a gradient path
+    assert truncated_is_weight(torch.tensor([0.0]), torch.tensor([-1000.0]), cap=2.0).item() == 2.0  # no overflow
     with pytest.raises(ValueError):
         truncated_is_weight(trainer_lp, engine_lp, cap=0.0)
 
@@ -149,7 +150,8 @@ def test_tis_weight_against_hand_computed_float64():
 def test_tis_multiplies_the_policy_gradient_term_exactly(tiny):
     results = {}
     for cap in (0.0, 2.0):
-        trainer, model = _trainer(tiny, lr=0.0, algo={"tis_cap": cap, "loss_agg": "token-mean"})
+        correction = {"correction": "tis", "correction_args": {"cap": cap}} if cap else {}
+        trainer, model = _trainer(tiny, lr=0.0, algo={**correction, "loss_agg": "token-mean"})
         batch = _batch(trainer)
         # pretend the engine disagreed with the trainer: shift its log-probs by a known pattern
         g = torch.Generator().manual_seed(0)
@@ -187,7 +189,7 @@ def test_group_signal_separates_equal_rewards_from_equal_correctness():
     """Group 1: all wrong, but one sample is well formatted (accuracy 1.0 + format 0.1 weights): the
     rewards differ, so it carries signal although dynamic sampling would drop it. Group 2: all right
     and all formatted: no signal at all. Group 3: mixed correctness."""
-    from r1lab.train.rl import group_signal
+    from r1lab.train.step_metrics import group_signal
 
     rewards = torch.tensor([0.0, 0.1, 0.0, 0.0, 1.1, 1.1, 1.1, 1.1, 1.1, 0.0, 0.1, 1.0])
     correct = [False] * 4 + [True] * 4 + [True, False, False, True]

@@ -108,7 +108,7 @@ def _trainer(tiny, **train):
 
 
 def _batch(trainer, seed=0):
-    _, cs = trainer.rollout(problems(4), seed=seed)
+    cs = trainer.rollout(problems(4), seed=seed)
     rewards = torch.tensor([float(i % 3 == 0) for i in range(len(cs))])
     groups = torch.arange(4).repeat_interleave(4)
     return trainer.make_batch(cs, rewards, groups)
@@ -141,7 +141,7 @@ def test_on_policy_ratio_is_exactly_one(tiny):
 
 def test_no_reference_model_without_kl(tiny):
     trainer, _ = _trainer(tiny)
-    assert trainer.ref_model is None
+    assert trainer.policy.ref_model is None
     batch = _batch(trainer)
     assert batch.ref_logprobs is None and batch.old_logprobs is None
     stats = trainer.update(batch)
@@ -196,3 +196,46 @@ def test_untruncated_sampling_reports_the_log_softmax_at_the_drawn_token_at_any_
     peaked[:, 6] = float("-inf")
     tok, logp = sample_next(peaked, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0))
     assert tok.tolist() == [5] * 8 and torch.allclose(logp, torch.zeros(8), atol=1e-6)
+
+
+def test_engines_share_one_interface_and_samples_record_the_policy_version(tiny):
+    from r1lab.rollout import FastEngine
+    from r1lab.rollout.base import Engine
+    from r1lab.rollout.openai import EndpointError, OpenAIEngine
+
+    for engine in (HFEngine(*tiny), FastEngine(*tiny)):
+        assert isinstance(engine, Engine)
+    with pytest.raises(EndpointError, match="cannot load a policy's"):
+        OpenAIEngine("http://127.0.0.1:9").load_weights(iter(()), 1)
+    trainer, _ = _trainer(tiny, mini_batches=2)
+    batch = _batch(trainer)
+    assert all(c.policy_version == 0 for c in trainer.rollout(problems(1), seed=0))
+    trainer.update(batch)  # two optimizer steps
+    assert trainer.policy.version == 2 and trainer.engine.policy_version == 2
+    assert all(c.policy_version == 2 for c in trainer.rollout(problems(1), seed=0))
+
+
+def test_engine_weights_fold_lora_in_and_leave_the_model_as_it_is(tiny):
+    from r1lab.config import LoRAConfig
+    from r1lab.train.lora import apply_lora, merged_state
+
+    plain = dict(tiny[0].state_dict())
+    model = copy.deepcopy(tiny[0])
+    apply_lora(model, LoRAConfig(r=4, alpha=8.0, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    params = dict(model.named_parameters())
+    got = dict(merged_state(model))
+    assert set(got) == set(plain)  # the plain model's names, no adapter tensors
+    assert any("lora_" in n for n in params)  # the model keeps its adapters
+    for name, tensor in plain.items():
+        stem = name.removesuffix(".weight")
+        if stem.endswith(("q_proj", "v_proj")):  # W + (alpha / r) B A, in float64
+            a, b = params[f"{stem}.lora_A.default.weight"].double(), params[f"{stem}.lora_B.default.weight"].double()
+            expected = tensor.double() + (8.0 / 4) * b @ a
+            assert not torch.allclose(expected, tensor.double())
+        else:
+            expected = tensor.double()
+        assert torch.allclose(got[name].double(), expected, atol=1e-6), name

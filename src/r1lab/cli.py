@@ -44,6 +44,9 @@ def _config(recipe: str | None, overrides: list[str]):
 
     torch_dtype(cfg.model.dtype)
     resolve_device(cfg.model.device)
+    from r1lab.train.methods import bind_method
+
+    bind_method(cfg.algo)  # the method's pieces and their settings agree
     return cfg
 
 
@@ -196,6 +199,11 @@ def _compare(args) -> int:
 def cmd_recipes(args) -> int:
     from r1lab.recipes import format_recipes, list_recipes, recipes_dir
 
+    if args.methods:
+        from r1lab.train.methods import describe_methods
+
+        print(describe_methods())
+        return 0
     rows = list_recipes()
     if not rows:
         raise R1labError(f"no recipes found under {recipes_dir()}")
@@ -228,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: _stage_run(a, "rl"))
 
     p = add("recipes", "list the recipes: one per published method, and tiny CPU variants")
+    p.add_argument("--methods", action="store_true", help="list every registered algorithm piece and the settings it takes")
     p.set_defaults(func=cmd_recipes)
 
     p = add("eval", "score a model: n samples per problem, pass@k, avg@k, maj@k")

@@ -85,6 +85,7 @@ class Completion:
     reward: float = 0.0
     verdict: Verdict | None = None
     token_count: int | None = None  # response length in tokens where response_ids are unknown (endpoints)
+    policy_version: int = 0  # the policy weights' version (optimizer steps) the engine sampled with
 
     @property
     def num_tokens(self) -> int | None:

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import logging
 
-from r1lab.rollout.base import SamplingParams, encode_prompts
+from r1lab.rollout.base import Engine, SamplingParams, encode_prompts
 from r1lab.rollout.fast import FastEngine, unsupported_reason
 from r1lab.rollout.hf import HFEngine
 
-__all__ = ["FastEngine", "HFEngine", "SamplingParams", "encode_prompts", "make_engine"]
+__all__ = ["Engine", "FastEngine", "HFEngine", "SamplingParams", "encode_prompts", "make_engine"]
 
 ENGINES = ("fast", "hf")
 log = logging.getLogger("r1lab.rollout")
 
 
 def make_engine(model, tokenizer, engine: str = "fast", batch_size: int = 256, dtype: str = "auto",
-                kv_cache_gb: float = 4.0):
+                kv_cache_gb: float = 4.0) -> Engine:
     """The engine `rollout.engine` names. `fast` runs r1lab's own decode loop where the model's
     architecture is supported and otherwise falls back to the HF engine, saying why."""
     if engine not in ENGINES:

@@ -1,20 +1,58 @@
-"""What every rollout engine shares: the sampling spec and the prompt encoding."""
+"""What every rollout engine shares: the Engine interface, the sampling spec, the prompt encoding
+and the sampler."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
 from r1lab.models import render_prompt
-from r1lab.records import Problem
+from r1lab.records import Completion, Problem
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the RL loop, eval and the data steps need of a rollout engine.
+
+    `generate` returns len(problems) * n completions, the n samples of problem i at positions
+    i*n .. i*n+n-1, each with prompt and response token ids, the per-token log-probs of the sampled
+    tokens at the sampling temperature (before top-k / top-p truncation: what the trainer recomputes),
+    its finish reason ("stop" | "length"), and stop strings / stop ids / max_new_tokens / seed honoured.
+    After `load_weights(weights, version)` every sample comes from those weights and the engine
+    reports `policy_version == version`; `weights` is a lazily produced iterator of (Hugging Face
+    parameter name, tensor), adapters merged, that an engine sampling the live model never reads."""
+
+    policy_version: int
+
+    def generate(self, problems: list[Problem], params: "SamplingParams", n: int = 1, seed: int | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> list[Completion]: ...
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LiveModelEngine:
+    """The weight handling of an engine that samples the trainer's own model object (fast, hf): the
+    weights it samples are always the current ones, so loading a version only records it (the fast
+    engine repacks its copy when the model's weights version changes)."""
+
+    policy_version: int = 0
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        self.policy_version = version
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """One object for the engine and the trainer (PITFALLS #7: temperature forgotten when the
-    trainer recomputes log-probs). temperature 0 = greedy."""
+    """One object for the engine and the trainer, so the trainer recomputes log-probs at the
+    temperature the engine sampled at (docs/pitfalls.md, "One sampling spec"). temperature 0 = greedy."""
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -48,7 +86,8 @@ class EncodedPrompt:
 
 def _template_prefill(rendered: str) -> str:
     """If the template opens the assistant turn with a pre-filled think tag, return that text: it is
-    part of the response for scoring (PITFALLS #2: a pre-filled <think> made format rewards 0)."""
+    part of the response for scoring, or the format reward is 0 for every sample (docs/pitfalls.md,
+    "Verifier bugs")."""
     tail = rendered.rstrip()
     if tail.endswith("<think>"):
         return rendered[rendered.rfind("<think>"):]

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from r1lab.models import cpu_has_native_bf16, stop_token_ids
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import (EncodedPrompt, SamplingParams, encode_prompts, sample_next, stop_string_end,
+from r1lab.rollout.base import (EncodedPrompt, LiveModelEngine, SamplingParams, encode_prompts, sample_next, stop_string_end,
                                 untruncated)
 from r1lab.rollout.kernels import load as load_kernels
 
@@ -198,7 +198,7 @@ def _version_key(model) -> tuple:
     return (getattr(model, "_r1lab_weights_version", 0), tuple((p.data_ptr(), p._version) for p in model.parameters()))
 
 
-class FastEngine:
+class FastEngine(LiveModelEngine):
     def __init__(self, model, tokenizer, batch_size: int = 256, dtype: str = "auto",
                  kv_cache_gb: float = 4.0, refill_fraction: float = 0.25, kernels: str = "auto"):
         reason = unsupported_reason(model)

@@ -15,10 +15,10 @@ from transformers import DynamicCache
 
 from r1lab.models import model_device, stop_token_ids
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import EncodedPrompt, SamplingParams, encode_prompts, sample_next, stop_string_end
+from r1lab.rollout.base import EncodedPrompt, LiveModelEngine, SamplingParams, encode_prompts, sample_next, stop_string_end
 
 
-class HFEngine:
+class HFEngine(LiveModelEngine):
     def __init__(self, model, tokenizer, batch_size: int = 256):
         self.model = model
         self.tokenizer = tokenizer

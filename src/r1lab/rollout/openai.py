@@ -113,6 +113,15 @@ class OpenAIEngine:
 
     # -- the engine interface --------------------------------------------------------------------
 
+    policy_version = 0  # whatever the server serves; it cannot be told to load weights
+
+    def load_weights(self, weights, version: int) -> None:
+        raise EndpointError(f"{self.base_url}: an endpoint serves its own weights and cannot load a policy's; "
+                            "train with a local engine (rollout.engine=fast, hf or vllm)")
+
+    def close(self) -> None:
+        pass
+
     def generate(
         self,
         problems: list[Problem],

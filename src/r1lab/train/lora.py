@@ -9,7 +9,9 @@ an ordinary Hugging Face directory: no peft needed to load an r1lab checkpoint.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
+
+import torch
 
 from r1lab.config import LoRAConfig
 from r1lab.errors import ConfigError
@@ -44,8 +46,29 @@ def merge_lora(wrapper: Any | None, model: Any) -> Any:
     return merged
 
 
+@torch.no_grad()
+def merged_state(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """The model's weights as (name, tensor) with active adapters folded in (W + (alpha / r) B A)
+    and names as in the plain model, leaving the model itself untouched: what a rollout engine that
+    holds its own copy of the weights loads. Without adapters, the state dict as it is."""
+    from peft.tuners.lora import LoraLayer
+
+    deltas = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            active = [a for a in module.active_adapters if a in module.lora_A]
+            if active:
+                deltas[f"{name}.base_layer.weight"] = sum(module.get_delta_weight(a) for a in active)
+    for name, tensor in model.state_dict().items():
+        if ".lora_" in name:
+            continue
+        if name in deltas:
+            tensor = tensor + deltas[name].to(tensor.dtype)
+        yield name.replace(".base_layer.", "."), tensor
+
+
 def lora_parameter_names(model: Any) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
 
 
-__all__ = ["apply_lora", "lora_parameter_names", "merge_lora"]
+__all__ = ["apply_lora", "lora_parameter_names", "merge_lora", "merged_state"]

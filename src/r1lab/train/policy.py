@@ -1,0 +1,304 @@
+"""The policy worker: the models the RL loop trains and the passes it asks of them.
+
+`PolicyWorker` is what the controller (train/rl.py) talks to; `LocalPolicyWorker` runs it in this
+process: the policy, the optional frozen reference and value model, their optimizers. A worker
+group sharded over several processes implements the same methods.
+
+The update is PPO-style: for each epoch of the batch's update plan, each mini-batch is one
+optimizer step whose gradient is summed over its micro-batches, each micro-batch's loss normalised
+by the counts of the whole mini-batch (`aggregate`), so micro-batching never changes the gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+
+from r1lab.algos import aggregate
+from r1lab.algos.losses import adaptive_entropy_coef, positive_nll, value_loss
+from r1lab.config import RunConfig
+from r1lab.models import model_device
+from r1lab.train.attention import trainer_attention, use_cpu_training_attention
+from r1lab.train.batch import RolloutBatch, first_response_col
+from r1lab.train.common import EmbeddingGradInPlace, grad_norm_clip, make_optimizer, token_logprobs, warmup_constant
+from r1lab.train.methods import BoundMethod
+from r1lab.train.prefix import SharedPrefix
+
+
+class PolicyWorker(Protocol):
+    """What the controller needs of the trained models."""
+
+    version: int  # optimizer steps taken by the policy: the version an engine samples from
+    has_reference: bool
+    has_critic: bool
+
+    def logprobs(self, batch: RolloutBatch, model: str = "policy") -> torch.Tensor:
+        """[B, L-1] log-probs of the batch's tokens, no gradient: model 'policy' or 'reference'."""
+
+    def values(self, batch: RolloutBatch) -> torch.Tensor:
+        """[B, L-1] value estimates of the critic, no gradient."""
+
+    def update_policy(self, batch: RolloutBatch) -> dict[str, float]:
+        """The policy's epochs over the batch's update plan; returns step statistics."""
+
+    def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
+        """The critic's epochs over the same plan, regressing on batch.returns."""
+
+    def engine_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The policy's weights as (Hugging Face name, tensor), adapters merged: what an engine loads."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class LocalPolicyWorker:
+    def __init__(self, cfg: RunConfig, model, method: BoundMethod):
+        self.cfg = cfg
+        self.model = model
+        self.method = method
+        use_cpu_training_attention(model)  # before the reference and critic copies are made
+        algo = cfg.algo
+        # no reference model at all when the KL term is off (no wasted forward, no memory)
+        self.ref_model = None
+        if method.needs_reference:
+            self.ref_model = copy.deepcopy(model).eval()
+            self.ref_model.requires_grad_(False)
+        self.critic = self.critic_optimizer = None
+        if algo.critic:
+            from r1lab.train.critic import ValueModel
+
+            self.critic = ValueModel(model)
+            self.critic_optimizer = make_optimizer(self.critic, algo.critic_lr, cfg.train.weight_decay)
+        self.optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
+        self.scheduler = warmup_constant(self.optimizer, cfg.train.warmup_steps)
+        self.entropy_coef = algo.entropy_coef
+        self.last_entropy = float("inf")
+        self.version = 0
+        if cfg.train.bf16:
+            from r1lab.models import warn_if_emulated_bf16
+
+            warn_if_emulated_bf16("train.bf16")
+
+    @property
+    def has_reference(self) -> bool:
+        return self.ref_model is not None
+
+    @property
+    def has_critic(self) -> bool:
+        return self.critic is not None
+
+    # -- forwards ---------------------------------------------------------------------------------
+
+    def autocast(self):
+        """bf16 compute for the trainer's forwards (train.bf16); parameters, gradients and the
+        optimizer state stay float32 (the master weights), log-softmax runs in float32."""
+        return torch.autocast(model_device(self.model).type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
+
+    def _logprobs(self, model, b: RolloutBatch, with_entropy: bool = False, entropy_grad: bool = True,
+                  prefix: SharedPrefix | None = None, idx: torch.Tensor | None = None):
+        """Log-probs (and entropy) of rows `b`; with `prefix`, the rows `idx` of the batch it was
+        built on run only their responses on top of their prompts' shared K/V."""
+        with self.autocast(), trainer_attention():
+            if prefix is not None:
+                return prefix.logprobs(idx, b.temperature, with_entropy=with_entropy, entropy_grad=entropy_grad)
+            return token_logprobs(model, b.input_ids, b.attention_mask, b.temperature, with_entropy=with_entropy,
+                                  start=first_response_col(b.response_mask), entropy_grad=entropy_grad)
+
+    def _shared_prefix(self, model, batch: RolloutBatch, rows: torch.Tensor) -> SharedPrefix | None:
+        """Each distinct prompt among `rows` run once through `model` (train.shared_prefix), or None."""
+        if not self.cfg.train.shared_prefix:
+            return None
+        with self.autocast(), trainer_attention():
+            return SharedPrefix.build(model, batch.input_ids, batch.attention_mask, batch.response_mask, rows)
+
+    @torch.no_grad()
+    def _first_pass(self, fn: Callable[[RolloutBatch, torch.Tensor, SharedPrefix | None], torch.Tensor],
+                    batch: RolloutBatch, prefix_model=None) -> torch.Tensor:
+        """fn(rows, idx, prefix) over the micro-batches of the plan's first epoch, scattered back into
+        a [B, L-1] tensor. The shared prompt forwards are built per mini-batch exactly as the update
+        builds them, so this pass and the first update compute the same numbers."""
+        out = torch.zeros_like(batch.response_mask)
+        for micro in batch.plan[0]:
+            prefix = self._shared_prefix(prefix_model, batch, torch.cat(micro)) if prefix_model is not None else None
+            for idx in micro:
+                v = fn(batch.rows(idx), idx, prefix)
+                out[idx, : v.shape[1]] = v
+        return out * batch.response_mask
+
+    def logprobs(self, batch: RolloutBatch, model: str = "policy") -> torch.Tensor:
+        m = {"policy": self.model, "reference": self.ref_model}[model]
+        if m is None:
+            raise ValueError(f"no {model} model in this run")
+        return self._first_pass(lambda b, idx, pre: self._logprobs(m, b, prefix=pre, idx=idx)[0], batch, m)
+
+    def values(self, batch: RolloutBatch) -> torch.Tensor:
+        return self._first_pass(lambda b, idx, pre: self.critic(b.input_ids, b.attention_mask), batch)
+
+    def engine_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Adapter-free names and weights: under LoRA, W + (alpha / r) B A for each adapted layer."""
+        from r1lab.train.lora import merged_state
+
+        yield from merged_state(self.model)
+
+    # -- updates ----------------------------------------------------------------------------------
+
+    def update_policy(self, batch: RolloutBatch) -> dict[str, float]:
+        algo, train, method = self.cfg.algo, self.cfg.train, self.method
+        norm_len = algo.loss_agg_norm or float(batch.max_new_tokens)
+        entropy_on = self.entropy_coef > 0 and (not algo.entropy_control or self.last_entropy < algo.entropy_target)
+        sums: dict[str, float] = {}
+        add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + float(v))  # noqa: E731
+        tokens_total = 0.0
+        self.model.train()
+        for epoch in batch.plan:
+            for micro in epoch:
+                mb = torch.cat(micro)
+                num_seqs, num_tokens = len(mb), int(batch.loss_mask[mb].sum())
+                self.optimizer.zero_grad(set_to_none=True)
+                # one autocast context per optimizer step: each weight is cast to bf16 once for all
+                # its micro-batches (the cache lives until the outermost context exits), not once each
+                with self.autocast(), EmbeddingGradInPlace(self.model):
+                    # each prompt of the mini-batch once, its K/V shared by its rows' micro-batches
+                    prefix = self._shared_prefix(self.model, batch, mb)
+                    for idx in micro:
+                        sub = batch.rows(idx)
+                        loss = self._policy_loss(sub, idx, prefix, num_seqs, num_tokens, norm_len, entropy_on, add, sums)
+                        loss.backward()
+                        tokens_total += float(sub.loss_mask.sum())
+                if prefix is not None:  # the prompts' share of the gradient, once for all micro-batches
+                    prefix.backward()
+                add("grad_norm", grad_norm_clip(self.model, train.grad_clip))
+                self.optimizer.step()
+                self.version += 1
+        self.scheduler.step()
+        return self._policy_stats(batch, sums, max(tokens_total, 1.0), entropy_on)
+
+    def _policy_loss(self, sub: RolloutBatch, idx, prefix, num_seqs: int, num_tokens: int, norm_len: float,
+                     entropy_on: bool, add, sums: dict[str, float]) -> torch.Tensor:
+        """One micro-batch's share of the loss: policy gradient [x rollout correction] [+ KL]
+        [- entropy bonus] [+ NLL of the correct responses]; logs its terms into `sums`."""
+        algo, method = self.cfg.algo, self.method
+        mask = sub.loss_mask
+        agg = lambda x: aggregate(x, mask, algo.loss_agg, num_seqs, num_tokens, norm_len)  # noqa: E731
+        logprobs, entropy = self._logprobs(self.model, sub, with_entropy=True, entropy_grad=entropy_on,
+                                           prefix=prefix, idx=idx)
+        old = sub.old_logprobs if sub.old_logprobs is not None else logprobs.detach()
+        extra = {"response_mask": mask} if method.loss_takes_mask else {}
+        per_token, stats = method.policy_loss(logprobs, old, sub.advantages, **extra)
+        if method.correction is not None:  # the tokens came from the engine, not from pi_old
+            w = method.correction(old, sub.engine_logprobs, sub.response_mask)
+            raw = torch.exp((old - sub.engine_logprobs).detach()) * sub.response_mask
+            per_token = per_token * w
+            stats = {**stats, "tis_weight": w, "tis_capped": (w != raw).float()}
+        pg_loss = agg(per_token)
+        loss = pg_loss
+        # KL and entropy use the same aggregation as the policy loss
+        if method.kl is not None:
+            kl = method.kl(logprobs, sub.ref_logprobs)
+            if not algo.kl_in_reward:
+                loss = loss + algo.kl_coef * agg(kl)
+            add("kl", (kl.detach() * mask).sum())
+        if entropy_on:
+            loss = loss - self.entropy_coef * agg(entropy)
+        if algo.pos_nll_coef and sub.correct is not None and bool(sub.correct.any()):
+            nll = agg(positive_nll(logprobs, mask, sub.correct))
+            loss = loss + algo.pos_nll_coef * nll
+            add("pos_nll", nll.detach())
+        add("loss", loss.detach())
+        add("pg_loss", pg_loss.detach())
+        add("entropy", (entropy.detach() * mask).sum())
+        for name, v in stats.items():
+            add(name, (v * mask).sum())
+        if sub.old_logprobs is None:  # the first update's log-probs are pi_old's: compare with the engine's
+            diff = (sub.engine_logprobs - logprobs.detach()).abs() * sub.response_mask
+            sums["logprob_diff_max"] = max(sums.get("logprob_diff_max", 0.0), float(diff.max()))
+            add("logprob_diff_sum", diff.sum())
+        return loss
+
+    def _policy_stats(self, batch: RolloutBatch, sums: dict[str, float], tokens: float, entropy_on: bool) -> dict[str, float]:
+        algo, train = self.cfg.algo, self.cfg.train
+        n_updates = sum(len(epoch) for epoch in batch.plan)
+        self.last_entropy = sums["entropy"] / tokens
+        out = {
+            "loss/total": sums["loss"] / train.ppo_epochs,
+            "loss/policy": sums["pg_loss"] / train.ppo_epochs,
+            "policy/entropy": self.last_entropy,
+            "policy/entropy_coef": self.entropy_coef if entropy_on else 0.0,
+            "policy/grad_norm": sums["grad_norm"] / n_updates,
+            "policy/lr": self.scheduler.get_last_lr()[0],
+        }
+        for name in ("clip_frac", "clip_frac_high", "clip_frac_low", "ratio", "tis_weight", "tis_capped"):
+            if name in sums:
+                out[f"policy/{name}"] = sums[name] / tokens
+        if "kl" in sums:
+            out["policy/kl"] = sums["kl"] / tokens
+        if "pos_nll" in sums:
+            out["loss/pos_nll"] = sums["pos_nll"] / train.ppo_epochs
+        # engine vs trainer log-probs of the sampled tokens, every step (docs/pitfalls.md, "engine/trainer mismatch")
+        response_tokens = max(float(batch.response_mask.sum()), 1)
+        if "logprob_diff_sum" in sums:
+            out["rollout/logprob_diff_mean"] = sums["logprob_diff_sum"] / response_tokens
+            out["rollout/logprob_diff_max"] = sums["logprob_diff_max"]
+        elif batch.old_logprobs is not None:
+            diff = (batch.engine_logprobs - batch.old_logprobs).abs() * batch.response_mask
+            out["rollout/logprob_diff_mean"] = float(diff.sum()) / response_tokens
+            out["rollout/logprob_diff_max"] = float(diff.max())
+        if algo.entropy_control:  # Skywork-OR1: adapt the coefficient to the measured entropy
+            self.entropy_coef = adaptive_entropy_coef(self.entropy_coef, self.last_entropy, algo.entropy_target,
+                                                      algo.entropy_delta, algo.entropy_max_coef)
+        return out
+
+    def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
+        algo, train = self.cfg.algo, self.cfg.train
+        sums: dict[str, float] = {}
+        add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + float(v))  # noqa: E731
+        tokens_total = 0.0
+        for epoch in batch.plan:
+            for micro in epoch:
+                mb = torch.cat(micro)
+                num_seqs, num_tokens = len(mb), int(batch.response_mask[mb].sum())
+                self.critic_optimizer.zero_grad(set_to_none=True)
+                for idx in micro:
+                    sub = batch.rows(idx)
+                    values = self.critic(sub.input_ids, sub.attention_mask)
+                    vl = aggregate(value_loss(values, sub.old_values, sub.returns, algo.value_clip),
+                                   sub.response_mask, "token-mean", num_seqs, num_tokens)
+                    vl.backward()
+                    add("value_loss", vl.detach())
+                    add("value_sq_err", ((values.detach() - sub.returns) ** 2 * sub.response_mask).sum())
+                    tokens_total += float(sub.response_mask.sum())
+                add("critic_grad_norm", grad_norm_clip(self.critic, train.grad_clip))
+                self.critic_optimizer.step()
+        n_updates = sum(len(epoch) for epoch in batch.plan)
+        return {
+            "critic/value_loss": sums["value_loss"] / train.ppo_epochs,
+            "critic/value_mse": sums["value_sq_err"] / max(tokens_total, 1.0),
+            "critic/grad_norm": sums["critic_grad_norm"] / n_updates,
+        }
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "entropy_coef": self.entropy_coef,
+                 "last_entropy": self.last_entropy, "version": self.version}
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
+            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        if self.ref_model is not None:
+            state["reference"] = self.ref_model.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.entropy_coef, self.last_entropy, self.version = state["entropy_coef"], state["last_entropy"], state["version"]
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if self.ref_model is not None:
+            self.ref_model.load_state_dict(state["reference"])

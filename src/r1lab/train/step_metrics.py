@@ -1,0 +1,64 @@
+"""What one RL step logs about its samples and its batch (the update's own statistics come from
+the policy worker). Names are stable: plots, reports and the health checks read them."""
+
+from __future__ import annotations
+
+from statistics import mean
+from typing import Any
+
+import torch
+
+from r1lab.train.batch import RolloutBatch, masked_mean
+from r1lab.train.collect import Collected
+from r1lab.train.sampler import PromptSampler
+
+
+def group_signal(rewards: torch.Tensor, correct: list[bool], group_size: int) -> tuple[float, float]:
+    """(fraction of groups whose total rewards are all equal, fraction all right or all wrong).
+
+    The first is the groups with zero advantage and no gradient. The second is what dynamic sampling
+    drops (DAPO filters on accuracy); with a format or length term in the reward such a group can still
+    carry signal, so the two differ and both are logged."""
+    flat = rewards.view(-1, group_size)
+    grouped = torch.tensor(correct, dtype=torch.float32).view(-1, group_size)
+    equal = lambda g: float((g.max(1).values == g.min(1).values).float().mean())  # noqa: E731
+    return equal(flat), equal(grouped)
+
+
+def sample_metrics(col: Collected, group_size: int) -> dict[str, Any]:
+    completions, rewards = col.completions, col.rewards
+    lengths = [len(c.response_ids) for c in completions]
+    correct = [bool(c.verdict and c.verdict.correct) for c in completions]
+    zero_variance, same_correctness = group_signal(rewards, correct, group_size)
+    return {
+        "reward/total": float(rewards.mean()),
+        **{f"reward/{k}": mean(v) for k, v in col.terms.items()},
+        "accuracy": mean(correct),
+        "response/length": mean(lengths),
+        "response/length_correct": mean([n for n, ok in zip(lengths, correct) if ok]) if any(correct) else None,
+        "response/length_wrong": mean([n for n, ok in zip(lengths, correct) if not ok]) if not all(correct) else None,
+        "response/truncated": mean(c.truncated for c in completions),
+        "response/unparsable": mean(bool(c.verdict and c.verdict.status == "unparsable") for c in completions),
+        "batch/zero_variance_groups": zero_variance,
+        "batch/same_correctness_groups": same_correctness,
+    }
+
+
+def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
+    adv, mask = batch.advantages, batch.response_mask
+    return {
+        "adv/abs_mean": masked_mean(adv.abs(), mask),
+        "adv/abs_max": float((adv.abs() * mask).max()),
+        "adv/mean": masked_mean(adv, mask),
+        "sampling/max_new_tokens": batch.max_new_tokens,
+    }
+
+
+def sampler_metrics(sampler: PromptSampler) -> dict[str, int]:
+    return {
+        "data/epoch": sampler.epoch,
+        "data/stage": sampler.stage,
+        "data/dropped_solved": sampler.dropped_last_epoch,
+        "data/solved": len(sampler.solved),
+        "data/easy_pool": len(sampler.easy),
+    }
