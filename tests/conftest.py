@@ -51,3 +51,14 @@ def home(prepared, monkeypatch):
     """Each test sees the session's R1LAB_HOME (the session fixture's env patch is undone per test)."""
     monkeypatch.setenv("R1LAB_HOME", str(prepared[2].parent.parent))
     return prepared[2].parent.parent
+
+
+# The fast tier (`make test-fast`) leaves out what trains a model end to end or loads the real one.
+SLOW_FIXTURES = {"prepared", "home", "smol", "sft_checkpoint"}
+SLOW_MODULES = {"test_e2e.py", "test_recipes.py", "test_real_model.py", "test_real_model_train.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -54,9 +54,9 @@ def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
     train = [p for p in train if norm(p) not in held_keys]
     report["dropped_contaminated"] = before - len(train)
 
-    # pre-flight: each math gold answer must score correct against itself (PITFALLS #2). Other
-    # families (countdown: the answer is a target, the response an expression) are checked through
-    # their verified teacher traces below.
+    # pre-flight: each math gold answer must score correct against itself (docs/pitfalls.md,
+    # "Verifier bugs"). Other families (countdown: the answer is a target, the response an
+    # expression) are checked through their verified teacher traces below.
     bad = check_gold([p for p in train + held if p.task == "math"])
     if bad:
         p, v = bad[0]
