@@ -27,7 +27,7 @@ from r1lab.tasks.base import (
     parse_expression,
     register_task,
 )
-from r1lab.verify import register_verifier
+from r1lab.verify.registry import register_verifier
 
 NUMBER_MAX = 15
 TARGET_MAX = 100

@@ -22,7 +22,7 @@ import urllib.request
 from typing import Any
 
 from r1lab.records import Problem, Verdict, prompt_text
-from r1lab.verify import register_verifier
+from r1lab.verify.registry import register_verifier
 from r1lab.verify.math import extract_answer
 
 DEFAULT_TEMPLATE = (
