@@ -14,6 +14,7 @@ LAYERS is the table of the README's "Layers" paragraph; keep the two in step.
 from __future__ import annotations
 
 import ast
+import re
 from collections import deque
 from pathlib import Path
 
@@ -26,7 +27,8 @@ ROOT = "r1lab"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("r1lab", "r1lab.errors", "r1lab.records", "r1lab.config")),
     ("math", ("r1lab.algos",)),
-    ("signals", ("r1lab.verify", "r1lab.tasks", "r1lab.rewards", "r1lab.reward_shaping", "r1lab.benchmarks")),
+    ("signals", ("r1lab.verify", "r1lab.tasks", "r1lab.reward_registry", "r1lab.rewards", "r1lab.reward_shaping",
+                 "r1lab.benchmarks")),
     ("engines", ("r1lab.models", "r1lab.hub", "r1lab.rollout")),
     ("stages", ("r1lab.train", "r1lab.eval", "r1lab.data", "r1lab.stages", "r1lab.demo", "r1lab.report",
                 "r1lab.plots", "r1lab.runs", "r1lab.recipes", "r1lab.serve")),
@@ -273,12 +275,20 @@ def test_registries_are_leaves(project):
 
 
 def test_readme_lists_the_layers():
-    """The README's Layers paragraph names every layer of the table in the same order."""
+    """The README's Layers paragraph has one bullet per layer of the table, in order, naming the
+    same modules (`errors.py`, `verify/`)."""
     text = (SRC.parent / "README.md").read_text(encoding="utf-8")
-    start = text.index("Layers")
-    positions = [text.find(f"**{layer}**", start) for layer, _ in LAYERS]
-    assert all(p >= 0 for p in positions), [layer for (layer, _), p in zip(LAYERS, positions) if p < 0]
-    assert positions == sorted(positions)
+    paragraph = text[text.index("\nLayers. "):]
+    paragraph = paragraph[: paragraph.index("\n\n", paragraph.index("- **"))]
+    bullets = re.findall(r"^- \*\*(\w+)\*\*:(.*?)(?=^- \*\*|\Z)", paragraph, re.DOTALL | re.MULTILINE)
+    assert [name for name, _ in bullets] == [layer for layer, _ in LAYERS]
+    for (layer, prefixes), (_, bullet) in zip(LAYERS, bullets):
+        named = set(re.findall(r"`([\w/.]+?)`", bullet))
+        for p in prefixes:
+            if p == ROOT:
+                continue
+            file = p.removeprefix(ROOT + ".").replace(".", "/")
+            assert f"{file}.py" in named or f"{file}/" in named, f"README's {layer} bullet does not name {p}"
 
 
 # --- the checker on small synthetic packages: it must find what it is for ----------------------
