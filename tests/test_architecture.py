@@ -278,6 +278,7 @@ def test_readme_lists_the_layers():
     """The README's Layers paragraph has one bullet per layer of the table, in order, naming the
     same modules (`errors.py`, `verify/`)."""
     text = (SRC.parent / "README.md").read_text(encoding="utf-8")
+    assert "\nLayers. " in text, "README.md has no paragraph starting 'Layers. ' (in its Layout section)"
     paragraph = text[text.index("\nLayers. "):]
     paragraph = paragraph[: paragraph.index("\n\n", paragraph.index("- **"))]
     bullets = re.findall(r"^- \*\*(\w+)\*\*:(.*?)(?=^- \*\*|\Z)", paragraph, re.DOTALL | re.MULTILINE)
