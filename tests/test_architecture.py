@@ -207,6 +207,29 @@ def find_cycles(graph: dict[str, dict[str, int]], modules: dict[str, Path]) -> l
     return lines
 
 
+def unit_of(module: str) -> str:
+    """The package or top-level module of r1lab that `module` belongs to: r1lab.verify.pool -> r1lab.verify."""
+    return ".".join(module.split(".")[:2])
+
+
+def find_package_cycles(graph: dict[str, dict[str, int]], modules: dict[str, Path]) -> list[str]:
+    """Cycles between the packages and top-level modules of r1lab (verify/ -> tasks/ -> verify/), each
+    with one import per step that makes it."""
+    edges: dict[str, dict[str, tuple[str, str, int]]] = {unit_of(m): {} for m in graph}
+    for a in sorted(graph):
+        for b, line in sorted(graph[a].items(), key=lambda t: (t[1], -len(t[0]))):  # the named module first
+            if unit_of(a) != unit_of(b):
+                edges[unit_of(a)].setdefault(unit_of(b), (a, b, line))
+    units = {u: {v: 0 for v in d} for u, d in edges.items()}
+    lines = []
+    for comp in _components(units):
+        cycle = _shortest_cycle(units, comp)
+        steps = [f"{edges[u][v][0]} imports {edges[u][v][1]} ({_where(modules, edges[u][v][0])}:{edges[u][v][2]})"
+                 for u, v in zip(cycle, cycle[1:])]
+        lines.append(f"package cycle {' -> '.join(cycle)}: " + "; ".join(steps))
+    return lines
+
+
 def layer_of(module: str, layers=LAYERS) -> tuple[int, str, str] | None:
     """(rank, layer name, table entry) of the most specific table entry that contains `module`."""
     best = None
@@ -257,6 +280,12 @@ def project():
 def test_no_import_cycles(project):
     modules, graph = project
     cycles = find_cycles(graph, modules)
+    assert not cycles, "\n".join(cycles)
+
+
+def test_no_cycles_between_packages(project):
+    modules, graph = project
+    cycles = find_package_cycles(graph, modules)
     assert not cycles, "\n".join(cycles)
 
 
@@ -337,6 +366,24 @@ def test_checker_finds_a_cycle_through_a_package_init_and_import_module(tmp_path
     (src / "r1lab/verify/__init__.py").write_text("from .registry import get\n", encoding="utf-8")
     modules, graph = import_graph(src, ROOT)
     assert find_cycles(graph, modules) == []
+
+
+def test_checker_finds_a_package_cycle_without_a_module_cycle(tmp_path):
+    """verify.judge reads a helper of tasks.base, tasks.countdown registers with verify: no module is
+    on a cycle, but the packages are."""
+    src = _package(tmp_path, {
+        "__init__.py": "",
+        "verify/__init__.py": "from r1lab.verify import judge\n",
+        "verify/judge.py": "def prompt(p):\n    from r1lab.tasks.base import prompt_text\n",
+        "tasks/__init__.py": "",
+        "tasks/base.py": "",
+        "tasks/countdown.py": "from r1lab.verify import judge\n",
+    })
+    modules, graph = import_graph(src, ROOT)
+    assert find_cycles(graph, modules) == []
+    assert find_package_cycles(graph, modules) == [
+        "package cycle r1lab.tasks -> r1lab.verify -> r1lab.tasks: r1lab.tasks.countdown imports r1lab.verify.judge "
+        "(r1lab/tasks/countdown.py:1); r1lab.verify.judge imports r1lab.tasks.base (r1lab/verify/judge.py:2)"]
 
 
 def test_checker_finds_upward_and_unplaced_imports(tmp_path):
