@@ -1,4 +1,5 @@
-"""The import graph of src/r1lab: no cycles, and every import points down the layers.
+"""The import graph of src/r1lab: no cycles (between modules, nor between the packages and top-level
+modules of r1lab), and every import points down the layers.
 
 The graph is read from the source with `ast`, not by importing anything: every `import` and
 `from ... import` (absolute or relative, at module level or inside a function, which run all the
