@@ -7,7 +7,7 @@ import pytest
 import helpers_verifiers  # noqa: F401  (registers "boom" and "slow")
 from r1lab.errors import R1labError
 from r1lab.records import Completion, Problem
-import r1lab.rewards
+import r1lab.reward_registry
 from r1lab.rewards import REWARDS, compute_rewards, format_reward, get_reward, is_r1_format, register_reward
 
 
@@ -82,7 +82,7 @@ def test_compute_rewards_unscorable_samples_get_zero_accuracy():
 
 
 def test_compute_rewards_custom_term_and_errors(monkeypatch):
-    monkeypatch.setattr(r1lab.rewards, "REWARDS", dict(REWARDS))  # forget the test terms afterwards
+    monkeypatch.setattr(r1lab.reward_registry, "REWARDS", dict(REWARDS))  # forget the test terms afterwards
 
     @register_reward("length_penalty_test")
     def length_penalty(problems, texts, verdicts, completions):

@@ -164,3 +164,18 @@ def test_harness_state_is_out_of_reach():
     r = run("import sys\nf = sys._getframe()\nwhile f.f_back: f = f.f_back\nprint(sorted(f.f_locals))\n"
             "import gc\ngc.get_objects()")
     assert r.status == "runtime_error" and "nonce" not in r.stdout and "cfg" not in r.stdout
+
+
+def test_the_harness_file_is_neither_on_the_program_path_nor_run_by_import():
+    """The harness runs as a script by path: its directory (verify/, with modules named math and code)
+    must not be on the program's sys.path, and importing the module must not start a harness."""
+    import importlib
+
+    from r1lab.verify import sandbox
+
+    harness_dir = os.path.dirname(os.path.realpath(sandbox.HARNESS))
+    r = run("import os, sys\nprint(sorted({os.path.realpath(p) for p in sys.path if p}))")
+    assert r.ok, r
+    assert harness_dir not in r.stdout and "r1lab" not in r.stdout
+    module = importlib.import_module("r1lab.verify.sandbox_harness")
+    assert os.path.realpath(module.__file__) == os.path.realpath(sandbox.HARNESS) and callable(module._main)

@@ -19,7 +19,7 @@ from r1lab.verify.math import extract_answer, verify_math
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Verifiers registered inside a test are forgotten after it (later workers would import their module)."""
-    monkeypatch.setattr(r1lab.verify, "_REGISTRY", dict(r1lab.verify._REGISTRY))
+    monkeypatch.setattr(r1lab.verify.registry, "_REGISTRY", dict(r1lab.verify.registry._REGISTRY))
 
 
 def P(answer: str, task: str = "math", pid: str = "p") -> Problem:

@@ -153,7 +153,7 @@ def cmd_eval(args) -> int:
         model, tok = load_policy(cfg, path=args.model)
     model_id = _model_id(args.model)
     if benches is not None:
-        from r1lab.benchmarks import evaluate_benchmarks
+        from r1lab.stages import evaluate_benchmarks
 
         run = RunDir.create(cfg)
         _, report = evaluate_benchmarks(cfg, model, tok, benches, run.file("eval"), n=args.n, temperature=args.temperature,

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from r1lab.config import ModelConfig, TinyModelConfig
 from r1lab.errors import ModelError
+from r1lab.records import prompt_messages, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +213,9 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
 def render_prompt(tokenizer: PreTrainedTokenizerFast, prompt: str | list[dict[str, str]]) -> str:
     """The text the model is conditioned on: the chat template with the generation prompt when the
     tokenizer has one, else the raw text."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n".join(m["content"] for m in messages) + "\n"
+        return tokenizer.apply_chat_template(prompt_messages(prompt), tokenize=False, add_generation_prompt=True)
+    return prompt_text(prompt, which="all") + "\n"
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -21,7 +21,7 @@ VERDICT_STATUSES = ("correct", "wrong", "unparsable", "timeout", "error")
 @dataclass
 class Problem:
     id: str
-    prompt: str | list[dict[str, str]]  # plain text, or chat messages [{"role", "content"}]
+    prompt: str | list[dict[str, str]]  # plain text, or chat messages [{"role", "content"}]; see prompt_text
     answer: str  # ground truth, as text
     task: str = "math"  # which verifier scores it: "math", "countdown", ...
     tests: list[dict[str, Any]] | None = None  # for code tasks
@@ -54,6 +54,33 @@ class Problem:
             source=str(row.get("source") or ""),
             metadata=metadata,
         )
+
+
+def prompt_messages(prompt: str | list[dict[str, str]]) -> list[dict[str, str]]:
+    """The prompt as chat messages: a plain-text prompt is one user message."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def prompt_text(prompt: str | list[dict[str, str]], which: str = "question") -> str:
+    """The prompt as plain text. A plain-text prompt is itself; of chat messages, `which` picks:
+
+    - "question": the last user message, the question being asked (task parsers, the judge);
+    - "user": every user message, joined by newlines: all the text the problem poses, few-shot
+      examples included (dedup, decontamination, inspection);
+    - "all": every message, joined by newlines: what a model without a chat template reads.
+
+    A message without a role counts as the user's; anything that is not a message is skipped.
+    """
+    if which not in ("question", "user", "all"):
+        raise ValueError(f"prompt_text: which must be 'question', 'user' or 'all', got {which!r}")
+    if isinstance(prompt, str):
+        return prompt
+    messages = [m for m in prompt if isinstance(m, dict)]
+    if which != "all":
+        messages = [m for m in messages if m.get("role", "user") == "user"]
+    if which == "question":
+        messages = messages[-1:]
+    return "\n".join(str(m.get("content", "")) for m in messages)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from r1lab.rewards import register_reward
+from r1lab.reward_registry import register_reward
 
 
 def _length(c) -> int:
@@ -105,18 +105,3 @@ def repetition(problems, texts, verdicts, completions, **settings) -> list[float
     n = int(settings.get("repetition_ngram") or 40)
     penalty = float(settings.get("repetition_penalty") or 0.05)
     return [-penalty * repeated_ngram_tokens(list(c.response_ids), n) for c in completions]
-
-
-@register_reward("format_strict")
-def format_strict(problems, texts, verdicts, completions, **settings) -> list[float]:
-    """Logic-RL's strict format term: +1 when the four R1 tags appear exactly once each, in order,
-    with non-empty blocks; -1 otherwise (a penalty, not just a missing bonus)."""
-    from r1lab.rewards import is_r1_format
-
-    return [1.0 if is_r1_format(t) else -1.0 for t in texts]
-
-
-@register_reward("accuracy_pm1")
-def accuracy_pm1(problems, texts, verdicts, completions, **settings) -> list[float]:
-    """DAPO's rule reward: +1 when the verifier says correct, -1 otherwise."""
-    return [1.0 if v.correct else -1.0 for v in verdicts]

@@ -10,34 +10,12 @@ that is logged on its own (PITFALLS #1).
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from typing import Sequence
 
-from r1lab.errors import R1labError
+import r1lab.reward_shaping  # noqa: F401  (registers the length and repetition terms)
 from r1lab.records import Completion, Problem, Verdict
+from r1lab.reward_registry import REWARDS, TOTAL, RewardFn, get_reward, register_reward  # noqa: F401  (REWARDS re-exported)
 from r1lab.verify import verify_batch
-
-RewardFn = Callable[[Sequence[Problem], Sequence[str], Sequence[Verdict], "Sequence[Completion] | None"], list[float]]
-
-REWARDS: dict[str, RewardFn] = {}
-TOTAL = "total"  # the key of the weighted sum in compute_rewards' result; not a term name
-
-
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: register a reward term under `name` (the key used in recipes and logs)."""
-    if name == TOTAL:
-        raise ValueError(f"{TOTAL!r} is reserved for the weighted sum of the terms")
-
-    def decorator(fn: RewardFn) -> RewardFn:
-        REWARDS[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_reward(name: str) -> RewardFn:
-    if name not in REWARDS:
-        raise R1labError(f"unknown reward term {name!r}; known terms: {', '.join(sorted(REWARDS))}")
-    return REWARDS[name]
 
 
 @register_reward("accuracy")
@@ -72,6 +50,19 @@ def format_reward(problems, texts, verdicts, completions=None) -> list[float]:
     that pre-fill in the text (PITFALLS #2), or this term is 0 for every sample.
     """
     return [1.0 if is_r1_format(t) else 0.0 for t in texts]
+
+
+@register_reward("format_strict")
+def format_strict(problems, texts, verdicts, completions, **settings) -> list[float]:
+    """Logic-RL's strict format term: +1 when the four R1 tags appear exactly once each, in order,
+    with non-empty blocks; -1 otherwise (a penalty, not just a missing bonus)."""
+    return [1.0 if is_r1_format(t) else -1.0 for t in texts]
+
+
+@register_reward("accuracy_pm1")
+def accuracy_pm1(problems, texts, verdicts, completions, **settings) -> list[float]:
+    """DAPO's rule reward: +1 when the verifier says correct, -1 otherwise."""
+    return [1.0 if v.correct else -1.0 for v in verdicts]
 
 
 def compute_rewards(
@@ -114,9 +105,6 @@ def _takes_settings(fn: RewardFn) -> bool:
     import inspect
 
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
-
-
-import r1lab.reward_shaping  # noqa: E402,F401  (registers the length and repetition terms)
 
 
 # --- code (MiMo) ----------------------------------------------------------------------------------

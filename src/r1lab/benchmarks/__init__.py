@@ -148,53 +148,6 @@ def protocol(bench: Benchmark, n: int | None = None, temperature: float | None =
     return n, bench.temperature, bench.top_p
 
 
-def evaluate_benchmarks(cfg, model, tokenizer, benches: list[Benchmark], out_dir, n: int | None = None,
-                        temperature: float | None = None, limit: int | None = None,
-                        show_progress: bool = True, engine=None, model_id: str = "", prompt: str = "boxed",
-                        on_progress=None) -> tuple[dict[str, tuple[int, dict[str, float]]], str]:
-    """Score a model on each benchmark with its protocol: per-problem JSONL `out_dir/<name>.jsonl`
-    (resumed when it exists with the same settings), and a report (summary table, MATH500 by level
-    and subject) written to `out_dir/summary.md` and returned with the summaries, `summary.json`,
-    and plots under `out_dir/plots/`.
-
-    `engine` (e.g. an OpenAIEngine) replaces the local engine of `model`/`tokenizer`; `model_id`
-    names the model in the saved settings, so that a resume with another model is refused."""
-    import copy
-    import json
-    from pathlib import Path
-
-    from r1lab.plots import plot_benchmark_accuracy, plot_breakdown
-    from r1lab.stages import run_eval
-
-    out_dir = Path(out_dir)
-    results: dict[str, tuple[int, dict[str, float]]] = {}
-    sections: list[str] = []
-    plots: list[Path] = []
-    for bench in benches:
-        problems = load_benchmark(bench.name, limit, prompt)
-        c = copy.deepcopy(cfg)
-        c.eval.n, c.eval.temperature, c.eval.top_p = protocol(bench, n, temperature)
-        c.eval.ks = sorted({k for k in cfg.eval.ks if k <= c.eval.n} | {1, c.eval.n})
-        settings = {"model": model_id, "benchmark": bench.name, "prompt": prompt}
-        res = run_eval(c, model, tokenizer, problems, out_dir / f"{bench.name}.jsonl", bench.name, show_progress,
-                       engine=engine, resume=True, settings=settings, on_progress=on_progress)
-        res.summary.update(temperature=c.eval.temperature, top_p=c.eval.top_p)
-        results[bench.name] = (c.eval.n, res.summary)
-        for key in bench.breakdown:
-            groups = breakdown(res.rows, problems, key)
-            sections.append(breakdown_table(f"{bench.name} by {key}", groups))
-            p = plot_breakdown(groups, out_dir / "plots" / f"{bench.name}_by_{key}.png",
-                               f"{bench.name} accuracy by {key} (avg@{c.eval.n}, {model_id or 'model'})", key)
-            plots.append(p)
-    plots.insert(0, plot_benchmark_accuracy(results, out_dir / "plots" / "accuracy.png", model_id or "model"))
-    report = "\n\n".join([summary_table(results)] + sections)
-    report_md = report + "\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.md").write_text(report_md + "\n", encoding="utf-8")
-    write_summary_json(out_dir / "summary.json", results, {"model": model_id, "prompt": prompt})
-    return results, report
-
-
 def write_summary_json(path, results: dict[str, tuple[int, dict[str, float]]], meta: dict | None = None) -> None:
     """`{benchmark: {n, avg@n, pass@k..., lengths...}, "_meta": {...}}`, what `r1lab eval --compare` reads."""
     import json
@@ -214,6 +167,6 @@ def write_summary_json(path, results: dict[str, tuple[int, dict[str, float]]], m
 
 
 __all__ = ["BENCHMARKS", "Benchmark", "PROMPTS", "PROMPT_TEMPLATE", "R1_PROMPT_TEMPLATE", "prompt_template",
-           "write_summary_json", "breakdown", "breakdown_table", "data_path", "evaluate_benchmarks",
+           "write_summary_json", "breakdown", "breakdown_table", "data_path",
            "get_benchmark",
            "known_benchmarks", "load_benchmark", "load_rows", "parse_names", "protocol", "summary_table"]

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from r1lab.errors import ConfigError, ModelError
-from r1lab.records import Problem
+from r1lab.records import Problem, prompt_text
 
 # LaTeX that changes spacing or sizing but not content, and text-mode wrappers whose argument is kept
 _LATEX_NOISE = re.compile(
@@ -45,9 +45,7 @@ _NUMBER = re.compile(r"\d")
 
 def prompt_of(problem: Problem) -> str:
     """The problem statement as plain text (a chat prompt: its user turns)."""
-    if isinstance(problem.prompt, str):
-        return problem.prompt
-    return "\n".join(str(m.get("content", "")) for m in problem.prompt if m.get("role", "user") == "user")
+    return prompt_text(problem.prompt, which="user")
 
 
 def tokens(text: str, mask_numbers: bool = False) -> list[str]:

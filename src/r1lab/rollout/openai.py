@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from r1lab.errors import R1labError
-from r1lab.records import Completion, Problem
+from r1lab.records import Completion, Problem, prompt_messages
 from r1lab.rollout.base import SamplingParams
 
 
@@ -139,7 +139,7 @@ class OpenAIEngine:
 
         def one(k: int) -> None:
             p, _ = jobs[k]
-            messages = [{"role": "user", "content": p.prompt}] if isinstance(p.prompt, str) else list(p.prompt)
+            messages = prompt_messages(p.prompt)
             text, finish, tokens = self._complete(messages, params, None if seed is None else seed + k)
             results[k] = Completion(problem_id=p.id, prompt_ids=[], response_ids=[], text=text, logprobs=[],
                                     finish_reason=finish, token_count=tokens)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import random
 import re
 
-from r1lab.records import Problem
+from r1lab.records import Problem, prompt_text
 from r1lab.tasks.base import (
     TaskFamily,
     evaluate_steps,
     format_number,
     format_trace,
     parse_expression,
-    prompt_text,
     register_task,
 )
 
@@ -61,7 +60,7 @@ class Arithmetic(TaskFamily):
 
     def teacher_trace(self, problem: Problem) -> str:
         """Work the prompt's expression innermost first, one `a op b = c` line per operation."""
-        m = _PROMPT.match(prompt_text(problem))
+        m = _PROMPT.match(prompt_text(problem.prompt))
         if not m:
             raise ValueError(f"problem {problem.id!r}: prompt is not 'Compute <expression>.'")
         value, steps = evaluate_steps(parse_expression(m.group(1), max_chars=4000, max_depth=200))

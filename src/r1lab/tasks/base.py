@@ -14,7 +14,7 @@ from fractions import Fraction
 from typing import Callable, TypeVar
 
 from r1lab.errors import ConfigError
-from r1lab.records import Problem
+from r1lab.records import Problem, prompt_text
 
 # The exact shape of a teacher trace; a well-formed response from a trained model has it too.
 TRACE_FORMAT = re.compile(r"^<think>.*</think>\n<answer>.*</answer>$", re.DOTALL)
@@ -48,7 +48,7 @@ class TaskFamily:
         The default is the prompt with case and whitespace normalised; families whose prompts
         can say the same thing in several ways (e.g. numbers in any order) override it.
         """
-        return normalise_text(prompt_text(problem))
+        return normalise_text(prompt_text(problem.prompt))
 
     def check_difficulty(self, difficulty: int) -> None:
         if not isinstance(difficulty, int) or difficulty < self.min_difficulty:
@@ -83,16 +83,6 @@ def get_task(name: str) -> TaskFamily:
 
 
 # --- text helpers -----------------------------------------------------------------------------
-
-
-def prompt_text(problem: Problem) -> str:
-    """The problem statement as plain text: a chat prompt gives its last user message."""
-    if isinstance(problem.prompt, str):
-        return problem.prompt
-    for msg in reversed(problem.prompt):
-        if isinstance(msg, dict) and msg.get("role") == "user":
-            return str(msg.get("content", ""))
-    return ""
 
 
 def normalise_text(text: str) -> str:

@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from fractions import Fraction
 
-from r1lab.records import Problem, Verdict
+from r1lab.records import Problem, Verdict, prompt_text
 from r1lab.tasks.base import (
     TaskFamily,
     apply_op,
@@ -25,10 +25,9 @@ from r1lab.tasks.base import (
     format_number,
     format_trace,
     parse_expression,
-    prompt_text,
     register_task,
 )
-from r1lab.verify import register_verifier
+from r1lab.verify.registry import register_verifier
 
 NUMBER_MAX = 15
 TARGET_MAX = 100
@@ -109,7 +108,7 @@ def solve(numbers: list[int], target: int) -> str | None:
 
 def _numbers_and_target(problem: Problem) -> tuple[list[int], int]:
     """metadata["numbers"] and the answer; either falls back to the prompt. ValueError if neither works."""
-    m = _PROMPT.search(prompt_text(problem))
+    m = _PROMPT.search(prompt_text(problem.prompt))
     numbers = problem.metadata.get("numbers")
     if not (
         isinstance(numbers, list)

@@ -19,7 +19,7 @@ from typing import Any
 from r1lab.errors import ConfigError
 from r1lab.records import Problem, Verdict
 from r1lab.tasks.base import TaskFamily, extract_answer, format_trace, register_task
-from r1lab.verify import register_verifier
+from r1lab.verify.registry import register_verifier
 
 NAMES = ["Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Lou", "Max", "Ned", "Oda", "Pam"]
 MAX_PEOPLE = 12

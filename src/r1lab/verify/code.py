@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from r1lab.records import Problem, Verdict
-from r1lab.verify import register_verifier
+from r1lab.verify.registry import register_verifier
 from r1lab.verify.sandbox import SandboxResult, run_python
 
 DEFAULT_TIME_LIMIT_S = 2.0

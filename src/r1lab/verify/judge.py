@@ -21,8 +21,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from r1lab.records import Problem, Verdict
-from r1lab.verify import register_verifier
+from r1lab.records import Problem, Verdict, prompt_text
+from r1lab.verify.registry import register_verifier
 from r1lab.verify.math import extract_answer
 
 DEFAULT_TEMPLATE = (
@@ -71,11 +71,9 @@ class JudgeVerifier:
         self.attempts = 0  # total HTTP attempts made (observable in tests and logs)
 
     def prompt(self, response: str, problem: Problem) -> str:
-        from r1lab.tasks.base import prompt_text
-
         answer, _ = extract_answer(response, phrases=True) if isinstance(response, str) else (None, "none")
         shown = answer if answer is not None else (response or "")[-2000:]
-        return self.template.format(question=prompt_text(problem), reference=problem.answer, response=shown)
+        return self.template.format(question=prompt_text(problem.prompt), reference=problem.answer, response=shown)
 
     def ask(self, content: str) -> str:
         """The judge's reply text; JudgeError or TimeoutError after the retries/deadline."""

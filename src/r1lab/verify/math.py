@@ -29,7 +29,7 @@ from functools import lru_cache
 from typing import Any
 
 from r1lab.records import Problem, Verdict
-from r1lab.verify import register_verifier
+from r1lab.verify.registry import register_verifier
 
 # math-verify bounds its own parsing and comparison with signal.alarm, which only works in the
 # main thread. Verifier workers set this to None: there the hard limit is the parent killing the
