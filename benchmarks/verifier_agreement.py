@@ -13,12 +13,14 @@ A prediction is fed as written when it marks its answer (a box, an `<answer>` bl
 phrase); a prediction that is nothing but an answer (a short expression, no prose) is fed inside
 `<answer>...</answer>`, which is how a model trained with r1lab's format states it. Items whose
 gold or prediction is prose that never marks an answer do not "state an answer explicitly": r1lab
-refuses to guess the answer from prose by design, so they are counted apart. Items whose test asks
-for a non-default setting (float precision other than 6 decimals, `strict=False`,
-`allow_set_relation_comp`) are also counted apart: r1lab has one setting.
+refuses to guess the answer from prose by design, so they are counted apart. An item's expectation
+is "setting-specific" when its test asks for a non-default setting (LaTeX-only or plain-only
+extraction, float precision other than 6 decimals, `strict=False`, `allow_set_relation_comp`) and
+math_verify itself, under the defaults, does not return it: r1lab has one setting.
 
-Printed: agreement overall, on explicit items and on explicit items under default settings; the
-count of accepted-wrong (r1lab scores correct where the suite expects 0); every disagreement.
+Printed: agreement overall, on explicit items and on explicit items whose expectation is not
+setting-specific; the count of accepted-wrong (r1lab scores correct where the suite expects 0); the
+disagreements by kind, then each one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import math
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -167,6 +170,21 @@ def run(cases: list[Case]) -> list[dict]:
     return rows
 
 
+def disagreement_kind(row: dict, explicit_item: bool) -> str:
+    """A coarse kind, from the item's class and r1lab's own verdict."""
+    if not explicit_item:
+        return "prose only: r1lab reads no unmarked answer"
+    if row["setting_specific"]:
+        return "expectation specific to a non-default setting"
+    if row["r1lab"]:
+        return "r1lab accepts, suite expects 0"
+    if row["status"] == "error":
+        return "r1lab reports the gold as unusable"
+    if "false relation" in row["reason"]:
+        return "r1lab: the answer states a false relation between numbers"
+    return f"r1lab refuses ({row['status']})"
+
+
 def _pct(rows: list[dict], key: str = "r1lab") -> str:
     agree = sum(r[key] == r["expected"] for r in rows)
     return f"{agree}/{len(rows)} ({100 * agree / max(len(rows), 1):.1f}%)"
@@ -207,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     refused_right = [r for r in rows if r["r1lab"] == 0 and r["expected"] == 1]
     print(f"\naccepted-wrong (r1lab correct, suite expects 0): {len(accepted_wrong)}; "
           f"refused-right (r1lab not correct, suite expects 1): {len(refused_right)}")
+    kinds = Counter(disagreement_kind(r, r in explicit_rows) for r in rows if r["r1lab"] != r["expected"])
+    print("\n| disagreement | items |\n|---|---:|")
+    for kind, n in kinds.most_common():
+        print(f"| {kind} | {n} |")
     shown = rows if args.show == "all" else [r for r in rows if r["r1lab"] != r["expected"]]
     print(f"\n{'every item' if args.show == 'all' else 'disagreements'} ({len(shown)}):")
     for r in shown:

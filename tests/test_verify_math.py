@@ -437,6 +437,13 @@ def test_upright_constants_and_the_imaginary_unit(gold, response, status):
         ("9", "<answer>5 > 7, x = 9</answer>", "wrong"),  # a false inequality between numbers too
         ("9", "<answer>x = 9</answer>", "correct"),
         ("\\frac{2}{3}", "<answer>x = \\frac{2}{3} \\approx 0.67</answer>", "correct"),  # a rounded decimal is fine
+        ("9", "<answer>1 = 3 = 5 = 7 = 9</answer>", "wrong"),
+        ("9", "<answer>\\infty = 9</answer>", "wrong"),
+        ("9", "<answer>\\frac{1}{0} = 9</answer>", "wrong"),
+        ("9", "<answer>x = \\sqrt{-1} = 9</answer>", "wrong"),
+        ("9", "<answer>x = 7^{7^{7}} = 9</answer>", "wrong"),  # too large to check: no reward either
+        ("9", "<answer>\\binom{9}{1} = 9</answer>", "correct"),
+        ("\\pi", "<answer>\\arccos(-1) = \\pi</answer>", "correct"),
     ],
 )
 def test_false_numeric_equations_are_wrong(gold, response, status):
@@ -487,10 +494,17 @@ def test_clock_times_and_ratios(gold, response, status):
         ("(-1, 4]", "<answer>-1 < x \\le 4</answer>", "correct"),
         ("-1 < x \\le 4", "<answer>(-1, 4]</answer>", "correct"),
         ("-1 < x \\le 4", "<answer>x \\in (-1, 4]</answer>", "correct"),
+        ("x \\in (-1, 4]", "<answer>-1 < x \\le 4</answer>", "correct"),
+        ("x \\in (-1, 4]", "<answer>-1 < x < 4</answer>", "wrong"),
         ("(-1, 4]", "<answer>-1 \\le x \\le 4</answer>", "wrong"),
         ("-1 < x \\le 4", "<answer>[-1, 4]</answer>", "wrong"),
         ("[3, \\infty)", "<answer>x \\ge 3</answer>", "correct"),
         ("[3, \\infty)", "<answer>x > 3</answer>", "wrong"),
+        ("\\{-2\\}", "<answer>t = -2</answer>", "correct"),
+        ("(-\\infty, 0) \\cup (0, \\infty)", "<answer>x \\neq 0</answer>", "correct"),
+        # restating the inequality to be solved is not its solution
+        ("[1, 3]", "<answer>x^2 - 4x + 3 \\le 0</answer>", "wrong"),
+        ("\\{1, 3\\}", "<answer>(x-1)(x-3) = 0</answer>", "wrong"),
     ],
 )
 def test_intervals_and_inequalities(gold, response, status):

@@ -164,7 +164,7 @@ _GROUP_SEPARATOR = re.compile(r"(?<=\d)(?: |\\[,;:! ]|~|\{,\}|\\,\{\})(?=\d{3})"
 _GROUPED_THOUSANDS = re.compile(r"^-?\d{1,3}(?:(?: |\\[,;:! ]|~|\{,\}|\\,\{\})\d{3})+(?:\.\d+)?$")
 _SIDE_BY_SIDE = re.compile(r"^-?\d+(?:\.\d+)?(?:\s+-?\d+(?:\.\d+)?)+$")
 # an upright single-letter constant (\mathrm{e}, {\rm i}, \operatorname{e}) is the letter itself
-_UPRIGHT_LETTER = re.compile(r"\\(?:mathrm|mathup|rm|operatorname)\s*\{\s*([eiEI])\s*\}|\{\s*\\rm\s+([eiEI])\s*\}")
+_UPRIGHT_LETTER = re.compile(r"\\(?:mathrm|mathup|rm|operatorname)\s*\{\s*([ei])\s*\}|\{\s*\\rm\s+([ei])\s*\}")
 
 
 def _well_formed(s: str) -> bool:
@@ -402,10 +402,45 @@ def _colon_form(s: str) -> str | None:
 
 
 def _equal(gold: tuple[Any, ...], pred: tuple[Any, ...]) -> bool:
-    """math-verify's equality, with an interval equal to the inequality that describes it both ways."""
+    """math-verify's equality, with a set of numbers (an interval, a union) equal to the bounds that
+    describe it ("-1 < x \\le 4" for (-1, 4]) both ways; math-verify itself reads only a gold relation
+    as a set."""
+    import sympy
     from math_verify import verify
 
-    return bool(verify(list(gold), list(pred), allow_set_relation_comp=True, timeout_seconds=_timeout()))
+    if any(isinstance(g, sympy.Set) or (isinstance(g, sympy.Eq) and isinstance(g.rhs, sympy.Set)) for g in gold):
+        pred = tuple(_bounds_as_set(p) for p in pred)  # (a gold "x \\in [a, b]" reads as Eq(x, [a, b]))
+    return bool(verify(list(gold), list(pred), timeout_seconds=_timeout()))
+
+
+def _bounds_as_set(expr: Any) -> Any:
+    """`-1 < x \\le 4` -> Interval.Lopen(-1, 4): only bounds, each a variable against a number, one
+    variable throughout. An inequality still to be solved ("(x-1)(x-2) < 0") is left as it is: read as
+    its solution set it would reward restating the question."""
+    import sympy
+    from sympy.core.relational import Relational
+
+    rels, stack = [], [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (sympy.And, sympy.Or)):
+            stack.extend(node.args)
+        elif isinstance(node, Relational):
+            rels.append(node)
+        else:
+            return expr
+    variables = set()
+    for rel in rels:
+        sides = (rel.lhs, rel.rhs)
+        if not any(isinstance(a, sympy.Symbol) for a in sides) or not any(_is_number(a) for a in sides):
+            return expr
+        variables |= rel.free_symbols
+    if len(variables) != 1:
+        return expr
+    try:
+        return expr.as_set()
+    except Exception:  # noqa: BLE001 (sympy cannot: compare as math-verify would)
+        return expr
 
 
 def _false_statement(expr: Any) -> bool:
@@ -419,27 +454,55 @@ def _false_statement(expr: Any) -> bool:
     stack, seen = [expr], 0
     while stack and seen < 200:
         node, seen = stack.pop(), seen + 1
-        if isinstance(node, Relational):
-            lhs, rhs = node.lhs, node.rhs
-            exact = not (lhs.atoms(sympy.Float) or rhs.atoms(sympy.Float))  # "= 0.33" rounds: no verdict
-            if getattr(lhs, "is_number", False) and getattr(rhs, "is_number", False):
-                try:
-                    diff = complex(sympy.N(lhs - rhs, 30))
-                    scale = max(abs(complex(sympy.N(lhs, 30))), abs(complex(sympy.N(rhs, 30))), 1.0)
-                except (TypeError, ValueError, ArithmeticError):
-                    continue
-                if isinstance(node, (sympy.Eq, sympy.Ne)):
-                    if not exact:
-                        continue
-                    holds = abs(diff) <= 1e-6 * scale
-                    if holds != isinstance(node, sympy.Eq):
-                        return True
-                elif diff.imag == 0:
-                    truth = node.func(sympy.Float(diff.real), 0)
-                    if truth is sympy.false:
-                        return True
+        if isinstance(node, Relational) and _is_number(node.lhs) and _is_number(node.rhs):
+            # too large to check cheaply ("x = 9^{9^{9}} = 5") counts as false: it cannot earn a reward
+            if not (_evaluable(node.lhs) and _evaluable(node.rhs)) or _holds(node) is False:
+                return True
         stack.extend(a for a in getattr(node, "args", ()) if isinstance(a, sympy.Basic))
     return False
+
+
+def _is_number(side: Any) -> bool:
+    return bool(getattr(side, "is_number", False))
+
+
+def _evaluable(side: Any) -> bool:
+    """A number cheap to evaluate: no tower of powers, no huge exponent or factorial."""
+    import sympy
+
+    try:
+        for p in side.atoms(sympy.Pow):
+            if p.exp.atoms(sympy.Pow, sympy.factorial) or abs(sympy.N(p.exp, 15)) > 10_000:
+                return False
+        return all(abs(sympy.N(f.args[0], 15)) <= 10_000 for f in side.atoms(sympy.factorial))
+    except (TypeError, ValueError, ArithmeticError):
+        return False
+
+
+def _holds(rel: Any) -> bool | None:
+    """Whether a relation between two numbers holds; None when that cannot be told (an equation with a
+    rounded decimal side, "= 0.33", or an inequality with an infinite or complex side)."""
+    import sympy
+
+    lhs, rhs = rel.lhs, rel.rhs
+    infinite = (sympy.oo, -sympy.oo, sympy.zoo, sympy.nan)
+    if lhs.has(*infinite) or rhs.has(*infinite):  # "1/0 = 5", "\\infty = 5": equal only if the same
+        if isinstance(rel, (sympy.Eq, sympy.Ne)):
+            return (lhs == rhs) == isinstance(rel, sympy.Eq)
+        return None
+    try:
+        diff = complex(sympy.N(lhs - rhs, 30))
+        scale = max(abs(complex(sympy.N(lhs, 30))), abs(complex(sympy.N(rhs, 30))), 1.0)
+    except (TypeError, ValueError, ArithmeticError, OverflowError):
+        return None
+    if isinstance(rel, (sympy.Eq, sympy.Ne)):
+        if lhs.atoms(sympy.Float) or rhs.atoms(sympy.Float):
+            return None
+        return (abs(diff) <= 1e-12 * scale) == isinstance(rel, sympy.Eq)
+    if diff.imag != 0:
+        return None
+    truth = rel.func(sympy.Float(diff.real), 0)
+    return bool(truth) if truth in (sympy.true, sympy.false) else None
 
 
 def _compare(gold_parts: list[str], gold: tuple[Any, ...], parts: list[str], pred: tuple[Any, ...]) -> bool:
