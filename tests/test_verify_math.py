@@ -530,6 +530,16 @@ def test_intervals_and_inequalities(gold, response, status):
         ("8", "<answer>[7, 9]</answer>", "wrong"),  # an interval around it neither
         ("\\{1, 2\\}", "<answer>\\{1, 2, 3\\}</answer>", "wrong"),
         ("\\{1, 2\\}", "<answer>\\{1\\}</answer>", "wrong"),
+        # alternatives hidden where math-verify alone keeps one value
+        ("8", "<answer>8 \\text{ (or 9)}</answer>", "wrong"),
+        ("9", "<answer>8 (or 9)</answer>", "wrong"),
+        ("8", "<answer>8 \\text{ or nine}</answer>", "wrong"),
+        ("9", "<answer>8 \\text{, } 9</answer>", "wrong"),
+        ("8", "<answer>8~\\text{or}~9</answer>", "wrong"),
+        ("8", "<answer>8 \\text{ m (perhaps 9)}</answer>", "wrong"),
+        # a gold that is itself several values, and plain units, are still read
+        ("\\{8, 9\\}", "<answer>8 \\text{ or } 9</answer>", "correct"),
+        ("8", "<answer>8 \\text{ m}</answer>", "correct"),
         # a self-correction is not a hedge: the later, separate box is the answer
         ("8", "\\boxed{7}. Wait, that misses a case, so \\boxed{8}", "correct"),
     ],

@@ -141,6 +141,8 @@ def _clean(answer: str) -> str | None:
     if _GROUPED_THOUSANDS.match(s):  # "1 000", "1\,000": math-verify reads the space as a product (1*0)
         s = _GROUP_SEPARATOR.sub("", s)
     s = _UPRIGHT_LETTER.sub(lambda m: m.group(1) or m.group(2), s)  # math-verify drops \mathrm{e} as a unit
+    s = _TILDE.sub(" ", s)  # a tie is a space ("5~\\text{or}~6" must read as 5 or 6, not as 5)
+    s = _TEXT_SEPARATOR.sub(", ", s)  # "5 \\text{, } 6" lists two values (math-verify reads 6)
     return s or None
 
 
@@ -163,6 +165,8 @@ _DANGLING = re.compile(r"(?:(?<!\\)[-+*/^=(\[{,_]|\\cdot|\\times|\\div|\\pm|\\fr
 _GROUP_SEPARATOR = re.compile(r"(?<=\d)(?: |\\[,;:! ]|~|\{,\}|\\,\{\})(?=\d{3})")
 _GROUPED_THOUSANDS = re.compile(r"^-?\d{1,3}(?:(?: |\\[,;:! ]|~|\{,\}|\\,\{\})\d{3})+(?:\.\d+)?$")
 _SIDE_BY_SIDE = re.compile(r"^-?\d+(?:\.\d+)?(?:\s+-?\d+(?:\.\d+)?)+$")
+_TILDE = re.compile(r"(?<!\\)~")
+_TEXT_SEPARATOR = re.compile(r"\\(?:text|mbox|textrm|textnormal)\s*\{\s*[,;]\s*\}")
 # an upright single-letter constant (\mathrm{e}, {\rm i}, \operatorname{e}) is the letter itself
 _UPRIGHT_LETTER = re.compile(r"\\(?:mathrm|mathup|rm|operatorname)\s*\{\s*([ei])\s*\}|\{\s*\\rm\s+([ei])\s*\}")
 
@@ -505,6 +509,23 @@ def _holds(rel: Any) -> bool | None:
     return bool(truth) if truth in (sympy.true, sympy.false) else None
 
 
+_HEDGE_WORDS = frozenset({"or", "either", "else", "otherwise", "maybe", "perhaps", "possibly", "alternatively"})
+_TEXT_WITH_DIGIT = re.compile(r"\\(?:text|mbox|textrm|textbf|textit|textnormal|mathrm)\s*\{[^{}]*\d[^{}]*\}")
+
+
+def _hedged(answer: str, pred: tuple[Any, ...]) -> bool:
+    """The answer names alternatives in words, or hides numbers in text, and math-verify's reading
+    keeps only one value: "5 (or 6)" reads as 6, "5 \\text{ (or 6)}" and "5 \\text{ or six}" as 5.
+    (Alternatives it reads as a set, "5 \\text{ or } 6", are compared as that set instead.)"""
+    import sympy
+
+    listed = len(pred) == 1 and isinstance(pred[0], (sympy.FiniteSet, sympy.Or)) and len(pred[0].args) > 1
+    words = {w.lower() for w in re.findall(r"[A-Za-z]+", _COMMAND.sub(" ", answer))}
+    if words & _HEDGE_WORDS and not listed:
+        return True
+    return bool(_TEXT_WITH_DIGIT.search(answer)) and not _TEXT_NUMBER.match(answer)
+
+
 def _compare(gold_parts: list[str], gold: tuple[Any, ...], parts: list[str], pred: tuple[Any, ...]) -> bool:
     """Whether the response's answer equals the gold answer.
 
@@ -558,6 +579,9 @@ def verify_math(response: str, problem: Problem) -> Verdict:
     pred = _parse(answer)
     if not pred:
         return Verdict("unparsable", f"answer ({where}) {_short(answer)!r} does not parse as math", extracted=answer)
+    if _hedged(answer, pred):
+        return Verdict("wrong", f"answer ({where}) {_short(answer)!r} names alternatives or hides numbers in words",
+                       extracted=answer)
     if any(_false_statement(p) for p in pred):
         return Verdict("wrong", f"answer ({where}) {_short(answer)!r} states a false relation between numbers",
                        extracted=answer)
