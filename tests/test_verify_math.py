@@ -540,6 +540,7 @@ def test_intervals_and_inequalities(gold, response, status):
         # a gold that is itself several values, and plain units, are still read
         ("\\{8, 9\\}", "<answer>8 \\text{ or } 9</answer>", "correct"),
         ("8", "<answer>8 \\text{ m}</answer>", "correct"),
+        ("8", "<answer>8 \\mathrm{cm^2}</answer>", "correct"),
         # a self-correction is not a hedge: the later, separate box is the answer
         ("8", "\\boxed{7}. Wait, that misses a case, so \\boxed{8}", "correct"),
     ],
@@ -555,6 +556,8 @@ def test_hedges_and_set_stuffing_earn_nothing(gold, response, status):
         ("2500", "<answer>2\\,500</answer>", "correct"),
         ("0", "<answer>1 000</answer>", "wrong"),  # math-verify alone reads this as 1*0
         ("7", "<answer>2 5</answer>", "unparsable"),  # numbers side by side are no answer (not 2 + 5)
+        ("7", "<answer>2\\,5</answer>", "unparsable"),
+        ("7", "<answer>2\\quad 5</answer>", "unparsable"),
         ("\\frac{7}{2}", "<answer>3 \\frac{1}{2}</answer>", "correct"),  # a mixed number still is one
         ("\\frac{1}{4}", "\\\\boxed{\\\\frac{1}{4}}", "correct"),  # LaTeX escaped twice
         ("\\\\frac{1}{4}", "<answer>0.25</answer>", "correct"),

@@ -7,6 +7,20 @@ which knows that `\\frac{3}{4}`, `0.75` and `3/4` are equal, and also handles pe
 equals 50 and 0.5, as math-verify decides), degrees (`30^\\circ`), units (`5 \\text{ cm}`),
 intervals, sets, tuples and matrices.
 
+Where math-verify alone is too lenient or too strict, we decide first:
+
+- Several answers. Boxes joined only by commas, "and"/"or", spacing or a variable's label
+  ("\\boxed{1} and \\boxed{2}") are one answer, the set of their values; a box after a sentence
+  replaces the earlier ones (a self-correction). A gold written as several boxes needs them all.
+  So a hedge ("\\boxed{4} or \\boxed{5}", "4 or 5", "5 (or 6)") or a list holding the gold earns
+  nothing for a one-value gold.
+- False statements. An answer asserting a relation between numbers that does not hold ("3 = 7",
+  "x = 2 + 3 = 9") is wrong; math-verify would score its right-hand side.
+- Writing. `\\mathrm{e}` / `\\mathrm{i}` are the constants and a free `i` the imaginary unit;
+  clock times and ratios ("7:30", "2:5") compare as written; "1 000" is one number and "4 5" none;
+  an interval equals the bounds that describe it ("-1 < x \\le 4"), never an inequality still to
+  be solved; identical answer text is correct; "Final answer: the largest $n$ is 34" reads as 34.
+
 Multiple choice: a gold answer that is a letter A-E is compared as a letter. The response may
 give the letter in any common form ("B", "(B)", "B) 12", "\\text{B}") or, when the problem lists its
 options in `metadata["choices"]` (a list in A, B, C order or a dict letter -> text), the text of
@@ -17,7 +31,7 @@ worker pool's hard per-item timeout in `verify_batch`, not here: see tests/test_
 
 A gold answer that math-verify cannot turn into a mathematical object is an *error*, never a
 string comparison: otherwise an unparseable gold answer would score 1.0 against a response that
-copies it verbatim (PITFALLS #2, open-r1#293).
+copies it verbatim (open-r1#293).
 """
 
 from __future__ import annotations
@@ -164,7 +178,7 @@ _DANGLING = re.compile(r"(?:(?<!\\)[-+*/^=(\[{,_]|\\cdot|\\times|\\div|\\pm|\\fr
 # are no answer (math-verify would read them as a mixed number, 4 + 5)
 _GROUP_SEPARATOR = re.compile(r"(?<=\d)(?: |\\[,;:! ]|~|\{,\}|\\,\{\})(?=\d{3})")
 _GROUPED_THOUSANDS = re.compile(r"^-?\d{1,3}(?:(?: |\\[,;:! ]|~|\{,\}|\\,\{\})\d{3})+(?:\.\d+)?$")
-_SIDE_BY_SIDE = re.compile(r"^-?\d+(?:\.\d+)?(?:\s+-?\d+(?:\.\d+)?)+$")
+_SIDE_BY_SIDE = re.compile(r"^-?\d+(?:\.\d+)?(?:(?:\s|\\[,;:! ]|\\q?quad)+-?\d+(?:\.\d+)?)+$")
 _TILDE = re.compile(r"(?<!\\)~")
 _TEXT_SEPARATOR = re.compile(r"\\(?:text|mbox|textrm|textnormal)\s*\{\s*[,;]\s*\}")
 # an upright single-letter constant (\mathrm{e}, {\rm i}, \operatorname{e}) is the letter itself
@@ -510,7 +524,8 @@ def _holds(rel: Any) -> bool | None:
 
 
 _HEDGE_WORDS = frozenset({"or", "either", "else", "otherwise", "maybe", "perhaps", "possibly", "alternatively"})
-_TEXT_WITH_DIGIT = re.compile(r"\\(?:text|mbox|textrm|textbf|textit|textnormal|mathrm)\s*\{[^{}]*\d[^{}]*\}")
+# (a digit after ^ or _ is a unit's power or index: \\mathrm{cm^2})
+_TEXT_WITH_DIGIT = re.compile(r"\\(?:text|mbox|textrm|textbf|textit|textnormal|mathrm)\s*\{[^{}]*(?<![\^_\d])\d[^{}]*\}")
 
 
 def _hedged(answer: str, pred: tuple[Any, ...]) -> bool:
