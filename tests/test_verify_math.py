@@ -565,3 +565,21 @@ def test_hedges_and_set_stuffing_earn_nothing(gold, response, status):
 )
 def test_numbers_written_oddly(gold, response, status):
     assert verify_math(response, P(gold)).status == status
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        # a \pm inside a fraction (which math-verify cannot read) is the set of both values
+        ("\\frac{3 \\pm \\sqrt{5}}{2}", "<answer>\\frac{3 + \\sqrt{5}}{2}, \\frac{3 - \\sqrt{5}}{2}</answer>", "correct"),
+        ("\\frac{3 \\pm \\sqrt{5}}{2}", "<answer>x = \\frac{3 \\pm \\sqrt{5}}{2}</answer>", "correct"),
+        ("\\frac{3 \\pm \\sqrt{5}}{2}", "<answer>\\frac{3 \\mp \\sqrt{5}}{2}</answer>", "correct"),
+        ("\\frac{3 + \\sqrt{5}}{2}, \\frac{3 - \\sqrt{5}}{2}", "<answer>\\frac{3 \\pm \\sqrt{5}}{2}</answer>", "correct"),
+        # one root is not both; both are not one
+        ("\\frac{3 \\pm \\sqrt{5}}{2}", "<answer>\\frac{3 + \\sqrt{5}}{2}</answer>", "wrong"),
+        ("\\frac{3 + \\sqrt{5}}{2}", "<answer>\\frac{3 \\pm \\sqrt{5}}{2}</answer>", "wrong"),
+        ("\\frac{3 \\pm \\sqrt{5}}{2}", "<answer>\\frac{3 \\pm \\sqrt{7}}{2}</answer>", "wrong"),
+    ],
+)
+def test_plus_minus_inside_an_expression(gold, response, status):
+    assert verify_math(response, P(gold)).status == status

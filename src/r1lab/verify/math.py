@@ -324,7 +324,30 @@ def _parse(answer: str) -> tuple[Any, ...]:
         fallback_mode="no_fallback",
         parsing_timeout=_timeout(),
     )
+    if not parsed and _PLUS_MINUS.search(answer):
+        parsed = _plus_minus(answer)
     return tuple(_imaginary_unit(x) for x in parsed)
+
+
+_PLUS_MINUS = re.compile(r"\\(?:pm|mp)(?![A-Za-z])")
+
+
+def _plus_minus(answer: str) -> list[Any]:
+    """`\\frac{-1 \\pm \\sqrt{13}}{4}`, which math-verify cannot read, as the set of its two values
+    (every \\pm taking the same sign, \\mp the other); [] if either does not parse."""
+    import sympy
+
+    values = []
+    for sign, other in (("+", "-"), ("-", "+")):
+        one = _PLUS_MINUS.sub(lambda m: sign if m.group() == "\\pm" else other, answer)  # noqa: B023
+        got = _parse(one)
+        if len(got) != 1:
+            return []
+        values.append(got[0])
+    try:
+        return [sympy.FiniteSet(*values)]
+    except (TypeError, ValueError):
+        return []
 
 
 def _imaginary_unit(expr: Any) -> Any:
