@@ -541,6 +541,7 @@ def test_intervals_and_inequalities(gold, response, status):
         ("\\{8, 9\\}", "<answer>8 \\text{ or } 9</answer>", "correct"),
         ("8", "<answer>8 \\text{ m}</answer>", "correct"),
         ("8", "<answer>8 \\mathrm{cm^2}</answer>", "correct"),
+        ("8", "<answer>8 \\text{ or } 8</answer>", "correct"),  # the same value twice is no hedge
         # a self-correction is not a hedge: the later, separate box is the answer
         ("8", "\\boxed{7}. Wait, that misses a case, so \\boxed{8}", "correct"),
     ],

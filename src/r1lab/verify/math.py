@@ -557,7 +557,7 @@ def _hedged(answer: str, pred: tuple[Any, ...]) -> bool:
     (Alternatives it reads as a set, "5 \\text{ or } 6", are compared as that set instead.)"""
     import sympy
 
-    listed = len(pred) == 1 and isinstance(pred[0], (sympy.FiniteSet, sympy.Or)) and len(pred[0].args) > 1
+    listed = len(pred) == 1 and isinstance(pred[0], (sympy.FiniteSet, sympy.Or))
     words = {w.lower() for w in re.findall(r"[A-Za-z]+", _COMMAND.sub(" ", answer))}
     if words & _HEDGE_WORDS and not listed:
         return True
