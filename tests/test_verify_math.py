@@ -584,3 +584,10 @@ def test_numbers_written_oddly(gold, response, status):
 )
 def test_plus_minus_inside_an_expression(gold, response, status):
     assert verify_math(response, P(gold)).status == status
+
+
+def test_multiple_choice_hedges_earn_nothing():
+    for response in ["\\boxed{A} or \\boxed{B}", "<answer>B) or C)</answer>", "<answer>B. or maybe C.</answer>",
+                     "<answer>(B) (C)</answer>", "<answer>B, C</answer>"]:
+        assert verify_math(response, P("B")).status == "unparsable", response
+    assert verify_math("<answer>B) 12</answer>", P("B")).correct  # a letter with its option's text still counts

@@ -383,12 +383,18 @@ _TEXT_WRAP = re.compile(r"^\\(?:text|textbf|mathrm|mathbf)\{(.*)\}$", re.DOTALL)
 
 
 def choice_letter(answer: str) -> str | None:
-    """"B", "(B)", "B.", "B) 12", "\\text{(B)}" -> "B"; anything else -> None."""
+    """"B", "(B)", "B.", "B) 12", "\\text{(B)}" -> "B"; anything else -> None, including a second
+    letter after the first ("B) or C)": a hedge between options)."""
     s = answer.strip()
     m = _TEXT_WRAP.match(s)
     s = m.group(1).strip() if m else s
     m = _LETTER.match(s)
-    return m.group(1) if m else None
+    if m is None or _OTHER_LETTER.search(s, m.end(1)):
+        return None
+    return m.group(1)
+
+
+_OTHER_LETTER = re.compile(r"(?<![A-Za-z\\])[A-E](?![A-Za-z])")
 
 
 def _choices(problem: Problem) -> dict[str, str]:
