@@ -204,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.tests.exists():
         print(f"error: {args.tests} does not exist (give the tests/ folder of a Math-Verify checkout)", file=sys.stderr)
         return 2
-    cases, skipped = load_cases(args.tests)
+    try:
+        cases, skipped = load_cases(args.tests)
+    except (OSError, SyntaxError, ValueError, TypeError) as e:
+        print(f"error: cannot read the suite's cases under {args.tests}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     if not cases:
         print(f"error: no gold/pred/expected cases found under {args.tests}", file=sys.stderr)
         return 2
