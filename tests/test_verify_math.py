@@ -372,6 +372,16 @@ def test_extract_answer_box_groups(text, expected):
     assert extract_answer(text) == expected
 
 
+def test_a_long_run_of_boxes_stays_cheap():
+    text = "".join(f"\\boxed{{{i}}}" for i in range(20_000))  # a hedge of 20,000 values
+    t0 = time.perf_counter()
+    answer, where = extract_answer(text)
+    assert time.perf_counter() - t0 < 2.0
+    values = answer.split(", ")
+    assert where == "boxed" and values[-1] == "19999" and len(values) == 64  # the run's tail, still a list
+    assert verify_math(text, P("19999")).status == "wrong"
+
+
 def test_a_final_answer_phrase_after_the_last_box_is_the_answer():
     text = "the subtotal is \\boxed{10}. Adding the rest, Final answer: the total is 15."
     assert extract_answer(text, phrases=True) == ("15", "phrase")

@@ -114,15 +114,18 @@ _JOIN = re.compile(
 )
 
 
-def _box_group(text: str) -> list[str] | None:
+_MAX_GROUP = 64
+
+
+def _box_group(text: str, spans: list[tuple[int, int, int]] | None = None) -> list[str] | None:
     """The contents of the last box and of the boxes joined to it (see `_JOIN`), in order; None if no box.
 
     "\\boxed{4} or \\boxed{5}" is one answer of two values, so a hedge is compared as the set {4, 5}."""
-    spans = _outer_boxes(text)
+    spans = _outer_boxes(text) if spans is None else spans
     if not spans:
         return None
     group = [spans[-1]]
-    for span in reversed(spans[:-1]):
+    for span in reversed(spans[-_MAX_GROUP:-1]):  # a longer run of boxes is junk; its tail still lists values
         between = text[span[2] + 1 : group[0][0]]
         if len(between) > 200 or not _JOIN.fullmatch(between):
             break
@@ -249,12 +252,12 @@ def _hash_answer(text: str) -> str | None:
 
 def _members(parts: list[str]) -> list[str]:
     """Cleaned, non-empty parts with repeats dropped, in order."""
-    out: list[str] = []
+    out: dict[str, None] = {}
     for part in parts:
         c = _clean(part)
-        if c is not None and c not in out:
-            out.append(c)
-    return out
+        if c is not None:
+            out.setdefault(c)
+    return list(out)
 
 
 def _extract(text: str, phrases: bool) -> tuple[list[str], str]:
@@ -274,7 +277,7 @@ def _extract(text: str, phrases: bool) -> tuple[list[str], str]:
         final = _clean(said[0]) if said is not None else None
         if final is not None and not _PROSE.search(_COMMAND.sub(" ", final)) and _parse(final):
             return [final], "phrase"  # (a sentence, "what we found", is no answer: math-verify reads w*h*a*t)
-    group = _box_group(text) if spans else None
+    group = _box_group(text, spans) if spans else None
     parts = _members(group) if group is not None else []
     if parts:
         return parts, "boxed"
