@@ -35,7 +35,7 @@ def P(answer: str, task: str = "math", pid: str = "p") -> Problem:
         ("<think>hmm</think><answer>42</answer>", ("42", "answer_tag")),
         ("<answer> $ 7 $ </answer>", ("7", "answer_tag")),
         ("<answer>first</answer> then <answer>second</answer>", ("second", "answer_tag")),
-        ("<answer>so it is \\boxed{5} or \\boxed{6}</answer>", ("6", "answer_tag")),
+        ("<answer>so it is \\boxed{5} or \\boxed{6}</answer>", ("5, 6", "answer_tag")),  # a hedge is both values
         ("<answer>a <answer>b</answer></answer>", ("b", "answer_tag")),  # innermost of the last block
         ("no tags, \\boxed{12} then \\boxed{121}", ("121", "boxed")),  # the last box wins
         ("\\boxed{\\frac{1}{2}}", ("\\frac{1}{2}", "boxed")),  # nested braces matched
@@ -349,3 +349,255 @@ def test_cache_persists_across_calls():
     r1lab.verify.clear_verdict_cache()
     verify_batch([P("7", "count")], ["7"], workers=0)
     assert helpers_verifiers.CALLS == ["7", "7"]
+
+
+# --- answer families: several boxes, upright constants, false equations, phrases, times, intervals -----
+# Each family has right answers that must score and wrong ones (hedges, lists holding the gold,
+# equations that are false) that must not.
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\\boxed{2} and \\boxed{-3}", ("2, -3", "boxed")),  # two boxes joined by "and" are one answer
+        ("$x = \\boxed{1}$, $y = \\boxed{6}$", ("1, 6", "boxed")),  # labels and math delimiters join too
+        ("\\boxed{8} \\quad\\text{or}\\quad \\boxed{9}", ("8, 9", "boxed")),
+        ("\\boxed{8}, \\boxed{8}", ("8", "boxed")),  # the same value twice is one value
+        ("first \\boxed{3}. Checking again, it is \\boxed{4}", ("4", "boxed")),  # a sentence between: the last box
+        ("\\\\boxed{\\\\frac{1}{4}}", ("\\frac{1}{4}", "boxed")),  # LaTeX escaped twice
+        ("so \\boxed{10}. Final answer: the total is 15.", ("10", "boxed")),  # phrases off: the box
+    ],
+)
+def test_extract_answer_box_groups(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_a_long_run_of_boxes_stays_cheap():
+    text = "".join(f"\\boxed{{{i}}}" for i in range(20_000))  # a hedge of 20,000 values
+    t0 = time.perf_counter()
+    answer, where = extract_answer(text)
+    assert time.perf_counter() - t0 < 2.0
+    values = answer.split(", ")
+    assert where == "boxed" and values[-1] == "19999" and len(values) == 64  # the run's tail, still a list
+    assert verify_math(text, P("19999")).status == "wrong"
+
+
+def test_a_final_answer_phrase_after_the_last_box_is_the_answer():
+    text = "the subtotal is \\boxed{10}. Adding the rest, Final answer: the total is 15."
+    assert extract_answer(text, phrases=True) == ("15", "phrase")
+    # an unreadable phrase after the box does not displace the box
+    assert extract_answer("\\boxed{10}. The final answer is what we found.", phrases=True) == ("10", "boxed")
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        # a gold written as several boxes needs all of them, in any order, as boxes or as a list
+        ("\\boxed{2} and \\boxed{-3}", "<answer>-3</answer>", "wrong"),
+        ("\\boxed{2} and \\boxed{-3}", "<answer>2</answer>", "wrong"),
+        ("\\boxed{2} and \\boxed{-3}", "<answer>-3, 2</answer>", "correct"),
+        ("\\boxed{2} and \\boxed{-3}", "so \\boxed{-3} and \\boxed{2}", "correct"),
+        ("\\boxed{2} and \\boxed{-3}", "<answer>\\{2, -3\\}</answer>", "correct"),
+        ("\\boxed{2} and \\boxed{-3}", "<answer>2, -3, 4</answer>", "wrong"),
+        ("$\\boxed{(1,4)}, \\boxed{(4,1)}$", "\\boxed{(4,1)}, \\boxed{(1,4)}", "correct"),
+        ("$\\boxed{(1,4)}, \\boxed{(4,1)}$", "<answer>(4,1)</answer>", "wrong"),
+        ("\\boxed{12}, so we get \\boxed{12}", "<answer>12</answer>", "correct"),  # a gold repeating one value
+        # boxes with different values and prose between: which is the answer cannot be told
+        ("area \\boxed{6} and perimeter \\boxed{12}", "<answer>12</answer>", "error"),
+    ],
+)
+def test_gold_with_several_boxes(gold, response, status):
+    assert verify_math(response, P(gold)).status == status
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        # \mathrm{e} is Euler's number, not a unit to drop: the gold is 2 - 3/e, never 2
+        ("2 - 3/\\mathrm{e}", "<answer>2</answer>", "wrong"),
+        ("2 - 3/\\mathrm{e}", "<answer>2 + \\frac{3}{\\mathrm{e}}</answer>", "wrong"),
+        ("2 - 3/\\mathrm{e}", "<answer>2 - 3e^{-1}</answer>", "correct"),
+        ("2 - 3/\\mathrm{e}", "<answer>2 - \\frac{3}{e}</answer>", "correct"),
+        ("\\mathrm{e}^{2}", "<answer>e^2</answer>", "correct"),
+        ("{\\rm e}^{2}", "<answer>e^2</answer>", "correct"),
+        ("\\mathrm{e}^{2}", "<answer>2</answer>", "wrong"),
+        # \mathrm{i} and a bare i are the imaginary unit: e^{i pi} = -1, i^2 = -1
+        ("4 - 2\\mathrm{i}", "<answer>4 - 2i</answer>", "correct"),
+        ("4 - 2\\mathrm{i}", "<answer>4</answer>", "wrong"),
+        ("4 - 2\\mathrm{i}", "<answer>4 + 2i</answer>", "wrong"),
+        ("-1", "<answer>e^{i\\pi}</answer>", "correct"),
+        ("-1", "<answer>e^{\\mathrm{i}\\pi}</answer>", "correct"),
+        ("1", "<answer>e^{i\\pi}</answer>", "wrong"),
+        ("-1", "<answer>i^2</answer>", "correct"),
+    ],
+)
+def test_upright_constants_and_the_imaginary_unit(gold, response, status):
+    assert verify_math(response, P(gold)).status == status
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        # an equation between two numbers must hold: its right side alone is not the answer
+        ("9", "<answer>4 = 9</answer>", "wrong"),
+        ("9", "<answer>x = 2 + 3 = 9</answer>", "wrong"),
+        ("9", "<answer>x = 4 + 5 = 9</answer>", "correct"),
+        ("9", "\\boxed{2 \\cdot 4 = 9}", "wrong"),
+        ("x = 9", "<answer>x = 10 - 2 = 9</answer>", "wrong"),
+        ("9", "<answer>5 > 7, x = 9</answer>", "wrong"),  # a false inequality between numbers too
+        ("9", "<answer>x = 9</answer>", "correct"),
+        ("\\frac{2}{3}", "<answer>x = \\frac{2}{3} \\approx 0.67</answer>", "correct"),  # a rounded decimal is fine
+        ("9", "<answer>1 = 3 = 5 = 7 = 9</answer>", "wrong"),
+        ("9", "<answer>\\infty = 9</answer>", "wrong"),
+        ("9", "<answer>\\frac{1}{0} = 9</answer>", "wrong"),
+        ("9", "<answer>x = \\sqrt{-1} = 9</answer>", "wrong"),
+        ("9", "<answer>x = 7^{7^{7}} = 9</answer>", "wrong"),  # too large to check: no reward either
+        ("9", "<answer>\\binom{9}{1} = 9</answer>", "correct"),
+        ("\\pi", "<answer>\\arccos(-1) = \\pi</answer>", "correct"),
+    ],
+)
+def test_false_numeric_equations_are_wrong(gold, response, status):
+    assert verify_math(response, P(gold)).status == status
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        # "Final answer: the <subject> is X" scores X, not the sentence
+        ("12", "Final answer: the smallest $k$ is 12.", "correct"),
+        ("12", "Final Answer: The number of pairs is $12$. I hope it is correct.", "correct"),
+        ("12", "Final answer: the smallest $k$ is 13.", "wrong"),
+        ("\\frac{1}{4}", "The final answer is \"$\\frac{1}{4}$\".", "correct"),  # quotes are not the answer
+        # a phrase written after the last box is the final word
+        ("15", "the subtotal is \\boxed{10}. Final answer: the total is 15.", "correct"),
+        ("10", "the subtotal is \\boxed{10}. Final answer: the total is 15.", "wrong"),
+        # but it is still one answer: a hedge in a sentence earns nothing
+        ("12", "Final answer: the smallest $k$ is 12 or 13.", "wrong"),
+    ],
+)
+def test_answer_phrases(gold, response, status):
+    assert verify_math(response, P(gold)).status == status
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        # clock times and ratios compare as written (math-verify reads 7:00 as 7/0)
+        ("7:00", "<answer>7:00</answer>", "correct"),
+        ("7:00", "<answer>07:00</answer>", "correct"),
+        ("7:00", "<answer>8:00</answer>", "wrong"),
+        ("7:00", "<answer>7</answer>", "wrong"),
+        ("10:45", "<answer>10 : 45</answer>", "correct"),
+        ("2:5", "<answer>AB:BC = 2:5</answer>", "correct"),
+        ("2:5", "<answer>5:2</answer>", "wrong"),
+        ("2", "<answer>2:1</answer>", "wrong"),  # a ratio is not the number 2
+    ],
+)
+def test_clock_times_and_ratios(gold, response, status):
+    assert verify_math(response, P(gold)).status == status
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        # an interval and the inequality that describes it are the same answer, in either role
+        ("(-1, 4]", "<answer>-1 < x \\le 4</answer>", "correct"),
+        ("-1 < x \\le 4", "<answer>(-1, 4]</answer>", "correct"),
+        ("-1 < x \\le 4", "<answer>x \\in (-1, 4]</answer>", "correct"),
+        ("x \\in (-1, 4]", "<answer>-1 < x \\le 4</answer>", "correct"),
+        ("x \\in (-1, 4]", "<answer>-1 < x < 4</answer>", "wrong"),
+        ("(-1, 4]", "<answer>-1 \\le x \\le 4</answer>", "wrong"),
+        ("-1 < x \\le 4", "<answer>[-1, 4]</answer>", "wrong"),
+        ("[3, \\infty)", "<answer>x \\ge 3</answer>", "correct"),
+        ("[3, \\infty)", "<answer>x > 3</answer>", "wrong"),
+        ("\\{-2\\}", "<answer>t = -2</answer>", "correct"),
+        ("(-\\infty, 0) \\cup (0, \\infty)", "<answer>x \\neq 0</answer>", "correct"),
+        # restating the inequality to be solved is not its solution
+        ("[1, 3]", "<answer>x^2 - 4x + 3 \\le 0</answer>", "wrong"),
+        ("\\{1, 3\\}", "<answer>(x-1)(x-3) = 0</answer>", "wrong"),
+    ],
+)
+def test_intervals_and_inequalities(gold, response, status):
+    assert verify_math(response, P(gold)).status == status
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        # several candidate values for a one-value answer earn nothing, whichever way they are written
+        ("8", "\\boxed{7} or \\boxed{8}", "wrong"),
+        ("8", "\\boxed{8} or \\boxed{7}", "wrong"),
+        ("8", "\\boxed{7}, \\boxed{8}", "wrong"),
+        ("8", "<answer>7 or 8</answer>", "wrong"),
+        ("8", "<answer>7 \\text{ or } 8</answer>", "wrong"),
+        ("8", "<answer>x = 7 \\text{ or } x = 8</answer>", "wrong"),
+        ("8", "<answer>\\boxed{7} \\text{ and } \\boxed{8}</answer>", "wrong"),
+        ("8", "<answer>8 \\pm 1</answer>", "wrong"),
+        # a list that contains the gold is not the gold
+        ("8", "<answer>6, 7, 8</answer>", "wrong"),
+        ("8", "<answer>\\{6, 7, 8\\}</answer>", "wrong"),
+        ("8", "<answer>(8, 8, 9)</answer>", "wrong"),
+        ("8", "<answer>[7, 9]</answer>", "wrong"),  # an interval around it neither
+        ("\\{1, 2\\}", "<answer>\\{1, 2, 3\\}</answer>", "wrong"),
+        ("\\{1, 2\\}", "<answer>\\{1\\}</answer>", "wrong"),
+        # alternatives hidden where math-verify alone keeps one value
+        ("8", "<answer>8 \\text{ (or 9)}</answer>", "wrong"),
+        ("9", "<answer>8 (or 9)</answer>", "wrong"),
+        ("8", "<answer>8 \\text{ or nine}</answer>", "wrong"),
+        ("9", "<answer>8 \\text{, } 9</answer>", "wrong"),
+        ("8", "<answer>8~\\text{or}~9</answer>", "wrong"),
+        ("8", "<answer>8 \\text{ m (perhaps 9)}</answer>", "wrong"),
+        # a gold that is itself several values, and plain units, are still read
+        ("\\{8, 9\\}", "<answer>8 \\text{ or } 9</answer>", "correct"),
+        ("8", "<answer>8 \\text{ m}</answer>", "correct"),
+        ("8", "<answer>8 \\mathrm{cm^2}</answer>", "correct"),
+        ("8", "<answer>8 \\text{ or } 8</answer>", "correct"),  # the same value twice is no hedge
+        # a self-correction is not a hedge: the later, separate box is the answer
+        ("8", "\\boxed{7}. Wait, that misses a case, so \\boxed{8}", "correct"),
+    ],
+)
+def test_hedges_and_set_stuffing_earn_nothing(gold, response, status):
+    assert verify_math(response, P(gold)).status == status
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        ("2500", "<answer>2 500</answer>", "correct"),  # a space between groups of three digits
+        ("2500", "<answer>2\\,500</answer>", "correct"),
+        ("0", "<answer>1 000</answer>", "wrong"),  # math-verify alone reads this as 1*0
+        ("7", "<answer>2 5</answer>", "unparsable"),  # numbers side by side are no answer (not 2 + 5)
+        ("7", "<answer>2\\,5</answer>", "unparsable"),
+        ("7", "<answer>2\\quad 5</answer>", "unparsable"),
+        ("\\frac{7}{2}", "<answer>3 \\frac{1}{2}</answer>", "correct"),  # a mixed number still is one
+        ("\\frac{1}{4}", "\\\\boxed{\\\\frac{1}{4}}", "correct"),  # LaTeX escaped twice
+        ("\\\\frac{1}{4}", "<answer>0.25</answer>", "correct"),
+    ],
+)
+def test_numbers_written_oddly(gold, response, status):
+    assert verify_math(response, P(gold)).status == status
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        # a \pm inside a fraction (which math-verify cannot read) is the set of both values
+        ("\\frac{3 \\pm \\sqrt{5}}{2}", "<answer>\\frac{3 + \\sqrt{5}}{2}, \\frac{3 - \\sqrt{5}}{2}</answer>", "correct"),
+        ("\\frac{3 \\pm \\sqrt{5}}{2}", "<answer>x = \\frac{3 \\pm \\sqrt{5}}{2}</answer>", "correct"),
+        ("\\frac{3 \\pm \\sqrt{5}}{2}", "<answer>\\frac{3 \\mp \\sqrt{5}}{2}</answer>", "correct"),
+        ("\\frac{3 + \\sqrt{5}}{2}, \\frac{3 - \\sqrt{5}}{2}", "<answer>\\frac{3 \\pm \\sqrt{5}}{2}</answer>", "correct"),
+        # one root is not both; both are not one
+        ("\\frac{3 \\pm \\sqrt{5}}{2}", "<answer>\\frac{3 + \\sqrt{5}}{2}</answer>", "wrong"),
+        ("\\frac{3 + \\sqrt{5}}{2}", "<answer>\\frac{3 \\pm \\sqrt{5}}{2}</answer>", "wrong"),
+        ("\\frac{3 \\pm \\sqrt{5}}{2}", "<answer>\\frac{3 \\pm \\sqrt{7}}{2}</answer>", "wrong"),
+    ],
+)
+def test_plus_minus_inside_an_expression(gold, response, status):
+    assert verify_math(response, P(gold)).status == status
+
+
+def test_multiple_choice_hedges_earn_nothing():
+    for response in ["\\boxed{A} or \\boxed{B}", "<answer>B) or C)</answer>", "<answer>B. or maybe C.</answer>",
+                     "<answer>(B) (C)</answer>", "<answer>B, C</answer>"]:
+        assert verify_math(response, P("B")).status == "unparsable", response
+    assert verify_math("<answer>B) 12</answer>", P("B")).correct  # a letter with its option's text still counts
