@@ -159,3 +159,84 @@ def test_cli_strict_audit_and_bad_input(tmp_path):
     assert res.returncode == 2 and res.stderr.strip() == "r1lab: error: missing.jsonl: file not found"
     res = _cli("verify", "audit", "ev.jsonl", "--judge", "localhost:8000", cwd=tmp_path)
     assert res.returncode == 2 and "--judge must be an http(s) URL" in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: `r1lab serve` as the judge
+
+
+def _eval_rows():
+    """Eight problems, two samples each; the recorded verdicts say the second sample of the odd ones is wrong."""
+    return [{"id": f"p{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i), "n": 2, "samples": [
+        {"text": f"<answer>{2 * i}</answer>", "status": "correct", "correct": True},
+        {"text": f"<answer>{2 * i + i % 2}</answer>", "status": "wrong" if i % 2 else "correct", "correct": not i % 2}]}
+        for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def judge_server(tmp_path_factory):
+    """A tiny model trained (in about a second) to answer every judge prompt of this test with CORRECT, served by `r1lab serve`."""
+    import torch
+
+    from r1lab.config import TinyModelConfig
+    from r1lab.models import build_tiny_model, build_tiny_tokenizer, save_model
+    from r1lab.verify.judge import JudgeVerifier
+
+    judge = JudgeVerifier("http://unused")
+    prompts = [judge.prompt(s["text"], Problem(r["id"], r["prompt"], r["answer"])) for r in _eval_rows() for s in r["samples"]]
+    tok = build_tiny_tokenizer(prompts + ["CORRECT"] * 4, vocab_size=400)
+    model = build_tiny_model(tok, TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                                  intermediate_size=64, max_positions=512))
+    reply = tok("CORRECT<|im_end|>", add_special_tokens=False)["input_ids"]
+    seqs = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
+                add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(map(len, seqs)) + len(reply)
+    ids = torch.tensor([s + reply + [tok.pad_token_id] * (width - len(s) - len(reply)) for s in seqs])
+    labels = torch.tensor([[-100] * len(s) + reply + [-100] * (width - len(s) - len(reply)) for s in seqs])
+    mask = (labels != -100) | (torch.arange(width)[None] < torch.tensor([len(s) for s in seqs])[:, None])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains fastest on one thread
+    try:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(40):
+            loss = model(input_ids=ids, attention_mask=mask.long(), labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    assert loss.item() < 0.05
+    path = tmp_path_factory.mktemp("judge") / "tiny-judge"
+    save_model(model, tok, path)
+    proc = subprocess.Popen([sys.executable, "-m", "r1lab.cli", "serve", str(path), "--port", "0", "--model-name", "judge"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    line = proc.stdout.readline()  # printed once the model is loaded and the port bound
+    if "http://" not in line:
+        proc.kill()
+        pytest.fail(f"r1lab serve did not start: {line!r}")
+    yield "http://" + line.split("http://", 1)[1].split("/v1", 1)[0] + "/v1"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_audit_end_to_end_with_r1lab_serve_as_the_judge(tmp_path, judge_server):
+    (tmp_path / "ev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _eval_rows()), encoding="utf-8")
+    res = _cli("verify", "audit", "ev.jsonl", "--n", "12", "--seed", "3", "--judge", judge_server, "--judge-model", "judge",
+               "--out", "audit", cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert report["verdicts"] == 16 and report["sampled"] == 12 and report["abstained"] == 0
+    assert report["grader"] == f"LLM judge {judge_server} (model judge)"
+    # 12 of 16, stratified: all 4 rejected and 8 of the 12 accepted; this judge calls every one correct
+    assert report["table"] == {"reward_correct": {"second_correct": 8, "second_wrong": 0, "second_abstained": 0},
+                               "reward_not_correct": {"second_correct": 4, "second_wrong": 0, "second_abstained": 0}}
+    assert sorted(d["ref"] for d in report["disagreements"]) == [f"ev.jsonl:{i + 1}#1" for i in (1, 3, 5, 7)]
+    assert all(d["direction"] == "reward not correct, second correct" and "CORRECT" in d["second_reason"]
+               for d in report["disagreements"])
+    rates = report["rates"]
+    assert rates["correct_among_reward_not_correct"]["estimate"] == 1.0 and rates["wrong_among_reward_correct"]["estimate"] == 0.0
+    assert rates["false_negative_rate"]["estimate"] == pytest.approx(4 / 16)  # FN 4, TP 12
+    assert rates["false_positive_rate"]["estimate"] is None  # FP + TN = 0: this judge finds no wrong answer at all
+    md = (tmp_path / "audit" / "audit.md").read_text()
+    assert "## Disagreements to read (4)" in md and "judge said" in md
