@@ -159,6 +159,14 @@ def test_cli_strict_audit_and_bad_input(tmp_path):
     assert res.returncode == 2 and res.stderr.strip() == "r1lab: error: missing.jsonl: file not found"
     res = _cli("verify", "audit", "ev.jsonl", "--judge", "localhost:8000", cwd=tmp_path)
     assert res.returncode == 2 and "--judge must be an http(s) URL" in res.stderr
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends
+    res = _cli("verify", "audit", "ev.jsonl", "--judge", f"http://127.0.0.1:{port}/v1", "--out", "dead", cwd=tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "does not answer" in res.stderr
+    assert not (tmp_path / "dead").exists()
 
 
 # ---------------------------------------------------------------------------------------------

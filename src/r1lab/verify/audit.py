@@ -41,7 +41,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from r1lab.errors import ConfigError, DataError
+from r1lab.errors import ConfigError, DataError, R1labError
 from r1lab.records import Problem, Verdict
 
 Z95 = 1.959963984540054
@@ -299,6 +299,20 @@ def second_grader(s: AuditSettings) -> tuple[str, Callable[[str, Problem], Verdi
     return f"LLM judge {s.judge} (model {s.judge_model})", judge
 
 
+def check_endpoint(url: str, timeout: float = 10.0) -> None:
+    """R1labError unless `GET {base}/v1/models` answers: a dead judge fails in one line, not as
+    a report in which every item abstained."""
+    import urllib.error
+    import urllib.request
+
+    models = _judge_base(url) + "/v1/models"
+    try:
+        with urllib.request.urlopen(models, timeout=timeout) as resp:
+            resp.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise R1labError(f"judge endpoint {url} does not answer ({getattr(e, 'reason', e)}); is the server running?") from None
+
+
 def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n] + " ..."
 
@@ -433,6 +447,8 @@ def cmd_audit(args: Any) -> int:
     if s.n < 0:
         raise ConfigError("--n must be >= 0")
     second_grader(s)  # a bad --judge fails before any reading
+    if s.judge:
+        check_endpoint(s.judge)
     items = load_items(args.input, args.problems)
     report = run_audit(items, s, source=str(args.input))
     out = Path(args.out) if args.out else Path(args.input).with_name(Path(args.input).stem + ".audit")
