@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 
 from r1lab.benchmarks import R1_PROMPT_TEMPLATE, data_path, known_benchmarks
-from r1lab.data.decontam import BenchmarkIndex, DecontamSettings, canonical, decontam_tokens
+from r1lab.data.decontam import BenchmarkIndex, DecontamSettings, canonical, decontam_tokens, decontaminate
 from r1lab.data.planted import KINDS, build_corpus, score
+from r1lab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_KINDS = ("exact", "whitespace_case", "latex", "wrapped")
@@ -119,3 +120,12 @@ def test_boilerplate_ngrams_shared_by_many_items_count_for_nothing(tmp_path):
     assert BenchmarkIndex.from_files([str(bench)], 5, common_items=0).match("r", row, min_coverage=0.01) != []
     assert [h.coverage for h in index.match("r", items[1])] == [1.0]  # exact copy
     assert [h.coverage for h in index.match("r", "Note: " + items[1])] == [1.0]  # denominators exclude boilerplate
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"min_coverage": 0.0}, "min_coverage must be in"), ({"min_coverage": 1.5}, "min_coverage must be in"),
+    ({"common_items": 1}, "common_items must be 0"), ({"min_tokens": 0}, "min_tokens must be >= 1"),
+])
+def test_bad_settings_are_one_line_errors(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        list(decontaminate([], DecontamSettings(benchmarks=["b.jsonl"], **bad), lambda *a: None))
