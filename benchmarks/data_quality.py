@@ -7,7 +7,8 @@ may be a real near-duplicate inside MATH/GSM8K - examples are printed so they ca
 Decontamination: the real benchmark files are the references; the training corpus is real training
 problems (presumed clean) plus edited copies of benchmark items. A flagged copy is a true positive;
 a flagged training problem counts as a false positive, with examples printed (some are genuine
-overlaps between MATH train and MATH500, which no label here records).
+overlaps between MATH train and MATH500, which no label here records). benchmarks/decontam_quality.py
+measures decontamination per kind over several seeds and all training rows.
 
     python benchmarks/data_quality.py [--data /work/shared/data] [--embedding-model DIR]
 """
@@ -126,7 +127,7 @@ def bench_decontam(data: Path, per_kind: int, seed: int, ngrams: list[int]) -> N
         hit_clean = [t for t in clean if index.match("c", t)]
         by_kind = Counter(kind for kind, t in planted if index.match("p", t))
         tp = sum(by_kind.values())
-        print(f"### ngram {n} (+ exact)")
+        print(f"### ngram {n} (+ exact; the other settings at their defaults)")
         print(f"overall  {pr(tp, len(hit_clean), len(planted) - tp)}")
         print("  " + "  ".join(f"{k} {by_kind[k] / per_kind:.2f}" for k in DECONTAM_KINDS))
         for t in hit_clean[:2]:

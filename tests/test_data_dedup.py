@@ -2,7 +2,7 @@
 
 import pytest
 
-from r1lab.data.decontam import BenchmarkIndex, DecontamSettings, decontaminate
+from r1lab.data.decontam import BenchmarkIndex, DecontamSettings, decontam_tokens, decontaminate
 from r1lab.data.dedup import DedupSettings, dedup, prompt_of, tokens
 from r1lab.records import Problem
 
@@ -102,19 +102,23 @@ def test_decontamination_reports_every_hit_with_the_matching_ngram(tmp_path):
     kept = list(decontaminate(rows, DecontamSettings(benchmarks=[str(bench)]), lambda *a: drops.append(a), hits.append))
     assert [p.id for p in kept] == ["t3", "t4"]
     assert [(h["id"], h["benchmark_id"], h["kind"]) for h in hits] == [("t1", "b1", "ngram"), ("t2", "b2", "exact")]
-    assert len(hits[0]["ngram"].split()) == 8 and hits[0]["ngram"] in " ".join(tokens(BASE))
-    assert hits[0]["benchmark"] == str(bench) and hits[0]["overlap"] > 10
+    assert len(hits[0]["ngram"].split()) == 8 and hits[0]["ngram"] in " ".join(decontam_tokens(BASE))
+    assert hits[0]["benchmark"] == str(bench) and hits[0]["overlap"] > 10 and 0.7 <= hits[0]["coverage"] < 1
     assert drops[0] == ("t1", "contaminated", f"{bench}:b1")
 
 
-def test_decontamination_ngram_size_min_overlap_and_tag_mode(tmp_path):
+def test_decontamination_ngram_size_coverage_min_overlap_and_tag_mode(tmp_path):
     bench = _bench(tmp_path)
-    fragment = Problem("t1", "Consider: " + " ".join(BASE.split()[:12]), "x")  # 12 words shared
-    assert len(BenchmarkIndex.from_files([str(bench)], 8).match("t1", prompt_of(fragment))) == 1
-    assert BenchmarkIndex.from_files([str(bench)], 32).match("t1", prompt_of(fragment)) == []
-    assert BenchmarkIndex.from_files([str(bench)], 8).match("t1", prompt_of(fragment), min_overlap=50) == []
-    kept = list(decontaminate([fragment], DecontamSettings(benchmarks=[str(bench)], action="tag"), lambda *a: None))
-    assert kept[0].metadata["contamination"] == [{"benchmark": str(bench), "benchmark_id": "b1", "kind": "ngram"}]
+    fragment = Problem("t1", "Consider: " + " ".join(BASE.split()[:12]), "x")  # its first 12 words: 6 of its 34 8-grams
+    index = BenchmarkIndex.from_files([str(bench)], 8)
+    assert index.match("t1", prompt_of(fragment)) == []  # 6/34 of the item is not a copy of it
+    hits = index.match("t1", prompt_of(fragment), min_coverage=0.15)
+    assert [(h.kind, h.overlap, h.coverage) for h in hits] == [("ngram", 6, round(6 / 34, 4))]
+    assert index.match("t1", prompt_of(fragment), min_coverage=0.15, min_overlap=7) == []
+    assert BenchmarkIndex.from_files([str(bench)], 32).match("t1", prompt_of(fragment), min_coverage=0.01) == []
+    s = DecontamSettings(benchmarks=[str(bench)], action="tag", min_coverage=0.15)
+    kept = list(decontaminate([fragment], s, lambda *a: None))
+    assert kept[0].metadata["contamination"] == [{"benchmark": str(bench), "benchmark_id": "b1", "kind": "ngram", "coverage": round(6 / 34, 4)}]
 
 
 def test_benchmark_file_without_text_is_an_error(tmp_path):

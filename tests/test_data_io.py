@@ -112,3 +112,20 @@ def test_chat_prompts_and_problem_schema_files_round_trip(tmp_path):
     row = {"id": "q1", "prompt": [{"role": "user", "content": "hi"}], "answer": "1", "task": "math", "metadata": {"k": 1}}
     rows, _ = _import([_write_jsonl(tmp_path / "p.jsonl", [row])])
     assert rows[0].prompt == row["prompt"] and rows[0].metadata == {"k": 1} and rows[0].id == "q1"
+
+
+def test_common_column_names_are_found_without_a_mapping(tmp_path):
+    rows, _ = _import([_write_jsonl(tmp_path / "q.jsonl", ROWS)])  # question + final_answer
+    assert [(p.prompt, p.answer, p.metadata) for p in rows][0] == ("What is 1+1?", "2", {"level": 1})
+    both = [{"prompt": "P", "problem": "Q", "answer": "1", "expected_answer": "2"}]
+    rows, _ = _import([_write_jsonl(tmp_path / "b.jsonl", both)])  # the Problem fields win over look-alikes
+    assert (rows[0].prompt, rows[0].answer, rows[0].metadata) == ("P", "1", {"problem": "Q", "expected_answer": "2"})
+    rows, _ = _import([_write_jsonl(tmp_path / "m.jsonl", [{"problem": "Q", "question": "R", "gold": "3"}])], mapping={"question": "prompt"})
+    assert (rows[0].prompt, rows[0].answer, rows[0].metadata) == ("R", "3", {"problem": "Q"})  # a given mapping wins
+
+
+def test_detected_columns_are_reported(tmp_path):
+    seen = {}
+    path = _write_jsonl(tmp_path / "q.jsonl", ROWS)
+    list(import_problems(ImportSettings(paths=[str(path)]), on_detect=seen.__setitem__))
+    assert seen == {str(path): {"question": "prompt", "final_answer": "answer"}}

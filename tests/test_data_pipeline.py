@@ -117,3 +117,26 @@ def test_pipeline_config_errors(files):
     with pytest.raises(DataError, match="empty file"):
         run_pipeline(p)
     assert not (files / "e.jsonl").exists()
+
+
+def test_every_step_reads_its_inputs_as_import_does(files):
+    """A `problem`-column file (the benchmark schema) needs no mapping; odd column names take --map on any step."""
+    (files / "prob.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "problem": r["question"], "answer": r["final_answer"]}) + "\n"
+                                              for i, r in enumerate(RAW)), encoding="utf-8")
+    res = _cli("decontaminate", str(files / "prob.jsonl"), "-o", str(files / "c.jsonl"), "--benchmark", str(files / "bench.jsonl"), cwd=files)
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(line)["id"] for line in (files / "c.jsonl").read_text().splitlines()] == ["q0", "q1", "q2", "q4"]
+    manifest = json.loads((files / "c.manifest.json").read_text())
+    assert manifest["steps"][0]["notes"]["detected_columns"] == {str(files / "prob.jsonl"): {"problem": "prompt"}}
+    assert manifest["steps"][1]["drops"]["contaminated"][0][0] == "q3"
+    res = _cli("dedup", str(files / "raw.jsonl"), "-o", str(files / "d.jsonl"), "--map", "final_answer->answer", cwd=files)
+    assert res.returncode == 0, res.stderr  # question -> prompt found, final_answer mapped (it is found too)
+    (files / "odd.jsonl").write_text(json.dumps({"text": "What is 2+2?", "label": "4", "trace": "<answer>4</answer>"}) + "\n", encoding="utf-8")
+    res = _cli("dedup", str(files / "odd.jsonl"), "-o", str(files / "f.jsonl"), cwd=files)
+    assert res.returncode == 2 and "no usable 'prompt'" in res.stderr and "--map COLUMN->prompt" in res.stderr
+    res = _cli("verify", str(files / "odd.jsonl"), "-o", str(files / "v.jsonl"), "--map", "text->prompt", "--map", "label->answer",
+               "field=trace", "workers=0", cwd=files)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((files / "v.jsonl").read_text())["prompt"] == "What is 2+2?"
+    res = _cli("inspect", str(files / "odd.jsonl"), "--out", str(files / "ins2"), "--map", "text->prompt", "--map", "label->answer", cwd=files)
+    assert res.returncode == 0, res.stderr

@@ -8,6 +8,7 @@
     r1lab eval http://HOST:PORT/v1 --benchmarks gsm8k      (any OpenAI-compatible server)
     r1lab eval --compare RUN_A RUN_B ...
     r1lab models list | r1lab models prepare NAME [--force]
+    r1lab verify audit runs/x/eval/gsm8k.jsonl [--n 200] [--judge http://HOST:PORT/v1]
 
 Errors in the user's input print one line and exit with status 2.
 """
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", help="the model id clients see (default: the directory name)")
     p.set_defaults(func=lambda a: __import__("r1lab.serve", fromlist=["cmd_serve"]).cmd_serve(a))
     __import__("r1lab.data.cli", fromlist=["register"]).register(sub)  # r1lab data <step> ...
+    __import__("r1lab.verify.audit", fromlist=["register"]).register(sub)  # r1lab verify audit ...
     return parser
 
 

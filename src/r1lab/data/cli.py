@@ -2,7 +2,8 @@
 
     r1lab data import raw.parquet -o problems.jsonl --map question->prompt --map final_answer->answer
     r1lab data dedup problems.jsonl -o dedup.jsonl threshold=0.8 mask_numbers=false
-    r1lab data decontaminate dedup.jsonl -o clean.jsonl --benchmark math500.jsonl --benchmark aime24.jsonl ngram=32
+    r1lab data decontaminate dedup.jsonl -o clean.jsonl --benchmark math500.jsonl --benchmark aime24.jsonl ngram=13
+    r1lab data decontaminate raw.parquet -o clean.jsonl --benchmark gsm8k_test.jsonl --map question->prompt
     r1lab data verify traces.jsonl -o verified.jsonl field=solution
     r1lab data reject-sample clean.jsonl -o sampled.jsonl --model runs/x/checkpoints/sft k=8 policy=shortest-correct
     r1lab data filter sampled.jsonl -o window.jsonl min_pass=0.0625 max_pass=0.9375
@@ -10,7 +11,9 @@
     r1lab data run pipeline.yaml dedup.threshold=0.8 output=out.jsonl
 
 A single-step command is a two-step pipeline (import, then the step), so it writes the same
-manifest as `run`. `key=value` arguments set the step's settings (for `run`: `step.key=value`).
+manifest as `run`, and every step reads its inputs as import does: `--map`, `--format`, `--split`,
+`--source`, `--task`, `--id-prefix`; a file whose problem column is named `problem` or `question`
+needs no `--map`. `key=value` arguments set the step's settings (for `run`: `step.key=value`).
 """
 
 from __future__ import annotations
@@ -70,10 +73,10 @@ def cmd_step(args: argparse.Namespace) -> int:
     if step in ("reject-sample", "filter") and args.model:
         flags["model"] = args.model
     imp: dict[str, Any] = {"paths": args.inputs, "lenient": args.lenient}
+    imp.update({k: v for k, v in (("format", args.format), ("split", args.split), ("source", args.source),
+                                   ("task", args.task), ("id_prefix", args.id_prefix)) if v})
+    imp["mapping"] = parse_mapping(args.map or [])
     if step == "import":
-        imp.update({k: v for k, v in (("format", args.format), ("split", args.split), ("source", args.source),
-                                       ("task", args.task), ("id_prefix", args.id_prefix)) if v})
-        imp["mapping"] = parse_mapping(args.map or [])
         imp = _settings_from(args.overrides, imp)
     steps = [build_step("import", imp, "import")]
     if step != "import":
@@ -94,12 +97,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from r1lab.data.inspect import InspectSettings, inspect_datasets
     from r1lab.data.io import read_problems
 
+    from r1lab.data.io import parse_mapping
+
     _split_inputs(args)
     settings = _build(InspectSettings, _settings_from(args.overrides, {}), "inspect")
     names = [Path(p).stem for p in args.inputs]
     if len(set(names)) < len(names):
         names = [str(p) for p in args.inputs]
-    summary = inspect_datasets({n: read_problems(p, args.lenient) for n, p in zip(names, args.inputs)}, settings, args.out)
+    mapping = parse_mapping(args.map or [])
+    summary = inspect_datasets({n: read_problems(p, args.lenient, mapping) for n, p in zip(names, args.inputs)}, settings, args.out)
     for name, d in summary["datasets"].items():
         length = d["length"]
         print(f"{name}: {d['rows']} rows, {len(d['sources'])} sources, {summary['length_unit']} "
@@ -121,6 +127,14 @@ def register(subparsers: Any) -> None:
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = data.add_subparsers(dest="data_command", required=True, metavar="STEP")
 
+    def reading(p: argparse.ArgumentParser) -> None:
+        """How input files are read: the same options for every step (a step imports its inputs first)."""
+        p.add_argument("--map", action="append", metavar="COLUMN->FIELD", help="column mapping, e.g. question->prompt "
+                       "(repeatable; a file without prompt/answer columns has its problem/question, final_answer, ... "
+                       "columns found without one)")
+        p.add_argument("--format", help="jsonl | json | parquet | csv | hf (default: from the extension)")
+        p.add_argument("--split", help="split of a saved DatasetDict")
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--quiet", action="store_true", help="print only the result line")
         p.add_argument("--lenient", action="store_true", help="skip and count unusable input rows instead of stopping")
@@ -133,13 +147,10 @@ def register(subparsers: Any) -> None:
         p.add_argument("inputs", nargs="+", help="input files (JSONL/JSON/Parquet/CSV or saved HF dataset dirs)")
         p.add_argument("-o", "--output", required=True, help="output JSONL (written atomically)")
         p.add_argument("--manifest", help="manifest path (default: OUTPUT.manifest.json)")
-        if name == "import":
-            p.add_argument("--map", action="append", metavar="COLUMN->FIELD", help="column mapping, e.g. question->prompt (repeatable)")
-            p.add_argument("--format", help="jsonl | json | parquet | csv | hf (default: from the extension)")
-            p.add_argument("--split", help="split of a saved DatasetDict")
-            p.add_argument("--source", help="source name for rows without one (default: file stem)")
-            p.add_argument("--task", help="task for rows without one (default: math)")
-            p.add_argument("--id-prefix", help="prefix for every id")
+        reading(p)
+        p.add_argument("--source", help="source name for rows without one (default: file stem)")
+        p.add_argument("--task", help="task for rows without one (default: math)")
+        p.add_argument("--id-prefix", help="prefix for every id")
         if name == "decontaminate":
             p.add_argument("--benchmark", action="append", metavar="FILE", help="benchmark file (repeatable)")
         if name in ("reject-sample", "filter"):
@@ -150,6 +161,7 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("inspect", help=STEPS["inspect"].help, description=STEPS["inspect"].help)
     p.add_argument("inputs", nargs="+", help="datasets to compare (Problem-schema files)")
     p.add_argument("--out", required=True, help="directory for lengths.png, overlap.png, inspect.json")
+    p.add_argument("--map", action="append", metavar="COLUMN->FIELD", help="column mapping, as for import (repeatable)")
     common(p)
     p.set_defaults(func=cmd_inspect)
 

@@ -20,6 +20,8 @@ from r1lab.records import Problem
 
 FORMATS = ("auto", "jsonl", "json", "parquet", "csv", "hf")
 PROBLEM_FIELDS = tuple(f.name for f in fields(Problem))
+# common column names of public datasets, tried in order for a field the file lacks and no mapping names
+FIELD_ALIASES = {"prompt": ("problem", "question"), "answer": ("final_answer", "expected_answer", "ground_truth", "gold")}
 
 
 @dataclass
@@ -264,6 +266,20 @@ def to_problem(raw: Any, mapping: dict[str, str], default_id: str, default_sourc
     )
 
 
+def detect_mapping(columns: Iterable[str], mapping: dict[str, str]) -> dict[str, str]:
+    """`mapping` plus, for each of prompt and answer that the columns lack and the mapping does not
+    fill, the first column named like it in FIELD_ALIASES (`problem` -> prompt, ...)."""
+    columns = list(columns)
+    out = dict(mapping)
+    for target, aliases in FIELD_ALIASES.items():
+        if target in out.values() or target in columns:
+            continue
+        alias = next((a for a in aliases if a in columns and a not in out), None)
+        if alias is not None:
+            out[alias] = target
+    return out
+
+
 def _hint(raw: dict[str, Any], mapping: dict[str, str], target: str) -> str:
     if target in mapping.values():
         return ""
@@ -271,13 +287,17 @@ def _hint(raw: dict[str, Any], mapping: dict[str, str], target: str) -> str:
 
 
 def import_problems(
-    settings: ImportSettings, on_skip: Callable[[str, str, str], None] | None = None
+    settings: ImportSettings, on_skip: Callable[[str, str, str], None] | None = None,
+    on_detect: Callable[[str, dict[str, str]], None] | None = None,
 ) -> Iterator[Problem]:
     """Stream the Problems of every file in `settings.paths`, in order.
 
     A bad row raises DataError naming file and row, unless `settings.lenient`: then
     `on_skip(row_ref, reason, message)` is called and the row skipped. A mapping column absent from
     a file (its header, schema or first row) is always an error: it is a config mistake, not bad data.
+    A file without a `prompt` (or `answer`) column that the mapping does not fill gets its
+    `problem`/`question` (or `final_answer`, ...) column, found from its first row
+    (FIELD_ALIASES); `on_detect(path, columns found)` is told.
     """
     check_mapping(settings.mapping)
     if not settings.paths:
@@ -287,6 +307,7 @@ def import_problems(
         path = Path(p)
         stem = path.name if path.is_dir() else path.stem
         columns_checked = False
+        mapping = settings.mapping
         for n, raw in read_rows(path, settings.format, settings.split, settings.batch_rows):
             ref = f"{path}:{n}"
             if not columns_checked and isinstance(raw, dict):
@@ -294,9 +315,12 @@ def import_problems(
                 if missing:
                     raise DataError(f"{ref}: mapping names column '{missing[0]}', which the file does not have "
                                     f"(columns: {', '.join(map(str, raw))})")
+                mapping = detect_mapping(raw, settings.mapping)
+                if on_detect is not None and len(mapping) > len(settings.mapping):
+                    on_detect(str(path), {k: v for k, v in mapping.items() if k not in settings.mapping})
                 columns_checked = True
             item = raw if isinstance(raw, BadRow) else to_problem(
-                raw, settings.mapping, f"{settings.id_prefix}{stem}-{n}", settings.source or stem, settings.task
+                raw, mapping, f"{settings.id_prefix}{stem}-{n}", settings.source or stem, settings.task
             )
             if isinstance(item, Problem):
                 if settings.id_prefix and not item.id.startswith(settings.id_prefix):
@@ -313,7 +337,7 @@ def import_problems(
                 on_skip(ref, item.reason, item.message)
 
 
-def read_problems(path: str | Path, lenient: bool = False) -> Iterator[Problem]:
-    """Problems from a file already in the Problem schema (any supported format), streamed."""
-    yield from import_problems(ImportSettings(paths=[str(path)], lenient=lenient),
+def read_problems(path: str | Path, lenient: bool = False, mapping: dict[str, str] | None = None) -> Iterator[Problem]:
+    """Problems from a file in the Problem schema (any supported format; `mapping` as import's), streamed."""
+    yield from import_problems(ImportSettings(paths=[str(path)], lenient=lenient, mapping=dict(mapping or {})),
                                on_skip=lambda ref, reason, msg: print(f"skipped {ref}: {msg}", file=sys.stderr))

@@ -121,7 +121,10 @@ def step_import(rows: Rows, s: ImportSettings, log: StepLog) -> Iterator[Problem
     for p in rows:
         log.rows_in += 1
         yield p
-    yield from import_problems(s, on_skip=log.drop)
+    detected = log.notes.setdefault("detected_columns", {})
+    yield from import_problems(s, on_skip=log.drop, on_detect=detected.__setitem__)
+    if not detected:
+        del log.notes["detected_columns"]
 
 
 def _counted(rows: Rows, log: StepLog) -> Iterator[Problem]:
