@@ -28,7 +28,7 @@ def demo_run(tmp_path_factory):
 
 
 def test_demo_writes_the_whole_run_directory(demo_run):
-    for rel in ["config.yaml", "metrics.jsonl", "sft_metrics.jsonl", "samples.jsonl", "report.md", "summary.json",
+    for rel in ["config.yaml", "metrics.jsonl", "sft_metrics.jsonl", "samples.jsonl", "health.jsonl", "report.md", "summary.json",
                 "plots/rl.png", "plots/sft.png", "plots/stages.png", "eval/untrained.jsonl", "eval/sft.jsonl",
                 "eval/rl.jsonl", "data/train.jsonl", "data/eval.jsonl", "data/sft.jsonl"]:
         assert (demo_run / rel).is_file(), rel
@@ -50,6 +50,7 @@ def test_demo_metrics_are_finite_and_complete(demo_run):
     assert set(summary["stages"]) == {"untrained", "sft", "rl"}
     report = (demo_run / "report.md").read_text()
     assert "| stage |" in report and "| untrained |" in report and "| rl |" in report
+    assert "## Run health (RL)" in report
 
 
 def test_eval_rows_hold_every_sample(demo_run):
