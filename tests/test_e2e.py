@@ -87,3 +87,29 @@ def test_dataset_row_without_answer_is_a_one_line_error(tmp_path):
                        capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip() == f"r1lab: error: {bad}:2 (id 'b'): no answer — every problem needs a ground-truth 'answer'"
+
+
+def test_nan_stops_rl_before_the_checkpoint(demo_run, tmp_path, monkeypatch, capsys):
+    """A step whose loss is NaN ends `r1lab rl` with one line and exit 2; health.jsonl says why and
+    no checkpoint of the broken policy is written."""
+    from r1lab.train.rl import RLTrainer
+
+    real = RLTrainer.train_step
+
+    def nan_at_step_2(self, sampler):
+        m, completions = real(self, sampler)
+        if self.step == 2:
+            m["loss/total"] = float("nan")
+        return m, completions
+
+    monkeypatch.setattr(RLTrainer, "train_step", nan_at_step_2)
+    assert main(["rl", "recipes/tiny/grpo.yaml", "--quiet", f"out_dir={tmp_path}", "name=nan", *SMALL[:6],
+                 f"init_from={demo_run / 'checkpoints' / 'sft'}", "train.steps=4", "train.prompts_per_step=2",
+                 "train.group_size=2", "sampling.max_new_tokens=8", "reward.verify_workers=1", "eval.at_start=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("r1lab: error: step 2: non-finite values in loss/total; stopped before saving a checkpoint")
+    (finding,) = [json.loads(l) for l in (tmp_path / "nan" / "health.jsonl").read_text().splitlines()
+                  if json.loads(l)["check"] == "non_finite"]
+    assert finding["step"] == 2
+    assert [json.loads(l)["step"] for l in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert not (tmp_path / "nan" / "checkpoints" / "rl").exists()
