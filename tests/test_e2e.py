@@ -1,5 +1,6 @@
 """End to end on a very small model: the demo pipeline, and the sft / rl / eval commands."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -19,10 +20,14 @@ SMALL = [
 ]
 
 
+HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None  # the track extra
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    code = main(["demo", "--quiet", f"out_dir={out}", "name=demo", *SMALL, "train.eval_every=2"])
+    tracking = ["tracking=[tensorboard]"] if HAS_TENSORBOARD else []
+    code = main(["demo", "--quiet", f"out_dir={out}", "name=demo", *SMALL, "train.eval_every=2", *tracking])
     assert code == 0
     return out / "demo"
 
@@ -51,6 +56,20 @@ def test_demo_metrics_are_finite_and_complete(demo_run):
     report = (demo_run / "report.md").read_text()
     assert "| stage |" in report and "| untrained |" in report and "| rl |" in report
     assert "## Run health (RL)" in report
+
+
+@pytest.mark.skipif(not HAS_TENSORBOARD, reason="the track extra is not installed: pip install 'r1lab[track]'")
+def test_demo_stages_write_tensorboard_events(demo_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for stage, key, steps in (("sft", "sft/loss", None), ("rl", "reward/total", [1, 2, 3])):
+        acc = EventAccumulator(str(demo_run / "tensorboard" / stage))
+        acc.Reload()
+        events = acc.Scalars(key)
+        assert events and all(math.isfinite(e.value) for e in events)
+        if steps:
+            assert [e.step for e in events] == steps
+            assert acc.Scalars("eval/avg")[0].step == 2  # the mid-run evaluation goes along
 
 
 def test_eval_rows_hold_every_sample(demo_run):

@@ -129,8 +129,7 @@ class WandbTracker(Tracker):
         import wandb
 
         root.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(mode="offline", dir=str(root), project=project, name=run_name, config=config,
-                              reinit="create_new")
+        self.run = wandb.init(mode="offline", dir=str(root), project=project, name=run_name, config=config)
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
 
