@@ -343,10 +343,11 @@ def repeated_ngram_fraction(text: str, n: int) -> float:
 
 def nonprintable_fraction(text: str) -> float:
     """Fraction of characters that are control, unassigned, private-use or surrogate code points,
-    or the replacement character (undecodable bytes); newline and tab are printable here."""
+    or the replacement character (undecodable bytes); newline, tab and carriage return count as printable."""
     if not text:
         return 0.0
-    bad = sum(1 for ch in text if ch == "\ufffd" or (ch not in "\n\t\r" and unicodedata.category(ch) in ("Cc", "Cn", "Co", "Cs")))
+    unprintable = ("Cc", "Cn", "Co", "Cs")
+    bad = sum(1 for ch in text if ch == "\ufffd" or (ch not in "\n\t\r" and unicodedata.category(ch) in unprintable))
     return bad / len(text)
 
 
@@ -366,7 +367,8 @@ class HealthMonitor:
     def __init__(self, cfg: HealthConfig, path: str | Path | None = None, append: bool = False,
                  log: Callable[[str], None] | None = None):
         if cfg.baseline_steps < 1 or cfg.window < 1:
-            raise ConfigError(f"health.baseline_steps and health.window must be >= 1, got {cfg.baseline_steps} and {cfg.window}")
+            raise ConfigError(f"health.baseline_steps and health.window must be >= 1, "
+                              f"got {cfg.baseline_steps} and {cfg.window}")
         self.cfg = cfg
         self.path = Path(path) if path is not None else None
         self.history = History(cfg)

@@ -190,4 +190,5 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
 def health_section(cfg: RunConfig, run: RunDir) -> tuple[str, str]:
     """The report's run-health section of an RL stage: what the monitor wrote to health.jsonl."""
     findings = read_findings(run.file("health.jsonl")) if cfg.health.enabled else None
-    return "Run health (RL)", health_markdown(findings, steps=len(read_metrics(run.file("metrics.jsonl"))))
+    steps = sum(1 for r in read_metrics(run.file("metrics.jsonl")) if r["step"] > 0)  # not value pretraining
+    return "Run health (RL)", health_markdown(findings, steps=steps)
