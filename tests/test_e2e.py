@@ -1,5 +1,6 @@
 """End to end on a very small model: the demo pipeline, and the sft / rl / eval commands."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -19,16 +20,20 @@ SMALL = [
 ]
 
 
+HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None  # the track extra
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    code = main(["demo", "--quiet", f"out_dir={out}", "name=demo", *SMALL, "train.eval_every=2"])
+    tracking = ["tracking=[tensorboard]"] if HAS_TENSORBOARD else []
+    code = main(["demo", "--quiet", f"out_dir={out}", "name=demo", *SMALL, "train.eval_every=2", *tracking])
     assert code == 0
     return out / "demo"
 
 
 def test_demo_writes_the_whole_run_directory(demo_run):
-    for rel in ["config.yaml", "metrics.jsonl", "sft_metrics.jsonl", "samples.jsonl", "report.md", "summary.json",
+    for rel in ["config.yaml", "metrics.jsonl", "sft_metrics.jsonl", "samples.jsonl", "health.jsonl", "report.md", "summary.json",
                 "plots/rl.png", "plots/sft.png", "plots/stages.png", "eval/untrained.jsonl", "eval/sft.jsonl",
                 "eval/rl.jsonl", "data/train.jsonl", "data/eval.jsonl", "data/sft.jsonl"]:
         assert (demo_run / rel).is_file(), rel
@@ -50,6 +55,21 @@ def test_demo_metrics_are_finite_and_complete(demo_run):
     assert set(summary["stages"]) == {"untrained", "sft", "rl"}
     report = (demo_run / "report.md").read_text()
     assert "| stage |" in report and "| untrained |" in report and "| rl |" in report
+    assert "## Run health (RL)" in report
+
+
+@pytest.mark.skipif(not HAS_TENSORBOARD, reason="the track extra is not installed: pip install 'r1lab[track]'")
+def test_demo_stages_write_tensorboard_events(demo_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for stage, key, steps in (("sft", "sft/loss", None), ("rl", "reward/total", [1, 2, 3])):
+        acc = EventAccumulator(str(demo_run / "tensorboard" / stage))
+        acc.Reload()
+        events = acc.Scalars(key)
+        assert events and all(math.isfinite(e.value) for e in events)
+        if steps:
+            assert [e.step for e in events] == steps
+            assert acc.Scalars("eval/avg")[0].step == 2  # the mid-run evaluation goes along
 
 
 def test_eval_rows_hold_every_sample(demo_run):
@@ -86,3 +106,29 @@ def test_dataset_row_without_answer_is_a_one_line_error(tmp_path):
                        capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip() == f"r1lab: error: {bad}:2 (id 'b'): no answer — every problem needs a ground-truth 'answer'"
+
+
+def test_nan_stops_rl_before_the_checkpoint(demo_run, tmp_path, monkeypatch, capsys):
+    """A step whose loss is NaN ends `r1lab rl` with one line and exit 2; health.jsonl says why and
+    no checkpoint of the broken policy is written."""
+    from r1lab.train.rl import RLTrainer
+
+    real = RLTrainer.train_step
+
+    def nan_at_step_2(self, sampler):
+        m, completions = real(self, sampler)
+        if self.step == 2:
+            m["loss/total"] = float("nan")
+        return m, completions
+
+    monkeypatch.setattr(RLTrainer, "train_step", nan_at_step_2)
+    assert main(["rl", "recipes/tiny/grpo.yaml", "--quiet", f"out_dir={tmp_path}", "name=nan", *SMALL[:6],
+                 f"init_from={demo_run / 'checkpoints' / 'sft'}", "train.steps=4", "train.prompts_per_step=2",
+                 "train.group_size=2", "sampling.max_new_tokens=8", "reward.verify_workers=1", "eval.at_start=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("r1lab: error: step 2: non-finite values in loss/total; stopped before saving a checkpoint")
+    (finding,) = [json.loads(l) for l in (tmp_path / "nan" / "health.jsonl").read_text().splitlines()
+                  if json.loads(l)["check"] == "non_finite"]
+    assert finding["step"] == 2
+    assert [json.loads(l)["step"] for l in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert not (tmp_path / "nan" / "checkpoints" / "rl").exists()

@@ -48,6 +48,9 @@ def _config(recipe: str | None, overrides: list[str]):
     from r1lab.train.methods import bind_method
 
     bind_method(cfg.algo)  # the method's pieces and their settings agree
+    from r1lab.tracking import check_tracking
+
+    check_tracking(cfg.tracking)  # an unknown tracker or a missing package, before the run directory exists
     return cfg
 
 
@@ -76,7 +79,7 @@ def _stage_run(args, stage: str) -> int:
 
     from r1lab.report import stage_table, write_report
     from r1lab.runs import RunDir
-    from r1lab.stages import load_policy, prepare_data, run_eval, run_rl, run_sft
+    from r1lab.stages import health_section, load_policy, prepare_data, run_eval, run_rl, run_sft
 
     if cfg.name == "run":
         cfg.name = time.strftime(f"{stage}-%Y%m%d-%H%M%S")
@@ -94,7 +97,8 @@ def _stage_run(args, stage: str) -> int:
         run_rl(cfg, run, model, tok, data, show_progress=not args.quiet)
     stages[stage] = run_eval(cfg, model, tok, data.eval, run.file(f"eval/{stage}.jsonl"), f"eval {stage}", not args.quiet).summary
     table = stage_table(stages, cfg.eval.n, cfg.eval.ks)
-    write_report(run.file("report.md"), f"r1lab {stage}: {run.path.name}", [("Held-out evaluation", table)])
+    sections = [("Held-out evaluation", table)] + ([health_section(cfg, run)] if stage == "rl" else [])
+    write_report(run.file("report.md"), f"r1lab {stage}: {run.path.name}", sections)
     print(table)
     print(f"checkpoint: {run.checkpoint(stage)}")
     return 0

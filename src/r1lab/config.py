@@ -192,6 +192,37 @@ class EvalConfig:
 
 
 @dataclass
+class HealthConfig:
+    """The run-health monitor (r1lab.health): checks the metrics of every RL step against the
+    starting policy's levels and reports each problem once (health.jsonl, the report). A check
+    compares the mean of its last `window` steps with the mean of the first `baseline_steps`;
+    ratios and fractions are chosen far from what healthy runs show, so a finding is worth reading."""
+
+    enabled: bool = True  # false: no checks at all (the NaN/Inf stop included)
+    baseline_steps: int = 2  # the first steps, whose means stand for the starting policy
+    window: int = 3  # steps averaged before a check compares (after the baseline: first verdict at step 5)
+    entropy_collapse: float = 0.1  # token entropy below this fraction of its start: sampling is near-greedy
+    entropy_explosion: float = 3.0  # token entropy above this multiple of its start ...
+    entropy_explosion_min: float = 1.0  # ... and above this many nats per token: samples drift toward noise
+    length_collapse: float = 0.25  # mean response length below this fraction of its start
+    length_runaway: float = 3.0  # mean length past this multiple of its start while training accuracy stays flat
+    truncated_max: float = 0.5  # more than this fraction of completions cut at max_new_tokens
+    no_signal_max: float = 0.9  # more than this fraction of groups with all-equal rewards (no gradient)
+    kl_max: float = 0.5  # per-token KL to the reference above this (nats)
+    logprob_gap_max: float = 0.05  # mean |engine - trainer| log-prob of the sampled tokens above this (nats)
+    logprob_gap_growth: float = 10.0  # or grown this many times over its start while above logprob_gap_max / 10
+    garbled_max: float = 0.5  # more than this fraction of a step's decoded samples garbled
+    garbled_ngram: int = 4  # n of the repeated n-gram test (word and symbol tokens)
+    garbled_repeat: float = 0.5  # a sample is repetitive when more than this fraction of its n-grams occurred before in it
+    garbled_nonprint: float = 0.05  # or garbled when more than this fraction of its characters are not printable
+    accuracy_flat: float = 0.02  # a training-accuracy gain below this (absolute) counts as flat
+    format_saturated: float = 0.95  # a format reward term's mean at or above this counts as saturated
+    hacking_min_steps: int = 20  # steps before the saturated-format check may judge accuracy flat
+    eval_drop: float = 0.05  # held-out accuracy this far below its best earlier evaluation ...
+    reward_rise: float = 0.05  # ... while the training reward rose at least this much since then: reward hacking
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -206,6 +237,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)  # the run-health monitor of RL runs
+    tracking: list[str] = field(default_factory=list)  # extra trackers: tensorboard | mlflow | wandb (offline); [] = files only
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from r1lab.models import count_parameters, save_model
 from r1lab.plots import plot_stages
 from r1lab.report import stage_table, write_report
 from r1lab.runs import RunDir
-from r1lab.stages import load_policy, prepare_data, run_eval, run_rl, run_sft
+from r1lab.stages import health_section, load_policy, prepare_data, run_eval, run_rl, run_sft
 
 
 def run_demo(cfg: RunConfig, show_progress: bool = True, log=print) -> dict[str, Any]:
@@ -84,12 +84,13 @@ def run_demo(cfg: RunConfig, show_progress: bool = True, log=print) -> dict[str,
              f"{table}\n\nSFT gained {100 * gain_sft:+.1f} points avg@{n}; RL ({cfg.algo.advantage}) "
              f"gained {100 * gain_rl:+.1f} points over SFT.\n\n![stages](plots/stages.png)"),
             ("Training curves", "![sft](plots/sft.png)\n\n![rl](plots/rl.png)"),
+            health_section(cfg, run),
             ("Data", "\n".join(f"- {k}: {v}" for k, v in data.report.items())),
             ("Time and throughput",
              f"- total {total:.0f} s (SFT {times['sft']:.0f} s, RL {times['rl']:.0f} s)\n"
              f"- rollout {summary['throughput']['rollout_tokens_per_s']:.0f} generated tokens/s, "
              f"training {summary['throughput']['train_tokens_per_s']:.0f} tokens/s (mean over RL steps)"),
-            ("Files", "config.yaml (resolved config), metrics.jsonl (RL, one line per step), sft_metrics.jsonl, "
+            ("Files", "config.yaml (resolved config), metrics.jsonl (RL, one line per step), health.jsonl (run-health findings), sft_metrics.jsonl, "
              "samples.jsonl, eval/*.jsonl (per problem, every sample), checkpoints/{base,sft,rl} (HF format), plots/*.png"),
             ("Config", "```yaml\n" + __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False) + "```"),
         ],

@@ -15,3 +15,8 @@ class DataError(R1labError):
 
 class ModelError(R1labError):
     """A model path or name cannot be loaded."""
+
+
+class TrainingDivergedError(R1labError):
+    """A training step produced NaN or Inf (loss, gradient norm, entropy, reward...): the run stops
+    before a checkpoint of the broken weights is saved."""

@@ -37,28 +37,35 @@ class RunDir:
 
 
 class MetricsWriter:
-    """Appends one JSON line per step and flushes, so a crashed run keeps what it measured."""
+    """Appends one JSON line per step and flushes, so a crashed run keeps what it measured. A
+    `tracker` (r1lab.tracking) gets the same numbers, and is closed with the writer."""
 
-    def __init__(self, path: str | Path, append: bool = False):
+    def __init__(self, path: str | Path, append: bool = False, tracker: Any = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = self.path.open("a" if append else "w", encoding="utf-8")
         self._t0 = time.time()
+        self.tracker = tracker
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, "time": round(time.time() - self._t0, 3)}
         row.update({k: _clean(v) for k, v in metrics.items()})
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
+        if self.tracker is not None:
+            self.tracker.log(step, metrics)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self._f.close()
+        if self.tracker is not None:
+            self.tracker.close(failed=failed)
+            self.tracker = None
 
     def __enter__(self) -> "MetricsWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(failed=exc_type is not None)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

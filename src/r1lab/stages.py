@@ -14,12 +14,14 @@ from r1lab.benchmarks import (Benchmark, breakdown, breakdown_table, load_benchm
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError, DataError
 from r1lab.eval.run import EvalResult, evaluate
+from r1lab.health import HealthMonitor, health_markdown, read_findings
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, render_prompt, resolve_device, save_model, torch_dtype
 from r1lab.plots import RL_PANELS, SFT_PANELS, plot_benchmark_accuracy, plot_breakdown, plot_curves
 from r1lab.records import Problem, load_problems, save_problems
 from r1lab.rollout import SamplingParams, make_engine
 from r1lab.runs import MetricsWriter, RunDir, read_metrics
 from r1lab.tasks import generate_splits, get_task
+from r1lab.tracking import make_tracker
 from r1lab.verify import check_gold, verify_batch
 
 
@@ -197,7 +199,7 @@ def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
 
     examples = sft_examples(tokenizer, data.sft)
     lora = apply_lora(model, cfg.sft.lora, "sft.lora")  # adapters in place; None = full fine-tuning
-    with MetricsWriter(run.file("sft_metrics.jsonl")) as mw:
+    with MetricsWriter(run.file("sft_metrics.jsonl"), tracker=make_tracker(cfg, run.path, "sft")) as mw:
         summary = train_sft(model, tokenizer, examples, cfg.sft, metrics=mw, seed=cfg.seed, show_progress=show_progress)
     merge_lora(lora, model)  # saved merged: a plain HF directory
     save_model(model, tokenizer, run.checkpoint("sft"))
@@ -217,10 +219,19 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
         res = run_eval(cfg, model, tokenizer, data.eval, None, f"eval@{step}", show_progress=False)
         return {"eval/avg": res.summary[f"avg@{cfg.eval.n}"]}
 
-    with MetricsWriter(run.file("metrics.jsonl")) as mw, MetricsWriter(run.file("samples.jsonl")) as sw:
+    health = HealthMonitor(cfg.health, run.file("health.jsonl"))
+    with MetricsWriter(run.file("metrics.jsonl"), tracker=make_tracker(cfg, run.path, "rl")) as mw, \
+            MetricsWriter(run.file("samples.jsonl")) as sw:
         history = train_rl(cfg, model, tokenizer, engine, data.rl_prompts, metrics=mw, samples=sw,
-                           on_eval=on_eval, show_progress=show_progress)
+                           on_eval=on_eval, show_progress=show_progress, health=health)
     merge_lora(lora, model)
     save_model(model, tokenizer, run.checkpoint("rl"))
     plot_curves(read_metrics(run.file("metrics.jsonl")), RL_PANELS, run.file("plots/rl.png"), f"RL ({cfg.algo.advantage})")
     return history
+
+
+def health_section(cfg: RunConfig, run: RunDir) -> tuple[str, str]:
+    """The report's run-health section of an RL stage: what the monitor wrote to health.jsonl."""
+    findings = read_findings(run.file("health.jsonl")) if cfg.health.enabled else None
+    steps = sum(1 for r in read_metrics(run.file("metrics.jsonl")) if r["step"] > 0)  # not value pretraining
+    return "Run health (RL)", health_markdown(findings, steps=steps)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from r1lab.algos.advantages import gae, last_token_rewards
 from r1lab.config import RunConfig
+from r1lab.health import HealthMonitor
 from r1lab.records import Completion, Problem
 from r1lab.rollout.base import Engine, SamplingParams
 from r1lab.runs import MetricsWriter
@@ -158,16 +159,18 @@ def train_rl(
     samples: MetricsWriter | None = None,
     on_eval: Callable[[int], dict[str, float]] | None = None,
     show_progress: bool = True,
+    health: HealthMonitor | None = None,
 ) -> list[dict[str, Any]]:
     """Run cfg.train.steps RL steps; returns the metrics of every step. `train_problems` may be a
-    dict difficulty -> problems for a curriculum (cfg.train.curriculum)."""
+    dict difficulty -> problems for a curriculum (cfg.train.curriculum). `health` checks every step
+    (default: a monitor of cfg.health that only prints); it raises TrainingDivergedError on NaN/Inf."""
+    health = health if health is not None else HealthMonitor(cfg.health)
     trainer = RLTrainer(cfg, model, tokenizer, engine)
     sampler = PromptSampler(train_problems, seed=cfg.seed, history_resampling=cfg.train.history_resampling,
                             easy_pool_prob=cfg.train.easy_pool_prob)
     if trainer.policy.has_critic and cfg.algo.value_pretrain_steps:
         trainer.pretrain_critic(sampler, metrics)
     history = []
-    warned = False
     bar = tqdm(range(cfg.train.steps), desc="rl", unit="step", disable=not show_progress, dynamic_ncols=True)
     for step in bar:
         m, completions = trainer.train_step(sampler)
@@ -181,9 +184,6 @@ def train_rl(
                 samples.write(step + 1, {"problem_id": c.problem_id, "text": c.text, "reward": c.reward,
                                          "rewards": c.rewards, "verdict": c.verdict.status if c.verdict else None,
                                          "finish": c.finish_reason})
-        if m["batch/zero_variance_groups"] > 0.9 and not warned:
-            tqdm.write(f"warning: step {step + 1}: {m['batch/zero_variance_groups']:.0%} of groups have equal rewards "
-                       "and carry no learning signal (tasks too easy or too hard for this model?)")
-            warned = True
+        health.observe(step + 1, m, [c.text for c in completions])
         bar.set_postfix(reward=f"{m['reward/total']:.3f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response/length']:.0f}")
     return history
