@@ -106,12 +106,21 @@ class TestKL:
         # x = log(0.25/0.5): k3 = 0.5 + log 2 - 1
         assert get_kl_estimator("k3")(self.logp, self.ref).item() == pytest.approx(0.5 + math.log(2) - 1)
 
-    def test_k3_is_nonnegative_and_clamped(self):
+    def test_k3_is_nonnegative_and_bounded_in_value_and_gradient(self):
         k3 = get_kl_estimator("k3")
-        x = torch.linspace(-50, 50, 101)
-        vals = k3(torch.zeros_like(x), x)
+        x = torch.linspace(-50, 50, 1001, dtype=torch.float64)  # x = log ref - log pi
+        logp = torch.zeros_like(x, requires_grad=True)
+        vals = k3(logp, x)
         assert (vals >= 0).all() and torch.isfinite(vals).all()
-        assert vals.max().item() == pytest.approx(math.exp(10) - 11, rel=1e-5)
+        assert vals.max().item() == 10.0
+        (grad,) = torch.autograd.grad(vals.sum(), logp)
+        exact = -(torch.exp(x) - 1)  # d/dlogp of exp(x) - x - 1
+        inside = torch.exp(x) - x - 1 < 10
+        assert torch.allclose(grad[inside], exact[inside], atol=1e-12)  # exact below the cap
+        assert grad[~inside].abs().max() == 0  # no gradient past it
+        # the largest gradient is at the cap's edge: exp(x*) - 1 = 12.61 with exp(x*) - x* - 1 = 10, x* = 2.611
+        assert grad.abs().max().item() < 12.62 and math.isfinite(grad.abs().max().item())
+        assert k3(torch.zeros(1), torch.tensor([1.0])).item() == pytest.approx(math.e - 2)  # normal range unchanged
 
     def test_estimators_are_unbiased_in_value(self):
         # E_{x~pi}[k1] = E[k3] = KL(pi || ref) exactly, on a small categorical (float64)

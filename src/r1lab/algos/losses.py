@@ -46,11 +46,17 @@ def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 
 @register_kl_estimator("k3")
-def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, *, clamp: float = 10.0) -> torch.Tensor:
-    """k3 = exp(x) - x - 1 with x = log pi_ref - log pi_theta (>= 0, low variance); x clamped to
-    [-clamp, clamp] so one wild token cannot overflow exp."""
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, *, clamp: float = 20.0,
+          max_value: float = 10.0) -> torch.Tensor:
+    """k3 = exp(x) - x - 1 with x = log pi_ref - log pi_theta (>= 0, low variance).
+
+    x is clamped to [-clamp, clamp] so exp cannot overflow, and the value is capped at `max_value`:
+    past the cap (x > 2.61, a sampled token the reference finds ~14x likelier than the policy does;
+    or x < -11) a token adds a constant and no gradient. Uncapped, its gradient is exp(x) - 1, over
+    2e4 at x = 10: one token far from the reference would outweigh the rest of the batch. Inside the
+    cap the estimator and its gradient are exact."""
     x = torch.clamp(ref_logprobs - logprobs, min=-clamp, max=clamp)
-    return torch.exp(x) - x - 1.0
+    return torch.clamp(torch.exp(x) - x - 1.0, max=max_value)
 
 
 # ---------------------------------------------------------------------------------------------
