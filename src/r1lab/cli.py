@@ -81,17 +81,21 @@ def _stage_run(args, stage: str) -> int:
     from r1lab.runs import RunDir
     from r1lab.stages import health_section, load_policy, prepare_data, run_eval, run_rl, run_sft
 
-    if cfg.name == "run":
-        cfg.name = time.strftime(f"{stage}-%Y%m%d-%H%M%S")
-    run = RunDir.create(cfg)
-    print(f"r1lab {stage} -> {run.path}")
+    if cfg.resume:
+        run = _resumed_run(cfg, stage)
+        print(f"r1lab {stage}: resuming {run.path}")
+    else:
+        if cfg.name == "run":
+            cfg.name = time.strftime(f"{stage}-%Y%m%d-%H%M%S")
+        run = RunDir.create(cfg)
+        print(f"r1lab {stage} -> {run.path}")
     data = prepare_data(cfg, run)
     model, tok = load_policy(cfg, data)
     stages = {}
     if stage == "sft":
         run_sft(cfg, run, model, tok, data, show_progress=not args.quiet)
     else:
-        if cfg.eval.at_start:
+        if cfg.eval.at_start and not cfg.resume:  # a resumed run measured its start the first time
             stages["start"] = run_eval(cfg, model, tok, data.eval, run.file("eval/start.jsonl"), "eval start",
                                        not args.quiet).summary
         run_rl(cfg, run, model, tok, data, show_progress=not args.quiet)
@@ -102,6 +106,28 @@ def _stage_run(args, stage: str) -> int:
     print(table)
     print(f"checkpoint: {run.checkpoint(stage)}")
     return 0
+
+
+def _resumed_run(cfg, stage: str):
+    """The run directory `resume=` names, checked to be the same run with a checkpoint to continue
+    from; its config.yaml is rewritten with the settings that may change (more steps, say)."""
+    from r1lab.config import load_config, save_config
+    from r1lab.runs import RunDir
+    from r1lab.train.checkpoint import check_resume_config, checkpoints
+
+    if stage != "rl":
+        raise R1labError("resume= continues an RL run; an SFT stage runs again from its start")
+    path = Path(cfg.resume)
+    if not (path / "config.yaml").is_file():
+        raise R1labError(f"resume: {path} is not a run directory (no config.yaml)")
+    if not checkpoints(path):
+        raise R1labError(f"resume: {path} has no resumable checkpoint (checkpoints/state/step-*.pt; "
+                         "train.save_every > 0 writes them)")
+    saved = load_config(path / "config.yaml")
+    cfg.name, cfg.out_dir = saved.name, saved.out_dir  # the run's own name, wherever it is resumed from
+    check_resume_config(saved, cfg)
+    save_config(cfg, path / "config.yaml")
+    return RunDir(path)
 
 
 def _model_id(model: str) -> str:

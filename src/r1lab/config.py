@@ -165,6 +165,8 @@ class TrainConfig:
     easy_pool_prob: float = 0.0  # MiMo: solved-by-all problems go to a pool drawn with this probability
     eval_every: int = 50  # held-out evaluation every N steps, plotted beside training accuracy (0 = only at the end)
     samples_per_step: int = 4  # decoded rollouts written to samples.jsonl per step
+    save_every: int = 50  # a resumable checkpoint (checkpoints/state/) every N steps and at the end; 0 = none
+    keep_checkpoints: int = 2  # resumable checkpoints kept (the newest)
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # RL on LoRA adapters (r > 0); off by default
 
 
@@ -228,6 +230,7 @@ class RunConfig:
     seed: int = 0
     out_dir: str = "runs"
     init_from: str = ""  # model to start this stage from (a checkpoint directory); default model.path
+    resume: str = ""  # a run directory whose RL stage stopped early: continue it from its last checkpoint
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

@@ -19,7 +19,7 @@ from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, ren
 from r1lab.plots import RL_PANELS, SFT_PANELS, plot_benchmark_accuracy, plot_breakdown, plot_curves
 from r1lab.records import Problem, load_problems, save_problems
 from r1lab.rollout import SamplingParams, make_engine
-from r1lab.runs import MetricsWriter, RunDir, read_metrics
+from r1lab.runs import MetricsWriter, RunDir, read_metrics, truncate_metrics
 from r1lab.tasks import generate_splits, get_task
 from r1lab.tracking import make_tracker
 from r1lab.verify import check_gold, verify_batch
@@ -219,11 +219,20 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
         res = run_eval(cfg, model, tokenizer, data.eval, None, f"eval@{step}", show_progress=False)
         return {"eval/avg": res.summary[f"avg@{cfg.eval.n}"]}
 
-    health = HealthMonitor(cfg.health, run.file("health.jsonl"))
-    with MetricsWriter(run.file("metrics.jsonl"), tracker=make_tracker(cfg, run.path, "rl")) as mw, \
-            MetricsWriter(run.file("samples.jsonl")) as sw:
+    state = None
+    health = HealthMonitor(cfg.health, run.file("health.jsonl"), append=bool(cfg.resume))
+    if cfg.resume:  # continue from the last checkpoint; what was logged after it is dropped
+        from r1lab.train.checkpoint import load_latest
+
+        state = load_latest(run.path)
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            truncate_metrics(run.file(name), state["step"])
+        health.prime([r for r in read_metrics(run.file("metrics.jsonl")) if r["step"] > 0])
+    with MetricsWriter(run.file("metrics.jsonl"), append=bool(cfg.resume), tracker=make_tracker(cfg, run.path, "rl")) as mw, \
+            MetricsWriter(run.file("samples.jsonl"), append=bool(cfg.resume)) as sw:
         history = train_rl(cfg, model, tokenizer, engine, data.rl_prompts, metrics=mw, samples=sw,
-                           on_eval=on_eval, show_progress=show_progress, health=health)
+                           on_eval=on_eval, show_progress=show_progress, health=health, run_path=run.path,
+                           resume=state)
     merge_lora(lora, model)
     save_model(model, tokenizer, run.checkpoint("rl"))
     plot_curves(read_metrics(run.file("metrics.jsonl")), RL_PANELS, run.file("plots/rl.png"), f"RL ({cfg.algo.advantage})")

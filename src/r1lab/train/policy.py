@@ -285,11 +285,9 @@ class LocalPolicyWorker:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "entropy_coef": self.entropy_coef,
                  "last_entropy": self.last_entropy, "version": self.version}
-        if self.critic is not None:
+        if self.critic is not None:  # the reference is not saved: it is the starting model, rebuilt
             state["critic"] = self.critic.state_dict()
             state["critic_optimizer"] = self.critic_optimizer.state_dict()
-        if self.ref_model is not None:
-            state["reference"] = self.ref_model.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -300,5 +298,3 @@ class LocalPolicyWorker:
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        if self.ref_model is not None:
-            self.ref_model.load_state_dict(state["reference"])

@@ -19,6 +19,7 @@ registered functions and their settings (train/methods.py), never by a branch on
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -31,6 +32,7 @@ from r1lab.records import Completion, Problem
 from r1lab.rollout.base import Engine, SamplingParams
 from r1lab.runs import MetricsWriter
 from r1lab.train.batch import RolloutBatch, rollout_batch, update_plan
+from r1lab.train.checkpoint import save_state
 from r1lab.train.collect import Collected, collect
 from r1lab.train.methods import bind_method
 from r1lab.train.policy import LocalPolicyWorker, PolicyWorker
@@ -160,18 +162,30 @@ def train_rl(
     on_eval: Callable[[int], dict[str, float]] | None = None,
     show_progress: bool = True,
     health: HealthMonitor | None = None,
+    run_path: Path | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run cfg.train.steps RL steps; returns the metrics of every step. `train_problems` may be a
-    dict difficulty -> problems for a curriculum (cfg.train.curriculum). `health` checks every step
-    (default: a monitor of cfg.health that only prints); it raises TrainingDivergedError on NaN/Inf."""
+    """Run the RL steps up to cfg.train.steps; returns the metrics of every step run. `train_problems`
+    may be a dict difficulty -> problems for a curriculum (cfg.train.curriculum). `health` checks
+    every step (default: a monitor of cfg.health that only prints); it raises TrainingDivergedError
+    on NaN/Inf, before any checkpoint of that step. With `run_path`, a resumable checkpoint is written
+    every train.save_every steps and at the end; `resume` (train/checkpoint.load_latest) continues
+    from one."""
     health = health if health is not None else HealthMonitor(cfg.health)
     trainer = RLTrainer(cfg, model, tokenizer, engine)
     sampler = PromptSampler(train_problems, seed=cfg.seed, history_resampling=cfg.train.history_resampling,
                             easy_pool_prob=cfg.train.easy_pool_prob)
-    if trainer.policy.has_critic and cfg.algo.value_pretrain_steps:
+    if resume is not None:
+        trainer.policy.load_state_dict(resume["policy"])
+        sampler.load_state_dict(resume["sampler"])
+        trainer.step = resume["step"]
+        engine.load_weights(trainer.policy.engine_weights(), trainer.policy.version)
+    elif trainer.policy.has_critic and cfg.algo.value_pretrain_steps:
         trainer.pretrain_critic(sampler, metrics)
+    save_every = cfg.train.save_every if run_path is not None else 0
     history = []
-    bar = tqdm(range(cfg.train.steps), desc="rl", unit="step", disable=not show_progress, dynamic_ncols=True)
+    bar = tqdm(range(trainer.step, cfg.train.steps), desc="rl", unit="step", disable=not show_progress,
+               dynamic_ncols=True, initial=trainer.step, total=cfg.train.steps)
     for step in bar:
         m, completions = trainer.train_step(sampler)
         if on_eval and cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
@@ -185,5 +199,8 @@ def train_rl(
                                          "rewards": c.rewards, "verdict": c.verdict.status if c.verdict else None,
                                          "finish": c.finish_reason})
         health.observe(step + 1, m, [c.text for c in completions])
+        if save_every and ((step + 1) % save_every == 0 or step + 1 == cfg.train.steps):
+            save_state(run_path, step + 1, {"policy": trainer.policy.state_dict(), "sampler": sampler.state_dict()},
+                       cfg.train.keep_checkpoints)
         bar.set_postfix(reward=f"{m['reward/total']:.3f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response/length']:.0f}")
     return history

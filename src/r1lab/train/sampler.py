@@ -71,6 +71,22 @@ class PromptSampler:
             out.append(self._order.pop())
         return out
 
+    def state_dict(self) -> dict:
+        """Where the epochs stand, problems named by id: enough to continue the same order."""
+        return {"stage": self.stage, "epoch": self.epoch, "rng": self.rng.getstate(), "solved": sorted(self.solved),
+                "easy": sorted(self.easy), "order": [p.id for p in self._order], "dropped_last_epoch": self.dropped_last_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        by_id = {p.id: p for pool in self.pools.values() for p in pool}
+        missing = [i for i in state["order"] + state["easy"] if i not in by_id]
+        if missing:
+            raise ValueError(f"the saved prompt order names problems this run does not have (e.g. {missing[0]!r})")
+        self.stage, self.epoch, self.dropped_last_epoch = state["stage"], state["epoch"], state["dropped_last_epoch"]
+        self.rng.setstate(state["rng"])
+        self.solved = set(state["solved"])
+        self.easy = {i: by_id[i] for i in state["easy"]}
+        self._order = [by_id[i] for i in state["order"]]
+
     def record(self, problem: Problem, all_correct: bool) -> None:
         if all_correct:
             self.solved.add(problem.id)
