@@ -8,10 +8,9 @@ drops the rest:
 - weights are packed once per policy version (q/k/v fused into one matrix, gate/up into one) in
   the compute dtype, bf16 by default on CPUs with native bf16 matmuls, and, in bf16, reordered
   once into oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`): a plain bf16
-  `F.linear` re-blocks its weight on every call, which made decode-shaped matmuls 1.3-2.5x slower
-  (timed on SmolLM2 shapes, BENCHMARKS.md). The LM head runs in the compute dtype too, with
-  float32 accumulation and the logits rounded to it, as the trainer's bf16 autocast and vLLM do
-  (the fp32 head had been ~30% of a bf16 decode step); the residual stream, the RMSNorm
+  `F.linear` re-blocks its weight on every call (BENCHMARKS.md has the cost on SmolLM2 shapes).
+  The LM head runs in the compute dtype too, with float32 accumulation and the logits rounded to
+  it, as the trainer's bf16 autocast and vLLM do; the residual stream, the RMSNorm
   statistics, RoPE, the softmax and the log-probs stay float32;
 - one KV cache [layers, 2, slots, kv_heads, max_len, head_dim] is allocated per `generate` call and
   written in place; no tensor grows during decoding;
@@ -139,7 +138,7 @@ def _weight_packer(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]
     return lambda w: torch.ops.mkldnn._reorder_linear_weight(w, PACK_BATCH_HINT)
 
 
-PACK_BATCH_HINT = 16  # oneDNN picks its blocking for this many rows; any row count works (measured 1..128)
+PACK_BATCH_HINT = 16  # oneDNN picks its blocking for this many rows; any row count works (tested 1..128)
 
 
 @functools.cache

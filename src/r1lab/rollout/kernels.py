@@ -1,16 +1,14 @@
 """FastEngine's fused decode kernels (kernels.c), compiled on first use with the system C compiler.
 
-A SmolLM2 decode step at batch 16 took ~40 ms here: 17 ms in the 121 matrix products (bound by
-reading the weights), ~8 ms in torch's CPU flash attention (set-up per call for one query token),
-and ~13 ms in ~1,400 small operator calls (RMSNorm, RoPE, casts, cache writes, the SiLU gate,
-residual adds), and ~1 ms in the sampler's dozen operators over the [16, 49152] logits. kernels.c
-does the non-matmul work of a layer in five C calls and plain temperature sampling in one.
+Outside its matrix products, a decode step is a long run of small operators (RMSNorm, RoPE, casts,
+cache writes, the SiLU gate, residual adds) and attention of one query token per row, each with
+per-call overhead far above its arithmetic. kernels.c does the non-matmul work of a layer in five C
+calls and plain temperature sampling in one; the matrix products stay with torch / oneDNN.
 
-Why C through ctypes and not a torch C++ extension or `torch.compile`: the C file compiles in about
-a second (a torch extension includes the ATen headers: a minute), needs no Python headers, and a
-ctypes call costs ~1-2 us; a `torch.compile`d function costs ~40 us per call on this CPU, more than
-the operators it would fuse, and compiling the whole decode loop was slower than eager (measured in
-the #8 sessions). The library is built once per source / compiler / CPU into r1lab's cache directory
+C through ctypes rather than a torch C++ extension or `torch.compile`: the C file compiles in about
+a second (an extension includes the ATen headers), needs no Python headers, and a ctypes call costs
+about a microsecond, less than the operators it replaces; a compiled torch function's call overhead
+is larger than that (BENCHMARKS.md has the figures). The library is built once per source / compiler / CPU into r1lab's cache directory
 and loaded; where there is no compiler or the build fails, `load()` returns None and the engine
 keeps its torch path (same results up to float rounding; tested against each other).
 """

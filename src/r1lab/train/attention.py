@@ -1,11 +1,8 @@
 """The trainer's attention on CPU: SDPA for forwards without a backward, plain matmul attention
 when a backward follows.
 
-torch's CPU flash-attention kernel (what SDPA picks there) is fast forward and very slow backward:
-for SmolLM2's training shape (16 x 9 heads x 144 tokens x 64, bf16) 3.5 ms forward and ~65 ms
-backward per layer, against ~32 ms forward + backward for matmul attention
-(benchmarks/speed_rl_step.py, profiled; 2.35 s of an 8.3 s GRPO train step was that backward).
-So a model trained on CPU gets the registered `r1lab_cpu` implementation: inside the trainer's
+torch's CPU flash-attention kernel (what SDPA picks there) is fast forward and an order of
+magnitude slower backward than plain matmul attention at training shapes (BENCHMARKS.md). So a model trained on CPU gets the registered `r1lab_cpu` implementation: inside the trainer's
 forwards (`trainer_attention()`: the update, and the old-policy, reference and critic forwards,
 so the first update's ratio stays exactly 1 and the starting KL exactly 0) it runs the matmul form
 (query heads of one KV group stacked, so K/V are never repeated; softmax in float32, as HF's eager

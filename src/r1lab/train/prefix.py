@@ -1,8 +1,8 @@
 """Shared-prompt forwards: each distinct prompt of a training batch runs through the model once.
 
 Group sampling (GRPO and its kin) puts every prompt into the batch G times, once per completion,
-and a plain forward runs all G copies: at the #8 benchmark settings (SmolLM2, 47-token prompts,
-responses of ~51 tokens, G = 8) that is 42% of the tokens of every trainer forward and backward.
+and a plain forward runs all G copies: with prompts about as long as the responses and G = 8, that
+is close to half the tokens of every trainer forward and backward.
 A prompt's keys and values are the same in every copy, so here each distinct prompt prefix (the
 prompt without its last token) runs once, its per-layer K/V is kept, and each row runs only its
 suffix (the last prompt token, whose logits predict the first response token, then the response)
