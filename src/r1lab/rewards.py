@@ -4,7 +4,7 @@ A term maps a batch to one float per sample:
 `fn(problems, texts, verdicts, completions) -> list[float]`. Terms never verify anything
 themselves: `compute_rewards` runs the verifiers once (in killable workers) and hands every term
 the same verdicts, so correctness is decided in one place and each term stays a cheap function
-that is logged on its own (PITFALLS #1).
+that is logged on its own (docs/pitfalls.md, "Reward terms").
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def format_reward(problems, texts, verdicts, completions=None) -> list[float]:
     """1.0 iff the text has the strict R1 form (see `is_r1_format`), else 0.0.
 
     Scores the text as given: if a chat template pre-fills `<think>`, the caller must include
-    that pre-fill in the text (PITFALLS #2), or this term is 0 for every sample.
+    that pre-fill in the text (docs/pitfalls.md, "Verifier bugs"), or this term is 0 for every sample.
     """
     return [1.0 if is_r1_format(t) else 0.0 for t in texts]
 

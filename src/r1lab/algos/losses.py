@@ -3,7 +3,7 @@
 Shapes: logprobs, old_logprobs, ref_logprobs, advantages, mask are all [B, T] over response tokens.
 Per-token losses come back unaggregated; `aggregate` turns them into one scalar with an explicit
 mode, normalised by the counts of the whole optimizer step so micro-batching never changes the
-gradient (docs/pitfalls.md, "loss normalisation").
+gradient (docs/pitfalls.md, "Loss normalisation").
 
 A policy loss's keyword-only parameters are its hyper-parameters (set from `algo.policy_loss_args`),
 except `response_mask`, which the trainer supplies to the losses that declare it. Traits:
