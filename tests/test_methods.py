@@ -136,3 +136,22 @@ def test_kimi_length_groups_by_the_batch_group_not_the_problem():
     assert got == [0.5, -0.5, 0.5, -0.5]  # each group from its own min and max
     merged = kimi_length([p] * 4, [""] * 4, verdicts, comps)  # no group size: one problem id, one group
     assert merged[0] == pytest.approx(0.5) and merged[3] == pytest.approx(-0.5)
+
+
+def test_settings_named_in_advice_and_docs_exist():
+    """Every `section.key=value` that the health advice, the README or a recipe comment tells a user
+    to set is a real config key (a renamed setting must not leave stale advice behind)."""
+    import re
+
+    texts = [p.read_text() for p in (ROOT / "src" / "r1lab").rglob("*.py")] + [(ROOT / "README.md").read_text()]
+    pattern = re.compile(r"\b((?:algo|train|sampling|rollout|reward|eval|data|model|health|sft)\.[a-z_]+(?:\.[a-z_]+)*)=")
+    named = sorted({m for t in texts for m in pattern.findall(t)})
+    assert len(named) > 20
+    unknown = []
+    for key in named:
+        try:
+            load_config(None, [f"{key}=0"])
+        except ConfigError as e:
+            if "unknown config key" in str(e) or "is now" in str(e):
+                unknown.append(f"{key}: {e}")
+    assert not unknown, "\n".join(unknown)

@@ -146,7 +146,7 @@ def entropy_collapse(h: History, cfg: HealthConfig) -> Diagnosis | None:
         f"token entropy fell from {lv[0]:.3g} to {lv[1]:.3g} nats ({lv[1] / lv[0]:.0%} of its start)",
         "the policy became near-deterministic, so sampling explores nothing new: updates too large, or "
         "symmetric clipping that lets likely tokens grow but rare ones not",
-        "lower train.lr; clip-higher (algo.clip_eps_high=0.28, DAPO); adaptive entropy control "
+        "lower train.lr; clip-higher (algo.policy_loss_args.clip_eps_high=0.28, DAPO); adaptive entropy control "
         "(algo.entropy_control=true, Skywork-OR1); sample at temperature 1",
     )
 
@@ -255,7 +255,7 @@ def logprob_gap(h: History, cfg: HealthConfig) -> Diagnosis | None:
         f"the engine's and the trainer's log-probs of the sampled tokens differ by {gap:.3g} nats per token{start}",
         "the engine samples from another policy than the trainer scores: weights not synced to the engine, "
         "a precision mismatch (bf16 engine, fp32 trainer), or different temperature / top-p in the recomputation",
-        "rollout.dtype=float32 to rule out precision; algo.tis_cap=2 (truncated importance sampling); "
+        "rollout.dtype=float32 to rule out precision; algo.correction=tis (truncated importance sampling); "
         "check that the engine reloads the weights after every update",
     )
 
