@@ -164,6 +164,34 @@ class SFTConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Preference optimisation (`r1lab dpo`): from a pairs file, or from pairs the stage samples and
+    verifies itself; rounds > 1 is iterative DPO (sample, verify, pair, train; each round from the last)."""
+
+    loss: str = "dpo"  # registered preference loss (algos/preference.py): dpo | rpo | ipo | simpo
+    beta: float = 0.1  # strength of the implicit KL to the reference (simpo: reward scale)
+    nll_coef: float = 1.0  # rpo: weight of the chosen response's per-token NLL
+    gamma: float = 0.5  # simpo: target reward margin
+    lr: float = 1e-6
+    epochs: int = 1  # passes over each round's pairs
+    batch_size: int = 16  # pairs per optimizer step
+    micro_batch_size: int = 16  # pairs per forward/backward (does not change the gradient)
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_steps: int = 0  # cap on optimizer steps per round (0 = all epochs)
+    pairs_path: str = ""  # a pairs JSONL ({prompt, chosen, rejected} rows); empty = sample pairs with the policy
+    rounds: int = 1  # sample-verify-pair-train rounds, each starting from the last (needs pairs_path empty)
+    prompts_per_round: int = 0  # training problems sampled per round (0 = all of them)
+    samples_per_problem: int = 8  # completions sampled per problem (temperature etc. from sampling)
+    pairs_per_problem: int = 1  # pairs kept per problem (distinct chosen and rejected responses)
+    chosen: str = "shortest"  # which correct response is chosen: shortest | random | confident
+    rejected: str = "confident"  # which wrong response is rejected: confident | random | longest
+    eval_every_round: bool = False  # evaluate the held-out set after every round (else only at the end)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # DPO of LoRA adapters (r > 0); off by default
+
+
+@dataclass
 class EvalConfig:
     n: int = 8  # samples per problem
     temperature: float = 1.0
@@ -188,6 +216,7 @@ class RunConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
