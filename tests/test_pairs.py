@@ -43,6 +43,12 @@ def test_truncated_correct_is_never_chosen_and_undecided_is_never_rejected():
                 assert len(pairs) == 2 and len({c for c, _ in pairs}) == 2 and len({r for _, r in pairs}) == 2
 
 
+def test_a_text_sampled_twice_counts_once():
+    comps = [_c("a", 4), _c("a", 4), _c("b", 6), _c("x", 3), _c("x", 3), _c("y", 5)]
+    verdicts = [Verdict("correct")] * 3 + [Verdict("wrong")] * 3
+    assert pick_pairs(comps, verdicts, "shortest", "longest", 5) == [(0, 5), (2, 3)]
+
+
 def test_random_policies_are_seeded():
     draws = {tuple(pick_pairs(COMPS, VERDICTS, "random", "random", 1, random.Random(s))) for s in range(40)}
     assert len(draws) > 1  # the draw varies with the seed ...
@@ -77,17 +83,19 @@ class FakeEngine:
 def test_make_pairs_pairs_mixed_problems_and_drops_the_rest_with_reasons():
     rows = [Problem("p1", "1+1?", "2", metadata={"response": "trace"}), Problem("p2", "2+2?", "4"),
             Problem("p3", "3+3?", "6")]
-    engine = FakeEngine({"p1": ["<answer>3</answer>", "<answer>2</answer>", "<answer>2</answer>", "no answer"],
-                         "p2": ["<answer>5</answer>"] * 4, "p3": ["<answer>6</answer>"] * 4})
+    engine = FakeEngine({"p1": ["<answer>3</answer>", "<answer>2</answer>", "<answer>2</answer>", "no answer",
+                                "<answer> 2 </answer>"],
+                         "p2": ["<answer>5</answer>"] * 5, "p3": ["<answer>6</answer>"] * 5})
     drops = []
-    out = list(make_pairs(rows, PairSettings(k=4, workers=0, pairs_per_problem=2), lambda *a: drops.append(a), engine=engine))
+    out = list(make_pairs(rows, PairSettings(k=5, workers=0, pairs_per_problem=2), lambda *a: drops.append(a), engine=engine))
     assert [p.id for p in out] == ["p1#pair0", "p1#pair1"]
     first = out[0].metadata
-    # shortest correct (index 1, 6 tokens) vs the first of the equally confident wrong ones (index 0)
+    # shortest correct (index 1, 6 tokens; its repeat at index 2 does not count) vs the first of the
+    # equally confident wrong ones (index 0); then the next correct one (index 4) vs the next wrong one
     assert (first["chosen"], first["rejected"]) == ("<answer>2</answer>", "<answer>3</answer>")
-    assert (out[1].metadata["chosen"], out[1].metadata["rejected"]) == ("<answer>2</answer>", "no answer")
+    assert (out[1].metadata["chosen"], out[1].metadata["rejected"]) == ("<answer> 2 </answer>", "no answer")
     assert out[1].metadata["rejected_status"] == "unparsable"
-    assert first["problem_id"] == "p1" and first["pass_rate"] == 0.5 and "response" not in first
+    assert first["problem_id"] == "p1" and first["pass_rate"] == 0.6 and "response" not in first
     assert out[0].prompt == "1+1?" and out[0].answer == "2"
     assert [(d[0], d[1]) for d in drops] == [("p2", "no_correct_sample"), ("p3", "no_wrong_sample")]
 

@@ -83,11 +83,16 @@ def pick_pairs(
     rng: random.Random | None = None,
 ) -> list[tuple[int, int]]:
     """Up to n (chosen index, rejected index) pairs: the i-th best correct response under `chosen`
-    against the i-th best wrong one under `rejected`; no response is used twice."""
+    against the i-th best wrong one under `rejected`; no response is used twice, and a text that
+    was sampled more than once counts once (its first sample)."""
     check_policies(chosen, rejected)
     rng = rng or random.Random(0)
-    good = [i for i, (c, v) in enumerate(zip(completions, verdicts)) if v.correct and not c.truncated]
-    bad = [i for i, v in enumerate(verdicts) if v.status in REJECTABLE]
+    first: dict[str, int] = {}
+    for i, c in enumerate(completions):
+        first.setdefault(c.text, i)
+    distinct = [i for i in range(len(completions)) if first[completions[i].text] == i]
+    good = [i for i in distinct if verdicts[i].correct and not completions[i].truncated]
+    bad = [i for i in distinct if verdicts[i].status in REJECTABLE]
     ranked_good = _rank(chosen, good, completions, rng)
     ranked_bad = _rank(rejected, bad, completions, rng)
     return list(zip(ranked_good, ranked_bad))[: max(0, n)]
