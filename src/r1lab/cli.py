@@ -121,9 +121,9 @@ def cmd_dpo(args) -> int:
     history = run_dpo(cfg, run, model, tok, data, show_progress=not args.quiet)
     stages["dpo"] = run_eval(cfg, model, tok, data.eval, run.file("eval/dpo.jsonl"), "eval dpo", not args.quiet).summary
     table = stage_table(stages, cfg.eval.n, cfg.eval.ks)
+    shown = ("round/pass_rate", "round/pairs", "dpo/margin", "dpo/accuracy", "eval/avg")
     rounds = "\n".join(f"- round {h['round']}: " + ", ".join(
-        f"{k} {v:.3f}" for k, v in h.items() if k in ("round/pass_rate", "round/pairs", "dpo/margin", "dpo/accuracy",
-                                                       "eval/avg")) for h in history)
+        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in h.items() if k in shown) for h in history)
     write_report(run.file("report.md"), f"r1lab dpo: {run.path.name}",
                  [("Held-out evaluation", table), ("Rounds", rounds), ("Training curves", "![dpo](plots/dpo.png)")])
     print(table)

@@ -174,7 +174,7 @@ RL_PANELS = {
 }
 SFT_PANELS = {"SFT loss": ["sft/loss"], "SFT grad norm": ["sft/grad_norm"], "SFT lr": ["sft/lr"]}
 DPO_PANELS = {
-    "DPO loss": ["dpo/loss"],
+    "preference loss": ["dpo/loss"],
     "implicit rewards": ["dpo/reward_chosen", "dpo/reward_rejected"],
     "reward margin": ["dpo/margin"],
     "pair accuracy (margin > 0)": ["dpo/accuracy"],

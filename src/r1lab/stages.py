@@ -238,17 +238,18 @@ def run_dpo(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
                                  temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                                  max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed * 1000 + r,
                                  chunk=max(1, cfg.rollout.batch_size // d.samples_per_problem),
+                                 batch_size=cfg.rollout.batch_size,
                                  timeout=cfg.reward.verify_timeout, workers=cfg.reward.verify_workers,
                                  chosen=d.chosen, rejected=d.rejected, pairs_per_problem=d.pairs_per_problem)
                 steplog = StepLog(0, "pairs", s, run.file("data"))
                 rates: list[float] = []
-                t = time.time()
+                started, t = time.strftime("%Y-%m-%dT%H:%M:%S"), time.time()
                 rows = list(make_pairs(problems, s, steplog.drop, engine=engine, on_rate=rates.append))
                 steplog.rows_in, steplog.rows_out, steplog.seconds = len(problems), len(rows), time.time() - t
                 out = run.file(f"data/pairs-round{r}.jsonl")
                 save_problems(out, rows)
                 manifest = {"status": "ok", "pipeline": f"r1lab dpo, round {r}", "output": str(out),
-                            "rows_out": len(rows), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                            "rows_out": len(rows), "started": started,
                             "seconds": round(steplog.seconds, 3), "steps": [steplog.to_dict(0.0)]}
                 write_text_atomic(out.with_name(out.stem + ".manifest.json"), json.dumps(manifest, indent=1))
                 pairs = load_pairs(out) if rows else []
