@@ -1,11 +1,12 @@
 """DPO, iterative DPO and GRPO on the demo task from one SFT model, at an equal number of generated samples.
 
-    .venv/bin/python benchmarks/dpo_vs_grpo.py [--budget 4096] [--seeds 0 1] [--sft DIR] [--out runs/dpo_vs_grpo]
+    .venv/bin/python benchmarks/dpo_vs_grpo.py [--budget 4096] [--seeds 0 1] [--rounds 2 4] [--sft DIR] [--out runs/dpo_vs_grpo]
 
 The SFT model is the demo's first stage (recipes/tiny/sft.yaml), trained once into OUT/sft unless
 --sft names a checkpoint. Every method starts from it and may generate `budget` samples:
 - DPO: one round of recipes/tiny/dpo.yaml on budget / k problems (k samples each);
-- iterative DPO: recipes/tiny/iterative_dpo.yaml, `--rounds` rounds of budget / (rounds * k) problems;
+- iterative DPO: recipes/tiny/iterative_dpo.yaml (Iterative RPO: DPO + NLL), `--rounds` rounds of
+  budget / (rounds * k) problems each;
 - GRPO: recipes/tiny/grpo.yaml steps until it has generated `budget` samples.
 All are scored on the same 200 held-out problems (avg@8, temperature 1). Prints a markdown table and
 writes OUT/dpo_vs_grpo.json.
@@ -74,7 +75,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=int, default=4096, help="generated samples per method")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of iterative DPO")
+    ap.add_argument("--rounds", type=int, nargs="+", default=[2], help="rounds of iterative DPO (one run per value)")
+    ap.add_argument("--methods", nargs="+", default=["dpo", "rpo", "grpo"], choices=["dpo", "rpo", "grpo"])
     ap.add_argument("--sft", help="SFT checkpoint to start from (default: train the demo's SFT stage into OUT/sft)")
     ap.add_argument("--out", default="runs/dpo_vs_grpo")
     args = ap.parse_args()
@@ -93,14 +95,16 @@ def main() -> None:
     results: dict = {"sft": str(sft_dir), "start": start, "budget": args.budget, "host": platform.node(),
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": []}
     for seed in args.seeds:
-        methods = [
-            ("DPO (1 round)", lambda: run_dpo_method("recipes/tiny/dpo.yaml", 1, args.budget, seed, sft_dir, out, data,
-                                                      f"dpo-s{seed}")),
-            (f"iterative DPO ({args.rounds} rounds)",
-             lambda: run_dpo_method("recipes/tiny/iterative_dpo.yaml", args.rounds, args.budget, seed, sft_dir, out,
-                                    data, f"idpo-s{seed}")),
-            ("GRPO", lambda: run_grpo(args.budget, seed, sft_dir, out, data)),
-        ]
+        methods = []
+        if "dpo" in args.methods:
+            methods.append(("DPO (1 round)", lambda: run_dpo_method("recipes/tiny/dpo.yaml", 1, args.budget, seed,
+                                                                     sft_dir, out, data, f"dpo-s{seed}")))
+        for rounds in args.rounds if "rpo" in args.methods else []:
+            methods.append((f"RPO ({rounds} round{'s' if rounds > 1 else ''})",
+                            lambda r=rounds: run_dpo_method("recipes/tiny/iterative_dpo.yaml", r, args.budget, seed,
+                                                            sft_dir, out, data, f"idpo{r}-s{seed}")))
+        if "grpo" in args.methods:
+            methods.append(("GRPO", lambda: run_grpo(args.budget, seed, sft_dir, out, data)))
         for label, fn in methods:
             cfg, model, tok, info = fn()
             info.update(method=label, seed=seed, **{f"end_{k}": v for k, v in score(cfg, model, tok, data).items()})

@@ -76,7 +76,9 @@ def train_dpo(
     tag: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Train on the pairs for cfg.epochs (or cfg.max_steps); metrics rows are numbered from
-    step_offset + 1 and carry `tag` (e.g. the round). Returns the last step's metrics and totals."""
+    step_offset + 1 and carry `tag` (e.g. the round). Returns the loss, reward, margin and accuracy
+    means over the last pass (each pair measured before its own update), the last step's grad norm
+    and lr, and totals."""
     if not examples:
         raise ValueError("DPO needs at least one pair")
     if cfg.batch_size < 1 or cfg.micro_batch_size < 1:
@@ -99,10 +101,12 @@ def train_dpo(
     model.train()
     step, tokens_seen, t0 = 0, 0, time.time()
     last: dict[str, float] = {}
+    epoch: dict[str, float] = {}  # sums over the current pass, for the summary
     bar = tqdm(total=total, desc="dpo", unit="step", disable=not show_progress, dynamic_ncols=True)
     while step < total:
         order = list(range(len(examples)))
         rng.shuffle(order)
+        epoch = {"pairs": 0.0}
         for b in range(0, len(order), cfg.batch_size):
             if step >= total:
                 break
@@ -133,6 +137,9 @@ def train_dpo(
             opt.step()
             sched.step()
             step += 1
+            for k, v in sums.items():
+                epoch[k] = epoch.get(k, 0.0) + v
+            epoch["pairs"] += len(idx)
             last = {f"dpo/{k}": v / len(idx) for k, v in sums.items()}
             last.update({"dpo/grad_norm": gnorm, "dpo/lr": sched.get_last_lr()[0],
                          "dpo/response_tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9), **(tag or {})})
@@ -142,4 +149,5 @@ def train_dpo(
             bar.set_postfix(loss=f"{last['dpo/loss']:.3f}", margin=f"{last['dpo/margin']:.2f}")
     bar.close()
     model.eval()
-    return {**last, "dpo/steps": step, "dpo/seconds": time.time() - t0}
+    means = {f"dpo/{k}": v / epoch["pairs"] for k, v in epoch.items() if k != "pairs" and epoch["pairs"]}
+    return {**last, **means, "dpo/steps": step, "dpo/seconds": time.time() - t0}
