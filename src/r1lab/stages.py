@@ -234,7 +234,8 @@ def run_dpo(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
                 problems = [replace(p, metadata=dict(p.metadata)) for p in problems]  # pass rates go on copies
                 engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
                                      dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
-                s = PairSettings(model=str(cfg.init_from or cfg.model.path), k=d.samples_per_problem,
+                sampler_name = str(run.checkpoint(f"dpo-round{r - 1}")) if r > 1 else str(cfg.init_from or cfg.model.path)
+                s = PairSettings(model=sampler_name, k=d.samples_per_problem,
                                  temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                                  max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed * 1000 + r,
                                  chunk=max(1, cfg.rollout.batch_size // d.samples_per_problem),
@@ -278,7 +279,7 @@ def run_dpo(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
                 mw.write(step, {"eval/avg": row["eval/avg"]})
             history.append(row)
     save_model(model, tokenizer, run.checkpoint("dpo"))
-    (run.file("dpo_rounds.json")).write_text(json.dumps(history, indent=1, default=float), encoding="utf-8")
+    write_text_atomic(run.file("dpo_rounds.json"), json.dumps(history, indent=1, default=float))
     plot_curves(read_metrics(run.file("dpo_metrics.jsonl")), DPO_PANELS, run.file("plots/dpo.png"),
                 f"{d.loss.upper()} ({d.rounds} round{'s' if d.rounds > 1 else ''})")
     return history
