@@ -3,6 +3,7 @@
     r1lab demo [RECIPE] [key.sub=value ...]
     r1lab sft RECIPE [key.sub=value ...]
     r1lab rl RECIPE [key.sub=value ...]
+    r1lab dpo RECIPE [key.sub=value ...]       (dpo.rounds=3: iterative DPO; dpo.pairs_path=FILE: offline)
     r1lab eval MODEL [--data FILE] [--n 8] [key.sub=value ...]
     r1lab eval MODEL --benchmarks math500,gsm8k [--n 4] [--limit N] [--max-new-tokens 512] [--out DIR]
     r1lab eval http://HOST:PORT/v1 --benchmarks gsm8k      (any OpenAI-compatible server)
@@ -128,6 +129,40 @@ def _resumed_run(cfg, stage: str):
     check_resume_config(saved, cfg)
     save_config(cfg, path / "config.yaml")
     return RunDir(path)
+
+
+def cmd_dpo(args) -> int:
+    """`r1lab dpo RECIPE`: preference optimisation from a pairs file or from verifier-labelled pairs
+    the stage samples itself, one or more rounds; held-out evaluation before and after."""
+    cfg = _config(args.recipe, args.overrides)
+
+    from r1lab.report import stage_table, write_report
+    from r1lab.runs import RunDir
+    from r1lab.stages import check_dpo_config, load_policy, prepare_data, run_dpo, run_eval
+
+    check_dpo_config(cfg)  # a bad loss name, policy or pairs file leaves no run directory behind
+
+    if cfg.name == "run":
+        cfg.name = time.strftime("dpo-%Y%m%d-%H%M%S")
+    run = RunDir.create(cfg)
+    print(f"r1lab dpo -> {run.path}")
+    data = prepare_data(cfg, run)
+    model, tok = load_policy(cfg, data)
+    stages = {}
+    if cfg.eval.at_start:
+        stages["start"] = run_eval(cfg, model, tok, data.eval, run.file("eval/start.jsonl"), "eval start",
+                                   not args.quiet).summary
+    history = run_dpo(cfg, run, model, tok, data, show_progress=not args.quiet)
+    stages["dpo"] = run_eval(cfg, model, tok, data.eval, run.file("eval/dpo.jsonl"), "eval dpo", not args.quiet).summary
+    table = stage_table(stages, cfg.eval.n, cfg.eval.ks)
+    shown = ("round/pass_rate", "round/pairs", "dpo/margin", "dpo/accuracy", "eval/avg")
+    rounds = "\n".join(f"- round {h['round']}: " + ", ".join(
+        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in h.items() if k in shown) for h in history)
+    write_report(run.file("report.md"), f"r1lab dpo: {run.path.name}",
+                 [("Held-out evaluation", table), ("Rounds", rounds), ("Training curves", "![dpo](plots/dpo.png)")])
+    print(table)
+    print(f"checkpoint: {run.checkpoint('dpo')}")
+    return 0
 
 
 def _model_id(model: str) -> str:
@@ -265,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=lambda a: _stage_run(a, "rl"))
+
+    p = add("dpo", "preference optimisation (DPO, RPO, IPO, SimPO) on verifier-labelled pairs; dpo.rounds > 1 is iterative DPO")
+    p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=cmd_dpo)
 
     p = add("recipes", "list the recipes: one per published method, and tiny CPU variants")
     p.add_argument("--methods", action="store_true", help="list every registered algorithm piece and the settings it takes")

@@ -125,6 +125,9 @@ MOVED_KEYS = {
     "algo.lam_actor": "algo.advantage_args.lam_actor",
     "algo.length_adaptive_alpha": "algo.advantage_args.length_adaptive_alpha",
     "algo.tis_cap": "algo.correction=tis with algo.correction_args.cap",
+    "dpo.beta": "dpo.loss_args.beta",
+    "dpo.nll_coef": "dpo.loss_args.nll_coef",
+    "dpo.gamma": "dpo.loss_args.gamma",
 }
 
 
@@ -180,6 +183,34 @@ class SFTConfig:
     grad_clip: float = 1.0
     max_steps: int = 0  # stop early after this many optimizer steps (0 = all epochs)
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # SFT of LoRA adapters (r > 0); off by default
+
+
+@dataclass
+class DPOConfig:
+    """Preference optimisation (`r1lab dpo`): from a pairs file, or from pairs the stage samples and
+    verifies itself; rounds > 1 is iterative DPO (sample, verify, pair, train; each round from the last)."""
+
+    loss: str = "dpo"  # registered preference loss (algos/preference.py): dpo | rpo | ipo | simpo
+    # the loss's own settings, checked against what it takes: beta (dpo, rpo, ipo: strength of the
+    # implicit KL to the reference; simpo: reward scale), nll_coef (rpo), gamma (simpo: target margin)
+    loss_args: dict[str, Any] = field(default_factory=dict)
+    lr: float = 1e-6
+    epochs: int = 1  # passes over each round's pairs
+    batch_size: int = 16  # pairs per optimizer step
+    micro_batch_size: int = 16  # pairs per forward/backward (does not change the gradient)
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_steps: int = 0  # cap on optimizer steps per round (0 = all epochs)
+    pairs_path: str = ""  # a pairs JSONL ({prompt, chosen, rejected} rows); empty = sample pairs with the policy
+    rounds: int = 1  # sample-verify-pair-train rounds, each starting from the last (needs pairs_path empty)
+    prompts_per_round: int = 0  # training problems sampled per round (0 = all of them)
+    samples_per_problem: int = 8  # completions sampled per problem (temperature etc. from sampling)
+    pairs_per_problem: int = 1  # pairs kept per problem (distinct chosen and rejected responses)
+    chosen: str = "shortest"  # which correct response is chosen: shortest | random | confident
+    rejected: str = "confident"  # which wrong response is rejected: confident | random | longest
+    eval_every_round: bool = False  # evaluate the held-out set after every round (else only at the end)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # DPO of LoRA adapters (r > 0); off by default
 
 
 @dataclass
@@ -239,6 +270,7 @@ class RunConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     health: HealthConfig = field(default_factory=HealthConfig)  # the run-health monitor of RL runs
     tracking: list[str] = field(default_factory=list)  # extra trackers: tensorboard | mlflow | wandb (offline); [] = files only

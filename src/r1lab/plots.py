@@ -173,3 +173,11 @@ RL_PANELS = {
     "zero-variance groups / clip": ["batch/zero_variance_groups", "batch/same_correctness_groups", "policy/clip_frac"],
 }
 SFT_PANELS = {"SFT loss": ["sft/loss"], "SFT grad norm": ["sft/grad_norm"], "SFT lr": ["sft/lr"]}
+DPO_PANELS = {
+    "preference loss": ["dpo/loss"],
+    "implicit rewards": ["dpo/reward_chosen", "dpo/reward_rejected"],
+    "reward margin": ["dpo/margin"],
+    "pair accuracy (margin > 0)": ["dpo/accuracy"],
+    "log-prob per token": ["dpo/logp_chosen", "dpo/logp_rejected"],
+    "round: pass rate of samples / held-out": ["round/pass_rate", "eval/avg"],
+}

@@ -1,11 +1,13 @@
-"""The stages a user runs — data, model, SFT, RL, eval — as functions of a config and a run
+"""The stages a user runs — data, model, SFT, DPO, RL, eval — as functions of a config and a run
 directory. The CLI and the demo are thin layers over these."""
 
 from __future__ import annotations
 
 import copy
+import json
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +246,103 @@ def health_section(cfg: RunConfig, run: RunDir) -> tuple[str, str]:
     findings = read_findings(run.file("health.jsonl")) if cfg.health.enabled else None
     steps = sum(1 for r in read_metrics(run.file("metrics.jsonl")) if r["step"] > 0)  # not value pretraining
     return "Run health (RL)", health_markdown(findings, steps=steps)
+
+
+def check_dpo_config(cfg: RunConfig) -> list | None:
+    """Reject a bad dpo section before anything is written; returns the pairs of dpo.pairs_path, if any."""
+    from r1lab.algos.preference import PREFERENCE_LOSSES
+    from r1lab.data.pairs import check_policies, load_pairs
+
+    d = cfg.dpo
+    PREFERENCE_LOSSES.bind(d.loss, d.loss_args, "dpo.loss_args")
+    check_policies(d.chosen, d.rejected, "dpo")
+    if d.rounds < 1:
+        raise ConfigError(f"dpo.rounds must be >= 1, got {d.rounds}")
+    if d.batch_size < 1 or d.micro_batch_size < 1 or d.epochs < 1 or d.pairs_per_problem < 1:
+        raise ConfigError("dpo.batch_size, dpo.micro_batch_size, dpo.epochs and dpo.pairs_per_problem must be >= 1")
+    if d.pairs_path and d.rounds > 1:
+        raise ConfigError("dpo.pairs_path is a fixed pairs file; iterative rounds (dpo.rounds > 1) sample their own pairs")
+    if d.samples_per_problem < 2 and not d.pairs_path:
+        raise ConfigError(f"dpo.samples_per_problem must be >= 2 to find a correct and a wrong response, "
+                          f"got {d.samples_per_problem}")
+    return load_pairs(d.pairs_path) if d.pairs_path else None
+
+
+def run_dpo(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True,
+            log=print) -> list[dict[str, Any]]:
+    """Preference optimisation. With dpo.pairs_path: one training pass over that file. Otherwise
+    dpo.rounds rounds of: sample dpo.samples_per_problem completions per training problem with the
+    current policy, verify, pair a correct against a wrong one (data/pairs-round<r>.jsonl and its
+    manifest), train with the round's starting model as reference. One row per round comes back."""
+    from r1lab.data.pairs import PairSettings, load_pairs, make_pairs
+    from r1lab.data.pipeline import StepLog, write_text_atomic
+    from r1lab.plots import DPO_PANELS
+    from r1lab.train.dpo import dpo_examples, train_dpo
+    from r1lab.train.lora import apply_lora, merge_lora
+
+    d = cfg.dpo
+    fixed = check_dpo_config(cfg)
+    pool = list(data.train)
+    history: list[dict[str, Any]] = []
+    step = 0
+    with MetricsWriter(run.file("dpo_metrics.jsonl")) as mw:
+        for r in range(1, d.rounds + 1):
+            row: dict[str, Any] = {"round": r}
+            if fixed is not None:
+                pairs = fixed
+            else:
+                problems = pool
+                if d.prompts_per_round and d.prompts_per_round < len(pool):
+                    problems = random.Random(cfg.seed * 1000 + r).sample(pool, d.prompts_per_round)
+                problems = [replace(p, metadata=dict(p.metadata)) for p in problems]  # pass rates go on copies
+                engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
+                                     dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
+                sampler_name = str(run.checkpoint(f"dpo-round{r - 1}")) if r > 1 else str(cfg.init_from or cfg.model.path)
+                s = PairSettings(model=sampler_name, k=d.samples_per_problem,
+                                 temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                                 max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed * 1000 + r,
+                                 chunk=max(1, cfg.rollout.batch_size // d.samples_per_problem),
+                                 batch_size=cfg.rollout.batch_size,
+                                 timeout=cfg.reward.verify_timeout, workers=cfg.reward.verify_workers,
+                                 chosen=d.chosen, rejected=d.rejected, pairs_per_problem=d.pairs_per_problem)
+                steplog = StepLog(0, "pairs", s, run.file("data"))
+                rates: list[float] = []
+                started, t = time.strftime("%Y-%m-%dT%H:%M:%S"), time.time()
+                rows = list(make_pairs(problems, s, steplog.drop, engine=engine, on_rate=rates.append))
+                steplog.rows_in, steplog.rows_out, steplog.seconds = len(problems), len(rows), time.time() - t
+                out = run.file(f"data/pairs-round{r}.jsonl")
+                save_problems(out, rows)
+                manifest = {"status": "ok", "pipeline": f"r1lab dpo, round {r}", "output": str(out),
+                            "rows_out": len(rows), "started": started,
+                            "seconds": round(steplog.seconds, 3), "steps": [steplog.to_dict(0.0)]}
+                write_text_atomic(out.with_name(out.stem + ".manifest.json"), json.dumps(manifest, indent=1))
+                pairs = load_pairs(out) if rows else []
+                row.update({"round/pass_rate": sum(rates) / max(1, len(rates)), "round/problems": len(problems),
+                            "round/generated_samples": len(problems) * d.samples_per_problem,
+                            "round/pairs": len(rows), "round/seconds_sampling": time.time() - t})
+                log(f"dpo round {r}: {len(problems)} problems x {d.samples_per_problem} samples, pass rate "
+                    f"{100 * row['round/pass_rate']:.1f}%, {len(rows)} pairs")
+                if not rows:
+                    raise DataError(f"dpo round {r}: no problem had both a correct and a wrong sample "
+                                    f"({len(problems)} problems, pass rate {100 * row['round/pass_rate']:.1f}%)")
+            mw.write(step, {k: v for k, v in row.items() if k.startswith("round/")})
+            lora = apply_lora(model, d.lora, "dpo.lora")
+            t = time.time()
+            summary = train_dpo(model, tokenizer, dpo_examples(tokenizer, pairs), d, metrics=mw, seed=cfg.seed + r,
+                                show_progress=show_progress, step_offset=step, tag={"dpo/round": r})
+            model = merge_lora(lora, model)
+            step += int(summary["dpo/steps"])
+            row.update(summary)
+            row["round/seconds_training"] = time.time() - t
+            if d.rounds > 1:
+                save_model(model, tokenizer, run.checkpoint(f"dpo-round{r}"))
+            if d.eval_every_round and r < d.rounds:
+                res = run_eval(cfg, model, tokenizer, data.eval, None, f"eval round {r}", show_progress=False)
+                row["eval/avg"] = res.summary[f"avg@{cfg.eval.n}"]
+                mw.write(step, {"eval/avg": row["eval/avg"]})
+            history.append(row)
+    save_model(model, tokenizer, run.checkpoint("dpo"))
+    write_text_atomic(run.file("dpo_rounds.json"), json.dumps(history, indent=1, default=float))
+    plot_curves(read_metrics(run.file("dpo_metrics.jsonl")), DPO_PANELS, run.file("plots/dpo.png"),
+                f"{d.loss.upper()} ({d.rounds} round{'s' if d.rounds > 1 else ''})")
+    return history

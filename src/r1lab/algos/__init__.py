@@ -2,7 +2,7 @@
 
 The trainer never branches on an algorithm's name; it looks the pieces up here:
 `ADVANTAGES[cfg.algo.advantage]`, `POLICY_LOSSES[cfg.algo.policy_loss]`, `KL_ESTIMATORS[...]`,
-and `aggregate(...)` with an explicit mode.
+and `aggregate(...)` with an explicit mode. The DPO stage looks up `PREFERENCE_LOSSES[cfg.dpo.loss]`.
 """
 
 from r1lab.algos.advantages import ADVANTAGES, get_advantage, register_advantage
@@ -17,6 +17,7 @@ from r1lab.algos.losses import (
     register_kl_estimator,
     register_policy_loss,
 )
+from r1lab.algos.preference import PREFERENCE_LOSSES, get_preference_loss, register_preference_loss
 
 __all__ = [
     "ADVANTAGES",
@@ -24,13 +25,16 @@ __all__ = [
     "CORRECTIONS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
+    "PREFERENCE_LOSSES",
     "aggregate",
     "get_advantage",
     "get_correction",
     "get_kl_estimator",
     "get_policy_loss",
+    "get_preference_loss",
     "register_advantage",
     "register_correction",
     "register_kl_estimator",
     "register_policy_loss",
+    "register_preference_loss",
 ]

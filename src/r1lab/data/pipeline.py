@@ -16,6 +16,7 @@ failed run's manifest says `"status": "failed"` and why.
       - verify: {field: solution}
       - reject-sample: {model: runs/sft/checkpoints/sft, k: 8, policy: shortest-correct}
       - filter: {min_pass: 0.0625, max_pass: 0.9375}
+      - pairs: {model: runs/sft/checkpoints/sft, k: 8, chosen: shortest, rejected: confident}
       - inspect: {}
 
 Relative paths are read from the current directory, like every other r1lab path.
@@ -41,6 +42,7 @@ from r1lab.data.dedup import DedupSettings, dedup
 from r1lab.data.filter import FilterSettings, difficulty_filter
 from r1lab.data.inspect import Inspector, InspectSettings, group_of
 from r1lab.data.io import ImportSettings, import_problems
+from r1lab.data.pairs import PairSettings, make_pairs
 from r1lab.data.reject import RejectSettings, reject_sample
 from r1lab.data.verify_traces import VerifySettings, verify_traces
 from r1lab.errors import ConfigError
@@ -153,6 +155,12 @@ def step_reject(rows: Rows, s: RejectSettings, log: StepLog) -> Iterator[Problem
     log.notes["mean_pass_rate"] = round(sum(rates) / len(rates), 4) if rates else None
 
 
+def step_pairs(rows: Rows, s: PairSettings, log: StepLog) -> Iterator[Problem]:
+    rates: list[float] = []
+    yield from make_pairs(_counted(rows, log), s, log.drop, on_rate=rates.append)
+    log.notes["mean_pass_rate"] = round(sum(rates) / len(rates), 4) if rates else None
+
+
 def step_filter(rows: Rows, s: FilterSettings, log: StepLog) -> Iterator[Problem]:
     return difficulty_filter(_counted(rows, log), s, log.drop)
 
@@ -181,6 +189,7 @@ STEPS: dict[str, StepKind] = {
     "decontaminate": StepKind(DecontamSettings, step_decontaminate, "drop rows that overlap benchmark files"),
     "verify": StepKind(VerifySettings, step_verify, "check given reasoning traces against the answer"),
     "reject-sample": StepKind(RejectSettings, step_reject, "sample k responses with a model, keep verified ones"),
+    "pairs": StepKind(PairSettings, step_pairs, "sample k responses with a model, pair a correct one against a wrong one"),
     "filter": StepKind(FilterSettings, step_filter, "keep problems whose pass rate lies in a window"),
     "inspect": StepKind(InspectSettings, step_inspect, "length histogram, counts per source, overlap matrix"),
 }
