@@ -173,3 +173,25 @@ RL_PANELS = {
     "zero-variance groups / clip": ["batch/zero_variance_groups", "batch/same_correctness_groups", "policy/clip_frac"],
 }
 SFT_PANELS = {"SFT loss": ["sft/loss"], "SFT grad norm": ["sft/grad_norm"], "SFT lr": ["sft/lr"]}
+
+
+def plot_scaling(points: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Test-time scaling: accuracy (avg@n, and maj@n) against the mean thinking tokens a budget gave,
+    each point labelled with its budget (min..max)."""
+    pts = sorted(points, key=lambda p: p["think_mean"])
+    xs = [p["think_mean"] for p in pts]
+    fig, ax = plt.subplots(figsize=(5.6, 3.9))
+    ax.plot(xs, [100 * p["accuracy"] for p in pts], "o-", label="avg@n (accuracy)")
+    ax.plot(xs, [100 * p["maj"] for p in pts], "s--", alpha=0.7, label="maj@n")
+    for p in pts:
+        label = f"{p['min_think']}..{p['max_think']}" if p["min_think"] else f"≤{p['max_think']}"
+        ax.annotate(label, (p["think_mean"], 100 * p["accuracy"]), textcoords="offset points", xytext=(4, -11), fontsize=7)
+    ax.set_xlabel("mean thinking tokens per sample")
+    ax.set_ylabel("% correct")
+    top = max([100 * max(p["accuracy"], p["maj"]) for p in pts] + [10.0])
+    ax.set_ylim(0, min(105.0, top * 1.15 + 2))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)

@@ -85,6 +85,7 @@ class Completion:
     reward: float = 0.0
     verdict: Verdict | None = None
     token_count: int | None = None  # response length in tokens where response_ids are unknown (endpoints)
+    think_tokens: int | None = None  # thinking tokens, where budget forcing counted them (eval/budget.py)
 
     @property
     def num_tokens(self) -> int | None:
