@@ -235,7 +235,7 @@ def _think_sweep(args, cfg, model, tok, problems, run, budgets, model_id: str, s
     run.file("eval/scaling.md").write_text(f"{head}\n\n{table}\n", encoding="utf-8")
     run.file("eval/scaling.json").write_text(json.dumps({"model": model_id, "data": source, "n": n, "points": points},
                                                         indent=1, default=float) + "\n", encoding="utf-8")
-    plot_scaling(points, run.file("plots/scaling.png"), f"test-time scaling: {Path(args.model).name} on {label}")
+    plot_scaling(points, run.file("plots/scaling.png"), f"test-time scaling: {'/'.join(Path(model_id).parts[-3:])} on {label}")
     print(table)
     print(f"per-budget results, table and plot: {run.file('eval')}, {run.file('plots/scaling.png')}")
     return 0
