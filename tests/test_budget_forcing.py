@@ -134,6 +134,17 @@ def test_wait_extension_is_capped_by_the_maximum(tiny):
     assert c.text.startswith("<think>" + LINE * 2 + "Wait\n</think>\n<answer>")
 
 
+def test_a_token_that_straddles_the_delimiter_counts_as_delimiter_and_its_text_is_kept(tiny):
+    _, tok = tiny
+    # with end "= 2", the token " =" holds a space before the delimiter: the count stops before that
+    # token, and on a Wait extension the space is re-encoded with the Wait
+    assert [tok.decode([i]) for i in enc(tok, "<think>1 + 1 = 2")][4:6] == ["1", " ="]
+    _, (c,), [(waits, forced)] = _run(tok, 2, BudgetForcing(min_think=6, max_think=100, end="= 2"))
+    assert (waits, forced) == (1, False)
+    assert c.think_tokens == len(enc(tok, "<think>1 + 1")) + len(enc(tok, " Wait")) + len(enc(tok, "1 + 1"))
+    assert c.text.startswith("<think>1 + 1 Wait1 + 1 = 2")
+
+
 def test_end_of_sequence_without_delimiter(tiny):
     _, tok = tiny
     body = enc(tok, LINE * 2)

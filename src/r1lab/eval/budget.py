@@ -161,7 +161,7 @@ def _think_step(j: _Job, c: Completion, f: BudgetForcing, tokenizer, wait_ids: l
         j.take(c)
         j.state = "answer"
         return
-    # the model ended its response (end of sequence) or ran out of room without the delimiter
+    # no delimiter: the model ended its response (an end-of-sequence or stop token)
     ended = c.finish_reason == "stop" and new and new[-1] in stop_ids
     body = new[:-1] if ended else new
     if ended and len(j.ids) + len(body) < f.min_think and len(j.ids) + len(body) + len(wait_ids) <= f.max_think:
