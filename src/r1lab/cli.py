@@ -7,6 +7,8 @@
     r1lab eval MODEL [--data FILE] [--n 8] [key.sub=value ...]
     r1lab eval MODEL --benchmarks math500,gsm8k [--n 4] [--limit N] [--max-new-tokens 512] [--out DIR]
     r1lab eval http://HOST:PORT/v1 --benchmarks gsm8k      (any OpenAI-compatible server)
+    r1lab eval MODEL --think-max 64 [--think-min 32]     (s1 budget forcing of the thinking)
+    r1lab eval MODEL --think-budgets 8,16,32,64        (test-time scaling: accuracy against thinking tokens)
     r1lab eval --compare RUN_A RUN_B ...
     r1lab models list | r1lab models prepare NAME [--force]
     r1lab verify audit runs/x/eval/gsm8k.jsonl [--n 200] [--judge http://HOST:PORT/v1]
@@ -201,6 +203,12 @@ def cmd_eval(args) -> int:
         cfg.name = time.strftime("eval-%Y%m%d-%H%M%S")
     if args.benchmarks and args.data:
         raise R1labError("give --data or --benchmarks, not both")
+    budgets = _think_settings(args, cfg)  # before loading the model: a bad budget fails fast
+    if (budgets or cfg.eval.budget.max_think > 0) and is_endpoint(args.model):
+        raise R1labError("budget forcing needs a local model (it continues token-id prefixes), not an endpoint")
+    if budgets and args.benchmarks:
+        raise R1labError("--think-budgets runs on --data or the config's held-out split, not --benchmarks "
+                         "(one budget there: --think-max)")
     benches = None
     if args.benchmarks:  # vendored benchmarks, each with its own prompt and protocol
         from r1lab.benchmarks import parse_names, prompt_template
@@ -233,6 +241,8 @@ def cmd_eval(args) -> int:
     problems = problems[: args.limit] if args.limit else problems
     run = RunDir.create(cfg)
     source = str(Path(args.data).resolve()) if args.data else "held-out split of the config"
+    if budgets:
+        return _think_sweep(args, cfg, model, tok, problems, run, budgets, model_id, source)
     res = run_eval(cfg, model, tok, problems, run.file("eval/results.jsonl"), "eval", not args.quiet, engine=engine,
                    resume=True, settings={"model": model_id, "benchmark": source})
     from r1lab.benchmarks import write_summary_json
@@ -243,6 +253,62 @@ def cmd_eval(args) -> int:
     run.file("eval/summary.md").write_text(f"{label} ({source})\n\n{table}\n", encoding="utf-8")
     print(table)
     print(f"per-problem results and summary: {run.file('eval')}")
+    return 0
+
+
+def _think_settings(args, cfg) -> list[tuple[int, int]] | None:
+    """Apply --think-min/--think-max/--answer-tokens to cfg.eval.budget; the budgets of a scaling
+    sweep (--think-budgets, or the one budget of --think-max), or None when nothing is forced."""
+    from r1lab.eval.budget import BudgetForcing, parse_budgets
+
+    b = cfg.eval.budget
+    for flag, key in (("think_max", "max_think"), ("think_min", "min_think"), ("answer_tokens", "answer_tokens")):
+        if getattr(args, flag) is not None:
+            setattr(b, key, getattr(args, flag))
+    if args.think_budgets:
+        return parse_budgets(args.think_budgets, b.min_think)
+    if b.max_think > 0:
+        BudgetForcing(max_think=b.max_think, min_think=b.min_think, answer_tokens=b.answer_tokens)  # checks
+        return None if args.benchmarks else [(b.min_think, b.max_think)]
+    if b.min_think:
+        raise R1labError("--think-min needs a maximum too (--think-max or --think-budgets)")
+    return None
+
+
+def _think_sweep(args, cfg, model, tok, problems, run, budgets, model_id: str, source: str) -> int:
+    """Evaluate at each thinking budget (eval/think-MIN-MAX.jsonl, resumable), then the scaling
+    table (eval/scaling.md, .json) and the plot of accuracy against thinking tokens (plots/scaling.png)."""
+    import copy
+    import json
+
+    from r1lab.data.pipeline import write_text_atomic
+    from r1lab.eval.budget import forced_engine, scaling_point, scaling_table
+    from r1lab.plots import plot_scaling
+    from r1lab.rollout import make_engine
+    from r1lab.stages import run_eval
+
+    base = make_engine(model, tok, cfg.rollout.engine, batch_size=cfg.eval.batch_size, dtype=cfg.rollout.dtype,
+                       kv_cache_gb=cfg.rollout.kv_cache_gb)
+    n, points = cfg.eval.n, []
+    for lo, hi in budgets:
+        c = copy.deepcopy(cfg)
+        c.eval.budget.min_think, c.eval.budget.max_think = lo, hi
+        engine = forced_engine(base, c.eval.budget)  # kept here for its counts of inserted Waits
+        res = run_eval(c, model, tok, problems, run.file(f"eval/think-{lo}-{hi}.jsonl"), f"think {lo}..{hi}",
+                       not args.quiet, engine=engine, resume=True, settings={"model": model_id, "benchmark": source})
+        waits = engine.stats["waits"] if res.summary["resumed_problems"] == 0 else None
+        points.append(scaling_point(res.rows, res.summary, n, (lo, hi), waits))
+    table = scaling_table(points, n)
+    label = Path(args.data).stem if args.data else "held-out"
+    head = (f"{label} ({source}), model {model_id}: {len(problems)} problems, {n} samples each at temperature "
+            f"{cfg.eval.temperature}; answer budget {cfg.eval.budget.answer_tokens} tokens after the thinking.")
+    write_text_atomic(run.file("eval/scaling.md"), f"{head}\n\n{table}")
+    write_text_atomic(run.file("eval/scaling.json"),
+                      json.dumps({"model": model_id, "data": source, "n": n, "points": points}, indent=1, default=float))
+    title = f"test-time scaling: {'/'.join(Path(model_id).parts[-3:])} on {label}"
+    plot_scaling(points, run.file("plots/scaling.png"), title)
+    print(table)
+    print(f"per-budget results, table and plot: {run.file('eval')}, {run.file('plots/scaling.png')}")
     return 0
 
 
@@ -327,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="samples per problem")
     p.add_argument("--max-new-tokens", type=int, help="generation budget per sample")
     p.add_argument("--temperature", type=float)
+    p.add_argument("--think-max", type=int, help="budget forcing: at most this many thinking tokens, then the "
+                   "thinking is closed and the answer forced (eval.budget.max_think)")
+    p.add_argument("--think-min", type=int, help="budget forcing: an end of thinking before this many tokens "
+                   "becomes \"Wait\" and decoding goes on (eval.budget.min_think)")
+    p.add_argument("--think-budgets", help="test-time scaling sweep: comma-separated MAX or MIN:MAX thinking "
+                   "budgets, e.g. 8,16,32,64; writes eval/scaling.md and plots/scaling.png")
+    p.add_argument("--answer-tokens", type=int, help="budget forcing: tokens for the answer after the thinking")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=cmd_eval)
 

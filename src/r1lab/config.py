@@ -214,6 +214,18 @@ class DPOConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """Budget forcing at eval time (s1): bounds on the thinking tokens of every sample (eval/budget.py)."""
+
+    max_think: int = 0  # at most this many thinking tokens, then the thinking is closed and the answer forced; 0 = off
+    min_think: int = 0  # an end of thinking before this many tokens is replaced by `wait` and decoding goes on
+    answer_tokens: int = 32  # tokens for the answer once the thinking is closed
+    end: str = "</think>"  # what the model writes to end its thinking
+    wait: str = "Wait"
+    close: str = "\n</think>\n<answer>"  # appended at the maximum
+
+
+@dataclass
 class EvalConfig:
     n: int = 8  # samples per problem
     temperature: float = 1.0
@@ -222,6 +234,7 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 4, 8])
     batch_size: int = 256  # sequences decoded together
     at_start: bool = True  # `r1lab rl`: evaluate the starting model too (false: the SFT run already did)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)  # budget forcing (off unless budget.max_think > 0)
 
 
 @dataclass

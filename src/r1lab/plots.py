@@ -181,3 +181,34 @@ DPO_PANELS = {
     "log-prob per token": ["dpo/logp_chosen", "dpo/logp_rejected"],
     "round: pass rate of samples / held-out": ["round/pass_rate", "eval/avg"],
 }
+
+
+def plot_scaling(points: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Test-time scaling: accuracy (avg@n, solid; maj@n, dashed) against the mean thinking tokens each
+    budget gave. Budgets with only a maximum form one series, budgets with a minimum ("Wait") another;
+    each point is labelled with its budget (budgets that gave the same point share a label)."""
+    fig, ax = plt.subplots(figsize=(5.8, 4.0))
+    series = [("maximum only", [p for p in points if not p["min_think"]], "o"),
+              ("minimum and maximum (Wait)", [p for p in points if p["min_think"]], "^")]
+    for (name, pts, marker), color in zip(series, ("tab:blue", "tab:red")):
+        if not pts:
+            continue
+        pts = sorted(pts, key=lambda p: (p["think_mean"], p["max_think"]))
+        xs = [p["think_mean"] for p in pts]
+        ax.plot(xs, [100 * p["accuracy"] for p in pts], marker + "-", color=color, label=f"avg@n, {name}")
+        ax.plot(xs, [100 * p["maj"] for p in pts], marker + "--", color=color, alpha=0.45, label=f"maj@n, {name}")
+        labels: dict[tuple[float, float], list[str]] = {}
+        for p in pts:
+            key = (round(p["think_mean"], 3), round(100 * p["accuracy"], 3))
+            labels.setdefault(key, []).append(f"{p['min_think']}..{p['max_think']}" if p["min_think"] else f"≤{p['max_think']}")
+        for (x, y), names in labels.items():
+            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, -11), fontsize=7, color=color)
+    ax.set_xlabel("mean thinking tokens per sample")
+    ax.set_ylabel("% correct")
+    top = max([100 * max(p["accuracy"], p["maj"]) for p in points] + [10.0])
+    ax.set_ylim(0, min(105.0, top * 1.2 + 2))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)

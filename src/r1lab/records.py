@@ -113,6 +113,7 @@ class Completion:
     verdict: Verdict | None = None
     token_count: int | None = None  # response length in tokens where response_ids are unknown (endpoints)
     policy_version: int = 0  # the policy weights' version (optimizer steps) the engine sampled with
+    think_tokens: int | None = None  # thinking tokens, where budget forcing counted them (eval/budget.py)
 
     @property
     def num_tokens(self) -> int | None:

@@ -146,6 +146,12 @@ def run_eval(cfg: RunConfig, model, tokenizer, problems: list[Problem], out_path
     if engine is None:
         engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.eval.batch_size,
                              dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
+    if cfg.eval.budget.max_think > 0:
+        from r1lab.eval.budget import forced_engine
+
+        engine = forced_engine(engine, cfg.eval.budget)
+        b = cfg.eval.budget
+        settings = {**(settings or {}), "think_budget": [b.min_think, b.max_think, b.answer_tokens, b.end, b.wait, b.close]}
     return evaluate(engine, problems, eval_params(cfg), n=cfg.eval.n, ks=cfg.eval.ks, seed=cfg.seed + 777,
                     verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
                     out_path=out_path, desc=desc, show_progress=show_progress, resume=resume, settings=settings,

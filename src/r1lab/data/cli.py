@@ -8,6 +8,7 @@
     r1lab data reject-sample clean.jsonl -o sampled.jsonl --model runs/x/checkpoints/sft k=8 policy=shortest-correct
     r1lab data pairs clean.jsonl -o pairs.jsonl --model runs/x/checkpoints/sft k=8 chosen=shortest rejected=confident
     r1lab data filter sampled.jsonl -o window.jsonl min_pass=0.0625 max_pass=0.9375
+    r1lab data select window.jsonl -o limo.jsonl n=800 trace_field=responses cluster_by=minhash length_weight=0.5
     r1lab data inspect a.jsonl b.jsonl --out inspect/ tokenizer=path/to/model
     r1lab data run pipeline.yaml dedup.threshold=0.8 output=out.jsonl
 
@@ -71,7 +72,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     flags: dict[str, Any] = {}
     if step == "decontaminate" and args.benchmark:
         flags["benchmarks"] = args.benchmark
-    if step in ("reject-sample", "filter", "pairs") and args.model:
+    if step in ("reject-sample", "filter", "pairs", "select") and args.model:
         flags["model"] = args.model
     imp: dict[str, Any] = {"paths": args.inputs, "lenient": args.lenient}
     imp.update({k: v for k, v in (("format", args.format), ("split", args.split), ("source", args.source),
@@ -124,7 +125,7 @@ def register(subparsers: Any) -> None:
     """Add `r1lab data ...` to the top-level parser's subcommands."""
     from r1lab.data.pipeline import STEPS
 
-    data = subparsers.add_parser("data", help="curate problems: import, dedup, decontaminate, verify, reject-sample, pairs, filter, inspect",
+    data = subparsers.add_parser("data", help="curate problems: import, dedup, decontaminate, verify, reject-sample, pairs, filter, select, inspect",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = data.add_subparsers(dest="data_command", required=True, metavar="STEP")
 
@@ -154,7 +155,7 @@ def register(subparsers: Any) -> None:
         p.add_argument("--id-prefix", help="prefix for every id")
         if name == "decontaminate":
             p.add_argument("--benchmark", action="append", metavar="FILE", help="benchmark file (repeatable)")
-        if name in ("reject-sample", "filter", "pairs"):
+        if name in ("reject-sample", "filter", "pairs", "select"):
             p.add_argument("--model", help="local Hugging Face model directory that samples")
         common(p)
         p.set_defaults(func=cmd_step, step=name)

@@ -17,6 +17,7 @@ failed run's manifest says `"status": "failed"` and why.
       - reject-sample: {model: runs/sft/checkpoints/sft, k: 8, policy: shortest-correct}
       - filter: {min_pass: 0.0625, max_pass: 0.9375}
       - pairs: {model: runs/sft/checkpoints/sft, k: 8, chosen: shortest, rejected: confident}
+      - select: {n: 1000, cluster_by: minhash, trace_field: responses}
       - inspect: {}
 
 Relative paths are read from the current directory, like every other r1lab path.
@@ -44,6 +45,7 @@ from r1lab.data.inspect import Inspector, InspectSettings, group_of
 from r1lab.data.io import ImportSettings, import_problems
 from r1lab.data.pairs import PairSettings, make_pairs
 from r1lab.data.reject import RejectSettings, reject_sample
+from r1lab.data.subset import SelectSettings, select_examples
 from r1lab.data.verify_traces import VerifySettings, verify_traces
 from r1lab.errors import ConfigError
 from r1lab.records import Problem, write_jsonl
@@ -165,6 +167,11 @@ def step_filter(rows: Rows, s: FilterSettings, log: StepLog) -> Iterator[Problem
     return difficulty_filter(_counted(rows, log), s, log.drop)
 
 
+def step_select(rows: Rows, s: SelectSettings, log: StepLog) -> Iterator[Problem]:
+    with JsonlSink(log.report_path("selected.jsonl")) as sink:
+        yield from select_examples(_counted(rows, log), s, log.drop, on_selected=sink.write, notes=log.notes)
+
+
 def step_inspect(rows: Rows, s: InspectSettings, log: StepLog) -> Iterator[Problem]:
     """Passes every row through; at the end writes plots and a summary of the rows it saw."""
     ins = Inspector(s)
@@ -191,6 +198,7 @@ STEPS: dict[str, StepKind] = {
     "reject-sample": StepKind(RejectSettings, step_reject, "sample k responses with a model, keep verified ones"),
     "pairs": StepKind(PairSettings, step_pairs, "sample k responses with a model, pair a correct one against a wrong one"),
     "filter": StepKind(FilterSettings, step_filter, "keep problems whose pass rate lies in a window"),
+    "select": StepKind(SelectSettings, step_select, "keep N rows chosen for quality, difficulty and diversity (LIMO, s1)"),
     "inspect": StepKind(InspectSettings, step_inspect, "length histogram, counts per source, overlap matrix"),
 }
 

@@ -129,7 +129,8 @@ def _rows_for(problems: list[Problem], n: int, completions, verdicts) -> list[di
             "maj": majority_at_k([v.extracted for v in vs], ok),
             "samples": [
                 {"text": c.text, "extracted": v.extracted, "status": v.status, "reason": v.reason,
-                 "correct": v.correct, "length": c.num_tokens, "finish": c.finish_reason}
+                 "correct": v.correct, "length": c.num_tokens, "finish": c.finish_reason,
+                 **({"think_tokens": c.think_tokens} if c.think_tokens is not None else {})}
                 for c, v in zip(cs, vs)
             ],
         })

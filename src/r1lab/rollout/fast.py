@@ -396,6 +396,26 @@ class FastEngine(LiveModelEngine):
         with torch.inference_mode():
             return self._run(encoded, n, params, generator, on_batch)
 
+    def generate_ids(self, prompts: list[list[int]], params: SamplingParams, seed: int | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> list[Completion]:
+        """One completion per prompt given as token ids, used as they are (no chat template): the
+        continuation of a prefix the caller built, e.g. a thinking trace it extended. The
+        completions' problem_id is the prompt's index as text."""
+        reason = unsupported_reason(self.model)
+        if reason is not None:
+            if self._fallback is None:
+                from r1lab.rollout.hf import HFEngine
+
+                log.warning("rollout: the fast engine cannot run this model (%s); using the hf engine", reason)
+                self._fallback = HFEngine(self.model, self.tokenizer, batch_size=self.batch_size)
+            return self._fallback.generate_ids(prompts, params, seed=seed, on_batch=on_batch)
+        if not prompts:
+            return []
+        encoded = [EncodedPrompt(str(i), list(ids), "") for i, ids in enumerate(prompts)]
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.inference_mode():
+            return self._run(encoded, 1, params, generator, on_batch)
+
     def _slots(self, W: _Packed, jobs: int, max_len: int) -> int:
         per_slot = len(W.layers) * 2 * W.n_kv * max_len * W.head_dim * torch.finfo(W.dtype).bits // 8
         by_memory = max(1, int(self.kv_cache_gb * 2**30 // per_slot))

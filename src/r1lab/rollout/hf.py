@@ -40,7 +40,18 @@ class HFEngine(LiveModelEngine):
         """Sample `n` completions per problem; returns len(problems) * n completions, the n samples
         of problem i at positions i*n .. i*n+n-1."""
         encoded = encode_prompts(self.tokenizer, problems)
-        jobs = [e for e in encoded for _ in range(n)]
+        return self._generate_jobs([e for e in encoded for _ in range(n)], params, seed, on_batch)
+
+    def generate_ids(self, prompts: list[list[int]], params: SamplingParams, seed: int | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> list[Completion]:
+        """One completion per prompt given as token ids, used as they are (no chat template): the
+        continuation of a prefix the caller built, e.g. a thinking trace it extended. The
+        completions' problem_id is the prompt's index as text."""
+        jobs = [EncodedPrompt(str(i), list(ids), "") for i, ids in enumerate(prompts)]
+        return self._generate_jobs(jobs, params, seed, on_batch) if jobs else []
+
+    def _generate_jobs(self, jobs: list[EncodedPrompt], params: SamplingParams, seed: int | None,
+                       on_batch: Callable[[int], None] | None) -> list[Completion]:
         device = model_device(self.model)  # a GPU model samples on its GPU, seeded there
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         # sort by prompt length so each batch pads little; restore the order at the end
