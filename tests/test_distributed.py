@@ -1,0 +1,156 @@
+"""The sharded trainer group (train/distributed.py): two FSDP2 workers over gloo take the same
+update as the single-process worker on the same batch, in float32, and drive a short GRPO run.
+
+Bound: the two workers compute the same float32 numbers as one process except for the order of
+additions (each rank's partial gradient summed by the reduce-scatter instead of accumulated in one
+.grad; the gradient norm as a sum of shard sums). Such differences are a few ulps of the values
+involved (float32 eps = 1.2e-7, weights and stats of order 1); after Adam, whose first step moves
+every weight by about lr whatever the gradient's size, a few ulps of relative gradient change move
+a weight by far less than lr * 1e-3. The tests allow 1e-5 absolute (weights and stats)."""
+
+import copy
+import time
+
+import pytest
+import torch
+
+from r1lab.config import RunConfig
+from r1lab.errors import ConfigError
+from r1lab.records import Problem
+from r1lab.rollout import HFEngine
+from r1lab.train.distributed import PolicyWorkerGroup, check_cluster, share
+from r1lab.train.methods import bind_method
+from r1lab.train.policy import LocalPolicyWorker
+from r1lab.train.rl import RLTrainer, train_rl
+
+BOUND = 1e-5
+PROMPTS = ["Compute ((7 + 3) * 4) - 5.", "Use 3, 5, 7 to make 22.", "Compute 1 + 2.", "Compute ((1 + 2) * 3) - 4 + 12 * 5."]
+
+
+def problems(k=4):
+    return [Problem(id=f"p{i}", prompt=PROMPTS[i % len(PROMPTS)], answer="1") for i in range(k)]
+
+
+def _cfg(algo=None, **train):
+    cfg = RunConfig()
+    cfg.sampling.max_new_tokens = 12
+    cfg.train.group_size = 4
+    cfg.train.shared_prefix = False  # the group runs whole rows; the local worker too, for the same kernels
+    cfg.train.lr = 1e-2  # large steps: a wrong gradient scale or a missing share shows in the weights
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    for k, v in (algo or {}).items():
+        setattr(cfg.algo, k, v)
+    return cfg
+
+
+def _batch(cfg, tiny):
+    """A sampled batch with its old-policy / reference / value passes, made by a local trainer."""
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    trainer = RLTrainer(cfg, model, tok, HFEngine(model, tok))
+    cs = trainer.rollout(problems(4), seed=0)
+    rewards = torch.tensor([float(i % 3 == 0) for i in range(len(cs))])
+    return trainer.make_batch(cs, rewards, torch.arange(4).repeat_interleave(4))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def _compare(cfg, tiny, passes: list[str]) -> dict[str, float]:
+    """Run the same passes and updates on a local worker and on a 2-worker group; the max abs
+    differences of the passes, of the stats and of the updated weights."""
+    batch = _batch(cfg, tiny)
+    method = bind_method(cfg.algo)
+    local_model, group_model = copy.deepcopy(tiny[0]), copy.deepcopy(tiny[0])
+    local = LocalPolicyWorker(cfg, local_model, method)
+    group = PolicyWorkerGroup(cfg, group_model, method, workers=2)
+    try:
+        diffs = {}
+        for name in passes:  # the forwards the controller asks for, before any update
+            if name == "values":
+                a, b = local.values(batch), group.values(batch)
+            else:
+                a, b = local.logprobs(batch, name), group.logprobs(batch, name)
+            assert a.shape == b.shape and (name == "values" or bool((a != 0).any()))  # the value head starts at 0
+            diffs[name] = float((a - b).abs().max())
+        stats_l, stats_g = {}, {}
+        if cfg.algo.critic:
+            stats_l.update(local.update_critic(batch))
+            stats_g.update(group.update_critic(batch))
+        stats_l.update(local.update_policy(batch))
+        stats_g.update(group.update_policy(batch))
+        assert stats_l.keys() == stats_g.keys()
+        diffs["stats"] = max(abs(stats_l[k] - stats_g[k]) for k in stats_l)
+        assert group.version == local.version == cfg.train.mini_batches * cfg.train.ppo_epochs
+        start = dict(tiny[0].state_dict())
+        local_w = dict(local.engine_weights())
+        group_w = dict(group.engine_weights())
+        assert _max_diff(local_w, start) > 1e-3  # the update moved the weights
+        diffs["weights"] = _max_diff(local_w, group_w)
+        assert _max_diff(dict(group_model.state_dict()), group_w) == 0  # the controller's copy is the gathered one
+        if cfg.algo.critic:
+            state = group.state_dict()
+            diffs["critic"] = _max_diff(local.critic.state_dict(), state["critic"])
+        print({k: f"{v:.2e}" for k, v in diffs.items()}, {k: round(v, 5) for k, v in stats_g.items()})
+        return diffs
+    finally:
+        group.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
+def test_two_workers_give_the_single_process_grpo_update(tiny, loss_agg):
+    # 8 rows per mini-batch in micro-batches of 3: 3 micro-batches, so worker 1 runs a padding one
+    cfg = _cfg({"loss_agg": loss_agg, "kl_coef": 0.05}, mini_batches=2, micro_batch_size=3)
+    diffs = _compare(cfg, tiny, ["policy", "reference"])
+    assert max(diffs.values()) < BOUND, diffs
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_single_process_ppo_update_with_a_critic(tiny):
+    cfg = _cfg({"advantage": "gae", "critic": True, "loss_agg": "token-mean"}, mini_batches=2, micro_batch_size=2)
+    diffs = _compare(cfg, tiny, ["policy", "values"])
+    assert max(diffs.values()) < BOUND, diffs
+
+
+@pytest.mark.slow
+def test_grpo_run_with_two_trainer_workers(tiny):
+    """A short GRPO run end to end: the HF engine in this process samples the controller's copy,
+    which the group updates from the gathered weights after every step."""
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    cfg = _cfg(steps=3, mini_batches=2, micro_batch_size=4)
+    cfg.cluster.trainer_workers = 2
+    engine = HFEngine(model, tok)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    t = time.time()
+    history = train_rl(cfg, model, tok, engine, problems(4), show_progress=False)
+    print(f"3 steps with 2 trainer workers: {time.time() - t:.1f} s")
+    assert len(history) == 3
+    assert engine.policy_version == 3 * 2
+    assert all(torch.isfinite(torch.tensor(h["loss/total"])) for h in history)
+    assert max(float((model.state_dict()[k] - start[k]).abs().max()) for k in start) > 1e-3
+
+
+def test_share_splits_micro_batches_evenly_with_padding():
+    micro = [torch.tensor([i]) for i in range(5)]
+    assert [len(share(micro, r, 2)[0]) for r in range(2)] == [3, 2]
+    assert [share(micro, r, 2)[1] for r in range(2)] == [0, 1]
+    assert [int(m) for m in share(micro, 1, 2)[0]] == [1, 3]
+    assert share(micro[:1], 1, 3) == ([], 1)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("trainer_workers", -1, "cluster.trainer_workers=-1"),
+    ("backend", "mpi", "cluster.backend='mpi'"),
+    ("ray_address", "ray://head:10001", "Ray worker groups are not supported"),
+    ("timeout_s", 0, "cluster.timeout_s=0"),
+])
+def test_bad_cluster_settings_are_refused(field, value, message):
+    cfg = RunConfig()
+    setattr(cfg.cluster, field, value)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        check_cluster(cfg)
