@@ -124,6 +124,9 @@ def test_grpo_run_with_two_trainer_workers(tiny):
     model = copy.deepcopy(model)
     cfg = _cfg(steps=3, mini_batches=2, micro_batch_size=4)
     cfg.cluster.trainer_workers = 2
+    # the random model is never correct: a repeated-bigram penalty gives the groups distinct rewards
+    cfg.reward.terms = {"accuracy": 1.0, "repetition": 1.0}
+    cfg.reward.settings = {"repetition_ngram": 2, "repetition_penalty": 0.1}
     engine = HFEngine(model, tok)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     t = time.time()
@@ -132,6 +135,7 @@ def test_grpo_run_with_two_trainer_workers(tiny):
     assert len(history) == 3
     assert engine.policy_version == 3 * 2
     assert all(torch.isfinite(torch.tensor(h["loss/total"])) for h in history)
+    assert any(h["policy/grad_norm"] > 0 for h in history)
     assert max(float((model.state_dict()[k] - start[k]).abs().max()) for k in start) > 1e-3
 
 

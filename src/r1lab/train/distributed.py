@@ -257,8 +257,12 @@ class ShardedPolicyWorker(LocalPolicyWorker):
 
 
 def _worker_main(rank: int, world: int, port: int, conn, cfg: RunConfig, model, timeout_s: float) -> None:
+    import warnings
+
     import torch.distributed as dist
 
+    # the value model returns a view ([B, L-1] squeezed from [B, L-1, 1]) that no code changes in place
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPValueModel\) returned a view tensor")
     try:
         if cfg.cluster.backend == "nccl":
             torch.cuda.set_device(rank)
@@ -283,6 +287,17 @@ def _worker_main(rank: int, world: int, port: int, conn, cfg: RunConfig, model, 
             conn.send(("error", traceback.format_exc(), worker.version))
             break
     dist.destroy_process_group()
+
+
+def _context():
+    """Workers fork from a forkserver that imported torch, transformers and r1lab once: a group
+    after the first starts without importing them again. The server never runs torch itself, so
+    forking it is safe (no threads, no CUDA context)."""
+    import multiprocessing
+
+    ctx = torch.multiprocessing.get_context("forkserver")
+    multiprocessing.set_forkserver_preload([__name__])
+    return ctx
 
 
 def _free_port() -> int:
@@ -319,7 +334,7 @@ class PolicyWorkerGroup:
         self.has_reference = method.needs_reference
         self.has_critic = bool(cfg.algo.critic)
         self.version = 0
-        ctx = torch.multiprocessing.get_context("spawn")
+        ctx = _context()
         port = _free_port()
         self._conns, self._procs = [], []
         for rank in range(self.world):
