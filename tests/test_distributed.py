@@ -158,3 +158,44 @@ def test_bad_cluster_settings_are_refused(field, value, message):
     setattr(cfg.cluster, field, value)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         check_cluster(cfg)
+
+
+@pytest.mark.slow
+def test_group_state_round_trips_into_a_fresh_group(tiny):
+    """state_dict -> load_state_dict (what a resumed run does): a fresh group given the state of a
+    trained one takes exactly the same next update (weights, Adam moments, scheduler, version)."""
+    cfg = _cfg({"loss_agg": "token-mean"}, mini_batches=2, micro_batch_size=4)
+    batch = _batch(cfg, tiny)
+    method = bind_method(cfg.algo)
+    a = PolicyWorkerGroup(cfg, copy.deepcopy(tiny[0]), method, workers=2)
+    b = PolicyWorkerGroup(cfg, copy.deepcopy(tiny[0]), method, workers=2)
+    try:
+        a.update_policy(batch)
+        state = a.state_dict()
+        assert state["version"] == 2 and set(state["model"]) == set(tiny[0].state_dict())
+        assert state["optimizer"]["state"]  # Adam's moments, full (unsharded)
+        b.load_state_dict(state)
+        assert b.version == 2
+        stats_a, stats_b = a.update_policy(batch), b.update_policy(batch)
+        assert stats_a == stats_b
+        assert _max_diff(dict(a.engine_weights()), dict(b.engine_weights())) == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_worker_failure_names_the_worker_and_the_call(tiny):
+    cfg = _cfg()
+    group = PolicyWorkerGroup(cfg, copy.deepcopy(tiny[0]), bind_method(cfg.algo), workers=2)
+    with pytest.raises(ValueError, match="no reference model"):
+        group.logprobs(None, "reference")  # refused in the controller: nothing sent
+    with pytest.raises(RuntimeError, match=r"trainer worker 0 failed in 'update_critic'"):
+        group.update_critic(None)  # no critic in this run: the workers raise, the group stops
+    assert not any(p.is_alive() for p in group._procs)
+
+
+def test_a_worker_that_does_not_answer_in_time_is_named(tiny):
+    cfg = _cfg()
+    cfg.cluster.timeout_s = 1e-3
+    with pytest.raises(TimeoutError, match=r"trainer worker 0 did not answer 'start-up .*' within cluster.timeout_s=0.001 s"):
+        PolicyWorkerGroup(cfg, copy.deepcopy(tiny[0]), bind_method(cfg.algo), workers=2)

@@ -24,8 +24,8 @@ a worker is bounded by cluster.timeout_s and names what it waited for. The promp
 
 from __future__ import annotations
 
+import copy
 import math
-import os
 import socket
 import traceback
 import weakref
@@ -243,6 +243,9 @@ class ShardedPolicyWorker(LocalPolicyWorker):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+        # the tensors arrive in shared memory that every worker maps: copies, or the workers would
+        # update the same replicated tensors (Adam's step counts) in place together
+        state = copy.deepcopy(state)
         options = StateDictOptions(full_state_dict=True)
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"], options=options)
@@ -264,6 +267,7 @@ def _worker_main(rank: int, world: int, port: int, conn, cfg: RunConfig, model, 
     # the value model returns a view ([B, L-1] squeezed from [B, L-1, 1]) that no code changes in place
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPValueModel\) returned a view tensor")
     try:
+        model = copy.deepcopy(model)  # this worker's own memory, not the shared pages the model arrived in
         if cfg.cluster.backend == "nccl":
             torch.cuda.set_device(rank)
             model = model.to(f"cuda:{rank}")
