@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import socket
+import time
 import traceback
 import weakref
 from datetime import timedelta
@@ -274,21 +275,22 @@ def _worker_main(rank: int, world: int, port: int, conn, cfg: RunConfig, model, 
         dist.init_process_group(cfg.cluster.backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                 world_size=world, timeout=timedelta(seconds=timeout_s))
         worker = ShardedPolicyWorker(cfg, model, bind_method(cfg.algo), rank, world)
-        conn.send(("ok", None, worker.version))
+        conn.send(("ok", None, worker.version, 0.0))
     except BaseException:
-        conn.send(("error", traceback.format_exc(), 0))
+        conn.send(("error", traceback.format_exc(), 0, 0.0))
         return
     while True:
         name, args = conn.recv()
         if name == "close":
             break
         try:
+            t = time.perf_counter()
             result = getattr(worker, name)(*args)
             if isinstance(result, torch.Tensor):
                 result = result.cpu()
-            conn.send(("ok", result, worker.version))
+            conn.send(("ok", result, worker.version, time.perf_counter() - t))
         except BaseException:
-            conn.send(("error", traceback.format_exc(), worker.version))
+            conn.send(("error", traceback.format_exc(), worker.version, 0.0))
             break
     dist.destroy_process_group()
 
@@ -338,6 +340,7 @@ class PolicyWorkerGroup:
         self.has_reference = method.needs_reference
         self.has_critic = bool(cfg.algo.critic)
         self.version = 0
+        self.last_call: tuple = ("", 0.0)  # (call, slowest worker's seconds in it[, round-trip seconds])
         ctx = _context()
         port = _free_port()
         self._conns, self._procs = [], []
@@ -352,14 +355,14 @@ class PolicyWorkerGroup:
         self._collect("start-up (process group and FSDP2 sharding)")
 
     def _collect(self, what: str) -> list[Any]:
-        results = []
+        results, busy = [], 0.0
         for rank, (conn, proc) in enumerate(zip(self._conns, self._procs)):
             if not conn.poll(self.timeout_s):
                 self.close()
                 raise TimeoutError(f"trainer worker {rank} did not answer '{what}' within cluster.timeout_s="
                                    f"{self.timeout_s:g} s (alive: {proc.is_alive()})")
             try:
-                status, result, version = conn.recv()
+                status, result, version, seconds = conn.recv()
             except EOFError:
                 self.close()
                 raise RuntimeError(f"trainer worker {rank} exited during '{what}' (exit code {proc.exitcode})") from None
@@ -369,12 +372,18 @@ class PolicyWorkerGroup:
             if rank == 0:
                 self.version = version
             results.append(result)
+            busy = max(busy, seconds)
+        self.last_call = (what, busy)
         return results
 
     def _call(self, name: str, *args) -> list[Any]:
+        t = time.perf_counter()
         for conn in self._conns:
             conn.send((name, args))
-        return self._collect(name)
+        results = self._collect(name)
+        # the slowest worker's time inside the call, and the whole round trip seen from here
+        self.last_call = (name, self.last_call[1], time.perf_counter() - t)
+        return results
 
     def close(self) -> None:
         self._finalizer()
