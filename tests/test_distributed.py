@@ -194,6 +194,7 @@ def test_group_state_round_trips_into_a_fresh_group(tiny):
         b.close()
 
 
+@pytest.mark.slow  # the first group of a session starts the forkserver: 10-30 s on this host
 def test_a_worker_failure_names_the_worker_and_the_call(tiny):
     cfg = _cfg()
     group = PolicyWorkerGroup(cfg, copy.deepcopy(tiny[0]), bind_method(cfg.algo), workers=2)
@@ -204,6 +205,7 @@ def test_a_worker_failure_names_the_worker_and_the_call(tiny):
     assert not any(p.is_alive() for p in group._procs)
 
 
+@pytest.mark.slow  # the first group of a session starts the forkserver: 10-30 s on this host
 def test_a_worker_that_does_not_answer_in_time_is_named(tiny):
     cfg = _cfg()
     cfg.cluster.timeout_s = 1e-3

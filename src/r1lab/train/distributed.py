@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import socket
 import time
 import traceback
@@ -101,7 +102,7 @@ class ShardedPolicyWorker(LocalPolicyWorker):
             self.critic_optimizer = make_optimizer(self.critic, cfg.algo.critic_lr, cfg.train.weight_decay)
 
     def _shared_prefix(self, model, batch, rows):
-        return None  # whole rows: the shared prompt forward would be one more collective schedule to keep in step
+        return None  # the group runs whole rows (train.shared_prefix is not applied here)
 
     # -- forwards ---------------------------------------------------------------------------------
 
@@ -268,6 +269,8 @@ def _worker_main(rank: int, world: int, port: int, conn, cfg: RunConfig, model, 
     # the value model returns a view ([B, L-1] squeezed from [B, L-1, 1]) that no code changes in place
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPValueModel\) returned a view tensor")
     try:
+        if "OMP_NUM_THREADS" not in os.environ:  # the workers share the machine's cores
+            torch.set_num_threads(max(1, torch.get_num_threads() // world))
         model = copy.deepcopy(model)  # this worker's own memory, not the shared pages the model arrived in
         if cfg.cluster.backend == "nccl":
             torch.cuda.set_device(rank)
