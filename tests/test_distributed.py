@@ -211,3 +211,28 @@ def test_a_worker_that_does_not_answer_in_time_is_named(tiny):
     cfg.cluster.timeout_s = 1e-3
     with pytest.raises(TimeoutError, match=r"trainer worker 0 did not answer 'start-up .*' within cluster.timeout_s=0.001 s"):
         PolicyWorkerGroup(cfg, copy.deepcopy(tiny[0]), bind_method(cfg.algo), workers=2)
+
+
+@pytest.mark.slow
+def test_a_run_resumed_through_the_group_ends_where_the_uninterrupted_run_ends(tiny, tmp_path):
+    """train_rl's checkpoints with two trainer workers: 2 steps, then a resume to 3, against 3 steps
+    in one go: the same last step's statistics and the same final weights, exactly."""
+    from r1lab.train.checkpoint import load_latest
+
+    def run(steps, path, resume=None):
+        model = copy.deepcopy(tiny[0])
+        cfg = _cfg(steps=steps, mini_batches=2, micro_batch_size=4, save_every=1)
+        cfg.cluster.trainer_workers = 2
+        cfg.reward.terms = {"accuracy": 1.0, "repetition": 1.0}
+        cfg.reward.settings = {"repetition_ngram": 2, "repetition_penalty": 0.1}
+        history = train_rl(cfg, model, tiny[1], HFEngine(model, tiny[1]), problems(4), show_progress=False,
+                           run_path=path, resume=resume)
+        return model, history
+
+    whole, h_whole = run(3, tmp_path / "whole")
+    run(2, tmp_path / "cut")
+    resumed, h_resumed = run(3, tmp_path / "cut", resume=load_latest(tmp_path / "cut"))
+    assert len(h_resumed) == 1 and h_resumed[0]["policy/grad_norm"] > 0
+    keys = [k for k in h_whole[-1] if k.startswith(("loss/", "policy/", "reward/"))]
+    assert {k: h_resumed[0][k] for k in keys} == {k: h_whole[-1][k] for k in keys}
+    assert _max_diff(dict(whole.state_dict()), dict(resumed.state_dict())) == 0
