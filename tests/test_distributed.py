@@ -236,3 +236,16 @@ def test_a_run_resumed_through_the_group_ends_where_the_uninterrupted_run_ends(t
     keys = [k for k in h_whole[-1] if k.startswith(("loss/", "policy/", "reward/"))]
     assert {k: h_resumed[0][k] for k in keys} == {k: h_whole[-1][k] for k in keys}
     assert _max_diff(dict(whole.state_dict()), dict(resumed.state_dict())) == 0
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_a_bad_cluster_setting_before_the_run_directory_exists(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "grpo.yaml"
+    out = subprocess.run([sys.executable, "-m", "r1lab", "rl", str(recipe), f"out_dir={tmp_path}", "cluster.backend=mpi"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "cluster.backend='mpi': expected one of gloo, nccl" in out.stderr
+    assert list(tmp_path.iterdir()) == []
