@@ -54,6 +54,9 @@ def _config(recipe: str | None, overrides: list[str]):
     from r1lab.tracking import check_tracking
 
     check_tracking(cfg.tracking)  # an unknown tracker or a missing package, before the run directory exists
+    from r1lab.train.distributed import check_cluster
+
+    check_cluster(cfg)  # the trainer group's settings
     return cfg
 
 

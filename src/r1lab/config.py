@@ -269,6 +269,18 @@ class HealthConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Where the trainer runs. trainer_workers 0: the policy, reference and critic live in the
+    controller's process. N > 0: a group of N worker processes, each holding an FSDP2 shard of the
+    models and of their optimizers, each taking its share of every mini-batch."""
+
+    trainer_workers: int = 0  # processes of the sharded trainer; 0 = the local trainer
+    backend: str = "gloo"  # torch.distributed backend of the group: gloo (CPU) | nccl (one GPU per worker)
+    ray_address: str = ""  # "" = worker processes spawned on this machine (Ray actors are not supported)
+    timeout_s: float = 600.0  # longest wait on a worker (start-up or one call) before the run stops
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -286,6 +298,7 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     health: HealthConfig = field(default_factory=HealthConfig)  # the run-health monitor of RL runs
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # one process, or a sharded trainer group
     tracking: list[str] = field(default_factory=list)  # extra trackers: tensorboard | mlflow | wandb (offline); [] = files only
 
 

@@ -47,6 +47,10 @@ class RLTrainer:
         self.cfg = cfg
         self.method = bind_method(cfg.algo)
         self.engine = engine
+        if policy is None and cfg.cluster.trainer_workers > 0:
+            from r1lab.train.distributed import PolicyWorkerGroup
+
+            policy = PolicyWorkerGroup(cfg, model, self.method)
         self.policy = policy if policy is not None else LocalPolicyWorker(cfg, model, self.method)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.step = 0

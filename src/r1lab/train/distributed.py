@@ -1,0 +1,428 @@
+"""The policy worker as a group of processes: the policy (and the reference and critic when the
+method has them) sharded with torch FSDP2 over N workers, behind the `PolicyWorker` methods, so the
+controller (train/rl.py) runs unchanged.
+
+Each worker holds its FSDP2 shard of every model and its shard of the optimizer state. For each
+mini-batch of the batch's update plan, worker r runs the micro-batches r, r + N, r + 2N, ...; each
+micro-batch's loss is normalised by the counts of the WHOLE mini-batch (`aggregate`), so the
+gradients of all workers sum to the single-process gradient. FSDP2's reduce-scatter averages over
+the N workers (a divide factor of 1 needs a pre-multiplied sum, which gloo lacks), so each worker
+backpropagates N times its loss: the average of N x the partial gradients is their sum. Every
+collective needs every worker, so when a mini-batch's micro-batches do not divide evenly, the
+workers with one fewer run a padding micro-batch whose loss is multiplied by 0 (no gradient, no
+statistics). Forward passes (old policy, reference, values) are split the same way; each worker
+returns its rows and the controller adds them up.
+
+The controller keeps its own full copy of the policy (the one the HF / fast engines sample):
+`engine_weights` gathers the full weights from the shards (FSDP2 full state dict, offloaded to the
+CPU) and loads them into that copy before handing them to the engine.
+
+Processes are spawned on this machine (torch.multiprocessing) and driven over pipes; every wait on
+a worker is bounded by cluster.timeout_s and names what it waited for. The prompts' shared K/V
+(train.shared_prefix) is not used by the group: it runs whole rows (the same gradient).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import socket
+import time
+import traceback
+import weakref
+from datetime import timedelta
+from typing import Any, Iterator
+
+import torch
+
+from r1lab.algos import aggregate
+from r1lab.algos.losses import value_loss
+from r1lab.config import RunConfig
+from r1lab.errors import ConfigError
+from r1lab.train.batch import RolloutBatch
+from r1lab.train.common import EmbeddingGradInPlace, make_optimizer, note_weights_changed, warmup_constant
+from r1lab.train.methods import BoundMethod, bind_method
+from r1lab.train.policy import LocalPolicyWorker
+
+BACKENDS = ("gloo", "nccl")
+
+
+def check_cluster(cfg: RunConfig) -> None:
+    c = cfg.cluster
+    if c.trainer_workers < 0:
+        raise ConfigError(f"cluster.trainer_workers={c.trainer_workers}: expected 0 (local) or a number of processes")
+    if c.backend not in BACKENDS:
+        raise ConfigError(f"cluster.backend={c.backend!r}: expected one of {', '.join(BACKENDS)}")
+    if c.ray_address:
+        raise ConfigError(f"cluster.ray_address={c.ray_address!r}: Ray worker groups are not supported; "
+                          "leave it empty (worker processes on this machine)")
+    if c.timeout_s <= 0:
+        raise ConfigError(f"cluster.timeout_s={c.timeout_s}: expected a positive number of seconds")
+
+
+def share(micro: list[torch.Tensor], rank: int, world: int) -> tuple[list[torch.Tensor], int]:
+    """Worker `rank`'s micro-batches of one mini-batch (every world-th, from its rank) and how many
+    padding micro-batches it runs so that every worker runs the same number."""
+    mine = micro[rank::world]
+    return mine, math.ceil(len(micro) / world) - len(mine)
+
+
+def _shard(module: torch.nn.Module) -> None:
+    """FSDP2 over `module`: each decoder layer its own unit (gathered only while it runs), the rest
+    (embeddings, final norm, LM or value head) the root unit."""
+    from torch.distributed.fsdp import fully_shard
+
+    for m in list(module.modules()):
+        if m is not module and type(m).__name__.endswith("DecoderLayer"):
+            fully_shard(m)
+    fully_shard(module)
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+class ShardedPolicyWorker(LocalPolicyWorker):
+    """One worker of the group, inside its own process: the local worker's losses and statistics
+    over FSDP2-sharded models, on its share of each mini-batch."""
+
+    def __init__(self, cfg: RunConfig, model, method: BoundMethod, rank: int, world: int):
+        super().__init__(cfg, model, method)  # the reference and critic copies are made from the full model
+        self.rank, self.world = rank, world
+        for m in (self.model, self.ref_model, self.critic):
+            if m is not None:
+                _shard(m)
+        # the optimizers over the sharded parameters: each worker updates (and keeps Adam's moments of) its shard
+        self.optimizer = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
+        self.scheduler = warmup_constant(self.optimizer, cfg.train.warmup_steps)
+        if self.critic is not None:
+            self.critic_optimizer = make_optimizer(self.critic, cfg.algo.critic_lr, cfg.train.weight_decay)
+
+    def _shared_prefix(self, model, batch, rows):
+        return None  # the group runs whole rows (train.shared_prefix is not applied here)
+
+    # -- forwards ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _first_pass(self, fn, batch: RolloutBatch, prefix_model=None) -> torch.Tensor:
+        """This worker's rows of the pass over the plan's first epoch (the others stay 0)."""
+        out = torch.zeros_like(batch.response_mask)
+        for micro in batch.plan[0]:
+            mine, pads = share(micro, self.rank, self.world)
+            for idx in mine:
+                v = fn(batch.rows(idx), idx, None)
+                out[idx, : v.shape[1]] = v.to(out.device)
+            for _ in range(pads):
+                fn(batch.rows(micro[0]), micro[0], None)
+        return out * batch.response_mask
+
+    # -- updates ----------------------------------------------------------------------------------
+
+    def _grad_norm_clip(self, model, max_norm: float) -> float:
+        """The global gradient norm over all shards (and clipping to max_norm, as clip_grad_norm_ does)."""
+        import torch.distributed as dist
+
+        grads = [p.grad.to_local() for p in model.parameters() if p.grad is not None]
+        sq = torch.stack([g.float().pow(2).sum() for g in grads]).sum() if grads else torch.zeros(())
+        sq = sq.to(self._comm_device())
+        dist.all_reduce(sq)
+        total = sq.sqrt()
+        if max_norm and max_norm > 0:
+            coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+            for g in grads:
+                g.mul_(coef.to(g.device, g.dtype))
+        return float(total)
+
+    def _comm_device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device()) if self.cfg.cluster.backend == "nccl" else torch.device("cpu")
+
+    def _merge(self, sums: dict[str, float], tokens: float) -> tuple[dict[str, float], float]:
+        """Every worker's sums added up (maxima for *_max, the global grad norms as they are)."""
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * self.world
+        dist.all_gather_object(parts, (sums, tokens))
+        merged: dict[str, float] = {}
+        for part, _ in parts:
+            for k, v in part.items():
+                if k.endswith("_max"):
+                    merged[k] = max(merged.get(k, v), v)
+                elif k.endswith("grad_norm"):
+                    merged[k] = v  # all_reduced already: the same on every worker
+                else:
+                    merged[k] = merged.get(k, 0.0) + v
+        return merged, sum(t for _, t in parts)
+
+    def update_policy(self, batch: RolloutBatch) -> dict[str, float]:
+        algo, train = self.cfg.algo, self.cfg.train
+        norm_len = algo.loss_agg_norm or float(batch.max_new_tokens)
+        entropy_on = self.entropy_coef > 0 and (not algo.entropy_control or self.last_entropy < algo.entropy_target)
+        sums: dict[str, float] = {}
+        add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + float(v))  # noqa: E731
+        scratch: dict[str, float] = {}
+        drop = lambda k, v: None  # noqa: E731
+        tokens_total = 0.0
+        self.model.train()
+        for epoch in batch.plan:
+            for micro in epoch:
+                mb = torch.cat(micro)
+                num_seqs, num_tokens = len(mb), int(batch.loss_mask[mb].sum())
+                mine, pads = share(micro, self.rank, self.world)
+                self.optimizer.zero_grad(set_to_none=True)
+                with self.autocast(), EmbeddingGradInPlace(self.model, enabled=False):
+                    for idx in mine:
+                        sub = batch.rows(idx)
+                        loss = self._policy_loss(sub, idx, None, num_seqs, num_tokens, norm_len, entropy_on, add, sums)
+                        (loss * self.world).backward()  # the reduce-scatter averages: N x the share sums to it
+                        tokens_total += float(sub.loss_mask.sum())
+                    for _ in range(pads):
+                        sub = batch.rows(micro[0])
+                        loss = self._policy_loss(sub, micro[0], None, num_seqs, num_tokens, norm_len, entropy_on,
+                                                 drop, scratch)
+                        (loss * 0).backward()
+                add("grad_norm", self._grad_norm_clip(self.model, train.grad_clip))
+                self.optimizer.step()
+                self.version += 1
+        self.scheduler.step()
+        sums, tokens_total = self._merge(sums, tokens_total)
+        return self._policy_stats(batch, sums, max(tokens_total, 1.0), entropy_on)
+
+    def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
+        algo, train = self.cfg.algo, self.cfg.train
+        sums: dict[str, float] = {}
+        add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + float(v))  # noqa: E731
+        tokens_total = 0.0
+        for epoch in batch.plan:
+            for micro in epoch:
+                mb = torch.cat(micro)
+                num_seqs, num_tokens = len(mb), int(batch.response_mask[mb].sum())
+                mine, pads = share(micro, self.rank, self.world)
+                self.critic_optimizer.zero_grad(set_to_none=True)
+                for i, idx in enumerate(mine + [micro[0]] * pads):
+                    padding = i >= len(mine)
+                    sub = batch.rows(idx)
+                    values = self.critic(sub.input_ids, sub.attention_mask)
+                    vl = aggregate(value_loss(values, sub.old_values, sub.returns, algo.value_clip),
+                                   sub.response_mask, "token-mean", num_seqs, num_tokens)
+                    (vl * (0 if padding else self.world)).backward()
+                    if not padding:
+                        add("value_loss", vl.detach())
+                        add("value_sq_err", ((values.detach() - sub.returns) ** 2 * sub.response_mask).sum())
+                        tokens_total += float(sub.response_mask.sum())
+                add("critic_grad_norm", self._grad_norm_clip(self.critic, train.grad_clip))
+                self.critic_optimizer.step()
+        sums, tokens_total = self._merge(sums, tokens_total)
+        n_updates = sum(len(epoch) for epoch in batch.plan)
+        return {
+            "critic/value_loss": sums["value_loss"] / train.ppo_epochs,
+            "critic/value_mse": sums["value_sq_err"] / max(tokens_total, 1.0),
+            "critic/grad_norm": sums["critic_grad_norm"] / n_updates,
+        }
+
+    # -- weights and state ------------------------------------------------------------------------
+
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        """The policy's full state dict on worker 0 (CPU), {} on the others; every worker must call it."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(self.model, options=_full_options())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Full (unsharded) model and optimizer states on worker 0, {} on the others."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model, optim = get_state_dict(self.model, self.optimizer, options=_full_options())
+        state = {"model": model, "optimizer": optim, "scheduler": self.scheduler.state_dict(),
+                 "entropy_coef": self.entropy_coef, "last_entropy": self.last_entropy, "version": self.version}
+        if self.critic is not None:
+            state["critic"], state["critic_optimizer"] = get_state_dict(self.critic, self.critic_optimizer,
+                                                                        options=_full_options())
+        return state if self.rank == 0 else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        # the tensors arrive in shared memory that every worker maps: copies, or the workers would
+        # update the same replicated tensors (Adam's step counts) in place together
+        state = copy.deepcopy(state)
+        options = StateDictOptions(full_state_dict=True)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"], options=options)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.entropy_coef, self.last_entropy, self.version = state["entropy_coef"], state["last_entropy"], state["version"]
+        if self.critic is not None:
+            set_state_dict(self.critic, self.critic_optimizer, model_state_dict=state["critic"],
+                           optim_state_dict=state["critic_optimizer"], options=options)
+
+
+# -- the worker processes ---------------------------------------------------------------------------
+
+
+def _worker_main(rank: int, world: int, port: int, conn, cfg: RunConfig, model, timeout_s: float) -> None:
+    import warnings
+
+    import torch.distributed as dist
+
+    # the value model returns a view ([B, L-1] squeezed from [B, L-1, 1]) that no code changes in place
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPValueModel\) returned a view tensor")
+    try:
+        if "OMP_NUM_THREADS" not in os.environ:  # the workers share the machine's cores
+            torch.set_num_threads(max(1, torch.get_num_threads() // world))
+        model = copy.deepcopy(model)  # this worker's own memory, not the shared pages the model arrived in
+        if cfg.cluster.backend == "nccl":
+            torch.cuda.set_device(rank)
+            model = model.to(f"cuda:{rank}")
+        dist.init_process_group(cfg.cluster.backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world, timeout=timedelta(seconds=timeout_s))
+        worker = ShardedPolicyWorker(cfg, model, bind_method(cfg.algo), rank, world)
+        conn.send(("ok", None, worker.version, 0.0))
+    except BaseException:
+        conn.send(("error", traceback.format_exc(), 0, 0.0))
+        return
+    while True:
+        name, args = conn.recv()
+        if name == "close":
+            break
+        try:
+            t = time.perf_counter()
+            result = getattr(worker, name)(*args)
+            if isinstance(result, torch.Tensor):
+                result = result.cpu()
+            conn.send(("ok", result, worker.version, time.perf_counter() - t))
+        except BaseException:
+            conn.send(("error", traceback.format_exc(), worker.version, 0.0))
+            break
+    dist.destroy_process_group()
+
+
+def _context():
+    """Workers fork from a forkserver that imported torch, transformers and r1lab once: a group
+    after the first starts without importing them again. The server never runs torch itself, so
+    forking it is safe (no threads, no CUDA context)."""
+    import multiprocessing
+
+    ctx = torch.multiprocessing.get_context("forkserver")
+    multiprocessing.set_forkserver_preload([__name__])
+    return ctx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(procs, conns) -> None:
+    for c in conns:
+        try:
+            c.send(("close", ()))
+        except (OSError, ValueError):
+            pass
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=5)
+
+
+class PolicyWorkerGroup:
+    """The `PolicyWorker` methods over cfg.cluster.trainer_workers sharded worker processes.
+    `model` is the controller's copy of the policy: the workers start from it, and `engine_weights`
+    brings it up to date with the trained weights."""
+
+    def __init__(self, cfg: RunConfig, model, method: BoundMethod, workers: int | None = None):
+        check_cluster(cfg)
+        self.cfg, self.model, self.method = cfg, model, method
+        self.world = workers or cfg.cluster.trainer_workers
+        if self.world < 1:
+            raise ConfigError(f"cluster.trainer_workers={self.world}: a worker group needs at least one worker")
+        self.timeout_s = cfg.cluster.timeout_s
+        self.has_reference = method.needs_reference
+        self.has_critic = bool(cfg.algo.critic)
+        self.version = 0
+        self.last_call: tuple = ("", 0.0)  # (call, slowest worker's seconds in it[, round-trip seconds])
+        ctx = _context()
+        port = _free_port()
+        self._conns, self._procs = [], []
+        for rank in range(self.world):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker_main, args=(rank, self.world, port, child, cfg, model, self.timeout_s),
+                            daemon=True, name=f"r1lab-trainer-{rank}")
+            p.start()
+            self._conns.append(parent)
+            self._procs.append(p)
+        self._finalizer = weakref.finalize(self, _stop, self._procs, self._conns)
+        self._collect("start-up (process group and FSDP2 sharding)")
+
+    def _collect(self, what: str) -> list[Any]:
+        results, busy = [], 0.0
+        for rank, (conn, proc) in enumerate(zip(self._conns, self._procs)):
+            if not conn.poll(self.timeout_s):
+                self.close()
+                raise TimeoutError(f"trainer worker {rank} did not answer '{what}' within cluster.timeout_s="
+                                   f"{self.timeout_s:g} s (alive: {proc.is_alive()})")
+            try:
+                status, result, version, seconds = conn.recv()
+            except EOFError:
+                self.close()
+                raise RuntimeError(f"trainer worker {rank} exited during '{what}' (exit code {proc.exitcode})") from None
+            if status == "error":
+                self.close()
+                raise RuntimeError(f"trainer worker {rank} failed in '{what}':\n{result}")
+            if rank == 0:
+                self.version = version
+            results.append(result)
+            busy = max(busy, seconds)
+        self.last_call = (what, busy)
+        return results
+
+    def _call(self, name: str, *args) -> list[Any]:
+        t = time.perf_counter()
+        for conn in self._conns:
+            conn.send((name, args))
+        results = self._collect(name)
+        # the slowest worker's time inside the call, and the whole round trip seen from here
+        self.last_call = (name, self.last_call[1], time.perf_counter() - t)
+        return results
+
+    def close(self) -> None:
+        self._finalizer()
+
+    # -- PolicyWorker -------------------------------------------------------------------------------
+
+    def logprobs(self, batch: RolloutBatch, model: str = "policy") -> torch.Tensor:
+        if model not in ("policy", "reference") or (model == "reference" and not self.has_reference):
+            raise ValueError(f"no {model} model in this run")
+        return torch.stack(self._call("logprobs", batch, model)).sum(0)  # disjoint rows: the sum is exact
+
+    def values(self, batch: RolloutBatch) -> torch.Tensor:
+        return torch.stack(self._call("values", batch)).sum(0)
+
+    def update_policy(self, batch: RolloutBatch) -> dict[str, float]:
+        return self._call("update_policy", batch)[0]
+
+    def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
+        return self._call("update_critic", batch)[0]
+
+    def engine_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The gathered full weights, loaded into the controller's copy (the model the HF and fast
+        engines sample), then as LocalPolicyWorker gives them: adapters merged."""
+        from r1lab.train.lora import merged_state
+
+        full = self._call("full_weights")[0]
+        with torch.no_grad():
+            self.model.load_state_dict(full)
+        note_weights_changed(self.model)
+        return merged_state(self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._call("state_dict")[0]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._call("load_state_dict", state)
+
+
+__all__ = ["PolicyWorkerGroup", "ShardedPolicyWorker", "check_cluster", "share"]
