@@ -3,6 +3,7 @@ leave-one-out advantage against numbers worked out by hand, the PRM component on
 the settings only PRIME takes."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from r1lab.train.batch import rollout_batch, update_plan
 from r1lab.train.common import token_logprobs
 from r1lab.train.methods import bind_method
 from r1lab.train.prm import ImplicitPRM
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _logprobs(B=4, T=6, seed=0):
@@ -185,3 +188,42 @@ def test_prime_binds_with_its_flag():
     m = bind_method(load_config(None, ["algo.advantage=prime", "algo.gamma=0.99"]).algo)
     assert m.needs_prm and "process_rewards" in m.advantage_context and not m.needs_reference
     assert not bind_method(load_config(None).algo).needs_prm
+
+
+ARGS = ["model.tiny.hidden_size=64", "model.tiny.num_layers=2", "model.tiny.intermediate_size=128",
+        "data.train_size=200", "data.sft_size=10", "data.eval_size=4", "reward.verify_workers=1",
+        "train.prompts_per_step=3", "train.group_size=4", "train.micro_batch_size=8", "train.mini_batches=2",
+        "train.eval_every=0", "train.save_every=1", "sampling.max_new_tokens=12", "algo.prm_lr=1e-3"]
+
+
+def _prime_run(tmp_path, name, steps, resume=None):
+    import random
+
+    from r1lab.rollout import HFEngine
+    from r1lab.stages import load_policy, prepare_data
+    from r1lab.train.rl import train_rl
+
+    cfg = load_config(ROOT / "recipes" / "tiny" / "prime.yaml", [*ARGS, f"train.steps={steps}", f"out_dir={tmp_path}"])
+    data = prepare_data(cfg, None, log=lambda *_: None)
+    model, tok = load_policy(cfg, data)
+    if resume is None:
+        torch.manual_seed(0)
+        random.seed(0)
+    return train_rl(cfg, model, tok, HFEngine(model, tok), data.rl_prompts, show_progress=False,
+                    run_path=tmp_path / name, resume=resume)
+
+
+def test_a_resumed_prime_run_restores_its_prm(tmp_path):
+    """Two steps, stop, resume for the third: the third step logs what the uninterrupted run logs
+    (the PRM's loss and rewards among them) and leaves the same PRM weights."""
+    from r1lab.train.checkpoint import checkpoints, load_latest
+
+    whole = _prime_run(tmp_path, "whole", 3)
+    _prime_run(tmp_path, "stopped", 2)
+    resumed = _prime_run(tmp_path, "stopped", 3, resume=load_latest(tmp_path / "stopped"))
+    strip = lambda m: {k: v for k, v in m.items() if not k.startswith(("time/", "throughput/"))}  # noqa: E731
+    assert len(resumed) == 1 and strip(resumed[0]) == strip(whole[2])
+    assert whole[2]["prm/loss"] != whole[0]["prm/loss"]
+    a = torch.load(checkpoints(tmp_path / "whole")[-1], weights_only=False)["prm"]["model"]
+    b = torch.load(checkpoints(tmp_path / "stopped")[-1], weights_only=False)["prm"]["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
