@@ -1,11 +1,14 @@
-"""GRPO, Dr. GRPO, DAPO, REINFORCE++ and PPO (ORZ) on the demo task at an equal sample budget.
+"""GRPO, Dr. GRPO, DAPO, REINFORCE++ and PPO (ORZ) (or the tiny recipes --methods names, e.g.
+grpo,prime) on the demo task at an equal sample budget.
 
     .venv/bin/python benchmarks/compare_recipes.py [--budget 12800] [--eval-every 3200] [--seed 0]
+        [--methods grpo,dr_grpo,dapo,reinforce_pp,orz_ppo] [--sft runs/compare/sft/checkpoints/sft]
 
 One SFT model (the demo's first stage) is trained once; every method starts from it, runs its
 tiny recipe (recipes/tiny/<name>.yaml) until it has generated `budget` samples (dynamic sampling
 spends samples on dropped groups too), and is scored on the same 200 held-out problems (avg@8,
-temperature 1) every `eval_every` samples. Prints a markdown table and writes
+temperature 1) every `eval_every` samples. With --sft, every method starts from that SFT checkpoint
+instead (several RL seeds from one SFT model). Prints a markdown table and writes
 runs/compare/compare.png (held-out accuracy and response length against samples seen).
 """
 
@@ -33,7 +36,9 @@ from r1lab.stages import load_policy, prepare_data, run_eval, run_sft  # noqa: E
 from r1lab.train.rl import RLTrainer  # noqa: E402
 from r1lab.train.sampler import PromptSampler  # noqa: E402
 
-METHODS = {"GRPO": "grpo", "Dr. GRPO": "dr_grpo", "DAPO": "dapo", "REINFORCE++": "reinforce_pp", "PPO (ORZ)": "orz_ppo"}
+METHODS = {"GRPO": "grpo", "Dr. GRPO": "dr_grpo", "DAPO": "dapo", "REINFORCE++": "reinforce_pp", "PPO (ORZ)": "orz_ppo",
+           "PRIME": "prime"}
+DEFAULT = "grpo,dr_grpo,dapo,reinforce_pp,orz_ppo"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,18 +48,24 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=3200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/compare")
+    ap.add_argument("--methods", default=DEFAULT, help="tiny recipe names, comma-separated")
+    ap.add_argument("--sft", default="", help="start every method from this SFT checkpoint (default: train one)")
     args = ap.parse_args()
+    labels = {name: label for label, name in METHODS.items()}
+    chosen = {labels.get(name, name): name for name in args.methods.split(",")}
     _quiet_libraries()
     out = Path(args.out)
     base = load_config(ROOT / "recipes/tiny/sft.yaml", [f"seed={args.seed}", f"out_dir={out}", "name=sft"])
-    sft_dir = out / "sft" / "checkpoints" / "sft"
-    run = RunDir.create(base)
+    sft_dir = Path(args.sft) if args.sft else out / "sft" / "checkpoints" / "sft"
+    run = None if args.sft else RunDir.create(base)
     data = prepare_data(base, run, log=lambda *_: None)
+    if args.sft and not (sft_dir / "config.json").exists():
+        raise SystemExit(f"--sft {sft_dir}: no model there")
     if not (sft_dir / "config.json").exists():
         model, tok = load_policy(base, data)
         run_sft(base, run, model, tok, data, show_progress=False)
     results = {}
-    for label, name in METHODS.items():
+    for label, name in chosen.items():
         cfg = load_config(ROOT / f"recipes/tiny/{name}.yaml", [f"seed={args.seed}", f"init_from={sft_dir}", f"out_dir={out}"])
         model, tok = load_model(sft_dir)
         engine = make_engine(model, tok, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,

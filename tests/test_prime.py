@@ -130,7 +130,7 @@ def test_implicit_prm_update_matches_a_float64_gradient(tiny):
     cross-entropy computed in float64 on a float64 copy of the starting model; the reference stays
     frozen and the policy untouched."""
     model, tok = copy.deepcopy(tiny[0]), tiny[1]
-    cfg = load_config(None, ["algo.advantage=prime", "algo.prm_lr=1e-3", "train.grad_clip=0"])
+    cfg = load_config(None, ["algo.advantage=prime", "algo.prm_lr=1e-3", "algo.prm_grad_clip=0"])
     start = copy.deepcopy(model.state_dict())
     prm = ImplicitPRM(cfg, model)
     batch = _tiny_batch(tok)
@@ -176,6 +176,7 @@ def test_score_and_update_order(tiny, order):
     (["algo.prm_lr=1e-5"], "algo.prm_lr is a process reward model setting, but advantage 'grpo' uses none"),
     (["algo.advantage=rloo", "algo.prm_beta=0.1"], "algo.prm_beta is a process reward model setting"),
     (["algo.advantage=prime", "algo.prm_beta=0"], "algo.prm_beta=0.0: must be positive"),
+    (["algo.advantage=dr_grpo", "algo.prm_grad_clip=1"], "algo.prm_grad_clip is a process reward model setting"),
     (["algo.advantage=prime", "algo.prm_update=during"], "algo.prm_update='during': expected 'before' or 'after'"),
     (["algo.advantage=prime", "algo.advantage_args.std_eps=1e-6"], "advantage estimator 'prime' does not take 'std_eps'"),
 ])

@@ -80,7 +80,7 @@ class ImplicitPRM:
                 loss_sum += float(losses.detach().sum())
                 z = implicit_outcome_logits(lp.detach(), ref_sub, sub.response_mask, self.beta)
                 correct += float(((z > 0) == (labels[idx] > 0.5)).sum())
-            grad_norm += grad_norm_clip(self.model, self.cfg.train.grad_clip)
+            grad_norm += grad_norm_clip(self.model, self.cfg.algo.prm_grad_clip)
             self.optimizer.step()
         return {"prm/loss": loss_sum / batch.size, "prm/accuracy": correct / batch.size,
                 "prm/grad_norm": grad_norm / len(batch.plan[0])}
