@@ -239,6 +239,7 @@ def prime_advantage(rewards, response_mask, group_index, *, process_rewards: tor
     seq_mean = token_r.sum(dim=1) / mask64.sum(dim=1).clamp(min=1)
     g_mean, _, g_count = group_stats(seq_mean, group_index)
     others = (g_mean * g_count - seq_mean) / (g_count - 1).clamp(min=1)  # mean of the other responses' rbar
-    centred = torch.where((g_count < 2).unsqueeze(-1), torch.zeros_like(token_r), (token_r - others.unsqueeze(-1)) * mask64)
+    centred = (token_r - others.unsqueeze(-1)) * mask64
+    centred = torch.where((g_count < 2).unsqueeze(-1), torch.zeros_like(centred), centred)
     adv = outcome.unsqueeze(-1) * mask64 + process_coef * discounted_returns(centred, mask64, gamma)
     return (masked_whiten(adv, mask64) if whiten else adv).to(torch.float32)

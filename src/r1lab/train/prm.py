@@ -41,7 +41,8 @@ class ImplicitPRM:
     def _logprobs(self, model, b: RolloutBatch) -> torch.Tensor:
         enabled = self.cfg.train.bf16
         with torch.autocast(model_device(model).type, dtype=torch.bfloat16, enabled=enabled), trainer_attention():
-            return token_logprobs(model, b.input_ids, b.attention_mask, 1.0, start=first_response_col(b.response_mask))[0]
+            start = first_response_col(b.response_mask)
+            return token_logprobs(model, b.input_ids, b.attention_mask, 1.0, start=start)[0]
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, reference: bool = False) -> torch.Tensor:
