@@ -1,11 +1,17 @@
-"""GRPO, Dr. GRPO, DAPO, REINFORCE++ and PPO (ORZ) on the demo task at an equal sample budget.
+"""GRPO, Dr. GRPO, DAPO, REINFORCE++ and PPO (ORZ) (or the tiny recipes --methods names, e.g.
+grpo,prime) on the demo task at an equal sample budget.
 
     .venv/bin/python benchmarks/compare_recipes.py [--budget 12800] [--eval-every 3200] [--seed 0]
+        [--methods grpo,dr_grpo,dapo,reinforce_pp,orz_ppo] [--sft runs/compare/sft/checkpoints/sft]
+
+A --methods entry may carry overrides of its recipe: `prime:algo.advantage_args.process_coef=0`
+(several joined by ';').
 
 One SFT model (the demo's first stage) is trained once; every method starts from it, runs its
 tiny recipe (recipes/tiny/<name>.yaml) until it has generated `budget` samples (dynamic sampling
 spends samples on dropped groups too), and is scored on the same 200 held-out problems (avg@8,
-temperature 1) every `eval_every` samples. Prints a markdown table and writes
+temperature 1) every `eval_every` samples. With --sft, every method starts from that SFT checkpoint
+instead (several RL seeds from one SFT model). Prints a markdown table and writes
 runs/compare/compare.png (held-out accuracy and response length against samples seen).
 """
 
@@ -33,7 +39,9 @@ from r1lab.stages import load_policy, prepare_data, run_eval, run_sft  # noqa: E
 from r1lab.train.rl import RLTrainer  # noqa: E402
 from r1lab.train.sampler import PromptSampler  # noqa: E402
 
-METHODS = {"GRPO": "grpo", "Dr. GRPO": "dr_grpo", "DAPO": "dapo", "REINFORCE++": "reinforce_pp", "PPO (ORZ)": "orz_ppo"}
+METHODS = {"GRPO": "grpo", "Dr. GRPO": "dr_grpo", "DAPO": "dapo", "REINFORCE++": "reinforce_pp", "PPO (ORZ)": "orz_ppo",
+           "PRIME": "prime"}
+DEFAULT = "grpo,dr_grpo,dapo,reinforce_pp,orz_ppo"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,19 +51,30 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=3200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/compare")
+    ap.add_argument("--methods", default=DEFAULT, help="tiny recipe names, comma-separated")
+    ap.add_argument("--sft", default="", help="start every method from this SFT checkpoint (default: train one)")
     args = ap.parse_args()
+    labels = {name: label for label, name in METHODS.items()}
+    chosen = {}
+    for entry in args.methods.split(","):
+        name, _, extra = entry.partition(":")
+        chosen[labels.get(name, name) + (f" [{extra}]" if extra else "")] = (name, extra.split(";") if extra else [])
     _quiet_libraries()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     base = load_config(ROOT / "recipes/tiny/sft.yaml", [f"seed={args.seed}", f"out_dir={out}", "name=sft"])
-    sft_dir = out / "sft" / "checkpoints" / "sft"
-    run = RunDir.create(base)
+    sft_dir = Path(args.sft) if args.sft else out / "sft" / "checkpoints" / "sft"
+    run = None if args.sft else RunDir.create(base)
     data = prepare_data(base, run, log=lambda *_: None)
+    if args.sft and not (sft_dir / "config.json").exists():
+        raise SystemExit(f"--sft {sft_dir}: no model there")
     if not (sft_dir / "config.json").exists():
         model, tok = load_policy(base, data)
         run_sft(base, run, model, tok, data, show_progress=False)
     results = {}
-    for label, name in METHODS.items():
-        cfg = load_config(ROOT / f"recipes/tiny/{name}.yaml", [f"seed={args.seed}", f"init_from={sft_dir}", f"out_dir={out}"])
+    for label, (name, extra) in chosen.items():
+        cfg = load_config(ROOT / f"recipes/tiny/{name}.yaml",
+                          [f"seed={args.seed}", f"init_from={sft_dir}", f"out_dir={out}", *extra])
         model, tok = load_model(sft_dir)
         engine = make_engine(model, tok, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
                              dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)  # as `r1lab rl` does
@@ -63,7 +82,7 @@ def main() -> None:
         sampler = PromptSampler(data.rl_prompts, seed=cfg.seed)
         if cfg.algo.critic and cfg.algo.value_pretrain_steps:
             trainer.pretrain_critic(sampler)
-        seen, next_eval, curve, t0 = 0, 0, [], time.time()
+        seen, next_eval, curve, prm_acc, t0 = 0, 0, [], [], time.time()
         while True:
             if seen >= next_eval:
                 s = run_eval(cfg, model, tok, data.eval, None, "eval", show_progress=False).summary
@@ -73,9 +92,13 @@ def main() -> None:
                 break
             m, _ = trainer.train_step(sampler)
             seen += m["sampling/generated"]
-        results[label] = {"curve": curve, "seconds": time.time() - t0, "steps": trainer.step}
+            if "prm/accuracy" in m:  # PRIME: how often the PRM's outcome logit had the verdict's sign
+                prm_acc.append(m["prm/accuracy"])
+        results[label] = {"curve": curve, "seconds": time.time() - t0, "steps": trainer.step, "prm_accuracy": prm_acc}
         print(f"{label}: avg@8 {100 * curve[0]['avg']:.1f} -> {100 * curve[-1]['avg']:.1f} "
-              f"in {trainer.step} steps, {time.time() - t0:.0f} s", flush=True)
+              f"in {trainer.step} steps, {time.time() - t0:.0f} s"
+              + (f", PRM outcome accuracy first/last 5 steps {sum(prm_acc[:5]) / len(prm_acc[:5]):.2f} / "
+                 f"{sum(prm_acc[-5:]) / len(prm_acc[-5:]):.2f}" if prm_acc else ""), flush=True)
     (out / "compare.json").write_text(json.dumps(results, indent=2))
     plot(results, args.budget, args.seed, out / "compare.png")
     print(f"\n# compare_recipes, {time.strftime('%Y-%m-%d')}, budget {args.budget} samples, seed {args.seed}")

@@ -16,7 +16,7 @@ from r1lab.train.sampler import PromptSampler
 
 ROOT = Path(__file__).resolve().parents[1] / "recipes"
 METHODS = ["r1_zero_grpo", "dapo", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline", "orz_ppo", "vc_ppo", "vapo",
-           "deepscaler", "skywork_or1", "srpo", "gpg", "mimo", "logic_rl"]
+           "deepscaler", "skywork_or1", "srpo", "gpg", "mimo", "logic_rl", "prime"]
 SMALL = ["model.tiny.hidden_size=96", "model.tiny.num_layers=2", "model.tiny.intermediate_size=288",
          "data.difficulty=1", "data.train_size=230", "data.sft_size=150", "data.eval_size=8",
          "reward.verify_workers=1"]
@@ -195,3 +195,14 @@ def test_logic_rl_on_knights_and_knaves(tmp_path):
     # an untrained model never has the strict format: format -1 and answer -2 on every sample
     assert all(r == pytest.approx(-3.0) for r in col(h, "reward/logic_rl"))
     assert all(math.isfinite(x) for x in col(h, "loss/total"))
+
+
+def test_prime_trains_its_implicit_prm_online(sft_checkpoint, tmp_path):
+    cfg, h = run_recipe("prime", sft_checkpoint, tmp_path)
+    assert cfg.algo.advantage == "prime" and cfg.algo.kl_coef == 0 and cfg.train.dynamic_sampling
+    for step in h:
+        assert all(math.isfinite(step[k]) for k in ("prm/loss", "prm/accuracy", "prm/grad_norm", "prm/reward_mean"))
+        assert step["prm/grad_norm"] > 0
+    # updated before it scores: its process rewards are no longer zero, and they reach the advantages
+    assert all(step["prm/reward_seq_abs_mean"] > 0 for step in h)
+    assert all(abs(step["adv/mean"]) < 1e-4 for step in h)  # batch-whitened

@@ -112,9 +112,16 @@ class AlgoConfig:
     # "tis" weights each token's policy-gradient term by min(pi_old / pi_engine, cap) (paper: cap 2)
     correction: str = ""  # registered rollout correction (algos/corrections.py)
     correction_args: dict[str, Any] = field(default_factory=dict)  # e.g. {cap: 2.0} (tis)
+    # implicit process reward model (PRIME): a copy of the starting policy trained online on outcome
+    # labels; the settings below need an advantage that uses it (prime)
+    prm_beta: float = 0.05  # process reward r_t = beta * log(pi_prm(y_t) / pi_ref(y_t))
+    prm_lr: float = 1e-6  # the PRM's own AdamW learning rate
+    prm_grad_clip: float = 10.0  # the PRM's gradient-norm clip (0 = none)
+    prm_update: str = "before"  # "before": update the PRM on the batch, then score it; "after": score, then update
 
 
 CRITIC_SETTINGS = ("critic_lr", "value_clip", "lam_critic", "value_pretrain_steps")  # taken only with critic: true
+PRM_SETTINGS = ("prm_beta", "prm_lr", "prm_grad_clip", "prm_update")  # taken only by an advantage with needs_prm (prime)
 
 # settings that moved into a method's own section: the error for the old key names the new one
 MOVED_KEYS = {

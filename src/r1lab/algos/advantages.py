@@ -5,7 +5,7 @@ Signature of every estimator:
 `group_index[i]` names the prompt sample i was drawn for, so group statistics are vectorised.
 Context inputs, passed only to estimators that declare them: `values` [B, T] (the critic's),
 `token_penalty` [B, T] (beta * KL_t when the KL is in the reward), `gamma` (the discount, shared with
-the critic). Every other keyword is the estimator's own hyper-parameter, set from
+the critic), `process_rewards` [B, T] (per-token rewards of an implicit process reward model). Every other keyword is the estimator's own hyper-parameter, set from
 `algo.advantage_args`. Advantages are zero outside the response mask.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 from r1lab.algos.registry import Registry
 
-ADVANTAGES = Registry("advantage estimator", context=("values", "token_penalty", "gamma"))
+ADVANTAGES = Registry("advantage estimator", context=("values", "token_penalty", "gamma", "process_rewards"))
 register_advantage = ADVANTAGES.register
 get_advantage = ADVANTAGES.get_or_raise
 
@@ -212,3 +212,34 @@ def gae_advantage(rewards, response_mask, group_index, *, values: torch.Tensor |
     lam = vapo_lambda(response_mask, length_adaptive_alpha) if length_adaptive_alpha > 0 else lam_actor
     adv, _ = gae(token_rewards, values, response_mask, gamma, lam)
     return masked_whiten(adv, response_mask) if whiten else adv
+
+
+@register_advantage("prime", needs_prm=True)
+def prime_advantage(rewards, response_mask, group_index, *, process_rewards: torch.Tensor | None = None,
+                    gamma: float = 1.0, process_coef: float = 1.0, whiten: bool = True) -> torch.Tensor:
+    """PRIME (Cui et al. 2025, Eq. 5): leave-one-out baselines for the outcome reward and for the
+    implicit process rewards, combined:
+
+        A_t^i = sum_{s >= t} gamma^(s-t) [r_s^i - 1/(K-1) sum_{j != i} rbar^j]  (process, scaled by process_coef)
+                + r^i - 1/(K-1) sum_{j != i} r^j                                  (outcome)
+
+    where rbar^j is the mean process reward over the tokens of response j and K its group's size;
+    then whitened over every valid token of the batch (`whiten`), as the paper's PPO update uses it.
+    `process_rewards` [B, T] come from the trainer's implicit PRM. Groups of one have no
+    leave-one-out baseline and get no advantage from either term; a NaN reward gets no outcome term.
+    Accumulates in float64."""
+    if process_rewards is None:
+        raise ValueError("the 'prime' advantage needs process rewards from an implicit PRM")
+    mask64 = response_mask.double()
+    valid = torch.isfinite(rewards)
+    mean, _, count = group_stats(rewards, group_index, valid)
+    r = torch.where(valid, rewards.double(), mean)
+    outcome = torch.where((count < 2) | ~valid, torch.zeros_like(r), (r - mean) * count / (count - 1).clamp(min=1))
+    token_r = process_rewards.double() * mask64
+    seq_mean = token_r.sum(dim=1) / mask64.sum(dim=1).clamp(min=1)
+    g_mean, _, g_count = group_stats(seq_mean, group_index)
+    others = (g_mean * g_count - seq_mean) / (g_count - 1).clamp(min=1)  # mean of the other responses' rbar
+    centred = (token_r - others.unsqueeze(-1)) * mask64
+    centred = torch.where((g_count < 2).unsqueeze(-1), torch.zeros_like(centred), centred)
+    adv = outcome.unsqueeze(-1) * mask64 + process_coef * discounted_returns(centred, mask64, gamma)
+    return (masked_whiten(adv, mask64) if whiten else adv).to(torch.float32)

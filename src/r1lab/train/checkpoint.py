@@ -4,7 +4,8 @@ that does not resume").
 
 A checkpoint (`checkpoints/state/step-NNNNNN.pt`, written to a temporary name and renamed) holds the
 step, the policy worker's state (policy weights, optimizer, scheduler, critic and its optimizer, the
-adaptive entropy coefficient, the weights version), the prompt sampler's position and random stream,
+adaptive entropy coefficient, the weights version), the implicit PRM and its optimizer when the
+method has one (PRIME), the prompt sampler's position and random stream,
 and the process's Python and torch random streams. The reference model is not saved: it is the
 starting model, rebuilt from the run's config. The engine's random stream is seeded per step.
 """

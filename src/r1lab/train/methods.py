@@ -8,20 +8,21 @@ from dataclasses import dataclass
 from typing import Callable
 
 from r1lab.algos import ADVANTAGES, CORRECTIONS, KL_ESTIMATORS, POLICY_LOSSES
-from r1lab.config import CRITIC_SETTINGS, AlgoConfig
+from r1lab.config import CRITIC_SETTINGS, PRM_SETTINGS, AlgoConfig
 from r1lab.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class BoundMethod:
     advantage: Callable  # (rewards, response_mask, group_index, **context) -> [B, T]
-    advantage_context: tuple[str, ...]  # which of values / token_penalty / gamma it takes
+    advantage_context: tuple[str, ...]  # which of values / token_penalty / gamma / process_rewards it takes
     policy_loss: Callable  # (logprobs, old_logprobs, advantages[, response_mask=]) -> (per-token loss, stats)
     loss_takes_mask: bool
     kl: Callable | None  # (logprobs, ref_logprobs) -> [B, T]; None when kl_coef is 0
     correction: Callable | None  # (trainer_logprobs, engine_logprobs, mask) -> weights; None when off
     needs_critic: bool
     needs_old_logprobs: bool  # the loss has a ratio against the sampling policy
+    needs_prm: bool = False  # the advantage takes process rewards from an implicit PRM (train/prm.py)
 
     @property
     def needs_reference(self) -> bool:
@@ -42,6 +43,19 @@ def bind_method(algo: AlgoConfig) -> BoundMethod:
         for name in CRITIC_SETTINGS:
             if getattr(algo, name) != getattr(defaults, name):
                 raise ConfigError(f"algo.{name} is a critic setting, but algo.critic is false")
+    needs_prm = bool(advantage.trait("needs_prm", False))
+    if needs_prm:
+        for name in ("prm_beta", "prm_lr"):
+            if getattr(algo, name) <= 0:
+                raise ConfigError(f"algo.{name}={getattr(algo, name)}: must be positive")
+        if algo.prm_update not in ("before", "after"):
+            raise ConfigError(f"algo.prm_update={algo.prm_update!r}: expected 'before' or 'after'")
+    else:
+        defaults = AlgoConfig()
+        for name in PRM_SETTINGS:
+            if getattr(algo, name) != getattr(defaults, name):
+                raise ConfigError(f"algo.{name} is a process reward model setting, but advantage '{algo.advantage}' "
+                                  "uses none (the one that does is 'prime')")
     if algo.gamma != 1.0 and "gamma" not in advantage.context and not algo.critic:
         raise ConfigError(f"algo.gamma={algo.gamma}: advantage '{algo.advantage}' does not discount and there is no critic")
     fixed_agg = loss.trait("loss_agg")
@@ -69,6 +83,7 @@ def bind_method(algo: AlgoConfig) -> BoundMethod:
         correction=correction,
         needs_critic=needs_critic,
         needs_old_logprobs=bool(loss.trait("needs_old_logprobs", True)),
+        needs_prm=needs_prm,
     )
 
 

@@ -36,6 +36,7 @@ from r1lab.train.checkpoint import save_state
 from r1lab.train.collect import Collected, collect
 from r1lab.train.methods import bind_method
 from r1lab.train.policy import LocalPolicyWorker, PolicyWorker
+from r1lab.train.prm import ImplicitPRM
 from r1lab.train.sampler import PromptSampler, scheduled
 from r1lab.train.step_metrics import batch_metrics, sample_metrics, sampler_metrics
 
@@ -52,6 +53,9 @@ class RLTrainer:
 
             policy = PolicyWorkerGroup(cfg, model, self.method)
         self.policy = policy if policy is not None else LocalPolicyWorker(cfg, model, self.method)
+        # PRIME: an implicit process reward model, copied from the starting policy
+        self.prm = ImplicitPRM(cfg, model) if self.method.needs_prm else None
+        self.prm_stats: dict[str, float] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.step = 0
 
@@ -103,6 +107,8 @@ class RLTrainer:
                 token_rewards = token_rewards - context["token_penalty"]
             # VC-PPO: the critic's targets use their own lambda (1.0: unbiased Monte-Carlo-like)
             _, batch.returns = gae(token_rewards, batch.old_values, mask, algo.gamma, algo.lam_critic)
+        if self.prm is not None:  # PRIME: the PRM's update on the outcomes and its per-token rewards
+            context["process_rewards"], self.prm_stats = self.prm.score_and_update(batch, batch.correct.float())
         context["gamma"] = algo.gamma
         batch.advantages = method.advantage(rewards, mask, group_index,
                                             **{k: v for k, v in context.items() if k in method.advantage_context})
@@ -136,6 +142,7 @@ class RLTrainer:
             **sampler_metrics(sampler),
             **col.info,
             **stats,
+            **self.prm_stats,
             "time/reference": t2 - t1,  # old-policy, reference and critic forwards
             "time/train": t3 - t2,
             "time/step": t3 - t0,
@@ -183,6 +190,8 @@ def train_rl(
         trainer.policy.load_state_dict(resume["policy"])
         sampler.load_state_dict(resume["sampler"])
         trainer.step = resume["step"]
+        if trainer.prm is not None:
+            trainer.prm.load_state_dict(resume["prm"])
         engine.load_weights(trainer.policy.engine_weights(), trainer.policy.version)
     elif trainer.policy.has_critic and cfg.algo.value_pretrain_steps:
         trainer.pretrain_critic(sampler, metrics)
@@ -204,7 +213,8 @@ def train_rl(
                                          "finish": c.finish_reason})
         health.observe(step + 1, m, [c.text for c in completions])
         if save_every and ((step + 1) % save_every == 0 or step + 1 == cfg.train.steps):
-            save_state(run_path, step + 1, {"policy": trainer.policy.state_dict(), "sampler": sampler.state_dict()},
+            save_state(run_path, step + 1, {"policy": trainer.policy.state_dict(), "sampler": sampler.state_dict(),
+                                            **({"prm": trainer.prm.state_dict()} if trainer.prm is not None else {})},
                        cfg.train.keep_checkpoints)
         bar.set_postfix(reward=f"{m['reward/total']:.3f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response/length']:.0f}")
     return history
