@@ -108,7 +108,9 @@ class AlgoConfig:
     # rollout correction (Yao et al. 2025): weight each token's policy-gradient term by
     # min(pi_old / pi_engine, tis_cap) for the engine/trainer log-prob mismatch; 0 = off (paper: 2)
     tis_cap: float = 0.0
-    correction: str = "tis"  # registered rollout correction (algos/corrections.py) used when tis_cap > 0
+    # registered rollout correction (algos/corrections.py) used when tis_cap > 0: tis (weights capped at
+    # tis_cap) | masked_is (tokens whose ratio leaves [1/tis_cap, tis_cap] dropped)
+    correction: str = "tis"
 
 
 @dataclass

@@ -453,7 +453,8 @@ class RLTrainer:
                         if self.correction_fn is not None:  # TIS: the tokens came from the engine, not pi_old
                             w = self.correction_fn(old, sub.engine_logprobs, algo.tis_cap, sub.response_mask)
                             per_token = per_token * w
-                            stats = {**stats, "tis_weight": w, "tis_capped": (w >= algo.tis_cap).float()}
+                            stats = {**stats, "tis_weight": w, "tis_capped": (w >= algo.tis_cap).float(),
+                                     "tis_dropped": (w == 0).float()}  # tokens a masked correction drops
                         pg_loss = agg(per_token)
                         loss = pg_loss
                         # KL and entropy use the same aggregation as the policy loss (verl#3986)
@@ -507,7 +508,7 @@ class RLTrainer:
             "policy/grad_norm": sums["grad_norm"] / n_updates,
             "policy/lr": self.scheduler.get_last_lr()[0],
         })
-        for name in ("clip_frac", "clip_frac_high", "clip_frac_low", "ratio", "tis_weight", "tis_capped"):
+        for name in ("clip_frac", "clip_frac_high", "clip_frac_low", "ratio", "tis_weight", "tis_capped", "tis_dropped"):
             if name in sums:
                 out[f"policy/{name}"] = sums[name] / tokens
         if "kl" in sums:
