@@ -15,3 +15,8 @@ class DataError(R1labError):
 
 class ModelError(R1labError):
     """A model path or name cannot be loaded."""
+
+
+class EngineError(R1labError):
+    """A rollout engine cannot be used: its optional extra is missing, it cannot run this model, or it
+    did not start."""

@@ -14,7 +14,7 @@ from r1lab.eval.run import EvalResult, evaluate
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, render_prompt, resolve_device, save_model, torch_dtype
 from r1lab.plots import RL_PANELS, SFT_PANELS, plot_curves
 from r1lab.records import Problem, load_problems, save_problems
-from r1lab.rollout import SamplingParams, make_engine
+from r1lab.rollout import SamplingParams, engine_options, make_engine
 from r1lab.runs import MetricsWriter, RunDir, read_metrics
 from r1lab.tasks import generate_splits, get_task
 from r1lab.verify import check_gold, verify_batch
@@ -136,13 +136,18 @@ def run_eval(cfg: RunConfig, model, tokenizer, problems: list[Problem], out_path
              on_progress=None) -> EvalResult:
     """Evaluate with the config's eval settings. `engine` (e.g. an OpenAIEngine for a served model)
     replaces the local HF engine of `model`; `resume`/`settings`/`on_progress` as in eval.run.evaluate."""
-    if engine is None:
+    own = engine is None
+    if own:
         engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.eval.batch_size,
-                             dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
-    return evaluate(engine, problems, eval_params(cfg), n=cfg.eval.n, ks=cfg.eval.ks, seed=cfg.seed + 777,
-                    verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
-                    out_path=out_path, desc=desc, show_progress=show_progress, resume=resume, settings=settings,
-                    on_progress=on_progress)
+                             **engine_options(cfg.rollout))
+    try:
+        return evaluate(engine, problems, eval_params(cfg), n=cfg.eval.n, ks=cfg.eval.ks, seed=cfg.seed + 777,
+                        verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
+                        out_path=out_path, desc=desc, show_progress=show_progress, resume=resume, settings=settings,
+                        on_progress=on_progress)
+    finally:
+        if own and hasattr(engine, "close"):  # an engine with memory of its own (vLLM) frees it
+            engine.close()
 
 
 def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True) -> dict[str, float]:
@@ -168,15 +173,22 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
 
     lora = apply_lora(model, cfg.train.lora, "train.lora")  # adapters in place; None = full fine-tuning
     engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
-                         dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
+                         **engine_options(cfg.rollout))
 
     def on_eval(step: int) -> dict[str, float]:
-        res = run_eval(cfg, model, tokenizer, data.eval, None, f"eval@{step}", show_progress=False)
+        # an engine that holds its own weights (vLLM) also evaluates: it follows the policy, and a
+        # second copy of it would not fit next to the trainer
+        shared = engine if hasattr(engine, "load_weights") else None
+        res = run_eval(cfg, model, tokenizer, data.eval, None, f"eval@{step}", show_progress=False, engine=shared)
         return {"eval/avg": res.summary[f"avg@{cfg.eval.n}"]}
 
-    with MetricsWriter(run.file("metrics.jsonl")) as mw, MetricsWriter(run.file("samples.jsonl")) as sw:
-        history = train_rl(cfg, model, tokenizer, engine, data.rl_prompts, metrics=mw, samples=sw,
-                           on_eval=on_eval, show_progress=show_progress)
+    try:
+        with MetricsWriter(run.file("metrics.jsonl")) as mw, MetricsWriter(run.file("samples.jsonl")) as sw:
+            history = train_rl(cfg, model, tokenizer, engine, data.rl_prompts, metrics=mw, samples=sw,
+                               on_eval=on_eval, show_progress=show_progress)
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
     merge_lora(lora, model)
     save_model(model, tokenizer, run.checkpoint("rl"))
     plot_curves(read_metrics(run.file("metrics.jsonl")), RL_PANELS, run.file("plots/rl.png"), f"RL ({cfg.algo.advantage})")

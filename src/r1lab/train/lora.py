@@ -9,7 +9,9 @@ an ordinary Hugging Face directory: no peft needed to load an r1lab checkpoint.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
+
+import torch
 
 from r1lab.config import LoRAConfig
 from r1lab.errors import ConfigError
@@ -44,8 +46,33 @@ def merge_lora(wrapper: Any | None, model: Any) -> Any:
     return merged
 
 
+def merged_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights as (Hugging Face parameter name, tensor), produced one at a time, with
+    every LoRA adapter folded in (W + sum_a s_a B_a A_a) and the adapter tensors left out: what an
+    inference engine that knows nothing of peft loads. The model itself is not changed. Works on the
+    plain model that `apply_lora` wrapped in place (its LoRA layers have a `base_layer`)."""
+    lora_layers = {name: m for name, m in model.named_modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_" in name:
+                continue
+            owner, _, leaf = name.rpartition(".base_layer.")
+            if owner in lora_layers:
+                layer = lora_layers[owner]
+                if leaf == "weight" and not getattr(layer, "merged", False):
+                    w = p.detach().float()
+                    for a in layer.active_adapters:
+                        if a in layer.lora_A:
+                            w = w + layer.scaling[a] * (layer.lora_B[a].weight.float() @ layer.lora_A[a].weight.float())
+                    yield f"{owner}.{leaf}", w.to(p.dtype)
+                else:
+                    yield f"{owner}.{leaf}", p.detach()
+            else:
+                yield name, p.detach()
+
+
 def lora_parameter_names(model: Any) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
 
 
-__all__ = ["apply_lora", "lora_parameter_names", "merge_lora"]
+__all__ = ["apply_lora", "lora_parameter_names", "merge_lora", "merged_weights"]

@@ -255,6 +255,7 @@ class RLTrainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.entropy_coef = algo.entropy_coef
         self.step = 0
+        self.weights_version = 0  # optimizer steps taken: the policy version the engine must sample from
         if cfg.train.bf16:
             from r1lab.models import warn_if_emulated_bf16
 
@@ -292,8 +293,17 @@ class RLTrainer:
 
     def rollout(self, prompts: list[Problem], seed: int) -> tuple[list[Problem], list[Completion]]:
         G = self.cfg.train.group_size
+        self.sync_engine()
         completions = self.engine.generate(prompts, self.params, n=G, seed=seed)
         return [p for p in prompts for _ in range(G)], completions
+
+    def sync_engine(self) -> None:
+        """Push the policy's weights (LoRA merged) to an engine that holds its own copy of them
+        (`load_weights`), when they changed since its last push."""
+        if hasattr(self.engine, "load_weights") and self.engine.policy_version != self.weights_version:
+            from r1lab.train.lora import merged_weights
+
+            self.engine.load_weights(merged_weights(self.model), self.weights_version)
 
     def collect(self, sampler: PromptSampler) -> Collected:
         """Generate and score prompts_per_step groups. Under dynamic sampling (DAPO), groups whose
@@ -486,6 +496,7 @@ class RLTrainer:
                 if policy:
                     add("grad_norm", grad_norm_clip(self.model, train.grad_clip))
                     self.optimizer.step()
+                    self.weights_version += 1
                 if self.critic is not None:
                     add("critic_grad_norm", grad_norm_clip(self.critic, train.grad_clip))
                     self.critic_optimizer.step()
