@@ -64,13 +64,13 @@ def vllm_unavailable_reason() -> str | None:
     except ImportError as e:
         if getattr(e, "name", None) == "vllm":
             return f"rollout.engine=vllm: vLLM is not installed; {INSTALL_HINT}"
-        return f"rollout.engine=vllm: vLLM is installed but does not import ({_first_line(e)}); {INSTALL_HINT}"
+        return f"rollout.engine=vllm: vLLM is installed but does not import ({_one_line(e)}); {INSTALL_HINT}"
     except Exception as e:  # e.g. torchvision built for another torch: "operator torchvision::nms does not exist"
-        return f"rollout.engine=vllm: vLLM does not import ({_first_line(e)}); {INSTALL_HINT}"
+        return f"rollout.engine=vllm: vLLM does not import ({_one_line(e)}); {INSTALL_HINT}"
     return None
 
 
-def _first_line(e: BaseException) -> str:
+def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}"[:400]
 
 
@@ -173,7 +173,7 @@ class VLLMEngine:
             self.llm = LLM(**kwargs)
         except Exception as e:
             shutil.rmtree(self._dir, ignore_errors=True)
-            raise EngineError(f"rollout.engine=vllm: the vLLM engine did not start ({_first_line(e)}); "
+            raise EngineError(f"rollout.engine=vllm: the vLLM engine did not start ({_one_line(e)}); "
                               "check rollout.kv_cache_gb / rollout.gpu_memory_utilization and the model, "
                               "or use rollout.engine=fast") from e
         self.stats["start_s"] = time.perf_counter() - t0
@@ -223,6 +223,9 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         self._sync_from_model()
+        if self._asleep:  # asleep with unchanged weights: bring weights and KV cache back
+            self.llm.wake_up()
+            self._asleep = False
         encoded = encode_prompts(self.tokenizer, problems)
         stop_ids = sorted(set(self.stop_ids) | set(params.stop_token_ids))
         base = dict(
@@ -268,7 +271,7 @@ class VLLMEngine:
             try:
                 llm.llm_engine.engine_core.shutdown()
             except Exception as e:  # the process goes on; a failed shutdown only leaks memory
-                log.warning("vllm: engine shutdown failed: %s", _first_line(e))
+                log.warning("vllm: engine shutdown failed: %s", _one_line(e))
             del llm
             import gc
 
