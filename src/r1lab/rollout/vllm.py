@@ -160,8 +160,10 @@ class VLLMEngine:
             cfg.architectures = architectures(model)
             cfg.save_pretrained(self._dir)
             tokenizer.save_pretrained(self._dir)
+            vdtype = _vllm_dtype(dtype, model)
+            self.dtype = getattr(torch, vdtype)
             kwargs = dict(
-                model=str(self._dir), tokenizer=str(self._dir), load_format="dummy", dtype=_vllm_dtype(dtype, model),
+                model=str(self._dir), tokenizer=str(self._dir), load_format="dummy", dtype=vdtype,
                 seed=seed, enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size,
                 max_model_len=max_len, max_num_seqs=batch_size, logprobs_mode="processed_logprobs",
                 enable_sleep_mode=enable_sleep_mode,
@@ -190,7 +192,7 @@ class VLLMEngine:
         t0 = time.perf_counter()
         if self._asleep:
             self.llm.wake_up(tags=["weights"])
-        weights = iter(weights)
+        weights = ((n, t.to(self.dtype)) for n, t in weights)  # in the engine's dtype, one tensor at a time
         if self.tensor_parallel_size > 1:  # workers in other processes: the pairs must be picklable
             weights = [(n, t.detach().cpu()) for n, t in weights]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
