@@ -286,13 +286,28 @@ def test_an_architecture_vllm_cannot_run_is_named_and_its_run_directory_removed(
     assert not (tmp_path / "bad").exists()
 
 
-def test_auto_picks_by_device_architecture_and_what_is_installed(tiny, monkeypatch):
+def test_auto_picks_by_device_architecture_host_and_what_is_installed(tiny, monkeypatch):
+    import r1lab.models as models
     import r1lab.rollout as rollout
+    import r1lab.rollout.vllm as rv
 
     model, _ = tiny
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
     engine, why = choose_engine(model)
-    assert engine == "fast" and "supported architecture" in why
+    assert engine == "fast" and "fast engine runs" in why
     monkeypatch.setattr(rollout, "unsupported_reason", lambda m: "model_type 'gpt2' is not one of llama, qwen2")
+    assert choose_engine(model)[0] == "hf"
+    # an AVX2 host with vLLM installed: vLLM, unless it cannot run the model
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(rollout.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(rv, "vllm_unavailable_reason", lambda: None)
+    monkeypatch.setattr(rv, "unsupported_reason", lambda m: None)
+    engine, why = choose_engine(model)
+    assert engine == "vllm" and "without native bf16" in why
+    monkeypatch.setattr(rv, "unsupported_reason", lambda m: "head size 16 is not one the vLLM CPU attention supports")
+    engine, why = choose_engine(model)
+    assert engine == "hf" and "head size 16" in why
+    # vLLM not installed
     monkeypatch.setattr(rollout.importlib.util, "find_spec", lambda name: None)
     engine, why = choose_engine(model)
-    assert engine == "hf" and "vLLM is not installed" in why
+    assert engine == "hf" and "fast engine cannot run" in why

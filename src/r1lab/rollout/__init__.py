@@ -33,28 +33,36 @@ def check_engine(engine: str) -> None:
 
 
 def choose_engine(model) -> tuple[str, str]:
-    """`rollout.engine=auto`: (engine, why), from the model's device and architecture and whether
-    vLLM is installed, following the measured comparison in BENCHMARKS.md: on a GPU vLLM when
-    installed (r1lab's fast engine is CPU-only), else hf; on a CPU the fast engine for the models it
-    supports (it out-ran vLLM-CPU at SmolLM2 size on both hosts measured), vLLM for the other
-    architectures when installed, else hf."""
+    """`rollout.engine=auto`: (engine, why), from the model's device and architecture, the host CPU
+    and whether vLLM is installed, following the SmolLM2-135M measurements in BENCHMARKS.md (no
+    larger model was measured, so size does not enter):
+
+    - on a GPU: vLLM when installed (r1lab's fast engine is CPU-only), else hf;
+    - on a CPU with native bf16 (AVX-512 BF16 / AMX): the fast engine for the architectures it runs
+      (it out-ran vLLM-CPU in most interleaved rounds and starts in under a second against vLLM's
+      14-30 s), hf for the others (vLLM-CPU did not beat HF generate consistently there);
+    - on a CPU without native bf16 (AVX2): vLLM when installed and able to run the model (fp32,
+      batch 16: 77 tokens/s against the fast engine's 61 and HF's 52), else fast, else hf."""
+    from r1lab.models import cpu_has_native_bf16
+
     device = next(model.parameters()).device.type
     has_vllm = importlib.util.find_spec("vllm") is not None
     if device != "cpu":
         if has_vllm:
             return "vllm", f"the model is on {device} and vLLM is installed"
         return "hf", f"the model is on {device}, the fast engine is CPU-only and vLLM is not installed"
-    reason = unsupported_reason(model)
-    if reason is None:
-        return "fast", "CPU model of a supported architecture: the fast engine was the fastest measured on CPU"
-    if has_vllm:
+    fast_reason = unsupported_reason(model)
+    if not cpu_has_native_bf16() and has_vllm:
         from r1lab.rollout.vllm import unsupported_reason as vllm_reason, vllm_unavailable_reason
 
-        why_not = vllm_unavailable_reason() or vllm_reason(model)
-        if why_not is None:
-            return "vllm", f"the fast engine cannot run this model ({reason}) and vLLM can"
-        return "hf", f"the fast engine cannot run this model ({reason}) nor vLLM ({why_not})"
-    return "hf", f"the fast engine cannot run this model ({reason}) and vLLM is not installed"
+        if (why_not := vllm_unavailable_reason() or vllm_reason(model)) is None:
+            return "vllm", "a CPU without native bf16, where vLLM-CPU out-ran the fast engine and HF generate"
+        if fast_reason is None:
+            return "fast", f"vLLM cannot run this model ({why_not}); the fast engine can"
+        return "hf", f"neither vLLM ({why_not}) nor the fast engine ({fast_reason}) can run this model"
+    if fast_reason is None:
+        return "fast", "a CPU model of an architecture the fast engine runs: the fastest measured on this kind of CPU"
+    return "hf", f"the fast engine cannot run this model ({fast_reason}); vLLM-CPU did not beat HF generate on such CPUs"
 
 
 def make_engine(model, tokenizer, engine: str = "fast", batch_size: int = 256, dtype: str = "auto",
