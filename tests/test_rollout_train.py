@@ -217,7 +217,7 @@ def test_engines_share_one_interface_and_samples_record_the_policy_version(tiny)
 
 def test_engine_weights_fold_lora_in_and_leave_the_model_as_it_is(tiny):
     from r1lab.config import LoRAConfig
-    from r1lab.train.lora import apply_lora, merged_state
+    from r1lab.train.lora import apply_lora, merged_weights
 
     plain = dict(tiny[0].state_dict())
     model = copy.deepcopy(tiny[0])
@@ -227,7 +227,7 @@ def test_engine_weights_fold_lora_in_and_leave_the_model_as_it_is(tiny):
             if "lora_B" in name:
                 p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
     params = dict(model.named_parameters())
-    got = dict(merged_state(model))
+    got = dict(merged_weights(model))
     assert set(got) == set(plain)  # the plain model's names, no adapter tensors
     assert any("lora_" in n for n in params)  # the model keeps its adapters
     for name, tensor in plain.items():

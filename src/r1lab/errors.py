@@ -20,3 +20,8 @@ class ModelError(R1labError):
 class TrainingDivergedError(R1labError):
     """A training step produced NaN or Inf (loss, gradient norm, entropy, reward...): the run stops
     before a checkpoint of the broken weights is saved."""
+
+
+class EngineError(R1labError):
+    """A rollout engine cannot be used: its optional extra is missing, it cannot run this model, or it
+    did not start."""

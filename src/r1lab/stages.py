@@ -20,7 +20,8 @@ from r1lab.health import HealthMonitor, health_markdown, read_findings
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, render_prompt, resolve_device, save_model, torch_dtype
 from r1lab.plots import RL_PANELS, SFT_PANELS, plot_benchmark_accuracy, plot_breakdown, plot_curves
 from r1lab.records import Problem, load_problems, save_problems
-from r1lab.rollout import SamplingParams, make_engine
+from r1lab.rollout import SamplingParams, engine_options, make_engine
+from r1lab.rollout.base import LiveModelEngine
 from r1lab.runs import MetricsWriter, RunDir, read_metrics, truncate_metrics
 from r1lab.tasks import generate_splits, get_task
 from r1lab.tracking import make_tracker
@@ -143,19 +144,24 @@ def run_eval(cfg: RunConfig, model, tokenizer, problems: list[Problem], out_path
              on_progress=None) -> EvalResult:
     """Evaluate with the config's eval settings. `engine` (e.g. an OpenAIEngine for a served model)
     replaces the local HF engine of `model`; `resume`/`settings`/`on_progress` as in eval.run.evaluate."""
-    if engine is None:
+    own = engine is None
+    if own:
         engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.eval.batch_size,
-                             dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
+                             **engine_options(cfg.rollout))
     if cfg.eval.budget.max_think > 0:
         from r1lab.eval.budget import forced_engine
 
         engine = forced_engine(engine, cfg.eval.budget)
         b = cfg.eval.budget
         settings = {**(settings or {}), "think_budget": [b.min_think, b.max_think, b.answer_tokens, b.end, b.wait, b.close]}
-    return evaluate(engine, problems, eval_params(cfg), n=cfg.eval.n, ks=cfg.eval.ks, seed=cfg.seed + 777,
-                    verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
-                    out_path=out_path, desc=desc, show_progress=show_progress, resume=resume, settings=settings,
-                    on_progress=on_progress)
+    try:
+        return evaluate(engine, problems, eval_params(cfg), n=cfg.eval.n, ks=cfg.eval.ks, seed=cfg.seed + 777,
+                        verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
+                        out_path=out_path, desc=desc, show_progress=show_progress, resume=resume, settings=settings,
+                        on_progress=on_progress)
+    finally:
+        if own:  # an engine with memory of its own (vLLM) frees it
+            engine.close()
 
 
 def evaluate_benchmarks(cfg, model, tokenizer, benches: list[Benchmark], out_dir, n: int | None = None,
@@ -221,10 +227,13 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
 
     lora = apply_lora(model, cfg.train.lora, "train.lora")  # adapters in place; None = full fine-tuning
     engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
-                         dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
+                         **engine_options(cfg.rollout))
 
     def on_eval(step: int) -> dict[str, float]:
-        res = run_eval(cfg, model, tokenizer, data.eval, None, f"eval@{step}", show_progress=False)
+        # an engine that holds its own weights (vLLM) also evaluates: it follows the policy, and a
+        # second copy of it would not fit next to the trainer
+        shared = None if isinstance(engine, LiveModelEngine) else engine
+        res = run_eval(cfg, model, tokenizer, data.eval, None, f"eval@{step}", show_progress=False, engine=shared)
         return {"eval/avg": res.summary[f"avg@{cfg.eval.n}"]}
 
     state = None
@@ -236,11 +245,15 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_metrics(run.file(name), state["step"])
         health.prime([r for r in read_metrics(run.file("metrics.jsonl")) if r["step"] > 0])
-    with MetricsWriter(run.file("metrics.jsonl"), append=bool(cfg.resume), tracker=make_tracker(cfg, run.path, "rl")) as mw, \
-            MetricsWriter(run.file("samples.jsonl"), append=bool(cfg.resume)) as sw:
-        history = train_rl(cfg, model, tokenizer, engine, data.rl_prompts, metrics=mw, samples=sw,
-                           on_eval=on_eval, show_progress=show_progress, health=health, run_path=run.path,
-                           resume=state)
+    try:
+        with MetricsWriter(run.file("metrics.jsonl"), append=bool(cfg.resume),
+                           tracker=make_tracker(cfg, run.path, "rl")) as mw, \
+                MetricsWriter(run.file("samples.jsonl"), append=bool(cfg.resume)) as sw:
+            history = train_rl(cfg, model, tokenizer, engine, data.rl_prompts, metrics=mw, samples=sw,
+                               on_eval=on_eval, show_progress=show_progress, health=health, run_path=run.path,
+                               resume=state)
+    finally:
+        engine.close()
     merge_lora(lora, model)
     save_model(model, tokenizer, run.checkpoint("rl"))
     plot_curves(read_metrics(run.file("metrics.jsonl")), RL_PANELS, run.file("plots/rl.png"), f"RL ({cfg.algo.advantage})")

@@ -35,3 +35,26 @@ def truncated_is_weight(trainer_logprobs: torch.Tensor, engine_logprobs: torch.T
     if mask is not None:
         w = w * mask.to(w.dtype)
     return w
+
+
+@register_correction("masked_is")
+def masked_is_weight(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor,
+                     mask: torch.Tensor | None = None, *, cap: float = 2.0) -> torch.Tensor:
+    """Masked importance sampling (Yao et al. 2025, the token-level masked variant of the correction
+    in "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"): where the ratio
+    r_t = pi_old(y_t) / pi_engine(y_t) stays inside [1/C, C] the token keeps the weight r_t, outside
+    it the token is dropped (weight 0) instead of clipped to C, so a token the two policies disagree
+    on strongly contributes nothing rather than a capped, still biased term:
+
+        w_t = r_t * 1[1/C <= r_t <= C],
+
+    detached, and 0 outside `mask`. C must be > 1 (the bounds [1/C, C] must hold ratio 1)."""
+    if cap <= 1:
+        raise ValueError("the masked correction's bound C must be > 1 (tokens are kept for ratios in [1/C, C])")
+    log_ratio = (trainer_logprobs - engine_logprobs).detach()
+    bound = torch.log(torch.as_tensor(cap, dtype=log_ratio.dtype))
+    keep = log_ratio.abs() <= bound  # in log space: no overflow for extreme ratios
+    w = torch.where(keep, torch.exp(log_ratio.clamp(max=bound)), torch.zeros_like(log_ratio))
+    if mask is not None:
+        w = w * mask.to(w.dtype)
+    return w

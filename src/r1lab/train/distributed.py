@@ -410,13 +410,13 @@ class PolicyWorkerGroup:
     def engine_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The gathered full weights, loaded into the controller's copy (the model the HF and fast
         engines sample), then as LocalPolicyWorker gives them: adapters merged."""
-        from r1lab.train.lora import merged_state
+        from r1lab.train.lora import merged_weights
 
         full = self._call("full_weights")[0]
         with torch.no_grad():
             self.model.load_state_dict(full)
         note_weights_changed(self.model)
-        return merged_state(self.model)
+        return merged_weights(self.model)
 
     def state_dict(self) -> dict[str, Any]:
         return self._call("state_dict")[0]

@@ -46,29 +46,31 @@ def merge_lora(wrapper: Any | None, model: Any) -> Any:
     return merged
 
 
-@torch.no_grad()
-def merged_state(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
-    """The model's weights as (name, tensor) with active adapters folded in (W + (alpha / r) B A)
-    and names as in the plain model, leaving the model itself untouched: what a rollout engine that
-    holds its own copy of the weights loads. Without adapters, the state dict as it is."""
+def merged_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's parameters as (Hugging Face name, tensor), one at a time, with every active LoRA
+    adapter folded in (W + (alpha / r) B A) and the adapter tensors left out: what an inference engine
+    that knows nothing of peft loads. The model itself is not changed; without adapters, its
+    parameters as they are."""
     from peft.tuners.lora import LoraLayer
 
-    deltas = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and not module.merged:
-            active = [a for a in module.active_adapters if a in module.lora_A]
-            if active:
-                deltas[f"{name}.base_layer.weight"] = sum(module.get_delta_weight(a) for a in active)
-    for name, tensor in model.state_dict().items():
-        if ".lora_" in name:
-            continue
-        if name in deltas:
-            tensor = tensor + deltas[name].to(tensor.dtype)
-        yield name.replace(".base_layer.", "."), tensor
+    with torch.no_grad():
+        deltas = {}
+        for name, module in model.named_modules():
+            if isinstance(module, LoraLayer) and not module.merged:
+                active = [a for a in module.active_adapters if a in module.lora_A]
+                if active:
+                    deltas[f"{name}.base_layer.weight"] = sum(module.get_delta_weight(a) for a in active)
+        for name, p in model.named_parameters():
+            if ".lora_" in name:
+                continue
+            tensor = p.detach()
+            if name in deltas:
+                tensor = tensor + deltas[name].to(tensor.dtype)
+            yield name.replace(".base_layer.", "."), tensor
 
 
 def lora_parameter_names(model: Any) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
 
 
-__all__ = ["apply_lora", "lora_parameter_names", "merge_lora", "merged_state"]
+__all__ = ["apply_lora", "lora_parameter_names", "merge_lora", "merged_weights"]

@@ -139,9 +139,9 @@ class LocalPolicyWorker:
 
     def engine_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Adapter-free names and weights: under LoRA, W + (alpha / r) B A for each adapted layer."""
-        from r1lab.train.lora import merged_state
+        from r1lab.train.lora import merged_weights
 
-        yield from merged_state(self.model)
+        yield from merged_weights(self.model)
 
     # -- updates ----------------------------------------------------------------------------------
 
@@ -192,7 +192,8 @@ class LocalPolicyWorker:
             w = method.correction(old, sub.engine_logprobs, sub.response_mask)
             raw = torch.exp((old - sub.engine_logprobs).detach()) * sub.response_mask
             per_token = per_token * w
-            stats = {**stats, "tis_weight": w, "tis_capped": (w != raw).float()}
+            stats = {**stats, "tis_weight": w, "tis_capped": (w != raw).float(),
+                     "tis_dropped": (w == 0).float()}  # tokens a masked correction drops
         pg_loss = agg(per_token)
         loss = pg_loss
         # KL and entropy use the same aggregation as the policy loss
@@ -230,7 +231,7 @@ class LocalPolicyWorker:
             "policy/grad_norm": sums["grad_norm"] / n_updates,
             "policy/lr": self.scheduler.get_last_lr()[0],
         }
-        for name in ("clip_frac", "clip_frac_high", "clip_frac_low", "ratio", "tis_weight", "tis_capped"):
+        for name in ("clip_frac", "clip_frac_high", "clip_frac_low", "ratio", "tis_weight", "tis_capped", "tis_dropped"):
             if name in sums:
                 out[f"policy/{name}"] = sums[name] / tokens
         if "kl" in sums:
