@@ -219,7 +219,7 @@ def test_engine_weights_fold_lora_in_and_leave_the_model_as_it_is(tiny):
     from r1lab.config import LoRAConfig
     from r1lab.train.lora import apply_lora, merged_weights
 
-    plain = dict(tiny[0].state_dict())
+    plain = {n: p.detach() for n, p in tiny[0].named_parameters()}
     model = copy.deepcopy(tiny[0])
     apply_lora(model, LoRAConfig(r=4, alpha=8.0, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
@@ -228,7 +228,7 @@ def test_engine_weights_fold_lora_in_and_leave_the_model_as_it_is(tiny):
                 p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
     params = dict(model.named_parameters())
     got = dict(merged_weights(model))
-    assert set(got) == set(plain)  # the plain model's names, no adapter tensors
+    assert set(got) == set(plain)  # the plain model's parameter names, no adapter tensors
     assert any("lora_" in n for n in params)  # the model keeps its adapters
     for name, tensor in plain.items():
         stem = name.removesuffix(".weight")

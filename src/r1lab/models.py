@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -220,3 +220,26 @@ def render_prompt(tokenizer: PreTrainedTokenizerFast, prompt: str | list[dict[st
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def merged_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's parameters as (Hugging Face name, tensor), one at a time, with every active LoRA
+    adapter folded in (W + (alpha / r) B A) and the adapter tensors left out: what an inference engine
+    that knows nothing of peft loads. The model itself is not changed; without adapters, its
+    parameters as they are."""
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        deltas = {}
+        for name, module in model.named_modules():
+            if isinstance(module, LoraLayer) and not module.merged:
+                active = [a for a in module.active_adapters if a in module.lora_A]
+                if active:
+                    deltas[f"{name}.base_layer.weight"] = sum(module.get_delta_weight(a) for a in active)
+        for name, p in model.named_parameters():
+            if ".lora_" in name:
+                continue
+            tensor = p.detach()
+            if name in deltas:
+                tensor = tensor + deltas[name].to(tensor.dtype)
+            yield name.replace(".base_layer.", "."), tensor

@@ -210,7 +210,7 @@ class VLLMEngine:
     def _sync_from_model(self, force: bool = False) -> None:
         """Load the policy's weights if they changed since the last load (or `force`)."""
         from r1lab.rollout.fast import _version_key
-        from r1lab.train.lora import merged_weights
+        from r1lab.models import merged_weights
 
         if force or _version_key(self.model) != self._synced_key:
             self.load_weights(merged_weights(self.model), self.policy_version + (0 if force else 1))

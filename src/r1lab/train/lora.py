@@ -9,12 +9,11 @@ an ordinary Hugging Face directory: no peft needed to load an r1lab checkpoint.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
-
-import torch
+from typing import Any
 
 from r1lab.config import LoRAConfig
 from r1lab.errors import ConfigError
+from r1lab.models import merged_weights  # re-exported: what an engine loads of an adapted model
 
 
 def apply_lora(model: Any, cfg: LoRAConfig, where: str = "lora") -> Any | None:
@@ -44,29 +43,6 @@ def merge_lora(wrapper: Any | None, model: Any) -> Any:
         if attr in merged.__dict__:
             delattr(merged, attr)
     return merged
-
-
-def merged_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
-    """The policy's parameters as (Hugging Face name, tensor), one at a time, with every active LoRA
-    adapter folded in (W + (alpha / r) B A) and the adapter tensors left out: what an inference engine
-    that knows nothing of peft loads. The model itself is not changed; without adapters, its
-    parameters as they are."""
-    from peft.tuners.lora import LoraLayer
-
-    with torch.no_grad():
-        deltas = {}
-        for name, module in model.named_modules():
-            if isinstance(module, LoraLayer) and not module.merged:
-                active = [a for a in module.active_adapters if a in module.lora_A]
-                if active:
-                    deltas[f"{name}.base_layer.weight"] = sum(module.get_delta_weight(a) for a in active)
-        for name, p in model.named_parameters():
-            if ".lora_" in name:
-                continue
-            tensor = p.detach()
-            if name in deltas:
-                tensor = tensor + deltas[name].to(tensor.dtype)
-            yield name.replace(".base_layer.", "."), tensor
 
 
 def lora_parameter_names(model: Any) -> list[str]:
