@@ -238,7 +238,7 @@ class LocalPolicyWorker:
             out["policy/kl"] = sums["kl"] / tokens
         if "pos_nll" in sums:
             out["loss/pos_nll"] = sums["pos_nll"] / train.ppo_epochs
-        # engine vs trainer log-probs of the sampled tokens, every step (docs/pitfalls.md, "engine/trainer mismatch")
+        # engine vs trainer log-probs of the sampled tokens, every step (docs/pitfalls.md, "Engine/trainer mismatch")
         response_tokens = max(float(batch.response_mask.sum()), 1)
         if "logprob_diff_sum" in sums:
             out["rollout/logprob_diff_mean"] = sums["logprob_diff_sum"] / response_tokens
