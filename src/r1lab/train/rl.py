@@ -295,11 +295,12 @@ class RLTrainer:
         completions = self.engine.generate(prompts, self.params, n=G, seed=seed)
         return [p for p in prompts for _ in range(G)], completions
 
-    def collect(self, sampler: PromptSampler) -> Collected:
+    def collect(self, sampler: PromptSampler, seed_step: int | None = None) -> Collected:
         """Generate and score prompts_per_step groups. Under dynamic sampling (DAPO), groups whose
         outcomes (verdicts, not the shaped reward) are all equal are dropped and new prompts are
         sampled, up to max_sampling_rounds; GPG's variant keeps them but samples again until
-        min_valid_fraction of the groups carry signal."""
+        min_valid_fraction of the groups carry signal. The sampling seeds follow `seed_step`
+        (default: the current step)."""
         cfg, train = self.cfg, self.cfg.train
         P, G = train.prompts_per_step, train.group_size
         keep_zero_var = train.min_valid_fraction > 0
@@ -310,7 +311,9 @@ class RLTrainer:
         while True:
             prompts = sampler.next(P if not train.dynamic_sampling else max(1, P - len(valid_groups)))
             t0 = time.time()
-            problems, completions = self.rollout(prompts, seed=cfg.seed * 1_000_003 + self.step * 101 + rounds)
+            step = self.step if seed_step is None else seed_step
+            # modulo 2**62: a negative seed_step still gives a seed every engine accepts
+            problems, completions = self.rollout(prompts, seed=(cfg.seed * 1_000_003 + step * 101 + rounds) % 2**62)
             t1 = time.time()
             compute_rewards(problems, completions, cfg.reward.terms,
                             timeout=cfg.reward.verify_timeout, workers=cfg.reward.verify_workers,
@@ -581,8 +584,10 @@ class RLTrainer:
     def pretrain_critic(self, sampler: PromptSampler) -> list[dict[str, float]]:
         """VC-PPO value pretraining: regress the critic on returns of the fixed starting policy."""
         history = []
-        for i in range(self.cfg.algo.value_pretrain_steps):
-            col = self.collect(sampler)
+        n = self.cfg.algo.value_pretrain_steps
+        for i in range(n):
+            # steps -n .. -1 (as logged): each batch sampled with its own seeds, none of them an RL step's
+            col = self.collect(sampler, seed_step=i - n)
             batch = self.make_batch(col.completions, col.rewards, col.group_index)
             history.append(self.update(batch, policy=False))
             if self.metrics:
