@@ -16,6 +16,7 @@ from r1lab.rollout import FastEngine, HFEngine
 from r1lab.train.common import token_logprobs
 from r1lab.train.batch import micro_batches, update_plan
 from r1lab.train.rl import RLTrainer
+from r1lab.train.sampler import PromptSampler
 
 PROMPTS = ["Compute ((7 + 3) * 4) - 5.", "Use 3, 5, 7 to make 22.", "Compute 1 + 2.", "Compute ((1 + 2) * 3) - 4 + 12 * 5."]
 
@@ -229,3 +230,18 @@ def test_group_signal_separates_equal_rewards_from_equal_correctness():
     zero_variance, same_correctness = group_signal(rewards, correct, 4)
     assert zero_variance == pytest.approx(1 / 3)
     assert same_correctness == pytest.approx(2 / 3)
+
+
+def test_value_pretraining_samples_each_batch_with_its_own_seeds(tiny):
+    """Every value-pretraining batch is a fresh draw: no seed repeats across its steps, nor is one of
+    them the first RL step's (the critic would be fitted to, and checked on, correlated samples)."""
+    trainer, _ = _trainer(tiny, prompts_per_step=2, algo={"critic": True, "advantage": "gae", "value_pretrain_steps": 3})
+    trainer.cfg.reward.verify_workers = 0
+    seeds = []
+    generate = trainer.engine.generate
+    trainer.engine.generate = lambda *a, seed=None, **kw: seeds.append(seed) or generate(*a, seed=seed, **kw)
+    sampler = PromptSampler(problems(4), seed=0)
+    history = trainer.pretrain_critic(sampler)
+    trainer.collect(sampler)  # RL step 0
+    assert len(history) == 3 and all(math.isfinite(h["critic/value_loss"]) for h in history)
+    assert len(seeds) == 4 and len(set(seeds)) == 4 and all(s >= 0 for s in seeds), seeds

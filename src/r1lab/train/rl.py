@@ -74,8 +74,11 @@ class RLTrainer:
             c.policy_version = self.engine.policy_version
         return completions
 
-    def collect(self, sampler: PromptSampler) -> Collected:
-        return collect(self.cfg, sampler, self.params, self.rollout, seed=self.cfg.seed * 1_000_003 + self.step * 101)
+    def collect(self, sampler: PromptSampler, seed_step: int | None = None) -> Collected:
+        """One step's scored groups, sampled with the seeds of `seed_step` (default: this step)."""
+        step = self.step if seed_step is None else seed_step
+        # modulo 2**62: a negative seed_step still gives a seed every engine accepts
+        return collect(self.cfg, sampler, self.params, self.rollout, seed=(self.cfg.seed * 1_000_003 + step * 101) % 2**62)
 
     # -- estimate ----------------------------------------------------------------------------------
 
@@ -155,7 +158,8 @@ class RLTrainer:
         history = []
         steps = self.cfg.algo.value_pretrain_steps
         for i in range(steps):
-            col = self.collect(sampler)
+            # steps -n .. -1 (as logged): each batch sampled with its own seeds, none of them an RL step's
+            col = self.collect(sampler, seed_step=i - steps)
             history.append(self.policy.update_critic(self.make_batch(col.completions, col.rewards, col.group_index)))
             if metrics:
                 metrics.write(-(steps - i), {"phase": "value_pretrain", **history[-1]})
