@@ -112,7 +112,7 @@ def main() -> None:
             print(f"seed {seed} {label}: avg@8 {100 * start['avg']:.1f} -> {100 * info['end_avg']:.1f} "
                   f"({info['samples']} samples, {info['seconds']:.0f} s)", flush=True)
             (out / "dpo_vs_grpo.json").write_text(json.dumps(results, indent=1, default=float))
-    print(f"\n| method | seed | samples | held-out avg@8 start | end | gain | maj@8 end | pass@8 end | train time |")
+    print("\n| method | seed | samples | held-out avg@8 start | end | gain | maj@8 end | pass@8 end | train time |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["runs"]:
         print(f"| {r['method']} | {r['seed']} | {r['samples']} | {100 * start['avg']:.1f} | {100 * r['end_avg']:.1f} | "

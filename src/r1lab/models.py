@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from r1lab.config import ModelConfig, TinyModelConfig
+from r1lab.config import TinyModelConfig
 from r1lab.errors import ModelError
 from r1lab.records import prompt_messages, prompt_text
 

@@ -17,7 +17,7 @@ from r1lab.config import RunConfig
 from r1lab.errors import ConfigError, DataError
 from r1lab.eval.run import EvalResult, evaluate
 from r1lab.health import HealthMonitor, health_markdown, read_findings
-from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, render_prompt, resolve_device, save_model, torch_dtype
+from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, resolve_device, save_model, torch_dtype
 from r1lab.plots import RL_PANELS, SFT_PANELS, plot_benchmark_accuracy, plot_breakdown, plot_curves
 from r1lab.records import Problem, load_problems, save_problems
 from r1lab.rollout import SamplingParams, engine_options, make_engine

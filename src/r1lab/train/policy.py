@@ -146,7 +146,7 @@ class LocalPolicyWorker:
     # -- updates ----------------------------------------------------------------------------------
 
     def update_policy(self, batch: RolloutBatch) -> dict[str, float]:
-        algo, train, method = self.cfg.algo, self.cfg.train, self.method
+        algo, train = self.cfg.algo, self.cfg.train
         norm_len = algo.loss_agg_norm or float(batch.max_new_tokens)
         entropy_on = self.entropy_coef > 0 and (not algo.entropy_control or self.last_entropy < algo.entropy_target)
         sums: dict[str, float] = {}
