@@ -95,12 +95,12 @@ def _compare(cfg, tiny, passes: list[str]) -> dict[str, float]:
         assert stats_l.keys() == stats_g.keys()
         diffs["stats"] = max(abs(stats_l[k] - stats_g[k]) for k in stats_l)
         assert group.version == local.version == cfg.train.mini_batches * cfg.train.ppo_epochs
-        start = dict(tiny[0].state_dict())
+        start = {n: p.detach() for n, p in tiny[0].named_parameters()}  # what engine_weights gives: parameters
         local_w = dict(local.engine_weights())
         group_w = dict(group.engine_weights())
         assert _max_diff(local_w, start) > 1e-3  # the update moved the weights
         diffs["weights"] = _max_diff(local_w, group_w)
-        assert _max_diff(dict(group_model.state_dict()), group_w) == 0  # the controller's copy is the gathered one
+        assert _max_diff({n: p.detach() for n, p in group_model.named_parameters()}, group_w) == 0  # the controller's copy is the gathered one
         if cfg.algo.critic:
             state = group.state_dict()
             diffs["critic"] = _max_diff(local.critic.state_dict(), state["critic"])
