@@ -36,8 +36,6 @@ from typing import Any, Iterator
 
 import torch
 
-from r1lab.algos import aggregate
-from r1lab.algos.losses import value_loss
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError
 from r1lab.train.batch import RolloutBatch
@@ -191,7 +189,6 @@ class ShardedPolicyWorker(LocalPolicyWorker):
         return self._policy_stats(batch, sums, max(tokens_total, 1.0), entropy_on)
 
     def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
-        algo, train = self.cfg.algo, self.cfg.train
         sums: dict[str, float] = {}
         add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + float(v))  # noqa: E731
         tokens_total = 0.0
@@ -204,23 +201,14 @@ class ShardedPolicyWorker(LocalPolicyWorker):
                 for i, idx in enumerate(mine + [micro[0]] * pads):
                     padding = i >= len(mine)
                     sub = batch.rows(idx)
-                    values = self.critic(sub.input_ids, sub.attention_mask)
-                    vl = aggregate(value_loss(values, sub.old_values, sub.returns, algo.value_clip),
-                                   sub.response_mask, "token-mean", num_seqs, num_tokens)
+                    vl = self._critic_loss(sub, num_seqs, num_tokens, None if padding else add)
                     (vl * (0 if padding else self.world)).backward()
                     if not padding:
-                        add("value_loss", vl.detach())
-                        add("value_sq_err", ((values.detach() - sub.returns) ** 2 * sub.response_mask).sum())
                         tokens_total += float(sub.response_mask.sum())
-                add("critic_grad_norm", self._grad_norm_clip(self.critic, train.grad_clip))
+                add("critic_grad_norm", self._grad_norm_clip(self.critic, self.cfg.train.grad_clip))
                 self.critic_optimizer.step()
         sums, tokens_total = self._merge(sums, tokens_total)
-        n_updates = sum(len(epoch) for epoch in batch.plan)
-        return {
-            "critic/value_loss": sums["value_loss"] / train.ppo_epochs,
-            "critic/value_mse": sums["value_sq_err"] / max(tokens_total, 1.0),
-            "critic/grad_norm": sums["critic_grad_norm"] / n_updates,
-        }
+        return self._critic_stats(batch, sums, tokens_total)
 
     # -- weights and state ------------------------------------------------------------------------
 

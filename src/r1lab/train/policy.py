@@ -253,7 +253,6 @@ class LocalPolicyWorker:
         return out
 
     def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
-        algo, train = self.cfg.algo, self.cfg.train
         sums: dict[str, float] = {}
         add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + float(v))  # noqa: E731
         tokens_total = 0.0
@@ -264,19 +263,28 @@ class LocalPolicyWorker:
                 self.critic_optimizer.zero_grad(set_to_none=True)
                 for idx in micro:
                     sub = batch.rows(idx)
-                    values = self.critic(sub.input_ids, sub.attention_mask)
-                    vl = aggregate(value_loss(values, sub.old_values, sub.returns, algo.value_clip),
-                                   sub.response_mask, "token-mean", num_seqs, num_tokens)
-                    vl.backward()
-                    add("value_loss", vl.detach())
-                    add("value_sq_err", ((values.detach() - sub.returns) ** 2 * sub.response_mask).sum())
+                    self._critic_loss(sub, num_seqs, num_tokens, add).backward()
                     tokens_total += float(sub.response_mask.sum())
-                add("critic_grad_norm", grad_norm_clip(self.critic, train.grad_clip))
+                add("critic_grad_norm", grad_norm_clip(self.critic, self.cfg.train.grad_clip))
                 self.critic_optimizer.step()
+        return self._critic_stats(batch, sums, tokens_total)
+
+    def _critic_loss(self, sub: RolloutBatch, num_seqs: int, num_tokens: int, add=None) -> torch.Tensor:
+        """One micro-batch's clipped value loss, normalised by the counts of its whole mini-batch;
+        with `add`, its loss and squared error are logged."""
+        values = self.critic(sub.input_ids, sub.attention_mask)
+        vl = aggregate(value_loss(values, sub.old_values, sub.returns, self.cfg.algo.value_clip),
+                       sub.response_mask, "token-mean", num_seqs, num_tokens)
+        if add is not None:
+            add("value_loss", vl.detach())
+            add("value_sq_err", ((values.detach() - sub.returns) ** 2 * sub.response_mask).sum())
+        return vl
+
+    def _critic_stats(self, batch: RolloutBatch, sums: dict[str, float], tokens: float) -> dict[str, float]:
         n_updates = sum(len(epoch) for epoch in batch.plan)
         return {
-            "critic/value_loss": sums["value_loss"] / train.ppo_epochs,
-            "critic/value_mse": sums["value_sq_err"] / max(tokens_total, 1.0),
+            "critic/value_loss": sums["value_loss"] / self.cfg.train.ppo_epochs,
+            "critic/value_mse": sums["value_sq_err"] / max(tokens, 1.0),
             "critic/grad_norm": sums["critic_grad_norm"] / n_updates,
         }
 
