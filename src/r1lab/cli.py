@@ -308,7 +308,7 @@ def _think_sweep(args, cfg, model, tok, problems, run, budgets, model_id: str, s
     import copy
     import json
 
-    from r1lab.data.pipeline import write_text_atomic
+    from r1lab.records import write_text_atomic
     from r1lab.eval.budget import forced_engine, scaling_point, scaling_table
     from r1lab.plots import plot_scaling
     from r1lab.rollout import make_engine
@@ -329,9 +329,9 @@ def _think_sweep(args, cfg, model, tok, problems, run, budgets, model_id: str, s
     label = Path(args.data).stem if args.data else "held-out"
     head = (f"{label} ({source}), model {model_id}: {len(problems)} problems, {n} samples each at temperature "
             f"{cfg.eval.temperature}; answer budget {cfg.eval.budget.answer_tokens} tokens after the thinking.")
-    write_text_atomic(run.file("eval/scaling.md"), f"{head}\n\n{table}")
+    write_text_atomic(run.file("eval/scaling.md"), f"{head}\n\n{table}\n")
     write_text_atomic(run.file("eval/scaling.json"),
-                      json.dumps({"model": model_id, "data": source, "n": n, "points": points}, indent=1, default=float))
+                      json.dumps({"model": model_id, "data": source, "n": n, "points": points}, indent=1, default=float) + "\n")
     title = f"test-time scaling: {'/'.join(Path(model_id).parts[-3:])} on {label}"
     plot_scaling(points, run.file("plots/scaling.png"), title)
     print(table)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, TextIO
 
 from r1lab.errors import DataError
 
@@ -147,8 +148,10 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
     return problems
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
-    """Write atomically: a temporary file in the same directory, renamed when complete."""
+@contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text file written under a temporary name beside `path` and renamed over it when the block
+    ends; on an error the temporary file is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -157,12 +160,23 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; the output is an ordinary file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            yield f
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+    """Write atomically: a temporary file in the same directory, renamed when complete."""
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def save_problems(path: str | os.PathLike, problems: Iterable[Problem]) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from r1lab.config import RunConfig, save_config
+from r1lab.records import write_text_atomic
 
 
 def _clean(v: Any) -> Any:
@@ -83,9 +83,7 @@ def truncate_metrics(path: str | Path, step: int) -> None:
             continue
         if row.get("step", 0) <= step:
             keep.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(keep), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(keep))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -294,7 +294,8 @@ def run_dpo(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
     current policy, verify, pair a correct against a wrong one (data/pairs-round<r>.jsonl and its
     manifest), train with the round's starting model as reference. One row per round comes back."""
     from r1lab.data.pairs import PairSettings, load_pairs, make_pairs
-    from r1lab.data.pipeline import StepLog, write_text_atomic
+    from r1lab.data.pipeline import StepLog
+    from r1lab.records import write_text_atomic
     from r1lab.plots import DPO_PANELS
     from r1lab.train.dpo import dpo_examples, train_dpo
     from r1lab.train.lora import apply_lora, merge_lora
@@ -334,7 +335,7 @@ def run_dpo(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
                 manifest = {"status": "ok", "pipeline": f"r1lab dpo, round {r}", "output": str(out),
                             "rows_out": len(rows), "started": started,
                             "seconds": round(steplog.seconds, 3), "steps": [steplog.to_dict(0.0)]}
-                write_text_atomic(out.with_name(out.stem + ".manifest.json"), json.dumps(manifest, indent=1))
+                write_text_atomic(out.with_name(out.stem + ".manifest.json"), json.dumps(manifest, indent=1) + "\n")
                 pairs = load_pairs(out) if rows else []
                 row.update({"round/pass_rate": sum(rates) / max(1, len(rates)), "round/problems": len(problems),
                             "round/generated_samples": len(problems) * d.samples_per_problem,
@@ -361,7 +362,7 @@ def run_dpo(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
                 mw.write(step, {"eval/avg": row["eval/avg"]})
             history.append(row)
     save_model(model, tokenizer, run.checkpoint("dpo"))
-    write_text_atomic(run.file("dpo_rounds.json"), json.dumps(history, indent=1, default=float))
+    write_text_atomic(run.file("dpo_rounds.json"), json.dumps(history, indent=1, default=float) + "\n")
     plot_curves(read_metrics(run.file("dpo_metrics.jsonl")), DPO_PANELS, run.file("plots/dpo.png"),
                 f"{d.loss.upper()} ({d.rounds} round{'s' if d.rounds > 1 else ''})")
     return history

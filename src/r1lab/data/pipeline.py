@@ -48,7 +48,7 @@ from r1lab.data.reject import RejectSettings, reject_sample
 from r1lab.data.subset import SelectSettings, select_examples
 from r1lab.data.verify_traces import VerifySettings, verify_traces
 from r1lab.errors import ConfigError
-from r1lab.records import Problem, write_jsonl
+from r1lab.records import Problem, write_jsonl, write_text_atomic
 
 
 class StepLog:
@@ -345,22 +345,8 @@ def run_pipeline(p: Pipeline) -> dict[str, Any]:
             "started": started, "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
             "steps": steps,
         }
-        write_text_atomic(manifest_path, json.dumps(manifest, indent=1, ensure_ascii=False))
+        write_text_atomic(manifest_path, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return manifest
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def summary_table(manifest: dict[str, Any]) -> str:

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -42,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from r1lab.errors import ConfigError, DataError, R1labError
-from r1lab.records import Problem, Verdict
+from r1lab.records import Problem, Verdict, write_text_atomic
 
 Z95 = 1.959963984540054
 
@@ -404,19 +402,6 @@ def report_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_safe(x: Any) -> Any:
     """NaN (a rate with nothing to estimate it from) as null: audit.json stays standard JSON."""
     if isinstance(x, float) and x != x:
@@ -432,8 +417,8 @@ def write_report(r: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     """audit.json and audit.md in `out`, each written atomically."""
     out = Path(out)
     paths = out / "audit.json", out / "audit.md"
-    _write_atomic(paths[0], json.dumps(_json_safe(r), indent=1, ensure_ascii=False, allow_nan=False) + "\n")
-    _write_atomic(paths[1], report_markdown(r))
+    write_text_atomic(paths[0], json.dumps(_json_safe(r), indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    write_text_atomic(paths[1], report_markdown(r))
     return paths
 
 
