@@ -4,6 +4,7 @@
     r1lab sft RECIPE [key.sub=value ...]
     r1lab rl RECIPE [key.sub=value ...]
     r1lab dpo RECIPE [key.sub=value ...]       (dpo.rounds=3: iterative DPO; dpo.pairs_path=FILE: offline)
+    r1lab pipeline RECIPE [key=value stages.N.key=value ...] [resume=RUN_DIR]   (a multi-stage recipe)
     r1lab eval MODEL [--data FILE] [--n 8] [key.sub=value ...]
     r1lab eval MODEL --benchmarks math500,gsm8k [--n 4] [--limit N] [--max-new-tokens 512] [--out DIR]
     r1lab eval http://HOST:PORT/v1 --benchmarks gsm8k      (any OpenAI-compatible server)
@@ -43,25 +44,10 @@ def _quiet_libraries() -> None:
 
 def _config(recipe: str | None, overrides: list[str]):
     from r1lab.config import load_config
+    from r1lab.stages import check_run_config
 
     cfg = load_config(recipe, overrides)
-    # checked before a run directory exists: a bad dtype or device must leave nothing behind
-    from r1lab.models import resolve_device, torch_dtype
-
-    torch_dtype(cfg.model.dtype)
-    resolve_device(cfg.model.device)
-    from r1lab.train.methods import bind_method
-
-    bind_method(cfg.algo)  # the method's pieces and their settings agree
-    from r1lab.tracking import check_tracking
-
-    check_tracking(cfg.tracking)  # an unknown tracker or a missing package, before the run directory exists
-    from r1lab.train.distributed import check_cluster
-
-    check_cluster(cfg)  # the trainer group's settings
-    from r1lab.rollout import check_engine
-
-    check_engine(cfg.rollout.engine)  # an unknown engine or a missing vLLM extra
+    check_run_config(cfg)  # before a run directory exists: a bad setting must leave nothing behind
     return cfg
 
 
@@ -191,6 +177,16 @@ def cmd_dpo(args) -> int:
                  [("Held-out evaluation", table), ("Rounds", rounds), ("Training curves", "![dpo](plots/dpo.png)")])
     print(table)
     print(f"checkpoint: {run.checkpoint('dpo')}")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    """`r1lab pipeline RECIPE`: every stage of a multi-stage recipe checked, then run in order, each
+    from the one before; resume=RUN_DIR skips the finished stages."""
+    from r1lab.pipeline import plan_pipeline, run_pipeline
+
+    plan = plan_pipeline(args.recipe, args.overrides)  # the whole pipeline, before anything is written
+    run_pipeline(plan, show_progress=not args.quiet)
     return 0
 
 
@@ -398,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=cmd_dpo)
+
+    p = add("pipeline", "a multi-stage recipe: data steps, SFT, DPO, RL and eval stages, each fed by the one before; "
+            "resume=RUN_DIR skips the finished stages")
+    p.add_argument("recipe", help="pipeline recipe YAML (a `stages:` list)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value (shared), stages.N.key.sub=value (stage N), resume=RUN_DIR")
+    p.set_defaults(func=cmd_pipeline)
 
     p = add("recipes", "list the recipes: one per published method, and tiny CPU variants")
     p.add_argument("--methods", action="store_true", help="list every registered algorithm piece and the settings it takes")
