@@ -291,14 +291,18 @@ def _plan_data(stage: Stage, wiring: dict[str, Any], files: dict[str, FileRef], 
             # sampling follows the shared settings unless the step sets its own
             defaults = {"temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p,
                         "max_new_tokens": cfg.sampling.max_new_tokens, "seed": cfg.seed,
-                        "timeout": cfg.reward.verify_timeout, "workers": cfg.reward.verify_workers}
+                        "timeout": cfg.reward.verify_timeout, "workers": cfg.reward.verify_workers,
+                        "engine": cfg.rollout.engine}
             if stage.model:
                 defaults["model"] = stage.model
             settings = {**defaults, **settings}
             if not settings.get("model") and name in ("pairs", "reject-sample"):
                 raise ConfigError(f"{here}: {name} samples a model, and the tiny model is built by the first "
                                   "training stage: put this stage after one, or give the step a model")
-        steps.append(build_step(str(name), settings, here))
+        try:
+            steps.append(build_step(str(name), settings, here))
+        except ConfigError as e:  # a bad setting names the step's setting; say which stage and step too
+            raise ConfigError(str(e) if str(e).startswith(here) else f"{here}: {e}") from None
     makes_pairs = any(name == "pairs" for name, _ in steps)
     out = str(wiring.get("output") or ("pairs" if makes_pairs else stage.input))
     if out == "eval":
@@ -387,7 +391,7 @@ def check_resume(plan: Plan) -> dict[str, str]:
     if not (run_dir / "pipeline.yaml").is_file():
         raise ConfigError(f"resume: {run_dir} is not a pipeline run directory (no pipeline.yaml)")
     status: dict[str, str] = {}
-    finished = True  # every stage before this one finished: a finished stage after an unfinished one runs again
+    finished = True  # every stage before this one finished; after an unfinished one, every stage runs again
     for kind, key, stage, cfg in [("prepare", "prepare", None, _prepare_cfg(plan)),
                                   *((s.kind, s.dirname, s, s.cfg) for s in plan.stages)]:
         label = stage.label if stage else "prepare"
@@ -406,10 +410,10 @@ def check_resume(plan: Plan) -> dict[str, str]:
                                   "a finished stage is not run again (start a new run to change it)")
             status[key] = "done"
             continue
-        finished = False
+        first_unfinished, finished = finished, False
         if not path.exists():
             status[key] = "new"
-        elif kind in RESUMABLE and checkpoints(path) and (path / "config.yaml").is_file():
+        elif first_unfinished and kind in RESUMABLE and checkpoints(path) and (path / "config.yaml").is_file():
             try:
                 check_resume_config(load_config(path / "config.yaml"), dataclasses.replace(cfg, resume=str(path)))
             except ConfigError as e:
