@@ -206,7 +206,7 @@ class DPOConfig:
     """Preference optimisation (`r1lab dpo`): from a pairs file, or from pairs the stage samples and
     verifies itself; rounds > 1 is iterative DPO (sample, verify, pair, train; each round from the last)."""
 
-    loss: str = "dpo"  # registered preference loss (algos/preference.py): dpo | rpo | ipo | simpo
+    loss: str = "dpo"  # registered preference loss (algos/preference.py): dpo | rpo | ipo | simpo | simper
     # the loss's own settings, checked against what it takes: beta (dpo, rpo, ipo: strength of the
     # implicit KL to the reference; simpo: reward scale), nll_coef (rpo), gamma (simpo: target margin)
     loss_args: dict[str, Any] = field(default_factory=dict)
