@@ -246,3 +246,57 @@ def test_a_new_run_into_an_existing_directory_is_refused(runs):
     tmp, recipe, _ = runs
     with pytest.raises(ConfigError, match="already exists: resume="):
         check_resume(plan_pipeline(recipe, [f"out_dir={tmp}", "name=whole"]))
+
+
+# --- the multi-stage recipes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["light_r1", "exaone_deep"])
+def test_the_published_pipelines_plan(name, tmp_path):
+    plan = plan_pipeline(ROOT / "recipes" / f"{name}.yaml", [f"out_dir={tmp_path}"])
+    assert plan.shared.model.path != "tiny" and [s.kind for s in plan.stages][-2:] == ["rl", "eval"]
+    if name == "light_r1":
+        assert plan.shared.dpo.loss_args == {"beta": 0.3} and plan.shared.algo.kl_coef == 0.001
+        window = plan.stages[-3].steps[1][1]
+        assert (window.min_pass, window.max_pass) == (0.2, 0.625)
+    else:
+        assert plan.shared.dpo.loss == "simper" and (plan.shared.eval.temperature, plan.shared.eval.top_p) == (0.6, 0.95)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kinds", [
+    ("light_r1", ["data", "data", "sft", "data", "sft", "data", "dpo", "data", "rl", "eval"]),
+    ("exaone_deep", ["sft", "data", "data", "dpo", "data", "rl", "eval"]),
+])
+def test_the_tiny_twins_run_end_to_end_each_stage_feeding_the_next(name, kinds, tmp_path):
+    plan = plan_pipeline(ROOT / "recipes" / "tiny" / f"{name}.yaml", [f"out_dir={tmp_path}", "name=twin", "sft.epochs=4"])
+    assert [s.kind for s in plan.stages] == kinds
+    summary = run_pipeline(plan, show_progress=False, log=lambda *a: None)
+    run = tmp_path.resolve() / "twin"
+    files = {n: str(run / "prepare" / "data" / f"{n}.jsonl") for n in ("sft", "train", "eval")}
+    model, models = "", []
+    for s in plan.stages:  # what each stage read is what the stages before it wrote
+        done = json.loads((run / s.dirname / "done.json").read_text())
+        if s.kind == "data":
+            manifest = json.loads(Path(done["outputs"]["file"]).with_suffix(".manifest.json").read_text())
+            assert manifest["steps"][0]["settings"]["paths"] == [files[s.input]]
+            for step in manifest["steps"][1:]:
+                if "model" in step["settings"]:
+                    assert step["settings"]["model"] == model and step["settings"]["engine"] == "fast"
+            files[done["outputs"]["name"]] = done["outputs"]["file"]
+            continue
+        cfg = yaml.safe_load((run / s.dirname / "config.yaml").read_text())
+        if s.kind == "eval":
+            rl = json.loads((run / plan.stages[-2].dirname / "done.json").read_text())["eval"]
+            assert [done["eval"][k] for k in ("avg@4", "pass@4", "maj@4")] == [rl[k] for k in ("avg@4", "pass@4", "maj@4")]
+            continue
+        assert cfg["init_from"] == model  # "" for the first: the tiny model is built
+        if s.kind == "dpo":
+            assert cfg["dpo"]["pairs_path"] == files["pairs"]
+        else:
+            assert cfg["data"]["train_path"] == files[s.input]
+        model = done["outputs"]["model"]
+        models.append(model)
+        assert Path(model, "config.json").is_file()
+    assert summary["final_model"] == models[-1] and models[-1].endswith("rl/checkpoints/rl")
+    assert len(summary["stages"]) == kinds.count("sft") + 3  # every training stage and the eval, scored
