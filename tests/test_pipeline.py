@@ -300,3 +300,42 @@ def test_the_tiny_twins_run_end_to_end_each_stage_feeding_the_next(name, kinds, 
         assert Path(model, "config.json").is_file()
     assert summary["final_model"] == models[-1] and models[-1].endswith("rl/checkpoints/rl")
     assert len(summary["stages"]) == kinds.count("sft") + 3  # every training stage and the eval, scored
+
+
+def test_a_pass_rate_measured_under_another_model_is_measured_again():
+    from r1lab.pipeline import fresh_pass_rates
+    from r1lab.records import Problem
+
+    rate = lambda model: {"pass_rate": 0.5, "n_correct": 2, "n_samples": 4, **({"pass_rate_model": model} if model else {})}  # noqa: E731
+    rows = [Problem(id="a", prompt="1+1", answer="2", metadata={**rate("m/sft"), "response": "r"}),
+            Problem(id="b", prompt="1+2", answer="3", metadata=rate("m/dpo")),
+            Problem(id="c", prompt="1+3", answer="4", metadata=rate(""))]
+    assert fresh_pass_rates(rows, "m/dpo") == 1
+    assert rows[0].metadata == {"response": "r"}  # another model's: gone, the rest of the row kept
+    assert rows[1].metadata == rate("m/dpo") and rows[2].metadata == rate("")  # this model's, and a given one: kept
+
+
+def test_a_missing_benchmark_file_is_found_before_anything_runs(tmp_path):
+    stages = [{"data": {"input": "sft", "steps": [{"decontaminate": {"benchmarks": ["nowhere/aime24.jsonl"]}}]}}]
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(data\): steps\[0\]: benchmark file not found: nowhere/aime24.jsonl"):
+        plan_pipeline(write(tmp_path, with_stages(stages)), [f"out_dir={tmp_path / 'runs'}"])
+
+
+@pytest.mark.slow
+def test_a_stage_added_after_a_finished_run_filters_under_the_newest_model(runs):
+    """A second filter of the RL prompts, appended to a finished run: only it runs, and it measures
+    the pass rates again under the RL model instead of reusing the SFT model's."""
+    import shutil
+
+    tmp, _, _ = runs
+    run = tmp / "grown"
+    shutil.copytree(tmp / "whole", run)
+    recipe = write(tmp, with_stages([*SMALL["stages"], {"data": {"output": "again", "steps": [{"filter": {"k": 2, "workers": 0}}]}}]),
+                   "grown.yaml")
+    plan = plan_pipeline(recipe, [f"resume={run}"])
+    assert list(check_resume(plan).values()) == ["done"] * 5 + ["new"]
+    run_pipeline(plan, show_progress=False, log=lambda *a: None)
+    rl_model = str(run.resolve() / "02-rl" / "checkpoints" / "rl")
+    rows = [json.loads(line) for line in (run / "04-data" / "again.jsonl").read_text().splitlines()]
+    assert rows and all(r["metadata"]["pass_rate_model"] == rl_model for r in rows)
+    assert (run / "04-data" / "input.jsonl").is_file()

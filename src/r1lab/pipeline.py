@@ -50,7 +50,7 @@ import yaml
 
 from r1lab.config import RECIPE_META, RunConfig, _build, _deep_merge, _suggest, apply_override, load_config, read_recipe
 from r1lab.errors import ConfigError
-from r1lab.records import write_text_atomic
+from r1lab.records import Problem, write_text_atomic
 
 KINDS = ("data", "sft", "dpo", "rl", "eval")
 TRAINING = ("sft", "dpo", "rl")
@@ -303,6 +303,9 @@ def _plan_data(stage: Stage, wiring: dict[str, Any], files: dict[str, FileRef], 
             steps.append(build_step(str(name), settings, here))
         except ConfigError as e:  # a bad setting names the step's setting; say which stage and step too
             raise ConfigError(str(e) if str(e).startswith(here) else f"{here}: {e}") from None
+        missing = [b for b in getattr(steps[-1][1], "benchmarks", []) if not Path(b).exists()]
+        if missing:
+            raise ConfigError(f"{here}: benchmark file not found: {missing[0]}")
     makes_pairs = any(name == "pairs" for name, _ in steps)
     out = str(wiring.get("output") or ("pairs" if makes_pairs else stage.input))
     if out == "eval":
@@ -495,12 +498,37 @@ def _prepare(cfg: RunConfig, log) -> dict[str, Any]:
     return {"files": {name: str(run.file(f"data/{name}.jsonl")) for name in ("sft", "train", "eval")}}
 
 
+RATE_FIELDS = ("pass_rate", "n_correct", "n_samples", "pass_rate_model")
+
+
+def fresh_pass_rates(rows: list[Problem], model: str) -> int:
+    """Drop the pass rates rows carry from another model than `model` (filter and select reuse a
+    recorded pass rate; measured under an earlier stage's model it is not this model's). Rows whose
+    pass rate names no model (given with the data) keep it. Returns how many were dropped."""
+    dropped = 0
+    for p in rows:
+        other = p.metadata.get("pass_rate_model")
+        if other and other != model:
+            for key in RATE_FIELDS:
+                p.metadata.pop(key, None)
+            dropped += 1
+    return dropped
+
+
 def _data(stage: Stage, path: Path, show_progress: bool, log) -> dict[str, Any]:
     from r1lab.data.pipeline import Pipeline, run_pipeline as run_steps, summary_table
+    from r1lab.records import load_problems, save_problems
 
     _seed(stage.cfg)
     path.mkdir(parents=True, exist_ok=True)
-    manifest = run_steps(Pipeline(output=str(stage.output_path), steps=stage.steps, source=f"r1lab pipeline {stage.label}"))
+    steps = stage.steps
+    if stage.model and any(name in ("filter", "select") and s.model == stage.model for name, s in steps[1:]):
+        rows = load_problems(stage.input_path)
+        if n := fresh_pass_rates(rows, stage.model):
+            log(f"{stage.label}: {n} pass rates measured under another model dropped; they are measured again")
+            save_problems(path / "input.jsonl", rows)
+            steps = [(steps[0][0], dataclasses.replace(steps[0][1], paths=[str(path / "input.jsonl")])), *steps[1:]]
+    manifest = run_steps(Pipeline(output=str(stage.output_path), steps=steps, source=f"r1lab pipeline {stage.label}"))
     if show_progress:
         log(summary_table(manifest))
     log(f"{stage.label}: {manifest['rows_out']} rows -> '{stage.output}'")
