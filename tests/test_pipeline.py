@@ -259,6 +259,9 @@ def test_the_published_pipelines_plan(name, tmp_path):
         assert plan.shared.dpo.loss_args == {"beta": 0.3} and plan.shared.algo.kl_coef == 0.001
         window = plan.stages[-3].steps[1][1]
         assert (window.min_pass, window.max_pass) == (0.2, 0.625)
+        decontaminate = plan.stages[0].steps[1][1]  # vendored benchmarks named, found wherever r1lab runs from
+        assert decontaminate.ngram == 32 and [Path(b).name for b in decontaminate.benchmarks] == [
+            "aime24.jsonl", "aime25.jsonl", "math500.jsonl"] and all(Path(b).is_file() for b in decontaminate.benchmarks)
     else:
         assert plan.shared.dpo.loss == "simper" and (plan.shared.eval.temperature, plan.shared.eval.top_p) == (0.6, 0.95)
 

@@ -23,7 +23,8 @@ own pairs); rl `train`; eval `eval`. `input: NAME` reads another, such as a data
 
 Model. A training stage starts from the model of the training stage before it (the first one from
 init_from, else model.path). Data steps that sample (reject-sample, filter, pairs, select) sample
-that model unless they name one; eval scores it.
+that model unless they name one; eval scores it. A decontaminate step may name vendored benchmarks
+(benchmarks: [aime24, math500]) as well as files.
 
 Settings. A stage's mapping sets config sections over the shared ones, for that stage only
 (`sft: {epochs: 2}`); name, out_dir, init_from and the data section are the pipeline's. Overrides:
@@ -268,6 +269,15 @@ def _plan_stage(i: int, entry: Any, shared: dict[str, Any], run_dir: Path, files
     return stage
 
 
+def _benchmark_file(entry: Any) -> Any:
+    """A decontamination reference: a file, or the name of a vendored benchmark (aime24, math500, ...)."""
+    from r1lab.benchmarks import data_path, known_benchmarks
+
+    if isinstance(entry, str) and entry in known_benchmarks() and not Path(entry).exists():
+        return str(data_path(entry))
+    return entry
+
+
 def _plan_data(stage: Stage, wiring: dict[str, Any], files: dict[str, FileRef], run_dir: Path, where: str) -> None:
     from r1lab.data.pipeline import STEPS, build_step
     from r1lab.data.reject import SampleSettings
@@ -287,6 +297,8 @@ def _plan_data(stage: Stage, wiring: dict[str, Any], files: dict[str, FileRef], 
         if name == "import":
             raise ConfigError(f"{here}: the stage imports its input file itself (input: NAME)")
         settings = dict(settings or {}) if isinstance(settings, dict) or settings is None else settings
+        if name == "decontaminate" and isinstance(settings, dict) and isinstance(settings.get("benchmarks"), list):
+            settings["benchmarks"] = [_benchmark_file(b) for b in settings["benchmarks"]]
         if name in STEPS and isinstance(settings, dict) and issubclass(STEPS[name].settings, SampleSettings):
             # sampling follows the shared settings unless the step sets its own
             defaults = {"temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p,
