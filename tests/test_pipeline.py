@@ -342,3 +342,28 @@ def test_a_stage_added_after_a_finished_run_filters_under_the_newest_model(runs)
     rows = [json.loads(line) for line in (run / "04-data" / "again.jsonl").read_text().splitlines()]
     assert rows and all(r["metadata"]["pass_rate_model"] == rl_model for r in rows)
     assert (run / "04-data" / "input.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_by_sigkill_resumes_to_the_same_result(runs):
+    """The CLI killed (SIGKILL) once its first stage finished, wherever the next ones were; resumed,
+    it ends with the weights of the uninterrupted run."""
+    import os
+    import signal
+    import time
+
+    tmp, recipe, _ = runs
+    run = tmp / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "r1lab", "pipeline", str(recipe), f"out_dir={tmp}", "name=killed",
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    deadline = time.time() + 300
+    while not (run / "00-sft" / "done.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    status = check_resume(plan_pipeline(recipe, [f"resume={run}"]))
+    assert status["prepare"] == status["00-sft"] == "done" and status["03-eval"] != "done"
+    run_pipeline(plan_pipeline(recipe, [f"resume={run}"]), show_progress=False, log=lambda *a: None)
+    whole, again = final_weights(tmp / "whole"), final_weights(run)
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
