@@ -63,6 +63,7 @@ def with_stages(stages, **shared) -> dict:
      r"stages\[1\] \(data\): steps\[0\]: unknown config key 'filter.max_pas'"),
     ([{"sft": {}}, {"data": {"steps": [{"filter": {}}], "outptu": "x"}}], r"stages\[1\] \(data\): unknown key 'outptu'"),
     ([{"data": {"steps": ["pairs"]}}], r"stages\[0\] \(data\): steps\[0\]: pairs samples a model"),
+    ([{"sft": {}}, {"data": {"steps": ["filter"], "output": "../x"}}], r"stages\[1\] \(data\): output: '../x' is not a name"),
     ([{"eval": {}}], r"stages\[0\] \(eval\): no model to evaluate"),
     ([{"sft": {"init_from": "x"}}], r"stages\[0\] \(sft\): 'init_from' is set by the pipeline"),
     ([{"sft": {"data": {"train_size": 3}}}], r"stages\[0\] \(sft\): 'data' is set by the pipeline"),

@@ -32,7 +32,8 @@ Settings. A stage's mapping sets config sections over the shared ones, for that 
 
 Run directory: pipeline.yaml (the recipe as resolved), prepare/, then NN-KIND/ per stage (a run
 directory of its own), each with done.json once it finished: the settings it ran with, its outputs
-and held-out scores; summary.json and report.md at the end.
+and held-out scores (every training stage is scored; `evaluate_each: false` at the top turns that
+off); summary.json and report.md at the end.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import copy
 import dataclasses
 import json
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -64,10 +66,10 @@ SET_BY_PIPELINE = {
     "init_from": "a stage starts from the previous training stage's model",
     "data": "the shared data section is prepared once; a stage reads a file (input: NAME)",
 }
-PIPELINE_KEYS = ("stages", "evaluate_each")  # top-level keys that are not config sections
 ALL_ROWS = 1_000_000_000  # data.sft_size of an SFT stage: every row of its input file is an SFT example
 
-# the stage kinds that continue an interrupted stage from its resumable checkpoints (RunConfig.resume)
+# the stage kinds that continue an interrupted stage from its checkpoints: their stage function takes
+# RunConfig.resume (the stage directory) and writes checkpoints/state/step-*.pt; any other kind restarts
 RESUMABLE = frozenset({"rl"})
 # the config sections a stage does not read: a change there does not make a finished stage stale
 NOT_READ = {
@@ -111,8 +113,7 @@ class Plan:
     run_dir: Path  # absolute
     shared: RunConfig
     stages: list[Stage]
-    files: dict[str, FileRef]  # the prepared files
-    evaluate_each: bool
+    evaluate_each: bool  # score every training stage's model on the held-out file
     resume: bool
     recipe: dict[str, Any]  # shared settings and stages as resolved from the YAML and the overrides
 
@@ -145,7 +146,8 @@ def _override(data: dict[str, Any], override: str) -> None:
         raise ConfigError(f"override '{override}': a stage's setting is stages.N.key=value (N counts from 0)")
     i = int(parts[1])
     if not isinstance(stages, list) or i >= len(stages):
-        raise ConfigError(f"override '{override}': the pipeline has {len(stages) if isinstance(stages, list) else 0} stages")
+        count = len(stages) if isinstance(stages, list) else 0
+        raise ConfigError(f"override '{override}': the pipeline has {count} stages")
     entry = stages[i]
     if isinstance(entry, str):
         entry = stages[i] = {entry: {}}
@@ -187,12 +189,11 @@ def plan_pipeline(recipe: str | Path, overrides: list[str] | tuple[str, ...] = (
     run_dir = run_dir.expanduser().resolve()
     prepared = run_dir / "prepare" / "data"
     files = {name: FileRef(prepared / f"{name}.jsonl", "problems") for name in ("sft", "train", "eval")}
-    avail = dict(files)
     model = shared.init_from or shared.model.path
     built = model != "tiny"
     stages = []
     for i, entry in enumerate(entries):
-        stage = _plan_stage(i, entry, data, run_dir, avail, model if built else "")
+        stage = _plan_stage(i, entry, data, run_dir, files, model if built else "")
         stages.append(stage)
         try:
             check_run_config(stage.cfg)
@@ -200,8 +201,8 @@ def plan_pipeline(recipe: str | Path, overrides: list[str] | tuple[str, ...] = (
             raise ConfigError(f"{stage.label}: {e}") from None
         if stage.kind in TRAINING:
             model, built = str(run_dir / stage.dirname / "checkpoints" / stage.kind), True
-    return Plan(run_dir, shared, stages, files, evaluate_each, resume, {**data, "evaluate_each": evaluate_each,
-                                                                          "stages": entries})
+    resolved = {**data, "evaluate_each": evaluate_each, "stages": entries}
+    return Plan(run_dir, shared, stages, evaluate_each, resume, resolved)
 
 
 def _plan_stage(i: int, entry: Any, shared: dict[str, Any], run_dir: Path, files: dict[str, FileRef],
@@ -209,7 +210,8 @@ def _plan_stage(i: int, entry: Any, shared: dict[str, Any], run_dir: Path, files
     if isinstance(entry, str):
         entry = {entry: {}}
     if not isinstance(entry, dict) or len(entry) != 1:
-        raise ConfigError(f"stages[{i}]: a stage is a kind or a mapping {{kind: {{settings}}}}, e.g. {{sft: {{sft: {{epochs: 2}}}}}}")
+        raise ConfigError(f"stages[{i}]: a stage is a kind or a mapping {{kind: {{settings}}}}, "
+                          "e.g. {sft: {sft: {epochs: 2}}}")
     (kind, body), = entry.items()
     if kind not in KINDS:
         raise ConfigError(f"stages[{i}]: unknown stage kind '{kind}'{_suggest(str(kind), list(KINDS), '')}")
@@ -320,6 +322,8 @@ def _plan_data(stage: Stage, wiring: dict[str, Any], files: dict[str, FileRef], 
             raise ConfigError(f"{here}: benchmark file not found: {missing[0]}")
     makes_pairs = any(name == "pairs" for name, _ in steps)
     out = str(wiring.get("output") or ("pairs" if makes_pairs else stage.input))
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", out):
+        raise ConfigError(f"{where}: output: {out!r} is not a name (letters, digits, _ and -)")
     if out == "eval":
         raise ConfigError(f"{where}: output: the held-out file 'eval' is not rewritten; name another output")
     stage.output = out
@@ -547,7 +551,8 @@ def _data(stage: Stage, path: Path, show_progress: bool, log) -> dict[str, Any]:
     return {"file": str(stage.output_path), "name": stage.output, "rows": manifest["rows_out"]}
 
 
-def _scores(cfg: RunConfig, model_path: str, problems_path: str, out: Path, desc: str, show_progress: bool) -> dict[str, Any]:
+def _scores(cfg: RunConfig, model_path: str, problems_path: str, out: Path, desc: str,
+            show_progress: bool) -> dict[str, Any]:
     from r1lab.records import load_problems
     from r1lab.stages import load_policy, run_eval
 
@@ -604,11 +609,13 @@ def _summarise(plan: Plan, seconds: float, log) -> dict[str, Any]:
     write_report(plan.run_dir / "report.md", f"r1lab pipeline: {plan.run_dir.name}", [
         ("Stages", f"{flow}\n\nHeld-out accuracy after each stage (avg@{n} etc. in %, lengths in tokens, seconds of "
                    f"the stage):\n\n{table}"),
-        ("Time", "\n".join(f"- {k}: {v:.0f} s" for k, v in timing.items()) + f"\n- total: {sum(timing.values()):.0f} s"),
+        ("Time", "\n".join(f"- {k}: {v:.0f} s" for k, v in timing.items())
+         + f"\n- total: {sum(timing.values()):.0f} s"),
         ("Files", "pipeline.yaml (the recipe as resolved), prepare/data/*.jsonl (the prepared files), NN-KIND/ "
                   "(each stage's run directory and done.json), summary.json"),
     ])
     log("")
     log(table)
-    log(f"\n{sum(timing.values()):.0f} s in all; final model: {summary['final_model']}; report: {plan.run_dir / 'report.md'}")
+    log(f"\n{sum(timing.values()):.0f} s in all; final model: {summary['final_model']}; "
+        f"report: {plan.run_dir / 'report.md'}")
     return summary
