@@ -10,11 +10,19 @@ first, as the paper's algorithm box orders the two.
 Log-probs are those of the models' own distributions (temperature 1), whatever the sampling
 temperature: the PRM is a classifier of outcomes, not a sampler. Passes run over the micro-batches
 of the batch's first epoch; the update takes one optimizer step per mini-batch of that epoch.
+
+At the end of a run the PRM is saved as a directory that eval's search loads as a step scorer
+(`ImplicitPRM.save`): a Hugging Face model directory (the PRM pi_phi and the tokenizer) holding
+`scorer.json` ({"kind": "implicit_prm", "beta", "reference"}). The reference is the run's starting
+model: the path of its directory when it was loaded from one, else a copy saved in `reference/`.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +33,10 @@ from r1lab.models import model_device
 from r1lab.train.attention import trainer_attention
 from r1lab.train.batch import RolloutBatch, first_response_col
 from r1lab.train.common import grad_norm_clip, make_optimizer, token_logprobs
+
+
+PRM_KIND = "implicit_prm"  # the scorer kind eval's registry loads this directory with
+SCORER_FILE = "scorer.json"  # what kind of step scorer a directory holds, and its settings
 
 
 class ImplicitPRM:
@@ -107,3 +119,26 @@ class ImplicitPRM:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+    def save(self, path: str | Path, tokenizer, reference: str | Path | None = None) -> Path:
+        """Write the PRM as a scorer directory at `path` (built beside it and renamed when complete).
+        `reference`: the directory the starting model was loaded from, recorded by its absolute path;
+        None (a model built in memory) saves the frozen reference in `path/reference/`."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if reference is None:
+            self.ref_model.save_pretrained(tmp / "reference")
+            tokenizer.save_pretrained(tmp / "reference")
+            ref = "reference"
+        else:
+            ref = str(Path(reference).resolve())
+        info = {"kind": PRM_KIND, "beta": self.beta, "reference": ref}
+        (tmp / SCORER_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+        return path
