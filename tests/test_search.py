@@ -259,7 +259,8 @@ def test_after_the_end_of_thinking_the_rest_is_one_step_and_the_delimiter_is_con
 
 def test_empty_completions_and_an_immediate_end():
     r, engine, _ = _search(tree={"": ["$"]}, scores={}, width=2, expand=2)
-    assert len(r.beams) == 2 and all(b.text == "" and b.finish == "stop" for b in r.beams)
+    # four equal candidates (an end of sequence at once) are one beam
+    assert len(r.beams) == 1 and r.beams[0].text == "" and r.beams[0].finish == "stop"
     assert r.tokens == 4 and r.expansions == 4 and r.beams[r.best].text == ""
 
 
@@ -460,3 +461,11 @@ def test_eval_search_writes_rows_table_and_plot(tmp_path, tiny, capsys):
     assert main(["eval", str(tmp_path / "m"), "--data", str(data), "--search", "best_of_n", "--prm", str(tmp_path),
                  "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_equal_candidates_count_once_in_the_width():
+    tree = {"": ["A\n", "A\n", "B\n"], "A\n": ["$"], "B\n": ["$"]}
+    r, engine, scorer = _search(tree=tree, scores={"A\n": 0.9, "B\n": 0.1}, width=2, expand=2)
+    # round 1 draws A A B A (4 rows, options by row): A is kept once, B fills the second place
+    assert scorer.calls[0] == ["A\n", "A\n", "B\n", "A\n"]
+    assert sorted(b.text for b in r.beams) == ["A\n", "B\n"] and r.tokens == 8 + 2 + 2

@@ -15,7 +15,8 @@ with the other as gold ("0.5" and "1/2"). A vote picks the group first seen amon
 Step-level beam search (`beam_search`): the response grows a step at a time, a step ending with
 `delimiter` inside the thinking (before `think_end`; after it the rest of the response is one
 step). The first round samples W * E first steps; every kept beam is then continued E times; of
-each round's candidates the scorer's top W are kept (ties: the earliest); kept candidates that
+each round's distinct candidates (equal token ids count once) the scorer's top W are kept (ties:
+the earliest); kept candidates that
 ended (an end-of-sequence token, or the response's token budget) are set aside as finished, the
 others go on. The search stops when no beam is open or after `max_steps` rounds (open beams then
 end as they are); the answer is the finished beam with the highest score. A step is continued
@@ -249,7 +250,9 @@ def beam_search(engine: Any, scorer: Any, problems: list[Problem], params: Sampl
         for pi, cs in enumerate(candidates):
             if not cs:
                 continue
-            kept = [cs[i] for i in top_k([c.score for c in cs], width)]
+            seen: set[tuple[int, ...]] = set()
+            distinct = [c for c in cs if not (tuple(c.ids) in seen or seen.add(tuple(c.ids)))]  # the first of equal ones
+            kept = [distinct[i] for i in top_k([c.score for c in distinct], width)]
             results[pi].beams += [c for c in kept if c.finish]
             active[pi] = [c for c in kept if not c.finish]
             results[pi].rounds = rnd + 1
