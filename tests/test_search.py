@@ -466,6 +466,6 @@ def test_eval_search_writes_rows_table_and_plot(tmp_path, tiny, capsys):
 def test_equal_candidates_count_once_in_the_width():
     tree = {"": ["A\n", "A\n", "B\n"], "A\n": ["$"], "B\n": ["$"]}
     r, engine, scorer = _search(tree=tree, scores={"A\n": 0.9, "B\n": 0.1}, width=2, expand=2)
-    # round 1 draws A A B A (4 rows, options by row): A is kept once, B fills the second place
-    assert scorer.calls[0] == ["A\n", "A\n", "B\n", "A\n"]
+    # round 1 draws A A B A (4 rows, options by row): A is scored and kept once, B fills the second place
+    assert scorer.calls[0] == ["A\n", "B\n"] and r.expansions == 4 + 2 + 2 and r.scored == 2 + 2
     assert sorted(b.text for b in r.beams) == ["A\n", "B\n"] and r.tokens == 8 + 2 + 2

@@ -25,7 +25,7 @@ the delimiter, with whatever that token holds after it.
 
 Compute is counted as the engine's output: every generated token of every candidate, kept or not
 (`tokens`), and the candidates sampled (`expansions`); the scorer's own forward passes are
-reported apart (`scored`: partials scored).
+reported apart (`scored`: distinct partials scored).
 """
 
 from __future__ import annotations
@@ -233,11 +233,15 @@ def beam_search(engine: Any, scorer: Any, problems: list[Problem], params: Sampl
             for i, c in zip(idx, comps):
                 outs[i] = c
         candidates: list[list[Beam]] = [[] for _ in problems]
+        seen: list[set[tuple[int, ...]]] = [set() for _ in problems]
         for (pi, b), c in zip(requests, outs):
             new = list(c.response_ids)
             results[pi].tokens += len(new)
             results[pi].expansions += 1
             ids = b.ids + new
+            if tuple(ids) in seen[pi]:  # equal candidates count once (the first)
+                continue
+            seen[pi].add(tuple(ids))
             ended = c.finish_reason == "stop" and bool(new) and new[-1] in stop_ids
             text = tok.decode(ids[:-1] if ended else ids, skip_special_tokens=False)
             finish = "stop" if ended else ("length" if len(ids) >= budget else "")
@@ -250,9 +254,7 @@ def beam_search(engine: Any, scorer: Any, problems: list[Problem], params: Sampl
         for pi, cs in enumerate(candidates):
             if not cs:
                 continue
-            seen: set[tuple[int, ...]] = set()
-            distinct = [c for c in cs if not (tuple(c.ids) in seen or seen.add(tuple(c.ids)))]  # the first of equal ones
-            kept = [distinct[i] for i in top_k([c.score for c in distinct], width)]
+            kept = [cs[i] for i in top_k([c.score for c in cs], width)]
             results[pi].beams += [c for c in kept if c.finish]
             active[pi] = [c for c in kept if not c.finish]
             results[pi].rounds = rnd + 1
