@@ -440,6 +440,7 @@ def test_eval_search_writes_rows_table_and_plot(tmp_path, tiny, capsys):
     ev = tmp_path / "ev"
     table = (ev / "eval" / "search.md").read_text()
     assert "| 4 |" in table and "2 x 2" in table and (ev / "plots" / "search.png").stat().st_size > 0
+    assert json.loads((ev / "eval" / "summary.json").read_text())["p"]["n"] == 4
     rows = [json.loads(x) for x in (ev / "eval" / "search.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(len(r["samples"]) == 4 and set(r["selection"]) == {"1", "2", "4"} for r in rows)
     points = json.loads((ev / "eval" / "search.json").read_text())["points"]

@@ -388,7 +388,8 @@ def _search_sweep(args, cfg, model, tok, problems, run, model_id: str, source: s
     """Test-time search with a step scorer: max(N) samples per problem (eval/search-samples.jsonl,
     resumable), each scored; best-of-N, PRM-weighted and majority voting over the first N at each N
     (eval/search.jsonl); with --search beam, a beam search per N (eval/beam-N.jsonl); the table
-    (eval/search.md, eval/summary.md), eval/search.json and the plot plots/search.png."""
+    (eval/search.md, eval/summary.md), eval/search.json, the plain metrics of the samples
+    (eval/summary.json, as plain eval writes it) and the plot plots/search.png."""
     import copy
     import json
 
@@ -406,6 +407,7 @@ def _search_sweep(args, cfg, model, tok, problems, run, model_id: str, source: s
     c = copy.deepcopy(cfg)
     c.eval.n = max(s.ns)
     c.eval.ks = [c.eval.n]
+    label = Path(args.data).stem if args.data else "held-out"
     res = run_eval(c, model, tok, problems, run.file("eval/search-samples.jsonl"), "search samples", not args.quiet,
                    resume=True, settings={"model": model_id, "benchmark": source})
     rows = score_rows(res.rows, problems, scorer, s.ns, cfg.reward.verify_timeout, cfg.reward.verify_workers)
@@ -430,12 +432,15 @@ def _search_sweep(args, cfg, model, tok, problems, run, model_id: str, source: s
                       f"{point['beam_tokens_per_problem']:.0f} tokens per problem")
         engine.close()
     table = search_table(points)
-    label = Path(args.data).stem if args.data else "held-out"
     head = (f"{label} ({source}), model {model_id}, scorer {Path(s.prm).resolve()}: {len(problems)} problems, "
             f"temperature {cfg.eval.temperature}, method {s.method}; scores: {s.agg} (implicit PRM). Accuracies in %, "
             "compute in generated tokens per problem; majority voting at equal samples is the baseline.")
     write_text_atomic(run.file("eval/search.md"), f"{head}\n\n{table}\n")
     write_text_atomic(run.file("eval/summary.md"), f"{head}\n\n{table}\n")
+    from r1lab.benchmarks import write_summary_json
+
+    # the plain metrics of the max(N) samples, as plain eval writes them (what --compare reads)
+    write_summary_json(run.file("eval/summary.json"), {label: (c.eval.n, res.summary)}, {"model": model_id})
     write_text_atomic(run.file("eval/search.json"), json.dumps(
         {"model": model_id, "data": source, "scorer": str(Path(s.prm).resolve()), "method": s.method,
          "settings": {k: getattr(s, k) for k in ("ns", "beam_width", "beam_expand", "delimiter", "think_end",
