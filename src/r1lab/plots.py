@@ -201,9 +201,10 @@ def plot_search(points: Sequence[dict[str, Any]], path: str | Path, title: str =
         xs, ys = [max(p[xkey], 1e-9) for p in pts], [100 * p[key] for p in pts]
         ax.plot(xs, ys, style, color=color, label=name, alpha=0.6 if key == "any_correct" else 1.0)
         top = max(top, *ys)
-        if key in ("majority", "beam"):
+        if key in ("majority", "beam"):  # majority's labels below its points, beam's above
             for p, x, y in zip(pts, xs, ys):
-                ax.annotate(f"N={p['n']}", (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7, color=color)
+                ax.annotate(f"N={p['n']}", (x, y), textcoords="offset points", xytext=(3, -11 if key == "majority" else 5),
+                            fontsize=7, color=color)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("generated tokens per problem (all samples / candidates)")
     ax.set_ylabel("% correct")
