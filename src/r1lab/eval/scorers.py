@@ -17,6 +17,8 @@ the quantity its cross-entropy training fits). A partial's score is, with `agg`:
 - "sum" (default): q at the partial's last token, the value of the whole prefix;
 - "min": the smallest q at the end of each step (each token that completes a `delimiter`, and the
   last token): one step whose prefix value is low sinks the response.
+The partial is tokenized from its text (the ids an engine wrote may differ for the same text), and a
+complete response is scored without its end-of-sequence token, which its text does not hold.
 """
 
 from __future__ import annotations
