@@ -451,6 +451,11 @@ def test_eval_search_writes_rows_table_and_plot(tmp_path, tiny, capsys):
         assert pt["beam_tokens_per_problem"] == pytest.approx(sum(b["tokens"] for b in beams) / 3)
         assert all(len(b["beams"]) >= 1 and all(x["length"] <= 12 for x in b["beams"]) for b in beams)
         assert pt["beam"] == pytest.approx(sum(b["correct"] for b in beams) / 3)
+    # the same through the config's fields; a sampling method runs no beam search
+    assert main([*common, "eval.search.method=weighted_vote", "eval.search.ns=[2,1]", "--out", str(tmp_path / "wv")]) == 0
+    wv = json.loads((tmp_path / "wv" / "eval" / "search.json").read_text())
+    assert wv["method"] == "weighted_vote" and [pt["n"] for pt in wv["points"]] == [1, 2]
+    assert not list((tmp_path / "wv" / "eval").glob("beam-*.jsonl")) and "beam" not in wv["points"][0]
     capsys.readouterr()
     for bad in (["--search", "nope"], ["--search", "beam", "--search-n", "0"], ["--search", "beam", "--search-n", "a"],
                 ["--search", "beam", "eval.search.agg=mean"]):
