@@ -475,3 +475,26 @@ def test_equal_candidates_count_once_in_the_width():
     # round 1 draws A A B A (4 rows, options by row): A is scored and kept once, B fills the second place
     assert scorer.calls[0] == ["A\n", "B\n"] and r.expansions == 4 + 2 + 2 and r.scored == 2 + 2
     assert sorted(b.text for b in r.beams) == ["A\n", "B\n"] and r.tokens == 8 + 2 + 2
+
+
+def test_a_prm_trained_with_lora_is_saved_with_its_adapters_folded_in(tiny, tmp_path):
+    from r1lab.config import LoRAConfig
+    from r1lab.train.lora import apply_lora
+    from r1lab.train.prm import ImplicitPRM
+
+    model, tok = tiny
+    policy = copy.deepcopy(model)
+    apply_lora(policy, LoRAConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
+    prm = ImplicitPRM(_prime_cfg(tmp_path), policy)
+    with torch.no_grad():
+        for name, p in prm.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)  # a trained adapter: the PRM differs from its reference
+    prompts, partials = ["Compute 1 + 1."], ["<think>1 + 1 = 2</think>\n<answer>2</answer>"]
+    want = ImplicitPRMScorer(prm.model, prm.ref_model, tok, prm.beta).score(prompts, partials)
+    prm.save(tmp_path / "prm", tok)
+    from safetensors.torch import load_file
+
+    assert not any("lora" in k or "base_layer" in k for k in load_file(tmp_path / "prm" / "model.safetensors"))
+    got = load_scorer(tmp_path / "prm").score(prompts, partials)
+    assert want[0] != 0.0 and got == pytest.approx(want, abs=1e-5)

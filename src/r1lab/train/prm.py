@@ -29,7 +29,7 @@ import torch
 
 from r1lab.algos.prm import implicit_outcome_logits, implicit_process_rewards, prm_ce_loss
 from r1lab.config import RunConfig
-from r1lab.models import model_device
+from r1lab.models import merged_weights, model_device
 from r1lab.train.attention import trainer_attention
 from r1lab.train.batch import RolloutBatch, first_response_col
 from r1lab.train.common import grad_norm_clip, make_optimizer, token_logprobs
@@ -128,10 +128,10 @@ class ImplicitPRM:
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.model.save_pretrained(tmp)
+        _save_plain(self.model, tmp)
         tokenizer.save_pretrained(tmp)
         if reference is None:
-            self.ref_model.save_pretrained(tmp / "reference")
+            _save_plain(self.ref_model, tmp / "reference")
             tokenizer.save_pretrained(tmp / "reference")
             ref = "reference"
         else:
@@ -142,3 +142,19 @@ class ImplicitPRM:
             shutil.rmtree(path)
         tmp.rename(path)
         return path
+
+
+def _save_plain(model, path: Path) -> None:
+    """`model` as a plain Hugging Face directory: LoRA adapters (a run with train.lora) folded into
+    the weights they adapt, so that loading needs no peft."""
+    if not any(".lora_" in name for name, _ in model.named_parameters()):
+        model.save_pretrained(path)
+        return
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_config(model.config, dtype=next(model.parameters()).dtype)
+    missing, unexpected = plain.load_state_dict(dict(merged_weights(model)), strict=False)
+    tied = {k for k in missing if getattr(model.config, "tie_word_embeddings", False) and k.endswith("lm_head.weight")}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"saving the PRM: merged weights do not fit the model ({unexpected or missing})")
+    plain.save_pretrained(path)
