@@ -466,6 +466,14 @@ def test_eval_search_writes_rows_table_and_plot(tmp_path, tiny, capsys):
                  "--out", str(tmp_path / "bad")]) == 2
     assert main(["eval", str(tmp_path / "m"), "--data", str(data), "--search", "best_of_n", "--prm", str(tmp_path),
                  "--out", str(tmp_path / "bad")]) == 2
+    import shutil
+
+    shutil.copytree(tmp_path / "prm", tmp_path / "orphan")
+    info = json.loads((tmp_path / "orphan" / "scorer.json").read_text())
+    (tmp_path / "orphan" / "scorer.json").write_text(json.dumps({**info, "reference": str(tmp_path / "gone")}))
+    assert main(["eval", str(tmp_path / "m"), "--data", str(data), "--search", "beam", "--prm", str(tmp_path / "orphan"),
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "reference model" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 

@@ -233,8 +233,8 @@ def cmd_eval(args) -> int:
     if args.benchmarks and args.data:
         raise R1labError("give --data or --benchmarks, not both")
     budgets = _think_settings(args, cfg)  # before loading the model: a bad budget fails fast
-    search = _search_settings(args, cfg)
-    if search and (budgets or args.benchmarks or is_endpoint(args.model)):
+    scorer = _search_scorer(args, cfg)  # the scorer is loaded here: a missing reference model fails fast
+    if scorer is not None and (budgets or args.benchmarks or is_endpoint(args.model)):
         raise R1labError("--search runs on a local model over --data or the config's held-out split, "
                          "without budget forcing (not with --benchmarks, --think-* or an endpoint)")
     if (budgets or cfg.eval.budget.max_think > 0) and is_endpoint(args.model):
@@ -276,8 +276,8 @@ def cmd_eval(args) -> int:
     source = str(Path(args.data).resolve()) if args.data else "held-out split of the config"
     if budgets:
         return _think_sweep(args, cfg, model, tok, problems, run, budgets, model_id, source)
-    if search:
-        return _search_sweep(args, cfg, model, tok, problems, run, model_id, source)
+    if scorer is not None:
+        return _search_sweep(args, cfg, model, tok, problems, run, model_id, source, scorer)
     res = run_eval(cfg, model, tok, problems, run.file("eval/results.jsonl"), "eval", not args.quiet, engine=engine,
                    resume=True, settings={"model": model_id, "benchmark": source})
     from r1lab.benchmarks import write_summary_json
@@ -347,10 +347,11 @@ def _think_sweep(args, cfg, model, tok, problems, run, budgets, model_id: str, s
     return 0
 
 
-def _search_settings(args, cfg) -> bool:
-    """Apply --search/--prm/--search-n/--beam-width/--beam-expand to cfg.eval.search and check it;
-    whether a search was asked for. Checked before the model is loaded: a bad setting fails fast."""
-    from r1lab.eval.scorers import AGGREGATIONS, read_scorer_info
+def _search_scorer(args, cfg):
+    """Apply --search/--prm/--search-n/--beam-width/--beam-expand to cfg.eval.search, check it and
+    load the step scorer; None when no search was asked for. Before the model and the run
+    directory: a bad setting or scorer fails fast and leaves nothing behind."""
+    from r1lab.eval.scorers import AGGREGATIONS, load_scorer
     from r1lab.eval.search import METHODS, beam_sizes
 
     s = cfg.eval.search
@@ -365,12 +366,11 @@ def _search_settings(args, cfg) -> bool:
     if not s.method:
         if s.prm:
             raise R1labError("--prm needs --search best_of_n|weighted_vote|beam")
-        return False
+        return None
     if s.method not in METHODS:
         raise R1labError(f"--search {s.method!r}: expected one of {', '.join(METHODS)}")
     if not s.prm:
         raise R1labError("--search needs --prm DIR (a PRIME run's prm/ directory, or any scorer directory)")
-    read_scorer_info(s.prm)
     if not s.ns or min(s.ns) < 1:
         raise R1labError(f"eval.search.ns must be integers >= 1, got {s.ns}")
     s.ns = sorted(set(s.ns))
@@ -381,10 +381,10 @@ def _search_settings(args, cfg) -> bool:
             beam_sizes(n, s.beam_width, s.beam_expand)
         if s.step_tokens < 1 or s.max_steps < 1:
             raise R1labError("eval.search.step_tokens and eval.search.max_steps must be >= 1")
-    return True
+    return load_scorer(s.prm, agg=s.agg, delimiter=s.delimiter)
 
 
-def _search_sweep(args, cfg, model, tok, problems, run, model_id: str, source: str) -> int:
+def _search_sweep(args, cfg, model, tok, problems, run, model_id: str, source: str, scorer) -> int:
     """Test-time search with a step scorer: max(N) samples per problem (eval/search-samples.jsonl,
     resumable), each scored; best-of-N, PRM-weighted and majority voting over the first N at each N
     (eval/search.jsonl); with --search beam, a beam search per N (eval/beam-N.jsonl); the table
@@ -393,17 +393,14 @@ def _search_sweep(args, cfg, model, tok, problems, run, model_id: str, source: s
     import copy
     import json
 
-    from r1lab.eval.scorers import load_scorer
-    from r1lab.eval.search import (beam_point, beam_rows, beam_search, beam_sizes, score_rows, search_table,
-                                   selection_points)
+    from r1lab.benchmarks import write_summary_json
+    from r1lab.eval.search import run_beams, score_rows, search_table, selection_points
     from r1lab.plots import plot_search
     from r1lab.records import write_jsonl, write_text_atomic
     from r1lab.rollout import make_engine
     from r1lab.stages import eval_params, run_eval
-    from r1lab.verify import verify_batch
 
     s = cfg.eval.search
-    scorer = load_scorer(s.prm, agg=s.agg, delimiter=s.delimiter)
     c = copy.deepcopy(cfg)
     c.eval.n = max(s.ns)
     c.eval.ks = [c.eval.n]
@@ -416,29 +413,23 @@ def _search_sweep(args, cfg, model, tok, problems, run, model_id: str, source: s
     if s.method == "beam":
         engine = make_engine(model, tok, cfg.rollout.engine, batch_size=cfg.eval.batch_size, dtype=cfg.rollout.dtype,
                              kv_cache_gb=cfg.rollout.kv_cache_gb)
-        for point in points:
-            w, e = beam_sizes(point["n"], s.beam_width, s.beam_expand)
-            results = beam_search(engine, scorer, problems, eval_params(cfg), w, e, s.delimiter, s.think_end,
-                                  s.step_tokens, s.max_steps, seed=cfg.seed + 555)
-            flat = [(p, b) for p, r in zip(problems, results) for b in r.beams]
-            vs = iter(verify_batch([p for p, _ in flat], [b.text for _, b in flat], timeout=cfg.reward.verify_timeout,
-                                   workers=cfg.reward.verify_workers))
-            verdicts = [[next(vs) for _ in r.beams] for r in results]
-            brows = beam_rows(problems, results, verdicts, w, e)
-            write_jsonl(run.file(f"eval/beam-{point['n']}.jsonl"), brows)
-            point.update(beam_point(brows, point["n"]))
-            if not args.quiet:
-                print(f"beam N={point['n']} ({w} x {e}): {100 * point['beam']:.1f}% correct, "
-                      f"{point['beam_tokens_per_problem']:.0f} tokens per problem")
-        engine.close()
+        try:
+            for point in points:
+                brows, bpoint = run_beams(engine, scorer, problems, eval_params(cfg), point["n"], s, seed=cfg.seed + 555,
+                                          timeout=cfg.reward.verify_timeout, workers=cfg.reward.verify_workers)
+                write_jsonl(run.file(f"eval/beam-{point['n']}.jsonl"), brows)
+                point.update(bpoint)
+                if not args.quiet:
+                    print(f"beam N={point['n']} ({bpoint['width']} x {bpoint['expand']}): {100 * bpoint['beam']:.1f}% "
+                          f"correct, {bpoint['beam_tokens_per_problem']:.0f} tokens per problem")
+        finally:
+            engine.close()
     table = search_table(points)
     head = (f"{label} ({source}), model {model_id}, scorer {Path(s.prm).resolve()}: {len(problems)} problems, "
-            f"temperature {cfg.eval.temperature}, method {s.method}; scores: {s.agg} (implicit PRM). Accuracies in %, "
+            f"temperature {cfg.eval.temperature}, method {s.method} (implicit-PRM score: {s.agg}). Accuracies in %, "
             "compute in generated tokens per problem; majority voting at equal samples is the baseline.")
     write_text_atomic(run.file("eval/search.md"), f"{head}\n\n{table}\n")
     write_text_atomic(run.file("eval/summary.md"), f"{head}\n\n{table}\n")
-    from r1lab.benchmarks import write_summary_json
-
     # the plain metrics of the max(N) samples, as plain eval writes them (what --compare reads)
     write_summary_json(run.file("eval/summary.json"), {label: (c.eval.n, res.summary)}, {"model": model_id})
     write_text_atomic(run.file("eval/search.json"), json.dumps(

@@ -306,6 +306,19 @@ def beam_rows(problems: list[Problem], results: list[BeamResult], verdicts: list
     return rows
 
 
+def run_beams(engine: Any, scorer: Any, problems: list[Problem], params: SamplingParams, n: int, settings: Any,
+              seed: int | None = None, timeout: float = 5.0, workers: int = 2) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Beam search at budget n with the eval.search settings (`settings`: W, E from beam_sizes, the
+    delimiter, step and round budgets), its finished beams verified: the rows and the point."""
+    w, e = beam_sizes(n, settings.beam_width, settings.beam_expand)
+    results = beam_search(engine, scorer, problems, params, w, e, settings.delimiter, settings.think_end,
+                          settings.step_tokens, settings.max_steps, seed=seed)
+    flat = [(p, b) for p, r in zip(problems, results) for b in r.beams]
+    vs = iter(verify_batch([p for p, _ in flat], [b.text for _, b in flat], timeout=timeout, workers=workers))
+    rows = beam_rows(problems, results, [[next(vs) for _ in r.beams] for r in results], w, e)
+    return rows, beam_point(rows, n)
+
+
 def beam_point(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
     k = max(len(rows), 1)
     return {"n": n, "width": rows[0]["width"] if rows else 0, "expand": rows[0]["expand"] if rows else 0,
