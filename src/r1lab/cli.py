@@ -140,22 +140,23 @@ def _stage_body(args, cfg, stage: str) -> int:
 
 def _resumed_run(cfg, stage: str):
     """The run directory `resume=` names, checked to be the same run with a checkpoint to continue
-    from; its config.yaml is rewritten with the settings that may change (more steps, say)."""
+    from; its config.yaml is rewritten with the settings that may change (more RL steps, say)."""
     from r1lab.config import load_config, save_config
     from r1lab.runs import RunDir
-    from r1lab.train.checkpoint import check_resume_config, checkpoints
+    from r1lab.train.checkpoint import (RESUMABLE_CHANGES, SFT_RESUMABLE_CHANGES, SFT_STATE_DIR, STATE_DIR,
+                                        check_resume_config, checkpoints)
 
-    if stage != "rl":
-        raise R1labError("resume= continues an RL run; an SFT stage runs again from its start")
+    folder, setting, allowed = ((SFT_STATE_DIR, "sft.save_every", SFT_RESUMABLE_CHANGES) if stage == "sft"
+                                else (STATE_DIR, "train.save_every", RESUMABLE_CHANGES))
     path = Path(cfg.resume)
     if not (path / "config.yaml").is_file():
         raise R1labError(f"resume: {path} is not a run directory (no config.yaml)")
-    if not checkpoints(path):
-        raise R1labError(f"resume: {path} has no resumable checkpoint (checkpoints/state/step-*.pt; "
-                         "train.save_every > 0 writes them)")
+    if not checkpoints(path, folder):
+        raise R1labError(f"resume: {path} has no resumable checkpoint (checkpoints/{folder}/step-*.pt; "
+                         f"{setting} > 0 writes them)")
     saved = load_config(path / "config.yaml")
     cfg.name, cfg.out_dir = saved.name, saved.out_dir  # the run's own name, wherever it is resumed from
-    check_resume_config(saved, cfg)
+    check_resume_config(saved, cfg, allowed)
     save_config(cfg, path / "config.yaml")
     return RunDir(path)
 
