@@ -215,6 +215,29 @@ def test_each_finding_once_written_as_json_lines_and_kept_on_resume(tmp_path):
     assert len(read_findings(tmp_path / "health.jsonl")) == 1
 
 
+def test_garbled_measures_carried_across_a_resume_fire_at_the_uninterrupted_step():
+    loop = "= 10 = 10 = 10 = 10 = 10 = 10 = 10 = 10 = 10"
+    samples = lambda s: [loop, loop, loop, TRACE] if s >= 4 else SAMPLES  # noqa: E731
+    whole = HealthMonitor(HealthConfig(), log=lambda s: None)
+    for step in range(1, 9):
+        whole.observe(step, healthy(step), samples(step))
+    assert fired(whole.findings) == [("garbled_output", 6)]
+    # stopped after step 4 (its checkpoint holds the state), resumed: metrics.jsonl lacks the garbled
+    # fractions, the state restores them, and the finding comes at step 6 as it did
+    first = HealthMonitor(HealthConfig(), log=lambda s: None)
+    for step in range(1, 5):
+        first.observe(step, healthy(step), samples(step))
+    state = first.state_dict()
+    for restore in (True, False):
+        resumed = HealthMonitor(HealthConfig(), log=lambda s: None)
+        resumed.prime([{"step": s, **healthy(s)} for s in range(1, 5)])
+        if restore:
+            resumed.load_state_dict(state)
+        for step in range(5, 9):
+            resumed.observe(step, healthy(step), samples(step))
+        assert fired(resumed.findings) == ([("garbled_output", 6)] if restore else [("garbled_output", 7)])
+
+
 def test_report_section():
     assert health_markdown(None) == "The run-health monitor was off (health.enabled=false)."
     assert health_markdown([], steps=150).startswith("No findings over 150 steps (checks: non_finite, ")

@@ -398,6 +398,19 @@ class HealthMonitor:
         for r in rows:
             self.history.append(int(r["step"]), {k: v for k, v in r.items() if k != "step"})
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the checks read that metrics.jsonl does not hold: each step's garbled-sample fraction
+        and example, measured on all of its samples (a resumable checkpoint keeps it)."""
+        return {"garbled": [(r["step"], r["health/garbled"], r.get("health/garbled_example", ""))
+                            for r in self.history.rows if "health/garbled" in r]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put the saved per-step values back into the primed steps' rows."""
+        saved = {step: (g, example) for step, g, example in state["garbled"]}
+        for r in self.history.rows:
+            if r["step"] in saved:
+                r["health/garbled"], r["health/garbled_example"] = saved[r["step"]]
+
     def observe(self, step: int, metrics: dict[str, Any], samples: list[str] | None = None) -> list[Finding]:
         """Check the run after `step`; returns the new findings. `samples` are the step's decoded
         responses, read by the garbled-output check. Raises TrainingDivergedError on NaN or Inf."""

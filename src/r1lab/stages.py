@@ -251,13 +251,14 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
 
     state = None
     resume = bool(cfg.resume) if resume is None else resume
-    health = HealthMonitor(cfg.health, run.file("health.jsonl"), append=resume)
-    if resume:  # continue from the last checkpoint; what was logged after it is dropped
+    if resume:  # continue from the last checkpoint; what was logged (or found) after it is dropped
         from r1lab.train.checkpoint import load_latest
 
         state = load_latest(run.path)
-        for name in ("metrics.jsonl", "samples.jsonl"):
+        for name in ("metrics.jsonl", "samples.jsonl", "health.jsonl"):
             truncate_metrics(run.file(name), state["step"])
+    health = HealthMonitor(cfg.health, run.file("health.jsonl"), append=resume)
+    if state is not None:
         health.prime([r for r in read_metrics(run.file("metrics.jsonl")) if r["step"] > 0])
     try:
         with MetricsWriter(run.file("metrics.jsonl"), append=resume,
