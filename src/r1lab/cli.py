@@ -1,6 +1,7 @@
 """`r1lab`: one command, thin subcommands. Parse, load the config, call a stage.
 
     r1lab demo [RECIPE] [key.sub=value ...]
+    r1lab demo resume=RUN_DIR              (continue an interrupted demo; sft and rl take resume= too)
     r1lab sft RECIPE [key.sub=value ...]
     r1lab rl RECIPE [key.sub=value ...]
     r1lab dpo RECIPE [key.sub=value ...]       (dpo.rounds=3: iterative DPO; dpo.pairs_path=FILE: offline)
@@ -80,19 +81,26 @@ def _no_run_left_if_engine_fails(cfg):
 
 
 def cmd_demo(args) -> int:
-    from r1lab.demo import run_demo
+    from r1lab.demo import resume_config, run_demo
 
     recipe = args.recipe
     overrides = list(args.overrides)
     if recipe and "=" in recipe:  # `r1lab demo train.steps=10`: no recipe, only overrides
         overrides.insert(0, recipe)
         recipe = None
+    resume = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("resume=")), "")
+    if recipe is None and resume:  # `r1lab demo resume=RUN_DIR`: the run's own settings
+        recipe = str(Path(resume) / "config.yaml")
+        if not Path(recipe).is_file():
+            raise R1labError(f"resume: {resume} is not a run directory (no config.yaml)")
     if recipe is None:
         from r1lab.recipes import recipes_dir
 
         default = recipes_dir() / "tiny" / "demo.yaml"
         recipe = str(default) if default.is_file() else None
     cfg = _config(recipe, overrides)
+    if cfg.resume:
+        cfg = resume_config(cfg)
     if cfg.name == "run":
         cfg.name = time.strftime("demo-%Y%m%d-%H%M%S")
     with _no_run_left_if_engine_fails(cfg):

@@ -396,6 +396,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """The RunConfig of a nested dict (to_dict's output), checked as a recipe is."""
+    return _build(RunConfig, data)
+
+
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Apply `a.b.c=value` to a nested dict; the value is read as YAML (so 3, 0.1, true, [a, b] work)."""
     if "=" not in override:
