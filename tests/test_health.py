@@ -165,12 +165,18 @@ def test_repetition_and_nonprintable_measures_by_hand():
     assert repeated_ngram_fraction("a b a", 2) == 0.0  # fewer than 2n tokens: not judged
     # symbols are tokens of their own: "1+1+1+1" is 1 + 1 + 1 + 1 (7 tokens, 6 bigrams, 4 repeats)
     assert repeated_ngram_fraction("1+1+1+1", 2) == pytest.approx(4 / 6)
-    assert repeated_ngram_fraction(TRACE, 4) == 0.0
+    # the trace's 34 tokens hold 33 4-grams; "3 5 < /" (of 35</think> and 35</answer>) comes twice
+    assert repeated_ngram_fraction(TRACE, 4) == pytest.approx(1 / 33)
     assert nonprintable_fraction("ab\x00\ufffd") == pytest.approx(0.5)
     assert nonprintable_fraction("line\n\ttab é 中") == 0.0
     assert nonprintable_fraction("") == 0.0
+    # digits are tokens of their own: "12121212" is 8 tokens, 5 4-grams, the last 3 repeats; a policy
+    # that writes one digit over and over is garbled, a number with repeated digits in a trace is not
+    assert repeated_ngram_fraction("12121212", 4) == pytest.approx(3 / 5)
+    assert repeated_ngram_fraction("x_1 x_1", 2) == pytest.approx(1 / 3)  # x_ 1 x_ 1: x_ is a word
     cfg = HealthConfig()
     assert is_garbled("the the the the the the the the the the", cfg) and not is_garbled(TRACE, cfg)
+    assert is_garbled("5" * 64, cfg) and not is_garbled("<think>1000 * 1000 = 1000000</think>\n<answer>1000000</answer>", cfg)
 
 
 def test_reward_hacking_reward_up_held_out_down():

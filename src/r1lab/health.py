@@ -323,12 +323,14 @@ def format_saturated(h: History, cfg: HealthConfig) -> Diagnosis | None:
 # --------------------------------------------------------------------------------------------
 # garbled text
 
-_TOKENS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+# words, single digits (numbers read digit by digit, as the tiny tokenizer splits them, so that a
+# run of one repeated digit is repetitive) and single symbols
+_TOKENS = re.compile(r"\d|[^\W\d]+|[^\w\s]", re.UNICODE)
 
 
 def repeated_ngram_fraction(text: str, n: int) -> float:
-    """Fraction of the text's n-grams (over word and single-symbol tokens) that already occurred
-    earlier in it; 0 for texts with fewer than 2n tokens (too short to call repetitive)."""
+    """Fraction of the text's n-grams (over word, single-digit and single-symbol tokens) that already
+    occurred earlier in it; 0 for texts with fewer than 2n tokens (too short to call repetitive)."""
     toks = _TOKENS.findall(text)
     if len(toks) < 2 * n:
         return 0.0
