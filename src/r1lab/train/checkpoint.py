@@ -5,9 +5,10 @@ stopped after step k and resumed computes what the uninterrupted run computes (d
 A checkpoint (`checkpoints/state/step-NNNNNN.pt`, written to a temporary name and renamed) holds the
 step, the policy worker's state (policy weights, optimizer, scheduler, critic and its optimizer, the
 adaptive entropy coefficient, the weights version), the implicit PRM and its optimizer when the
-method has one (PRIME), the prompt sampler's position and random stream,
-and the process's Python and torch random streams. The reference model is not saved: it is the
-starting model, rebuilt from the run's config. The engine's random stream is seeded per step.
+method has one (PRIME), the prompt sampler's position and random stream, what the health monitor
+measured on each step's samples, and the process's Python and torch random streams. The reference
+model is not saved: it is the starting model, rebuilt from the run's config. The engine's random
+stream is seeded per step.
 
 An SFT run keeps its checkpoints apart (`checkpoints/sft-state/`, the `folder` argument below), so
 that the demo's SFT and RL stages, which share one run directory, each resume from their own; what
