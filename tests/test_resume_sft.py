@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from r1lab.cli import main
 from r1lab.config import SFTConfig, LoRAConfig, TinyModelConfig, load_config
 from r1lab.errors import ConfigError
 from r1lab.models import build_tiny_model, build_tiny_tokenizer
@@ -126,7 +127,7 @@ def _rows(run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sft_killed_and_resumed_from_the_cli_gives_the_uninterrupted_run(tmp_path):
+def test_sft_killed_and_resumed_from_the_cli_gives_the_uninterrupted_run(tmp_path, capsys):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_sft(tmp_path, "name=whole"), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(_sft(tmp_path, "name=killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -140,9 +141,8 @@ def test_sft_killed_and_resumed_from_the_cli_gives_the_uninterrupted_run(tmp_pat
     whole = _rows(tmp_path / "whole")
     killed_at = len(_rows(tmp_path / "killed"))
     assert len(whole) == 30 and 4 <= killed_at < 30 and not (tmp_path / "killed" / "checkpoints" / "sft").exists()
-    refused = subprocess.run(_sft(tmp_path, f"resume={tmp_path / 'killed'}", "sft.lr=1e-3"), env=env,
-                             capture_output=True, text=True)
-    assert refused.returncode == 2 and "resume: sft.lr differs from the run's (0.002 -> 0.001)" in refused.stderr
+    assert main(_sft(tmp_path, f"resume={tmp_path / 'killed'}", "sft.lr=1e-3")[3:]) == 2
+    assert "resume: sft.lr differs from the run's (0.002 -> 0.001)" in capsys.readouterr().err
     out = subprocess.run(_sft(tmp_path, f"resume={tmp_path / 'killed'}"), env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "resuming" in out.stdout
