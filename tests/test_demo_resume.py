@@ -4,7 +4,6 @@ every figure but the timings. A demo cut during SFT resumes SFT from its checkpo
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
