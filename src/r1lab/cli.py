@@ -1,6 +1,7 @@
 """`r1lab`: one command, thin subcommands. Parse, load the config, call a stage.
 
     r1lab demo [RECIPE] [key.sub=value ...]
+    r1lab demo resume=RUN_DIR              (continue an interrupted demo; sft and rl take resume= too)
     r1lab sft RECIPE [key.sub=value ...]
     r1lab rl RECIPE [key.sub=value ...]
     r1lab dpo RECIPE [key.sub=value ...]       (dpo.rounds=3: iterative DPO; dpo.pairs_path=FILE: offline)
@@ -68,19 +69,26 @@ def _no_run_left_if_engine_fails(cfg):
 
 
 def cmd_demo(args) -> int:
-    from r1lab.demo import run_demo
+    from r1lab.demo import resume_config, run_demo
 
     recipe = args.recipe
     overrides = list(args.overrides)
     if recipe and "=" in recipe:  # `r1lab demo train.steps=10`: no recipe, only overrides
         overrides.insert(0, recipe)
         recipe = None
+    resume = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("resume=")), "")
+    if recipe is None and resume:  # `r1lab demo resume=RUN_DIR`: the run's own settings
+        recipe = str(Path(resume) / "config.yaml")
+        if not Path(recipe).is_file():
+            raise R1labError(f"resume: {resume} is not a run directory (no config.yaml)")
     if recipe is None:
         from r1lab.recipes import recipes_dir
 
         default = recipes_dir() / "tiny" / "demo.yaml"
         recipe = str(default) if default.is_file() else None
     cfg = _config(recipe, overrides)
+    if cfg.resume:
+        cfg = resume_config(cfg)
     if cfg.name == "run":
         cfg.name = time.strftime("demo-%Y%m%d-%H%M%S")
     with _no_run_left_if_engine_fails(cfg):
@@ -128,22 +136,23 @@ def _stage_body(args, cfg, stage: str) -> int:
 
 def _resumed_run(cfg, stage: str):
     """The run directory `resume=` names, checked to be the same run with a checkpoint to continue
-    from; its config.yaml is rewritten with the settings that may change (more steps, say)."""
+    from; its config.yaml is rewritten with the settings that may change (more RL steps, say)."""
     from r1lab.config import load_config, save_config
     from r1lab.runs import RunDir
-    from r1lab.train.checkpoint import check_resume_config, checkpoints
+    from r1lab.train.checkpoint import (RESUMABLE_CHANGES, SFT_RESUMABLE_CHANGES, SFT_STATE_DIR, STATE_DIR,
+                                        check_resume_config, checkpoints)
 
-    if stage != "rl":
-        raise R1labError("resume= continues an RL run; an SFT stage runs again from its start")
+    folder, setting, allowed = ((SFT_STATE_DIR, "sft.save_every", SFT_RESUMABLE_CHANGES) if stage == "sft"
+                                else (STATE_DIR, "train.save_every", RESUMABLE_CHANGES))
     path = Path(cfg.resume)
     if not (path / "config.yaml").is_file():
         raise R1labError(f"resume: {path} is not a run directory (no config.yaml)")
-    if not checkpoints(path):
-        raise R1labError(f"resume: {path} has no resumable checkpoint (checkpoints/state/step-*.pt; "
-                         "train.save_every > 0 writes them)")
+    if not checkpoints(path, folder):
+        raise R1labError(f"resume: {path} has no resumable checkpoint (checkpoints/{folder}/step-*.pt; "
+                         f"{setting} > 0 writes them)")
     saved = load_config(path / "config.yaml")
     cfg.name, cfg.out_dir = saved.name, saved.out_dir  # the run's own name, wherever it is resumed from
-    check_resume_config(saved, cfg)
+    check_resume_config(saved, cfg, allowed)
     save_config(cfg, path / "config.yaml")
     return RunDir(path)
 

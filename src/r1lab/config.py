@@ -198,6 +198,8 @@ class SFTConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     max_steps: int = 0  # stop early after this many optimizer steps (0 = all epochs)
+    save_every: int = 100  # a resumable checkpoint (checkpoints/sft-state/) every N steps and at the end; 0 = none
+    keep_checkpoints: int = 2  # resumable SFT checkpoints kept (the newest)
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # SFT of LoRA adapters (r > 0); off by default
 
 
@@ -319,7 +321,7 @@ class RunConfig:
     seed: int = 0
     out_dir: str = "runs"
     init_from: str = ""  # model to start this stage from (a checkpoint directory); default model.path
-    resume: str = ""  # a run directory whose RL stage stopped early: continue it from its last checkpoint
+    resume: str = ""  # a run directory (rl, sft or demo) that stopped early: continue it from its last checkpoint
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -409,6 +411,11 @@ def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """The RunConfig of a nested dict (to_dict's output), checked as a recipe is."""
+    return _build(RunConfig, data)
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

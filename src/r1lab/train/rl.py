@@ -196,6 +196,8 @@ def train_rl(
         trainer.step = resume["step"]
         if trainer.prm is not None:
             trainer.prm.load_state_dict(resume["prm"])
+        if "health" in resume:
+            health.load_state_dict(resume["health"])
         engine.load_weights(trainer.policy.engine_weights(), trainer.policy.version)
     elif trainer.policy.has_critic and cfg.algo.value_pretrain_steps:
         trainer.pretrain_critic(sampler, metrics)
@@ -218,6 +220,7 @@ def train_rl(
         health.observe(step + 1, m, [c.text for c in completions])
         if save_every and ((step + 1) % save_every == 0 or step + 1 == cfg.train.steps):
             save_state(run_path, step + 1, {"policy": trainer.policy.state_dict(), "sampler": sampler.state_dict(),
+                                            "health": health.state_dict(),
                                             **({"prm": trainer.prm.state_dict()} if trainer.prm is not None else {})},
                        cfg.train.keep_checkpoints)
         bar.set_postfix(reward=f"{m['reward/total']:.3f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response/length']:.0f}")
