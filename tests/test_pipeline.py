@@ -24,7 +24,7 @@ SMALL = {
     "reward": {"verify_workers": 0},
     "sampling": {"max_new_tokens": 16},
     "eval": {"n": 2, "ks": [1, 2]},
-    "sft": {"epochs": 1, "batch_size": 16, "warmup_steps": 0},
+    "sft": {"epochs": 1, "batch_size": 16, "warmup_steps": 0, "save_every": 1, "keep_checkpoints": 5},
     "train": {"steps": 2, "prompts_per_step": 4, "group_size": 4, "eval_every": 0, "save_every": 1,
               "keep_checkpoints": 5, "micro_batch_size": 16},
     "stages": [
@@ -227,6 +227,34 @@ def test_an_interrupted_stage_without_checkpoints_starts_again(runs):
     (run / "01-data" / "done.json").unlink()
     assert check_resume(plan_pipeline(recipe, [f"resume={run}"])) == {
         "prepare": "done", "00-sft": "done", "01-data": "restart", "02-rl": "restart", "03-eval": "restart"}
+
+
+@pytest.mark.slow
+def test_an_interrupted_sft_stage_continues_from_its_checkpoint(runs):
+    import r1lab.train.sft as sft_module
+
+    tmp, recipe, _ = runs
+    save = sft_module.save_state
+
+    def killed_after_step_1(path, step, state, keep, *args, **kwargs):
+        save(path, step, state, keep, *args, **kwargs)
+        if step == 1:
+            raise KeyboardInterrupt  # as a kill would leave it: the checkpoint written, nothing after
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sft_module, "save_state", killed_after_step_1)
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(plan_pipeline(recipe, [f"out_dir={tmp}", "name=sft-cut"]), show_progress=False,
+                         log=lambda *a: None)
+    run = tmp / "sft-cut"
+    plan = plan_pipeline(recipe, [f"resume={run}"])
+    assert check_resume(plan) == {"prepare": "done", "00-sft": "resume", "01-data": "new", "02-rl": "new",
+                                  "03-eval": "new"}
+    run_pipeline(plan, show_progress=False, log=lambda *a: None)
+    steps = [json.loads(line)["step"] for line in (run / "00-sft" / "sft_metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    whole, again = final_weights(tmp / "whole"), final_weights(run)
+    assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
 
 
 @pytest.mark.slow

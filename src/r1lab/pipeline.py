@@ -68,9 +68,6 @@ SET_BY_PIPELINE = {
 }
 ALL_ROWS = 1_000_000_000  # data.sft_size of an SFT stage: every row of its input file is an SFT example
 
-# the stage kinds that continue an interrupted stage from its checkpoints: their stage function takes
-# RunConfig.resume (the stage directory) and writes checkpoints/state/step-*.pt; any other kind restarts
-RESUMABLE = frozenset({"rl"})
 # the config sections a stage does not read: a change there does not make a finished stage stale
 NOT_READ = {
     "sft": ("train", "algo", "dpo", "health", "cluster"),
@@ -399,7 +396,13 @@ def check_resume(plan: Plan) -> dict[str, str]:
     interrupted resumable stage with checkpoints), "restart" (interrupted, no checkpoints: run again
     from its start) or "new". Refuses, before anything is written, a finished stage whose settings
     changed and a run directory that is not this pipeline's."""
-    from r1lab.train.checkpoint import check_resume_config, checkpoints
+    from r1lab.train.checkpoint import (RESUMABLE_CHANGES, SFT_RESUMABLE_CHANGES, SFT_STATE_DIR, STATE_DIR,
+                                        check_resume_config, checkpoints)
+
+    # the kinds that continue an interrupted stage from its checkpoints (their stage function takes
+    # RunConfig.resume, the stage directory): the checkpoint folder each writes, the settings that may
+    # change across a resume. Any other kind restarts.
+    resumable = {"rl": (STATE_DIR, RESUMABLE_CHANGES), "sft": (SFT_STATE_DIR, SFT_RESUMABLE_CHANGES)}
 
     run_dir = plan.run_dir
     keys = ["prepare", *(s.dirname for s in plan.stages)]
@@ -432,9 +435,11 @@ def check_resume(plan: Plan) -> dict[str, str]:
         first_unfinished, finished = finished, False
         if not path.exists():
             status[key] = "new"
-        elif first_unfinished and kind in RESUMABLE and checkpoints(path) and (path / "config.yaml").is_file():
+        elif (first_unfinished and kind in resumable and checkpoints(path, resumable[kind][0])
+              and (path / "config.yaml").is_file()):
             try:
-                check_resume_config(load_config(path / "config.yaml"), dataclasses.replace(cfg, resume=str(path)))
+                check_resume_config(load_config(path / "config.yaml"), dataclasses.replace(cfg, resume=str(path)),
+                                    resumable[kind][1])
             except ConfigError as e:
                 raise ConfigError(f"{label}: {e}") from None
             status[key] = "resume"
