@@ -59,6 +59,10 @@ def _config(recipe: str | None, overrides: list[str]):
     from r1lab.train.distributed import check_cluster
 
     check_cluster(cfg)  # the trainer group's settings
+    from r1lab.cluster import check_workers, with_off_policy_correction
+
+    check_workers(cfg)  # rollout / reward workers, asynchronous sampling
+    cfg = with_off_policy_correction(cfg)  # saved with the run: the correction an off-policy run uses
     from r1lab.rollout import check_engine
 
     check_engine(cfg.rollout.engine)  # an unknown engine or a missing vLLM extra

@@ -226,8 +226,13 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
     from r1lab.train.rl import train_rl
 
     lora = apply_lora(model, cfg.train.lora, "train.lora")  # adapters in place; None = full fine-tuning
-    engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
-                         **engine_options(cfg.rollout))
+    if cfg.cluster.rollout_workers > 0:  # Ray actors sample; no engine in this process
+        from r1lab.cluster.rollout_group import RayRolloutGroup
+
+        engine = RayRolloutGroup(cfg, model, tokenizer)
+    else:
+        engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
+                             **engine_options(cfg.rollout))
 
     def on_eval(step: int) -> dict[str, float]:
         # an engine that holds its own weights (vLLM) also evaluates: it follows the policy, and a
