@@ -134,6 +134,24 @@ def _changed(model, start) -> float:
     return max(float((model.state_dict()[k] - start[k]).abs().max()) for k in start)
 
 
+def test_the_snapshot_engine_samples_the_loaded_weights_while_the_live_model_changes(lively):
+    from r1lab.rollout.snapshot import SnapshotEngine
+
+    live = copy.deepcopy(lively[0])
+    tok = lively[1]
+    snap = SnapshotEngine(live, lambda m: FastEngine(m, tok, dtype="float32"))
+    params = SamplingParams(max_new_tokens=10)
+    before = [c.response_ids for c in snap.generate(problems(2), params, n=2, seed=3)]
+    with torch.no_grad():  # the trainer's update, in place
+        for p in live.parameters():
+            p.mul_(-1.0)
+    assert [c.response_ids for c in snap.generate(problems(2), params, n=2, seed=3)] == before
+    snap.load_weights(iter(()), 1)
+    after = [c.response_ids for c in snap.generate(problems(2), params, n=2, seed=3)]
+    assert after == [c.response_ids for c in FastEngine(live, tok, dtype="float32").generate(problems(2), params, n=2, seed=3)]
+    assert after != before and snap.policy_version == 1
+
+
 def test_async_run_with_the_engine_in_the_controller_logs_staleness_and_corrects(lively):
     """off_policy_steps=1 with the fast engine in this process: it samples a private copy of the
     policy in a background thread; step 1 trains on fresh samples, steps 2 and 3 on samples one
