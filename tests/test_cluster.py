@@ -295,3 +295,24 @@ def test_the_grpo_recipe_with_trainer_and_rollout_workers_samples_what_one_proce
     assert first("one") == first("many") and len(first("one")) == 8
     assert [r["step"] for r in rows("many", "metrics.jsonl")] == [1, 2]
     assert (tmp_path / "many" / "checkpoints" / "rl" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_ensure_ray_starts_a_local_cluster_whose_workers_import_this_r1lab(tmp_path):
+    """The path the `r1lab` command takes when no Ray is running: a local cluster of the CPUs asked
+    for, its workers seeing this process's r1lab and thread settings. In a fresh interpreter, as
+    this module's own cluster is already up."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    import r1lab
+
+    code = ("from r1lab.cluster.runtime import ensure_ray; from r1lab.config import ClusterConfig\n"
+            "ensure_ray(ClusterConfig(), 3)\nimport ray\n"
+            "@ray.remote\ndef where():\n    import os, r1lab\n    return r1lab.__file__, os.environ.get('OMP_NUM_THREADS')\n"
+            "print(int(ray.cluster_resources()['CPU']), *ray.get(where.remote(), timeout=120))\nray.shutdown()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["3", r1lab.__file__, "1"]
