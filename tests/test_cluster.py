@@ -239,7 +239,9 @@ ADVERSARIAL = [
 
 def test_reward_workers_score_what_the_controller_scores(cluster):
     """Verdicts, every term and the totals of two reward actors equal compute_rewards in this process,
-    on adversarial outputs; shares are whole groups."""
+    on adversarial outputs; shares are whole groups. A killed reward actor is replaced."""
+    import ray
+
     from r1lab.cluster.reward_group import RayRewardGroup
     from r1lab.records import Completion
     from r1lab.rewards import compute_rewards
@@ -260,9 +262,11 @@ def test_reward_workers_score_what_the_controller_scores(cluster):
     group = RayRewardGroup(cfg)
     try:
         got = group(probs, remote, terms, timeout=5.0, workers=1, settings=settings)
+        ray.kill(group.actors[1], no_restart=True)  # a dead reward actor: replaced, its share scored again
+        again = group(probs, completions(), terms, timeout=5.0, workers=1, settings=settings)
     finally:
         group.close()
-    assert got == expected
+    assert got == expected == again and group.stats["cluster/reward_retries"] == 1
     assert [c.verdict for c in remote] == [c.verdict for c in local]
     assert [(c.rewards, c.reward) for c in remote] == [(c.rewards, c.reward) for c in local]
     assert sum(c.verdict.correct for c in local) >= 2 and not all(c.verdict.correct for c in local)
