@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 # the optional trackers, for the tests only (the demo does not need them): TensorBoard, MLflow, W&B offline
 TRACK_STAMP := $(VENV)/.installed-track
 $(TRACK_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[track,wandb]'
+	$(BIN)/pip install -q -e '.[track,wandb,ray]'
 	touch $(TRACK_STAMP)
 
 setup: $(STAMP)

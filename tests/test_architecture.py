@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("math", ("r1lab.algos",)),
     ("signals", ("r1lab.verify", "r1lab.tasks", "r1lab.reward_registry", "r1lab.rewards", "r1lab.reward_shaping",
                  "r1lab.benchmarks")),
-    ("engines", ("r1lab.models", "r1lab.hub", "r1lab.rollout")),
+    ("engines", ("r1lab.models", "r1lab.hub", "r1lab.rollout", "r1lab.cluster")),
     ("stages", ("r1lab.train", "r1lab.eval", "r1lab.data", "r1lab.stages", "r1lab.demo", "r1lab.report",
                 "r1lab.plots", "r1lab.runs", "r1lab.recipes", "r1lab.serve", "r1lab.health", "r1lab.tracking",
                 "r1lab.pipeline")),

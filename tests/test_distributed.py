@@ -134,9 +134,9 @@ def test_grpo_run_with_two_trainer_workers(tiny):
     model = copy.deepcopy(model)
     cfg = _cfg(steps=3, mini_batches=2, micro_batch_size=4)
     cfg.cluster.trainer_workers = 2
-    # the random model is never correct: a repeated-bigram penalty gives the groups distinct rewards
+    # the random model is never correct: a repeated-token penalty gives the groups distinct rewards
     cfg.reward.terms = {"accuracy": 1.0, "repetition": 1.0}
-    cfg.reward.settings = {"repetition_ngram": 2, "repetition_penalty": 0.1}
+    cfg.reward.settings = {"repetition_ngram": 1, "repetition_penalty": 0.1}
     engine = HFEngine(model, tok)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     t = time.time()
@@ -224,7 +224,7 @@ def test_a_run_resumed_through_the_group_ends_where_the_uninterrupted_run_ends(t
         cfg = _cfg(steps=steps, mini_batches=2, micro_batch_size=4, save_every=1)
         cfg.cluster.trainer_workers = 2
         cfg.reward.terms = {"accuracy": 1.0, "repetition": 1.0}
-        cfg.reward.settings = {"repetition_ngram": 2, "repetition_penalty": 0.1}
+        cfg.reward.settings = {"repetition_ngram": 1, "repetition_penalty": 0.1}
         history = train_rl(cfg, model, tiny[1], HFEngine(model, tiny[1]), problems(4), show_progress=False,
                            run_path=path, resume=resume)
         return model, history

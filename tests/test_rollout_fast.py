@@ -276,3 +276,47 @@ def test_lora_wrapped_policy_runs_in_the_fast_engine_and_follows_adapter_updates
         with torch.no_grad():  # an update of one adapter only
             model.model.layers[0].self_attn.q_proj.lora_B["default"].weight.mul_(-3.0)
     assert refs[0] != refs[1]  # the update mattered, so the engine's agreement after it is a real check
+
+
+def _splitmix_uniform(seed: int, sample: int, step: int) -> float:
+    """sample_uniforms in Python integers modulo 2**64: the reference the torch lanes must match."""
+    M = (1 << 64) - 1
+
+    def mix(x):
+        x &= M
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M
+        return x ^ (x >> 31)
+
+    key = mix(seed + 0x9E3779B97F4A7C15)
+    h = mix(mix(key + sample * 0x9E3779B97F4A7C15) + step * 0x94D049BB133111EB)
+    return (h >> 11) / 2.0**53
+
+
+def test_sample_uniforms_match_the_integer_reference_and_are_uniform():
+    from r1lab.rollout.base import sample_uniforms
+
+    for seed in (0, 5, 2**62 + 3, -1):
+        samples, steps = torch.tensor([0, 1, 7, 10**9, 3]), torch.tensor([0, 0, 63, 5, 10**6])
+        got = sample_uniforms(seed, samples, steps).tolist()
+        assert got == [_splitmix_uniform(seed & ((1 << 64) - 1), int(a), int(b)) for a, b in zip(samples, steps)]
+    u = sample_uniforms(1, torch.arange(200_000), torch.arange(200_000) % 97)
+    assert 0 <= float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.005 and abs(float(u.var()) - 1 / 12) < 0.002
+    hist = torch.histc(u.float(), bins=10, min=0, max=1) / len(u)
+    assert float((hist - 0.1).abs().max()) < 0.005
+
+
+@pytest.mark.parametrize("params", [SamplingParams(max_new_tokens=16), SamplingParams(top_k=5, top_p=0.9, max_new_tokens=16)])
+def test_a_call_split_in_parts_or_decoded_in_smaller_batches_samples_the_same(lively, params):
+    """Each sample's draws depend on the seed and its number in the call only (what lets a rollout
+    group split a call across engines and return the single engine's samples)."""
+    model, tok = lively
+    whole = FastEngine(model, tok, dtype="float32").generate(problems(), params, n=3, seed=11)
+    parts = (FastEngine(model, tok, dtype="float32").generate(problems()[:1], params, n=3, seed=11)
+             + FastEngine(model, tok, dtype="float32").generate(problems()[1:], params, n=3, seed=11, first_sample=3))
+    small = FastEngine(model, tok, dtype="float32", batch_size=2).generate(problems(), params, n=3, seed=11)
+    ids = lambda cs: [c.response_ids for c in cs]  # noqa: E731
+    assert ids(whole) == ids(parts) == ids(small)
+    assert len({tuple(r) for r in ids(whole)}) > 6  # samples differ from each other
+    assert [x for c in whole for x in c.logprobs] == pytest.approx([x for c in parts for x in c.logprobs], abs=1e-5)

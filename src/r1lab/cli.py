@@ -50,7 +50,7 @@ def _config(recipe: str | None, overrides: list[str]):
     from r1lab.stages import check_run_config
 
     cfg = load_config(recipe, overrides)
-    check_run_config(cfg)  # before a run directory exists: a bad setting must leave nothing behind
+    cfg = check_run_config(cfg)  # before a run directory exists: a bad setting must leave nothing behind
     return cfg
 
 

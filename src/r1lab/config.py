@@ -305,13 +305,26 @@ class HealthConfig:
 
 @dataclass
 class ClusterConfig:
-    """Where the trainer runs. trainer_workers 0: the policy, reference and critic live in the
-    controller's process. N > 0: a group of N worker processes, each holding an FSDP2 shard of the
-    models and of their optimizers, each taking its share of every mini-batch."""
+    """Where the trainer, the rollout engine and the verifiers run. Every field at its default: all of
+    them in the controller's process.
+
+    trainer_workers N > 0: a group of N worker processes, each holding an FSDP2 shard of the models
+    and of their optimizers, each taking its share of every mini-batch. rollout_workers / reward_workers
+    N > 0: Ray actors, each with its own copy of the policy and a rollout engine / running the
+    verifiers, each taking a share of every generate / score call (cluster/). placement: on GPUs,
+    "colocated" shares the trainer's GPUs with the rollout actors (0.5 GPU per actor), "split" gives
+    each rollout actor a GPU of its own; on a CPU-only cluster both ask Ray for one CPU per actor.
+    off_policy_steps 1: the next batch is sampled (from the weights before this step's update)
+    while this one trains."""
 
     trainer_workers: int = 0  # processes of the sharded trainer; 0 = the local trainer
     backend: str = "gloo"  # torch.distributed backend of the group: gloo (CPU) | nccl (one GPU per worker)
-    ray_address: str = ""  # "" = worker processes spawned on this machine (Ray actors are not supported)
+    rollout_workers: int = 0  # Ray actors that sample; 0 = the engine in the controller's process
+    reward_workers: int = 0  # Ray actors that verify and score; 0 = the verifier pools of the controller
+    placement: str = "colocated"  # colocated | split: whether rollout actors share GPUs with the trainer
+    ray_address: str = ""  # "" = start a local Ray cluster when a Ray worker is asked for; else connect to it
+    off_policy_steps: int = 0  # 0 = synchronous; 1 = sample batch t+1 while batch t trains
+    max_retries: int = 2  # a failed rollout / reward call: its actor replaced and the call run again, this often
     timeout_s: float = 600.0  # longest wait on a worker (start-up or one call) before the run stops
 
 

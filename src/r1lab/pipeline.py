@@ -173,7 +173,7 @@ def plan_pipeline(recipe: str | Path, overrides: list[str] | tuple[str, ...] = (
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{recipe}: 'stages' must be a non-empty list, e.g. [sft, rl, eval]")
     shared = _build(RunConfig, data)
-    check_run_config(shared)
+    shared = check_run_config(shared)
     if shared.train.curriculum:
         raise ConfigError("train.curriculum generates RL prompts per difficulty; a pipeline's RL stage reads a file "
                           "(the curriculum is not available in pipelines)")
@@ -193,7 +193,7 @@ def plan_pipeline(recipe: str | Path, overrides: list[str] | tuple[str, ...] = (
         stage = _plan_stage(i, entry, data, run_dir, files, model if built else "")
         stages.append(stage)
         try:
-            check_run_config(stage.cfg)
+            stage.cfg = check_run_config(stage.cfg)
         except ConfigError as e:
             raise ConfigError(f"{stage.label}: {e}") from None
         if stage.kind in TRAINING:

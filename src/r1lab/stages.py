@@ -28,9 +28,12 @@ from r1lab.tracking import make_tracker
 from r1lab.verify import check_gold, verify_batch
 
 
-def check_run_config(cfg: RunConfig) -> None:
+def check_run_config(cfg: RunConfig) -> RunConfig:
     """The checks every command makes of a loaded config before it writes anything: dtype and device,
-    the method's pieces and their settings, trackers, the trainer group, the rollout engine."""
+    the method's pieces and their settings, trackers, the trainer group, rollout and reward workers,
+    the rollout engine. Returns the config with the defaults that follow from other settings (the
+    off-policy correction of an asynchronous run), as the run then saves it."""
+    from r1lab.cluster import check_workers, with_off_policy_correction
     from r1lab.rollout import check_engine
     from r1lab.tracking import check_tracking
     from r1lab.train.distributed import check_cluster
@@ -41,7 +44,9 @@ def check_run_config(cfg: RunConfig) -> None:
     bind_method(cfg.algo)
     check_tracking(cfg.tracking)  # an unknown tracker or a missing package
     check_cluster(cfg)
+    check_workers(cfg)
     check_engine(cfg.rollout.engine)  # an unknown engine or a missing vLLM extra
+    return with_off_policy_correction(cfg)
 
 
 @dataclass
@@ -255,8 +260,13 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
     from r1lab.train.rl import train_rl
 
     lora = apply_lora(model, cfg.train.lora, "train.lora")  # adapters in place; None = full fine-tuning
-    engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
-                         **engine_options(cfg.rollout))
+    if cfg.cluster.rollout_workers > 0:  # Ray actors sample; no engine in this process
+        from r1lab.cluster.rollout_group import RayRolloutGroup
+
+        engine = RayRolloutGroup(cfg, model, tokenizer)
+    else:
+        engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
+                             **engine_options(cfg.rollout))
 
     def on_eval(step: int) -> dict[str, float]:
         # an engine that holds its own weights (vLLM) also evaluates: it follows the policy, and a

@@ -103,16 +103,50 @@ def encode_prompts(tokenizer, problems: list[Problem]) -> list[EncodedPrompt]:
     return out
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(x: int) -> int:
+    """An unsigned 64-bit constant as the int64 torch stores."""
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_GOLDEN, _MIX1, _MIX2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 lanes (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 lanes (products wrap modulo 2**64)."""
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def sample_uniforms(seed: int, samples: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """One float64 in [0, 1) per row, a hash of (seed, the row's sample index, its token index) alone:
+    a sample draws the same uniforms whatever else shares its batch, so a call split across engines
+    (or decoded with another batch size) samples the same tokens. samples, steps: [B] int64."""
+    key = _mix64(torch.tensor(_signed(seed & _MASK64), dtype=torch.int64) + _GOLDEN)
+    h = _mix64(_mix64(key + samples.long() * _GOLDEN) + steps.long() * _MIX2)
+    return _shr(h, 11).double() * 2.0**-53
+
+
 def sample_next(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick the next token for each row. logits: [B, V] float32.
+    """Pick the next token for each row. logits: [B, V] float32. `uniforms` [B] float64 in [0, 1),
+    one per row, replace the draws from `generator` when given.
 
     Returns (tokens [B], logprobs [B]) where the log-prob is log softmax(logits / T) at the chosen
     token, before top-k/top-p truncation: the same quantity the trainer recomputes.
     """
     if untruncated(params, logits.shape[-1]):
-        return _sample_untruncated(logits, params.temperature, generator)
+        return _sample_untruncated(logits, params.temperature, generator, uniforms)
     V = logits.shape[-1]
     logp = torch.log_softmax(logits / params.logprob_temperature, dim=-1)
     if params.temperature == 0:
@@ -129,7 +163,7 @@ def sample_next(
             drop_sorted = (cum - sorted_logp.softmax(dim=-1)) >= params.top_p
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             filtered = filtered.masked_fill(drop, float("-inf"))
-        tokens = inverse_cdf_sample(filtered.softmax(dim=-1), generator)
+        tokens = inverse_cdf_sample(filtered.softmax(dim=-1), generator, uniforms)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
@@ -138,14 +172,15 @@ def untruncated(params: SamplingParams, vocab_size: int) -> bool:
     return params.temperature > 0 and not (params.top_k and params.top_k < vocab_size) and params.top_p >= 1.0
 
 
-def _sample_untruncated(logits: torch.Tensor, temperature: float, generator: torch.Generator | None):
+def _sample_untruncated(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+                        uniforms: torch.Tensor | None = None):
     """Plain sampling at temperature T (no top-k / top-p), the RL default, in three passes over the
     [B, V] logits (max, exp, chunk sums) instead of a log-softmax, a softmax and a full cumulative
     sum, each a pass over a large vocabulary at every decode step."""
     z = logits if temperature == 1.0 else logits / temperature
     m = z.amax(dim=-1, keepdim=True)
     e = (z - m).exp_()  # unnormalised probabilities; the sampler does not need them to sum to 1
-    tokens = inverse_cdf_sample(e, generator)
+    tokens = inverse_cdf_sample(e, generator, uniforms)
     lse = m.squeeze(-1) + e.sum(dim=-1).log()
     return tokens, z.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
 
@@ -156,9 +191,11 @@ def _sample_untruncated(logits: torch.Tensor, temperature: float, generator: tor
 _CDF_CHUNK = 1024
 
 
-def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None,
+                       uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row of probs [B, V] (rows need not be normalised, entries >= 0): the first index
-    whose cumulative mass exceeds u * total, u ~ U[0, 1); `right=True` never lands on a zero-mass entry.
+    whose cumulative mass exceeds u * total, u ~ U[0, 1) from `generator` or the given `uniforms` [B];
+    `right=True` never lands on a zero-mass entry.
 
     Two levels, so no [B, V] cumulative sum is built: float64 sums of 1,024-entry chunks pick the
     chunk, then a float64 cumulative sum inside that one chunk picks the entry (float64: 49k float32
@@ -168,7 +205,9 @@ def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -
     pad = -V % C
     chunks = (F.pad(probs, (0, pad)) if pad else probs).view(B, -1, C)
     chunk_cdf = chunks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)  # [B, V/C]
-    u = torch.rand((B, 1), generator=generator, dtype=torch.float64, device=probs.device) * chunk_cdf[:, -1:]
+    if uniforms is None:
+        uniforms = torch.rand((B,), generator=generator, dtype=torch.float64, device=probs.device)
+    u = uniforms.to(device=probs.device, dtype=torch.float64).view(B, 1) * chunk_cdf[:, -1:]
     ci = torch.searchsorted(chunk_cdf, u, right=True).clamp_(max=chunk_cdf.shape[1] - 1)  # [B, 1]
     before = torch.where(ci > 0, chunk_cdf.gather(1, (ci - 1).clamp_(min=0)), torch.zeros_like(u))
     rows = torch.arange(B, device=probs.device)

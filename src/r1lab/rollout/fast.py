@@ -44,8 +44,8 @@ import torch.nn.functional as F
 
 from r1lab.models import cpu_has_native_bf16, stop_token_ids
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import (EncodedPrompt, LiveModelEngine, SamplingParams, encode_prompts, sample_next, stop_string_end,
-                                untruncated)
+from r1lab.rollout.base import (EncodedPrompt, LiveModelEngine, SamplingParams, encode_prompts, sample_next,
+                                sample_uniforms, stop_string_end, untruncated)
 from r1lab.rollout.kernels import load as load_kernels
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,11 @@ def _version_key(model) -> tuple:
     `_r1lab_weights_version` the optimizers r1lab makes (fused AdamW's kernel does not bump the
     counters: found by a demo run whose engine/trainer log-prob gap grew to 2.9 while the policy moved)."""
     return (getattr(model, "_r1lab_weights_version", 0), tuple((p.data_ptr(), p._version) for p in model.parameters()))
+
+
+def _seed(seed: int | None) -> int:
+    """The call's seed; without one, a fresh one from torch's global generator."""
+    return int(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
 
 
 class FastEngine(LiveModelEngine):
@@ -378,9 +383,14 @@ class FastEngine(LiveModelEngine):
         n: int = 1,
         seed: int | None = None,
         on_batch: Callable[[int], None] | None = None,
+        first_sample: int = 0,
     ) -> list[Completion]:
         """Sample `n` completions per problem; returns len(problems) * n completions, the n samples
-        of problem i at positions i*n .. i*n+n-1 (the same contract as HFEngine.generate)."""
+        of problem i at positions i*n .. i*n+n-1 (the same contract as HFEngine.generate).
+
+        Sample k of problem i is number first_sample + i*n + k of the call: its random draws depend
+        on the seed and that number only, not on the batch it was decoded in, so a call split into
+        parts (each with the first_sample of its first problem) samples what the whole call does."""
         reason = unsupported_reason(self.model)
         if reason is not None:  # the model changed under us (e.g. adapters were added): stay correct
             if self._fallback is None:
@@ -392,9 +402,8 @@ class FastEngine(LiveModelEngine):
         encoded = encode_prompts(self.tokenizer, problems)
         if not encoded:
             return []
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
         with torch.inference_mode():
-            return self._run(encoded, n, params, generator, on_batch)
+            return self._run(encoded, n, params, _seed(seed), on_batch, first_sample)
 
     def generate_ids(self, prompts: list[list[int]], params: SamplingParams, seed: int | None = None,
                      on_batch: Callable[[int], None] | None = None) -> list[Completion]:
@@ -412,17 +421,16 @@ class FastEngine(LiveModelEngine):
         if not prompts:
             return []
         encoded = [EncodedPrompt(str(i), list(ids), "") for i, ids in enumerate(prompts)]
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
         with torch.inference_mode():
-            return self._run(encoded, 1, params, generator, on_batch)
+            return self._run(encoded, 1, params, _seed(seed), on_batch)
 
     def _slots(self, W: _Packed, jobs: int, max_len: int) -> int:
         per_slot = len(W.layers) * 2 * W.n_kv * max_len * W.head_dim * torch.finfo(W.dtype).bits // 8
         by_memory = max(1, int(self.kv_cache_gb * 2**30 // per_slot))
         return max(1, min(self.batch_size, jobs, by_memory))
 
-    def _run(self, encoded: list[EncodedPrompt], n: int, params: SamplingParams,
-             generator: torch.Generator | None, on_batch) -> list[Completion]:
+    def _run(self, encoded: list[EncodedPrompt], n: int, params: SamplingParams, seed: int, on_batch,
+             first_sample: int = 0) -> list[Completion]:
         W = self._weights()
         max_new = params.max_new_tokens
         max_len = max(len(e.ids) for e in encoded) + max_new
@@ -436,6 +444,8 @@ class FastEngine(LiveModelEngine):
 
         slot_job: list[tuple[int, int]] = []  # live slot -> (prompt, sample)
         pos = torch.zeros(0, dtype=torch.long)  # live slot -> cache position of its next token
+        sample_no = torch.zeros(0, dtype=torch.long)  # live slot -> its sample's number in the call
+        start = torch.zeros(0, dtype=torch.long)  # live slot -> its prompt length (pos - start = tokens so far)
         logits = torch.zeros((0, W.vocab))
         out_tok: dict[tuple[int, int], list[int]] = {}
         out_lp: dict[tuple[int, int], list[float]] = {}
@@ -455,15 +465,18 @@ class FastEngine(LiveModelEngine):
                 new_logits = self._prefill(W, cache, [encoded[i].ids for i in distinct], slots, src)
                 logits = torch.cat([logits, new_logits])
                 pos = torch.cat([pos, torch.tensor([len(encoded[i].ids) for i, _ in new])])
+                start = torch.cat([start, torch.tensor([len(encoded[i].ids) for i, _ in new])])
+                sample_no = torch.cat([sample_no, torch.tensor([first_sample + i * n + s for i, s in new])])
                 slot_job += new
                 for j in new:
                     out_tok[j], out_lp[j] = [], []
             if not slot_job:
                 break
+            u = sample_uniforms(seed, sample_no, pos - start) if params.temperature > 0 else None
             if c_sampler:
-                tok, lp = self._kernels.sample(logits, params.temperature, generator)
+                tok, lp = self._kernels.sample(logits, params.temperature, None, u)
             else:
-                tok, lp = sample_next(logits, params, generator)
+                tok, lp = sample_next(logits, params, None, u)
             done = torch.isin(tok, stop)
             for s, (j, t, l, d) in enumerate(zip(slot_job, tok.tolist(), lp.tolist(), done.tolist())):
                 out_tok[j].append(t)
@@ -479,7 +492,7 @@ class FastEngine(LiveModelEngine):
             if bool(done.any()):
                 keep = self._compact(cache, done)
                 slot_job = [slot_job[s] for s in keep.tolist()]
-                tok, pos = tok[keep], pos[keep]
+                tok, pos, start, sample_no = tok[keep], pos[keep], start[keep], sample_no[keep]
                 if on_batch:
                     on_batch(int(done.sum()))
             if not slot_job and not waiting:

@@ -15,7 +15,8 @@ from transformers import DynamicCache
 
 from r1lab.models import model_device, stop_token_ids
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import EncodedPrompt, LiveModelEngine, SamplingParams, encode_prompts, sample_next, stop_string_end
+from r1lab.rollout.base import (EncodedPrompt, LiveModelEngine, SamplingParams, encode_prompts, sample_next,
+                                sample_uniforms, stop_string_end)
 
 
 class HFEngine(LiveModelEngine):
@@ -36,11 +37,13 @@ class HFEngine(LiveModelEngine):
         n: int = 1,
         seed: int | None = None,
         on_batch: Callable[[int], None] | None = None,
+        first_sample: int = 0,
     ) -> list[Completion]:
         """Sample `n` completions per problem; returns len(problems) * n completions, the n samples
-        of problem i at positions i*n .. i*n+n-1."""
+        of problem i at positions i*n .. i*n+n-1. Sample k of problem i draws its randomness from
+        the seed and its number first_sample + i*n + k alone (as FastEngine.generate)."""
         encoded = encode_prompts(self.tokenizer, problems)
-        return self._generate_jobs([e for e in encoded for _ in range(n)], params, seed, on_batch)
+        return self._generate_jobs([e for e in encoded for _ in range(n)], params, seed, on_batch, first_sample)
 
     def generate_ids(self, prompts: list[list[int]], params: SamplingParams, seed: int | None = None,
                      on_batch: Callable[[int], None] | None = None) -> list[Completion]:
@@ -51,9 +54,8 @@ class HFEngine(LiveModelEngine):
         return self._generate_jobs(jobs, params, seed, on_batch) if jobs else []
 
     def _generate_jobs(self, jobs: list[EncodedPrompt], params: SamplingParams, seed: int | None,
-                       on_batch: Callable[[int], None] | None) -> list[Completion]:
-        device = model_device(self.model)  # a GPU model samples on its GPU, seeded there
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+                       on_batch: Callable[[int], None] | None, first_sample: int = 0) -> list[Completion]:
+        seed = int(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
         # sort by prompt length so each batch pads little; restore the order at the end
         order = sorted(range(len(jobs)), key=lambda i: len(jobs[i].ids))
         results: list[Completion | None] = [None] * len(jobs)
@@ -62,7 +64,8 @@ class HFEngine(LiveModelEngine):
         try:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                for i, c in zip(idx, self._generate_batch([jobs[i] for i in idx], params, generator)):
+                numbers = torch.tensor([first_sample + i for i in idx])
+                for i, c in zip(idx, self._generate_batch([jobs[i] for i in idx], params, seed, numbers)):
                     results[i] = c
                 if on_batch:
                     on_batch(len(idx))
@@ -72,8 +75,9 @@ class HFEngine(LiveModelEngine):
 
     @torch.inference_mode()
     def _generate_batch(
-        self, jobs: list[EncodedPrompt], params: SamplingParams, generator: torch.Generator | None
+        self, jobs: list[EncodedPrompt], params: SamplingParams, seed: int, numbers: torch.Tensor
     ) -> list[Completion]:
+        """Decode `jobs` together; row r draws its uniforms from (seed, numbers[r], token index)."""
         B = len(jobs)
         P = max(len(j.ids) for j in jobs)
         input_ids = torch.full((B, P), self.pad_id, dtype=torch.long)
@@ -97,9 +101,10 @@ class HFEngine(LiveModelEngine):
         logps_out: list[list[float]] = [[] for _ in range(B)]
         finish = ["length"] * B
         cuts: dict[int, int] = {}  # row -> text length, for rows that ended on a stop string
-        for _ in range(params.max_new_tokens):
+        for step in range(params.max_new_tokens):
             logits = out.logits[:, -1, :].float()
-            tok, logp = sample_next(logits, params, generator)
+            u = sample_uniforms(seed, numbers[live.cpu()], torch.full((len(live),), step)) if params.temperature > 0 else None
+            tok, logp = sample_next(logits, params, None, u)
             for r, t, lp in zip(live.tolist(), tok.tolist(), logp.tolist()):
                 tokens_out[r].append(t)
                 logps_out[r].append(lp)

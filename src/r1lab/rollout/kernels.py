@@ -93,13 +93,16 @@ class Kernels:
         self._sample.argtypes, self._sample.restype = [P, I, I, F, P, P, P, P], None
         self._scratch = torch.empty(0)
 
-    def sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None):
+    def sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+               uniforms: torch.Tensor | None = None):
         """(tokens [B], logprobs [B]) for logits [B, V] float32, sampled at `temperature` (no top-k /
         top-p): `rollout.base._sample_untruncated` in one C pass per row, with the same one uniform
-        per row from `generator`."""
+        per row, from `generator` or the given `uniforms` [B] float64."""
         B, V = logits.shape
         logits = logits.float().contiguous()
-        u = torch.rand((B,), generator=generator, dtype=torch.float64)
+        if uniforms is None:
+            uniforms = torch.rand((B,), generator=generator, dtype=torch.float64)
+        u = uniforms.double().contiguous()
         if self._scratch.numel() < B * V:
             self._scratch = torch.empty(B * V)
         tokens, logprobs = torch.empty(B, dtype=torch.long), torch.empty(B)

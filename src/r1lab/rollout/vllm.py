@@ -218,9 +218,10 @@ class VLLMEngine:
     # -- sampling -----------------------------------------------------------------------------------
 
     def generate(self, problems: list[Problem], params: SamplingParams, n: int = 1, seed: int | None = 0,
-                 on_batch=None) -> list[Completion]:
+                 on_batch=None, first_sample: int = 0) -> list[Completion]:
         """Sample `n` completions per problem; returns len(problems) * n completions, the n samples
-        of problem i at positions i*n .. i*n+n-1. The same seed gives the same samples."""
+        of problem i at positions i*n .. i*n+n-1. The same seed gives the same samples: sample k of
+        problem i is seeded by the seed and its number first_sample + i*n + k."""
         from vllm import SamplingParams as VParams
         from vllm.inputs import TokensPrompt
 
@@ -241,7 +242,7 @@ class VLLMEngine:
             for k in range(n):
                 prompts.append(TokensPrompt(prompt_token_ids=list(e.ids)))
                 # one seeded stream per sample: reproducible, independent of batching
-                s = None if seed is None else (seed * 1_000_003 + i * n + k) % 2**63
+                s = None if seed is None else (seed * 1_000_003 + first_sample + i * n + k) % 2**63
                 sps.append(VParams(seed=s, **base))
         outs = self.llm.generate(prompts, sps, use_tqdm=False)
         if on_batch:

@@ -31,9 +31,12 @@ class Collected:
 
 
 def collect(cfg: RunConfig, sampler: PromptSampler, params: SamplingParams,
-            rollout: Callable[[list[Problem], int], list[Completion]], seed: int) -> Collected:
+            rollout: Callable[[list[Problem], int], list[Completion]], seed: int,
+            score: Callable[..., object] | None = None) -> Collected:
     """prompts_per_step groups of group_size completions, scored. `rollout(prompts, seed)` returns
-    group_size completions per prompt, in order; round r of the step samples with seed `seed + r`."""
+    group_size completions per prompt, in order; round r of the step samples with seed `seed + r`.
+    `score` (compute_rewards' signature; default compute_rewards) writes the rewards into them."""
+    score = score if score is not None else compute_rewards
     train = cfg.train
     P, G = train.prompts_per_step, train.group_size
     keep_zero_var = train.min_valid_fraction > 0
@@ -46,7 +49,7 @@ def collect(cfg: RunConfig, sampler: PromptSampler, params: SamplingParams,
         t0 = time.time()
         completions = rollout(prompts, seed + rounds)
         t1 = time.time()
-        compute_rewards([p for p in prompts for _ in range(G)], completions, cfg.reward.terms,
+        score([p for p in prompts for _ in range(G)], completions, cfg.reward.terms,
                         timeout=cfg.reward.verify_timeout, workers=cfg.reward.verify_workers,
                         settings={"max_new_tokens": params.max_new_tokens, "group_size": G, **cfg.reward.settings})
         t_gen, t_score = t_gen + t1 - t0, t_score + time.time() - t1

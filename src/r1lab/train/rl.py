@@ -14,11 +14,19 @@ One step, as the papers' algorithm box has it (`RLTrainer.train_step`):
 The controller talks to two interfaces only: an `Engine` (rollout/base.py) that samples, and a
 `PolicyWorker` (train/policy.py) that holds the models and updates them. Methods differ by
 registered functions and their settings (train/methods.py), never by a branch on a method's name.
+
+With cluster.off_policy_steps=1 the sampling and scoring of step t+1 runs in a background thread,
+from the weights the policy had before step t's update, while step t trains; the weights are synced
+once both are done. Each sample carries the policy version it came from; `staleness` (the trainer's
+version minus the oldest sample's) is 0 at the first step and 1 after. An engine that samples the
+trainer's own model gets a private copy of it (rollout/snapshot.py) so the update cannot change the
+weights under the sampler.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +37,7 @@ from r1lab.algos.advantages import gae, last_token_rewards
 from r1lab.config import RunConfig
 from r1lab.health import HealthMonitor
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import Engine, SamplingParams
+from r1lab.rollout.base import Engine, LiveModelEngine, SamplingParams
 from r1lab.runs import MetricsWriter
 from r1lab.train.batch import RolloutBatch, rollout_batch, update_plan
 from r1lab.train.checkpoint import save_state
@@ -45,9 +53,35 @@ class RLTrainer:
     """The RL loop over an engine and a policy worker."""
 
     def __init__(self, cfg: RunConfig, model, tokenizer, engine: Engine, policy: PolicyWorker | None = None):
+        from r1lab.cluster import check_workers, with_off_policy_correction
+
+        check_workers(cfg)
+        cfg = with_off_policy_correction(cfg)  # the behaviour-policy correction on by default when off-policy
         self.cfg = cfg
         self.method = bind_method(cfg.algo)
+        self._owned: list[Any] = []  # workers this trainer started, closed by close()
+        if cfg.cluster.rollout_workers > 0 and not _is_rollout_group(engine):
+            from r1lab.cluster.rollout_group import RayRolloutGroup
+
+            engine = RayRolloutGroup(cfg, model, tokenizer)
+            self._owned.append(engine)
+        elif cfg.cluster.off_policy_steps > 0 and isinstance(engine, LiveModelEngine):
+            from r1lab.rollout import engine_options, make_engine
+            from r1lab.rollout.snapshot import SnapshotEngine
+
+            engine = SnapshotEngine(model, lambda m: make_engine(m, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
+                                                                 **engine_options(cfg.rollout)))
+            self._owned.append(engine)
         self.engine = engine
+        self.score = None  # compute_rewards in this process
+        if cfg.cluster.reward_workers > 0:
+            from r1lab.cluster.reward_group import RayRewardGroup
+
+            self.score = RayRewardGroup(cfg)
+            self._owned.append(self.score)
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="r1lab-sample") if cfg.cluster.off_policy_steps else None
+        self._sampling: Future | None = None  # the next step's collection, running in the background
+        self._next: Collected | None = None  # ... and its result, once the update has waited for it
         if policy is None and cfg.cluster.trainer_workers > 0:
             from r1lab.train.distributed import PolicyWorkerGroup
 
@@ -61,24 +95,37 @@ class RLTrainer:
 
     @property
     def params(self) -> SamplingParams:
+        return self.params_at(self.step)
+
+    def params_at(self, step: int) -> SamplingParams:
         s = self.cfg.sampling
         return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                              max_new_tokens=scheduled(self.cfg.train.max_new_tokens_schedule, self.step, s.max_new_tokens))
+                              max_new_tokens=scheduled(self.cfg.train.max_new_tokens_schedule, step, s.max_new_tokens))
 
     # -- sample and score --------------------------------------------------------------------------
 
-    def rollout(self, prompts: list[Problem], seed: int) -> list[Completion]:
+    def rollout(self, prompts: list[Problem], seed: int, params: SamplingParams | None = None) -> list[Completion]:
         """group_size completions per prompt from the engine, each stamped with the policy version."""
-        completions = self.engine.generate(prompts, self.params, n=self.cfg.train.group_size, seed=seed)
+        version = self.engine.policy_version
+        completions = self.engine.generate(prompts, params or self.params, n=self.cfg.train.group_size, seed=seed)
         for c in completions:
-            c.policy_version = self.engine.policy_version
+            c.policy_version = version
         return completions
 
-    def collect(self, sampler: PromptSampler, seed_step: int | None = None) -> Collected:
-        """One step's scored groups, sampled with the seeds of `seed_step` (default: this step)."""
+    def collect(self, sampler: PromptSampler, seed_step: int | None = None, params_step: int | None = None) -> Collected:
+        """One step's scored groups, sampled with the seeds of `seed_step` (default: this step) and the
+        sampling settings of `params_step` (default: this step)."""
         step = self.step if seed_step is None else seed_step
+        params = self.params_at(self.step if params_step is None else params_step)
         # modulo 2**62: a negative seed_step still gives a seed every engine accepts
-        return collect(self.cfg, sampler, self.params, self.rollout, seed=(self.cfg.seed * 1_000_003 + step * 101) % 2**62)
+        return collect(self.cfg, sampler, params, lambda prompts, seed: self.rollout(prompts, seed, params),
+                       seed=(self.cfg.seed * 1_000_003 + step * 101) % 2**62, score=self.score)
+
+    def _collect_step(self, sampler: PromptSampler, step: int) -> Collected:
+        """Step `step`'s batch: its curriculum stage, seeds and sampling settings."""
+        if self.cfg.train.curriculum:
+            sampler.set_stage(scheduled(self.cfg.train.curriculum, step, min(sampler.pools)))
+        return self.collect(sampler, seed_step=step, params_step=step)
 
     # -- estimate ----------------------------------------------------------------------------------
 
@@ -122,18 +169,30 @@ class RLTrainer:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         stats = self.policy.update_critic(batch) if self.policy.has_critic else {}
         stats.update(self.policy.update_policy(batch))
+        if self._sampling is not None:  # the next batch samples the old weights: let it finish first
+            t0 = time.time()
+            self._next, self._sampling = self._sampling.result(), None
+            stats["time/sample_wait"] = stats.get("time/sample_wait", 0.0) + time.time() - t0
         self.engine.load_weights(self.policy.engine_weights(), self.policy.version)
         return stats
 
     # -- one step ----------------------------------------------------------------------------------
 
     def train_step(self, sampler: PromptSampler) -> tuple[dict[str, Any], list[Completion]]:
+        """One step. Off-policy (cluster.off_policy_steps=1), the next step's batch is sampled in the
+        background while this one trains, unless this is the run's last step (train.steps)."""
         cfg = self.cfg
-        if cfg.train.curriculum:
-            sampler.set_stage(scheduled(cfg.train.curriculum, self.step, min(sampler.pools)))
         t0 = time.time()
-        col = self.collect(sampler)                                             # sample, score
+        if self._next is not None:  # sampled in the background during the previous step
+            col, self._next = self._next, None
+        else:
+            col = self._collect_step(sampler, self.step)                        # sample, score
         t1 = time.time()
+        sampled = sampler_metrics(sampler)
+        if self._background is not None and self.step + 1 < cfg.train.steps:
+            self._sampling = self._background.submit(self._collect_step, sampler, self.step + 1)
+        version = self.policy.version
+        staleness = [version - c.policy_version for c in col.completions]
         batch = self.make_batch(col.completions, col.rewards, col.group_index)  # estimate
         t2 = time.time()
         stats = self.update(batch)                                              # update, sync
@@ -142,16 +201,31 @@ class RLTrainer:
         m: dict[str, Any] = {
             **sample_metrics(col, cfg.train.group_size),
             **batch_metrics(batch),
-            **sampler_metrics(sampler),
+            **sampled,
             **col.info,
             **stats,
             **self.prm_stats,
+            "staleness": max(staleness),  # policy versions between the trainer and the oldest sample
+            "staleness/mean": sum(staleness) / len(staleness),
+            "time/collect": t1 - t0,  # the controller's wait for this step's batch (0 when prefetched)
+            **{k: v for k, v in getattr(self.engine, "stats", {}).items() if k.startswith("cluster/")},
+            **({k: v for k, v in self.score.stats.items()} if self.score is not None else {}),
             "time/reference": t2 - t1,  # old-policy, reference and critic forwards
             "time/train": t3 - t2,
             "time/step": t3 - t0,
             "throughput/train_tokens_per_s": int(batch.attention_mask.sum()) * cfg.train.ppo_epochs / max(t3 - t2, 1e-9),
         }
         return m, col.completions
+
+    def close(self) -> None:
+        """Stop the background sampler and the workers this trainer started."""
+        if self._background is not None:
+            if self._sampling is not None:
+                self._sampling.cancel()
+            self._background.shutdown(wait=True)
+        for w in self._owned:
+            w.close()
+        self._owned = []
 
     def pretrain_critic(self, sampler: PromptSampler, metrics: MetricsWriter | None = None) -> list[dict[str, float]]:
         """VC-PPO value pretraining: regress the critic on returns of the fixed starting policy."""
@@ -188,6 +262,15 @@ def train_rl(
     `run_path/prm/` (ImplicitPRM.save); `resume` (train/checkpoint.load_latest) continues from one."""
     health = health if health is not None else HealthMonitor(cfg.health)
     trainer = RLTrainer(cfg, model, tokenizer, engine)
+    try:
+        return _train(trainer, model, train_problems, metrics, samples, on_eval, show_progress, health, run_path, resume)
+    finally:
+        trainer.close()
+
+
+def _train(trainer: RLTrainer, model, train_problems, metrics, samples, on_eval, show_progress, health, run_path,
+           resume) -> list[dict[str, Any]]:
+    cfg, engine = trainer.cfg, trainer.engine
     sampler = PromptSampler(train_problems, seed=cfg.seed, history_resampling=cfg.train.history_resampling,
                             easy_pool_prob=cfg.train.easy_pool_prob)
     if resume is not None:
@@ -228,3 +311,9 @@ def train_rl(
         start = cfg.init_from or cfg.model.path
         trainer.prm.save(Path(run_path) / "prm", tokenizer, start if Path(start).is_dir() else None)
     return history
+
+
+def _is_rollout_group(engine: Engine) -> bool:
+    from r1lab.cluster.rollout_group import RayRolloutGroup
+
+    return isinstance(engine, RayRolloutGroup)

@@ -1,0 +1,107 @@
+"""Verifiers and reward terms as a group of Ray actors: `RayRewardGroup(cfg)` is called like
+`compute_rewards` and gives its results, each actor scoring a contiguous share of the batch.
+
+Shares are whole groups of group_size completions (a reward term may compare the samples of one
+prompt). Each actor runs `compute_rewards` with its own verifier worker pool (verify/pool.py);
+the controller writes the verdicts, the terms and the totals back into its completions. An actor
+that dies or stays silent past cluster.timeout_s is replaced and its share scored again, up to
+cluster.max_retries times per call; each replacement is logged and counted (`stats`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from r1lab.cluster.runtime import ensure_ray, get, shares, worker_lost
+from r1lab.config import RunConfig
+from r1lab.records import Completion, Problem, Verdict
+
+log = logging.getLogger("r1lab.cluster")
+
+
+class RewardWorker:
+    """The body of one reward actor."""
+
+    def score(self, problems: list[Problem], completions: list[Completion], terms: dict[str, float], timeout: float,
+              workers: int, settings: dict | None) -> list[tuple[Verdict | None, dict[str, float], float]]:
+        from r1lab.rewards import compute_rewards
+
+        compute_rewards(problems, completions, terms, timeout=timeout, workers=workers, settings=settings)
+        return [(c.verdict, dict(c.rewards), c.reward) for c in completions]
+
+    def ready(self) -> bool:
+        return True
+
+
+class RayRewardGroup:
+    """cluster.reward_workers actors scoring shares of each batch (see the module's docstring)."""
+
+    def __init__(self, cfg: RunConfig):
+        import ray
+
+        c = cfg.cluster
+        self.size, self.timeout_s, self.max_retries = c.reward_workers, c.timeout_s, c.max_retries
+        if self.size < 1:
+            raise ValueError("RayRewardGroup needs cluster.reward_workers >= 1")
+        self.unit = max(1, cfg.train.group_size)
+        ensure_ray(c, self.size + c.rollout_workers)
+        self._actor_class = ray.remote(num_cpus=1, max_restarts=0)(RewardWorker)
+        self.actors = [self._actor_class.remote() for _ in range(self.size)]
+        self.stats: dict[str, float] = {"cluster/reward_retries": 0}
+        for i, a in enumerate(self.actors):
+            get(a.ready.remote(), self.timeout_s, f"reward worker {i} start-up")
+
+    def __call__(self, problems: Sequence[Problem], completions: Sequence[Completion], terms: dict[str, float],
+                 timeout: float = 5.0, workers: int = 2, settings: dict | None = None) -> dict[str, list[float]]:
+        problems, completions = list(problems), list(completions)
+        if len(problems) != len(completions):
+            raise ValueError(f"reward workers: {len(problems)} problems but {len(completions)} completions")
+        unit = self.unit if len(completions) % self.unit == 0 else 1
+        parts = shares(len(completions), self.size, unit)
+
+        def submit(k: int):
+            a, b = parts[k]
+            return self.actors[k].score.remote(problems[a:b], completions[a:b], terms, timeout, workers, settings)
+
+        refs = [submit(k) for k in range(len(parts))]
+        scored = []
+        for k, ref in enumerate(refs):
+            scored.extend(self._result(k, ref, submit, f"reward worker {k} scoring completions "
+                                                       f"{parts[k][0]}..{parts[k][1] - 1}"))
+        out: dict[str, list[float]] = {name: [] for name in terms}
+        for c, (verdict, rewards, total) in zip(completions, scored):
+            c.verdict = verdict
+            c.rewards.update(rewards)
+            c.reward = total
+            for name in terms:
+                out[name].append(rewards[name])
+        out["total"] = [c.reward for c in completions]
+        return out
+
+    def _result(self, k: int, ref, submit, what: str):
+        import ray
+
+        tries = 0
+        while True:
+            try:
+                return get(ref, self.timeout_s, what)
+            except Exception as e:  # noqa: BLE001 - sorted by worker_lost below
+                if not worker_lost(e) or tries >= self.max_retries:
+                    raise
+                tries += 1
+                log.warning("cluster: replacing %s: %s; retry %d of cluster.max_retries=%d", what, type(e).__name__,
+                            tries, self.max_retries)
+                ray.kill(self.actors[k], no_restart=True)
+                self.actors[k] = self._actor_class.remote()
+                self.stats["cluster/reward_retries"] += 1
+                ref = submit(k)
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+
+
+__all__ = ["RayRewardGroup", "RewardWorker"]

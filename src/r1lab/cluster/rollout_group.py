@@ -1,0 +1,187 @@
+"""A rollout engine as a group of Ray actors, behind the `Engine` interface.
+
+Each actor builds its own copy of the policy (the model's class and config, then the weights) and a
+rollout engine over it (`make_engine`: the fast engine on a CPU, vLLM where installed and chosen).
+`load_weights(weights, version)` puts the weights into Ray's object store once and hands every
+actor the same reference; each actor copies them into its model and records the version. A
+`generate` call is split into contiguous shares of problems, one per actor; each share names the
+policy version it must be sampled with (an actor holding another version refuses it) and the
+number of its first sample, so each sample draws exactly the random numbers it would draw in one
+engine (`FastEngine.generate`'s first_sample): the completions, concatenated in order, are those
+of a single engine given the whole call.
+
+An actor that dies or does not answer within cluster.timeout_s is killed, replaced by a fresh one
+loaded with the current weights, and its share run again, up to cluster.max_retries times per call;
+each replacement is logged and counted (`stats`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterable
+
+import torch
+
+from r1lab.cluster.runtime import ensure_ray, get, shares, worker_lost
+from r1lab.config import RunConfig
+from r1lab.records import Completion, Problem
+from r1lab.rollout.base import SamplingParams
+
+log = logging.getLogger("r1lab.cluster")
+
+
+class RolloutWorker:
+    """The body of one rollout actor: a copy of the policy and an engine over it."""
+
+    def __init__(self, spec: tuple):
+        from r1lab.rollout import make_engine
+
+        model_class, model_config, dtype, tokenizer, engine, engine_kwargs = spec
+        torch.manual_seed(0)  # the weights are overwritten by load_weights; the draw just needs to be cheap and fixed
+        model = model_class(model_config).to(dtype)
+        if torch.cuda.is_available():  # an actor that Ray gave a GPU
+            model = model.to("cuda")
+        self.model = model.eval()
+        self.params = dict(self.model.named_parameters())
+        self.engine = make_engine(self.model, tokenizer, engine, **engine_kwargs)
+        self.version: int | None = None
+
+    def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> float:
+        """Copy `weights` into the model; returns the seconds it took."""
+        t0 = time.perf_counter()
+        missing = sorted(set(self.params) - set(weights))
+        unknown = sorted(set(weights) - set(self.params))
+        if missing or unknown:
+            raise ValueError(f"rollout worker: weights do not match the model (missing {missing[:3]}, unknown {unknown[:3]})")
+        with torch.no_grad():
+            for name, t in weights.items():
+                self.params[name].copy_(t)
+        self.engine.load_weights(((n, p.detach()) for n, p in self.model.named_parameters()), version)
+        self.version = version
+        return time.perf_counter() - t0
+
+    def generate(self, problems: list[Problem], params: SamplingParams, n: int, seed: int, first_sample: int,
+                 version: int) -> tuple[list[Completion], float]:
+        """The share's completions and the seconds the engine took for them."""
+        if version != self.version:
+            raise RuntimeError(f"rollout worker holds policy version {self.version}, asked to sample with version {version}")
+        t0 = time.perf_counter()
+        out = self.engine.generate(problems, params, n=n, seed=seed, first_sample=first_sample)
+        for c in out:
+            c.policy_version = version
+        return out, time.perf_counter() - t0
+
+    def version_held(self) -> int | None:
+        return self.version
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class RayRolloutGroup:
+    """cluster.rollout_workers actors sampling shares of each call (see the module's docstring)."""
+
+    def __init__(self, cfg: RunConfig, model, tokenizer, engine: str | None = None, batch_size: int | None = None):
+        import ray
+
+        from r1lab.models import merged_weights
+        from r1lab.rollout import engine_options
+
+        c = cfg.cluster
+        self.size, self.timeout_s, self.max_retries = c.rollout_workers, c.timeout_s, c.max_retries
+        if self.size < 1:
+            raise ValueError("RayRolloutGroup needs cluster.rollout_workers >= 1")
+        ensure_ray(c, self.size + c.reward_workers)
+        gpus = 0.0
+        if ray.cluster_resources().get("GPU", 0) > 0:
+            gpus = 1.0 if c.placement == "split" else 0.5
+        self._actor_class = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(RolloutWorker)
+        dtype = next(model.parameters()).dtype
+        kwargs = {"batch_size": batch_size or cfg.rollout.batch_size, **engine_options(cfg.rollout)}
+        self._spec = ray.put((type(model), model.config, dtype, tokenizer, engine or cfg.rollout.engine, kwargs))
+        self.stats: dict[str, float] = {"cluster/rollout_retries": 0, "cluster/weights_put_s": 0.0}
+        self.policy_version = 0
+        self._weights_ref = None
+        self.actors = [self._new_actor() for _ in range(self.size)]
+        self.load_weights(merged_weights(model), 0)
+        for i, a in enumerate(self.actors):  # every actor started and holding the weights before the first call
+            get(a.version_held.remote(), self.timeout_s, f"rollout worker {i} start-up")
+
+    def _new_actor(self):
+        return self._actor_class.remote(self._spec)
+
+    # -- the Engine interface --------------------------------------------------------------------
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Ship `weights` once through the object store; every actor loads that one copy. The
+        actors apply it in call order: a generate submitted after this samples the new version."""
+        import ray
+
+        t0 = time.perf_counter()
+        self._weights_ref = ray.put({n: t.detach().to("cpu").contiguous() for n, t in weights})
+        self.stats["cluster/weights_put_s"] = time.perf_counter() - t0
+        for a in self.actors:
+            a.load_weights.remote(self._weights_ref, version)
+        self.policy_version = version
+
+    def generate(self, problems: list[Problem], params: SamplingParams, n: int = 1, seed: int | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> list[Completion]:
+        if not problems:
+            return []
+        seed = int(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
+        version = self.policy_version
+        parts = shares(len(problems), self.size)
+
+        def submit(k: int):
+            a, b = parts[k]
+            return self.actors[k].generate.remote(problems[a:b], params, n, seed, a * n, version)
+
+        t0 = time.perf_counter()
+        refs = [submit(k) for k in range(len(parts))]
+        out: list[Completion] = []
+        slowest = 0.0
+        for k in range(len(parts)):
+            share, secs = self._result(k, refs[k], lambda k=k: submit(k),
+                                       f"rollout worker {k} sampling problems {parts[k][0]}..{parts[k][1] - 1} "
+                                       f"with policy version {version}")
+            out.extend(share)
+            slowest = max(slowest, secs)
+        # the call's wall time = the slowest actor's sampling + the rest (shipping prompts and
+        # completions, scheduling, waiting behind a weights load)
+        self.stats["cluster/generate_s"] = time.perf_counter() - t0
+        self.stats["cluster/generate_actor_s"] = slowest
+        if on_batch:
+            on_batch(len(out))
+        return out
+
+    def _result(self, k: int, ref, resubmit: Callable, what: str):
+        """The result of actor k's call `ref`; a lost actor is replaced and the call run again."""
+        tries = 0
+        while True:
+            try:
+                return get(ref, self.timeout_s, what)
+            except Exception as e:  # noqa: BLE001 - sorted by worker_lost below
+                if not worker_lost(e) or tries >= self.max_retries:
+                    raise
+                tries += 1
+                self._replace(k, f"{what}: {type(e).__name__}; retry {tries} of cluster.max_retries={self.max_retries}")
+                ref = resubmit()
+
+    def _replace(self, k: int, why: str) -> None:
+        import ray
+
+        log.warning("cluster: replacing %s", why)
+        ray.kill(self.actors[k], no_restart=True)
+        self.actors[k] = self._new_actor()
+        self.actors[k].load_weights.remote(self._weights_ref, self.policy_version)
+        self.stats["cluster/rollout_retries"] += 1
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+
+
+__all__ = ["RayRolloutGroup", "RolloutWorker"]

@@ -1,0 +1,60 @@
+"""Starting or joining Ray, and waits on actors that never hang: every `ray.get` has a timeout and
+its error names what it waited for."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from r1lab.config import ClusterConfig
+
+log = logging.getLogger("r1lab.cluster")
+
+
+def ensure_ray(cluster: ClusterConfig, num_cpus: int) -> None:
+    """Connect to the cluster at cluster.ray_address, or, when it is empty, start a local one sized
+    for `num_cpus` actors (no dashboard, workers' output not copied to this terminal). A Ray already
+    started in this process (a test's shared cluster, a user's own ray.init) is used as it is."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {k: os.environ[k] for k in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}}
+    if cluster.ray_address:
+        log.warning("cluster: joining the Ray cluster at %s", cluster.ray_address)
+        ray.init(address=cluster.ray_address, runtime_env=env, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=max(1, num_cpus), include_dashboard=False, log_to_driver=False, runtime_env=env,
+                 logging_level=logging.WARNING)
+
+
+def get(ref: Any, timeout_s: float, what: str) -> Any:
+    """ray.get(ref) within timeout_s; a TimeoutError naming `what` otherwise."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError:
+        raise TimeoutError(f"{what}: no answer within cluster.timeout_s={timeout_s:g} s") from None
+
+
+def worker_lost(error: BaseException) -> bool:
+    """Whether `error` means the actor is gone or silent (replace it and retry), rather than a
+    failure of the call itself (raise it)."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(error, (RayActorError, ActorDiedError, ActorUnavailableError, TimeoutError))
+
+
+def shares(n: int, parts: int, unit: int = 1) -> list[tuple[int, int]]:
+    """[start, end) ranges that split n items, in whole units of `unit` items, into at most `parts`
+    contiguous shares as even as the units allow (empty shares left out)."""
+    units = -(-n // unit)
+    k = max(1, min(parts, units))
+    bounds = [min(n, (units * i // k) * unit) for i in range(k + 1)]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+__all__ = ["ensure_ray", "get", "shares", "worker_lost"]

@@ -1,0 +1,43 @@
+"""An engine over a private copy of the policy, for sampling in a background thread while the
+trainer changes the policy in place (cluster.off_policy_steps=1 with an engine in the controller)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterable
+
+import torch
+
+from r1lab.records import Completion, Problem
+from r1lab.rollout.base import Engine, SamplingParams
+
+
+class SnapshotEngine:
+    """`make(copy)` builds the engine that samples the copy; `load_weights` copies the live model's
+    current parameters into it (the live model is the policy the trainer updates, or the
+    controller's copy a trainer group loads before handing out its weights), so samples come from
+    the weights of the version loaded, whatever the trainer does meanwhile."""
+
+    def __init__(self, model: torch.nn.Module, make: Callable[[torch.nn.Module], Engine]):
+        self.live = model
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+        self.engine = make(self.model)
+        self.policy_version = getattr(self.engine, "policy_version", 0)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        with torch.no_grad():
+            for dst, src in zip(self.model.parameters(), self.live.parameters(), strict=True):
+                dst.copy_(src)
+        self.engine.load_weights(((n, p.detach()) for n, p in self.model.named_parameters()), version)
+        self.policy_version = version
+
+    def generate(self, problems: list[Problem], params: SamplingParams, n: int = 1, seed: int | None = None,
+                 on_batch=None) -> list[Completion]:
+        return self.engine.generate(problems, params, n=n, seed=seed, on_batch=on_batch)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+__all__ = ["SnapshotEngine"]
