@@ -78,6 +78,25 @@ def _sft(cfg: RunConfig, model, tok, pairs: list[tuple[Problem, str]], epochs: i
     return train_sft(model, tok, sft_examples(tok, pairs), sft_cfg, seed=seed, show_progress=show_progress)
 
 
+def sandboxed_accuracy(cfg: RunConfig, model, tok, problems: list[Problem], runner: StepRunner, seed: int) -> float:
+    """Mean correctness of `eval.n` independent step-by-step samples per problem with the sandbox
+    writing the result lines (a search of one rollout and one candidate per step, no PPM)."""
+    r = cfg.rstar
+    engine = make_engine(model, tok, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
+                         dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
+    settings = SearchSettings(rollouts=1, candidates=1, max_depth=r.max_depth, temperature=cfg.eval.temperature,
+                              step_max_new_tokens=r.step_max_new_tokens,
+                              max_positions=int(getattr(model.config, "max_position_embeddings", 0) or 0),
+                              verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
+                              seed=seed)
+    trees = [Tree(p) for p in problems for _ in range(cfg.eval.n)]
+    try:
+        MCTS(engine, tok, runner, settings).search(trees)
+    finally:
+        engine.close()
+    return sum(t.nodes[0].reached_correct for t in trees) / max(1, len(trees))
+
+
 def _eval(cfg: RunConfig, model, tok, problems: list[Problem], run: RunDir, tag: str, show_progress: bool) -> dict:
     res = run_eval(cfg, model, tok, problems, run.file(f"eval/{tag}.jsonl"), f"eval {tag}", show_progress)
     n = cfg.eval.n
@@ -106,7 +125,9 @@ def run_rstar(cfg: RunConfig, run: RunDir, show_progress: bool = True, log=print
             row.update({"sft/examples": len(warm), "sft/loss": s.get("sft/loss"), "sft/seconds": time.time() - t})
             log(f"rstar round 0: warm-start SFT on {len(warm)} step-format teacher traces")
         row.update(_eval(cfg, model, tok, held, run, "round0", show_progress))
-        log(f"rstar round 0: held-out accuracy {100 * row['eval/avg']:.1f}%")
+        row["eval/sandbox_avg"] = sandboxed_accuracy(cfg, model, tok, held, runner, cfg.seed + 777)
+        log(f"rstar round 0: held-out accuracy {100 * row['eval/avg']:.1f}% "
+            f"({100 * row['eval/sandbox_avg']:.1f}% with the sandbox's results)")
         mw.write(0, row)
         history.append(row)
         save_model(model, tok, run.checkpoint("policy-round0"))
@@ -165,8 +186,10 @@ def run_rstar(cfg: RunConfig, run: RunDir, show_progress: bool = True, log=print
                 row["ppm/heldout_accuracy"] = pairwise_accuracy(ppm, held_pairs)
                 ppm.save(run.checkpoint(f"ppm-round{rnd}"))
             row.update(_eval(cfg, model, tok, held, run, f"round{rnd}", show_progress))
+            row["eval/sandbox_avg"] = sandboxed_accuracy(cfg, model, tok, held, runner, cfg.seed + 777)
             save_model(model, tok, run.checkpoint(f"policy-round{rnd}"))
-            log(f"rstar round {rnd}: held-out accuracy {100 * row['eval/avg']:.1f}%, PPM held-out pair accuracy "
+            log(f"rstar round {rnd}: held-out accuracy {100 * row['eval/avg']:.1f}% "
+                f"({100 * row['eval/sandbox_avg']:.1f}% with the sandbox's results), PPM held-out pair accuracy "
                 f"{_pct(row.get('ppm/heldout_accuracy'))}")
             mw.write(rnd, row)
             history.append(row)
@@ -182,9 +205,10 @@ def _pct(v: Any) -> str:
 
 
 ROUND_COLUMNS = (
-    ("policy held-out acc", "eval/avg", True), ("nodes/tree", "search/nodes_per_tree", False),
+    ("policy held-out acc", "eval/avg", True), ("same, sandbox results", "eval/sandbox_avg", True),
+    ("nodes/tree", "search/nodes_per_tree", False),
     ("terminal correct", "search/terminal_correct_rate", True), ("solved", "search/solved_rate", True),
-    ("SFT trajectories", "sft/examples", False), ("pairs (train+held)", None, False),
+    ("SFT examples", "sft/examples", False), ("pairs (train+held)", None, False),
     ("PPM held-out pair acc", "ppm/heldout_accuracy", True), ("search s", "search/seconds", False),
 )
 
@@ -216,7 +240,7 @@ def plot_rounds(history: list[dict[str, Any]], path: str | Path, title: str) -> 
     import matplotlib.pyplot as plt
 
     panels = {
-        "policy held-out accuracy": ["eval/avg"],
+        "policy held-out accuracy": ["eval/avg", "eval/sandbox_avg"],
         "search (training problems)": ["search/terminal_correct_rate", "search/solved_rate"],
         "PPM pairwise accuracy (held-out pairs)": ["ppm/heldout_accuracy", "ppm/prev_heldout_accuracy"],
         "tree size and data": ["search/nodes_per_tree", "sft/examples", "ppm/pairs_train"],
@@ -231,7 +255,8 @@ def plot_rounds(history: list[dict[str, Any]], path: str | Path, title: str) -> 
         ax.set_xlabel("round")
         ax.set_xticks([h["round"] for h in history])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -247,6 +272,7 @@ def _report(cfg: RunConfig, run: RunDir, history: list[dict[str, Any]]) -> None:
                 f"{r.sft_per_problem} correct trajectories per problem; PPM pairs {r.pairs_per_side} x {r.pairs_per_side} "
                 f"per node; {int(round(100 * r.ppm_heldout))}% of each round's problems held out for the PPM's accuracy. "
                 f"Policy accuracy: avg@{cfg.eval.n} on {cfg.data.eval_size} held-out problems, sampled without search "
-                "or sandbox (the policy writes its own result lines; only the answer is verified).")
+                "or sandbox (the policy writes its own result lines; only the answer is verified); 'sandbox results': "
+                f"the same number of single step-by-step samples per problem with the sandbox writing the result lines.")
     write_report(run.file("report.md"), f"r1lab rstar: {run.path.name}",
                  [("Settings", settings), ("Rounds", rounds_table(history)), ("Plot", "![rstar](plots/rstar.png)")])

@@ -4,12 +4,12 @@ A solution is `<think>` + steps + the answer step. A code step is one line of th
 Python block whose last printed line is the step's result; the sandbox runs the block (after the
 blocks of the steps before it, so names carry over) and the result is appended as a `>>> ` line:
 
-    <think>multiply 3 and 5
+    <think>multiply
     ```python
     print(3 * 5)
     ```
     >>> 15
-    add 15 and 7
+    add
     ```python
     print(15 + 7)
     ```
@@ -156,7 +156,8 @@ _PY_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operato
 
 
 def _expression_steps(node: ast.expr, full_expressions: bool) -> list[tuple[str, str, str]]:
-    """(thought, code, result) per operation of a parsed expression, innermost-left first. The code
+    """(thought, code, result) per operation of a parsed expression, innermost-left first. The
+    thought names the operation (the numbers are in the code, once: a tiny model copies less). The code
     prints the operation on the results found so far, or (full_expressions) the whole sub-expression
     in the problem's own numbers, whose last one is then the answer's expression. Results are what
     Python prints for that code (a true division gives a float)."""
@@ -166,14 +167,12 @@ def _expression_steps(node: ast.expr, full_expressions: bool) -> list[tuple[str,
         if isinstance(n, ast.Constant):
             return n.value, str(n.value)
         assert isinstance(n, ast.BinOp)
-        a, a_expr = walk(n.left)
-        b, b_expr = walk(n.right)
+        a, _ = walk(n.left)
+        b, _ = walk(n.right)
         op = BIN_OPS[type(n.op)]
         value = _PY_OPS[op](a, b)
         expr = ast.unparse(n)
-        shown_a, shown_b = (a_expr, b_expr) if full_expressions else (str(a), str(b))
-        steps.append((f"{_WORDS[op]} {shown_a} and {shown_b}", f"print({expr if full_expressions else f'{a} {op} {b}'})",
-                      str(value)))
+        steps.append((_WORDS[op], f"print({expr if full_expressions else f'{a} {op} {b}'})", str(value)))
         return value, expr
 
     walk(node)
