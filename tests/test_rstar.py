@@ -4,6 +4,7 @@ the PPM's save/load and scoring, and one tiny self-evolution round end to end.""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,8 @@ from r1lab.tasks.steps import (
 )
 from r1lab.train.mcts import MCTS, Node, SearchSettings, Tree, best_trajectories, preference_pairs, tree_stats
 from r1lab.verify import verify_batch
+
+RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "rstar_math.yaml")
 
 # --- selection and back-up on a fixed tree ----------------------------------------------------------
 #
@@ -207,20 +210,22 @@ def test_mcts_on_a_scripted_policy_builds_values_pairs_and_trajectories(tiny):
     problem = Problem(id="p", prompt="Compute (7 + 3) * 4.", answer="40", task="math", metadata={"family": "arithmetic"})
     scripts = {  # the right first step leads to 40 (or a wrong answer), the wrong one only to 36
         None: [code_step("add 7 and 3", "print(7 + 3)"), code_step("add 7 and 2", "print(7 + 2)"),
-               code_step("oops", "print(undefined_name)"), "no code here"],
+               code_step("oops", "print(undefined_name)"), "no code here",
+               code_step("loop", "while True:\n    pass"), code_step("flood", "print('x' * 10**6)")],
         "10": [answer_step("40"), answer_step("41"), code_step("multiply 10 and 4", "print(10 * 4)")],
         "9": [answer_step("36"), code_step("multiply 9 and 4", "print(9 * 4)")],
         "40": [answer_step("40")],
         "36": [answer_step("36")],
     }
     engine = ScriptedEngine(tok, scripts)
-    settings = SearchSettings(rollouts=6, candidates=4, max_depth=3, c=2.0, verify_workers=0)
-    mcts = MCTS(engine, tok, StepRunner(workers=2), settings)
+    settings = SearchSettings(rollouts=6, candidates=6, max_depth=3, c=2.0, verify_workers=0)
+    mcts = MCTS(engine, tok, StepRunner(timeout=0.5, workers=2), settings)
     tree = Tree(problem)
     mcts.search([tree])
     root = tree.nodes[0]
     assert root.visits == 6 and root.expanded
-    assert mcts.stats.code_failed >= 1 and mcts.stats.unparsable >= 1
+    assert mcts.stats.code_failed >= 3 and mcts.stats.unparsable >= 1  # name error, endless loop, flood
+    assert all("while True" not in n.step and "10**6" not in n.step for n in tree.nodes)
     # every node's visits = sum over its children's visits (+1 per rollout that ended there)
     for n in tree.nodes:
         if n.children and not n.terminal:
@@ -295,7 +300,7 @@ def test_one_tiny_rstar_round_completes(tmp_path):
     from r1lab.runs import RunDir
     from r1lab.rstar import run_rstar
 
-    cfg = load_config("recipes/tiny/rstar_math.yaml", [
+    cfg = load_config(RECIPE, [
         f"out_dir={tmp_path}", "name=r", "model.tiny.hidden_size=64", "model.tiny.num_layers=2",
         "model.tiny.intermediate_size=128", "data.difficulty=1", "data.train_size=120", "data.sft_size=100",
         "data.eval_size=4", "sft.epochs=10", "sft.batch_size=16", "eval.n=2", "reward.verify_workers=1",
@@ -314,3 +319,14 @@ def test_one_tiny_rstar_round_completes(tmp_path):
     assert (run / "checkpoints" / "policy-round1" / "config.json").is_file()
     if r1["ppm/pairs_train"]:
         assert (run / "checkpoints" / "ppm-round1" / "ppm.json").is_file()
+
+
+def test_bad_rstar_settings_exit_2_before_anything_is_written(tmp_path, capsys):
+    from r1lab.cli import main
+
+    code = main(["rstar", RECIPE, f"out_dir={tmp_path}", "rstar.rounds=0", "--quiet"])
+    assert code == 2 and "rstar.rounds must be >= 1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    code = main(["rstar", RECIPE, f"out_dir={tmp_path}", "data.tasks=[knights]", "--quiet"])
+    assert code == 2 and "no step-format teacher" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
