@@ -251,6 +251,7 @@ class RStarConfig:
     sandbox_workers: int = 2  # step programs run at once
     sft_per_problem: int = 2  # best correct trajectories (highest mean Q) kept per problem for SFT
     sft_epochs: int = 2  # policy SFT epochs per round on the round's trajectories
+    sft_accumulate: bool = True  # each round's SFT data: every round's trajectories so far (false: this round's only)
     sft_lr: float = 0.0  # policy SFT learning rate per round (0 = sft.lr)
     pairs_per_side: int = 2  # per node: this many positive and negative children, each positive against each negative
     ppm_lr: float = 1e-4

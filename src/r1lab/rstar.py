@@ -4,7 +4,7 @@ each other over rounds.
     round 0: SFT the policy on step-format teacher traces (warm start), evaluate it.
     round r: MCTS on the training problems with policy_r (and PPM_{r-1} scoring new nodes, from round
              2 on); keep each problem's best correct trajectories (highest mean Q) and SFT the policy
-             on them; train PPM_r, started from the new policy, on sibling step pairs (Q > 0 that
+             on them (with those of the rounds before, `rstar.sft_accumulate`); train PPM_r, started from the new policy, on sibling step pairs (Q > 0 that
              reached the answer vs Q < 0 that never did); evaluate the policy on the held-out set and
              PPM_r on the step pairs of problems it never trained on.
 
@@ -117,6 +117,7 @@ def run_rstar(cfg: RunConfig, run: RunDir, show_progress: bool = True, log=print
     runner = StepRunner(timeout=r.code_timeout, memory_mb=r.code_memory_mb, workers=r.sandbox_workers)
     max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     ppm: ProcessPreferenceModel | None = None
+    collected: dict[tuple[str, str], tuple[Problem, str]] = {}  # every round's SFT trajectories, in order
     with MetricsWriter(run.file("metrics.jsonl")) as mw:
         row: dict[str, Any] = {"round": 0}
         if r.warm_start:
@@ -175,10 +176,14 @@ def run_rstar(cfg: RunConfig, run: RunDir, show_progress: bool = True, log=print
             if guide is not None and held_pairs:  # the guiding PPM on the new policy's trees
                 row["ppm/prev_heldout_accuracy"] = pairwise_accuracy(guide, held_pairs)
 
-            if sft_pairs:
+            for p, text in sft_pairs:
+                collected.setdefault((p.id, text), (p, text))
+            train_on = list(collected.values()) if r.sft_accumulate else sft_pairs
+            if train_on:
                 t = time.time()
-                s = _sft(cfg, model, tok, sft_pairs, r.sft_epochs, r.sft_lr, cfg.seed + rnd, show_progress)
-                row.update({"sft/loss": s.get("sft/loss"), "sft/seconds": time.time() - t})
+                s = _sft(cfg, model, tok, train_on, r.sft_epochs, r.sft_lr, cfg.seed + rnd, show_progress)
+                row.update({"sft/trained_on": len(train_on), "sft/loss": s.get("sft/loss"),
+                            "sft/seconds": time.time() - t})
             if pairs:
                 ppm = ProcessPreferenceModel.from_policy(model, tok)
                 row.update(train_ppm(ppm, pairs, r.ppm_lr, r.ppm_epochs, r.ppm_batch_size, cfg.sft.grad_clip,
@@ -233,7 +238,7 @@ def rounds_table(history: list[dict[str, Any]]) -> str:
 
 
 def plot_rounds(history: list[dict[str, Any]], path: str | Path, title: str) -> Path:
-    """Four panels against the round: policy accuracy, search outcomes, PPM accuracy, tree sizes."""
+    """Four panels against the round: policy accuracy, search outcomes, PPM accuracy, tree and data sizes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,12 +248,14 @@ def plot_rounds(history: list[dict[str, Any]], path: str | Path, title: str) -> 
         "policy held-out accuracy": ["eval/avg", "eval/sandbox_avg"],
         "search (training problems)": ["search/terminal_correct_rate", "search/solved_rate"],
         "PPM pairwise accuracy (held-out pairs)": ["ppm/heldout_accuracy", "ppm/prev_heldout_accuracy"],
-        "tree size and data": ["search/nodes_per_tree", "sft/examples", "ppm/pairs_train"],
+        "tree size and data (per round)": ["search/nodes_per_tree", "sft/examples", "sft/trained_on", "ppm/pairs_train"],
     }
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
-    for ax, (name, keys) in zip(axes, panels.items()):
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for ax, (name, keys) in zip(axes.flat, panels.items()):
         for key in keys:
-            pts = [(h["round"], h[key]) for h in history if isinstance(h.get(key), (int, float)) and h[key] == h[key]]
+            # round 0's SFT examples are the warm start's teacher traces, off the scale of the rounds' data
+            pts = [(h["round"], h[key]) for h in history if isinstance(h.get(key), (int, float)) and h[key] == h[key]
+                   and not (key == "sft/examples" and h["round"] == 0)]
             if pts:
                 ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=key)
         ax.set_title(name, fontsize=10)
@@ -269,7 +276,8 @@ def _report(cfg: RunConfig, run: RunDir, history: list[dict[str, Any]]) -> None:
     settings = (f"{r.rounds} rounds; per round {r.problems_per_round or 'all'} training problems, {r.rollouts} rollouts "
                 f"per problem, {r.candidates} candidate steps per expansion, depth <= {r.max_depth}, UCT c = {r.uct_c}, "
                 f"PPM-guided from round 2: {r.ppm_guided} (prior weight {r.prior_weight}); SFT on the best "
-                f"{r.sft_per_problem} correct trajectories per problem; PPM pairs {r.pairs_per_side} x {r.pairs_per_side} "
+                f"{r.sft_per_problem} correct trajectories per problem ({'accumulated over rounds' if r.sft_accumulate else 'this round only'}, "
+                f"{r.sft_epochs} epochs at lr {r.sft_lr or cfg.sft.lr:g}); PPM pairs {r.pairs_per_side} x {r.pairs_per_side} "
                 f"per node; {int(round(100 * r.ppm_heldout))}% of each round's problems held out for the PPM's accuracy. "
                 f"Policy accuracy: avg@{cfg.eval.n} on {cfg.data.eval_size} held-out problems, sampled without search "
                 "or sandbox (the policy writes its own result lines; only the answer is verified); 'sandbox results': "
