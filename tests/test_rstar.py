@@ -18,12 +18,11 @@ from r1lab.tasks.steps import (
     answer_step,
     code_step,
     parse_step,
-    result_line,
     split_steps,
     step_result,
     step_trace,
 )
-from r1lab.train.mcts import MCTS, Node, SearchSettings, Tree, best_trajectories, preference_pairs, tree_stats
+from r1lab.train.mcts import MCTS, SearchSettings, Tree, best_trajectories, preference_pairs, tree_stats
 from r1lab.verify import verify_batch
 
 RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "rstar_math.yaml")
