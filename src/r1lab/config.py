@@ -206,7 +206,7 @@ class DPOConfig:
     """Preference optimisation (`r1lab dpo`): from a pairs file, or from pairs the stage samples and
     verifies itself; rounds > 1 is iterative DPO (sample, verify, pair, train; each round from the last)."""
 
-    loss: str = "dpo"  # registered preference loss (algos/preference.py): dpo | rpo | ipo | simpo
+    loss: str = "dpo"  # registered preference loss (algos/preference.py): dpo | rpo | ipo | simpo | simper
     # the loss's own settings, checked against what it takes: beta (dpo, rpo, ipo: strength of the
     # implicit KL to the reference; simpo: reward scale), nll_coef (rpo), gamma (simpo: target margin)
     loss_args: dict[str, Any] = field(default_factory=dict)
@@ -273,6 +273,22 @@ class BudgetConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Test-time search with a step scorer, a process reward model (eval/search.py); off unless `method` is set."""
+
+    method: str = ""  # best_of_n | weighted_vote | beam ("" = off)
+    prm: str = ""  # the scorer's directory (its scorer.json names the kind), e.g. runs/<prime-run>/prm
+    ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # samples per problem at each point; beam: candidates per round
+    beam_width: int = 0  # beams kept per round (W); 0 = N // beam_expand at each N
+    beam_expand: int = 4  # continuations sampled per kept beam (E), capped at N; W * E <= N
+    delimiter: str = "\n"  # a step ends with this text, inside the thinking
+    think_end: str = "</think>"  # after this the rest of the response is one step ("" = the delimiter applies throughout)
+    step_tokens: int = 48  # tokens per step at most
+    max_steps: int = 32  # rounds of expansion at most; beams still open then end as they are
+    agg: str = "sum"  # implicit PRM: a prefix's score is q at its end (sum) or the least q at a step end (min)
+
+
+@dataclass
 class EvalConfig:
     n: int = 8  # samples per problem
     temperature: float = 1.0
@@ -282,6 +298,7 @@ class EvalConfig:
     batch_size: int = 256  # sequences decoded together
     at_start: bool = True  # `r1lab rl`: evaluate the starting model too (false: the SFT run already did)
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # budget forcing (off unless budget.max_think > 0)
+    search: SearchConfig = field(default_factory=SearchConfig)  # PRM-guided search (off unless search.method is set)
 
 
 @dataclass

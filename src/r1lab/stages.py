@@ -28,6 +28,22 @@ from r1lab.tracking import make_tracker
 from r1lab.verify import check_gold, verify_batch
 
 
+def check_run_config(cfg: RunConfig) -> None:
+    """The checks every command makes of a loaded config before it writes anything: dtype and device,
+    the method's pieces and their settings, trackers, the trainer group, the rollout engine."""
+    from r1lab.rollout import check_engine
+    from r1lab.tracking import check_tracking
+    from r1lab.train.distributed import check_cluster
+    from r1lab.train.methods import bind_method
+
+    torch_dtype(cfg.model.dtype)
+    resolve_device(cfg.model.device)
+    bind_method(cfg.algo)
+    check_tracking(cfg.tracking)  # an unknown tracker or a missing package
+    check_cluster(cfg)
+    check_engine(cfg.rollout.engine)  # an unknown engine or a missing vLLM extra
+
+
 @dataclass
 class Data:
     train: list[Problem]  # RL prompts

@@ -184,8 +184,8 @@ def train_rl(
     may be a dict difficulty -> problems for a curriculum (cfg.train.curriculum). `health` checks
     every step (default: a monitor of cfg.health that only prints); it raises TrainingDivergedError
     on NaN/Inf, before any checkpoint of that step. With `run_path`, a resumable checkpoint is written
-    every train.save_every steps and at the end; `resume` (train/checkpoint.load_latest) continues
-    from one."""
+    every train.save_every steps and at the end, and a method with an implicit PRM saves it in
+    `run_path/prm/` (ImplicitPRM.save); `resume` (train/checkpoint.load_latest) continues from one."""
     health = health if health is not None else HealthMonitor(cfg.health)
     trainer = RLTrainer(cfg, model, tokenizer, engine)
     sampler = PromptSampler(train_problems, seed=cfg.seed, history_resampling=cfg.train.history_resampling,
@@ -221,4 +221,7 @@ def train_rl(
                                             **({"prm": trainer.prm.state_dict()} if trainer.prm is not None else {})},
                        cfg.train.keep_checkpoints)
         bar.set_postfix(reward=f"{m['reward/total']:.3f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response/length']:.0f}")
+    if run_path is not None and trainer.prm is not None:  # PRIME: the PRM, loadable as eval's step scorer
+        start = cfg.init_from or cfg.model.path
+        trainer.prm.save(Path(run_path) / "prm", tokenizer, start if Path(start).is_dir() else None)
     return history
