@@ -276,16 +276,22 @@ def test_ppm_scores_saves_loads_and_learns_a_pair(tiny, tmp_path):
     ppm.save(tmp_path / "ppm")
     again = ProcessPreferenceModel.load(tmp_path / "ppm")
     assert again.score(prompts, partials) == pytest.approx(scores, abs=1e-5)
-    assert json.loads((tmp_path / "ppm" / "ppm.json").read_text())["format"] == "r1lab-ppm/1"
+    info = json.loads((tmp_path / "ppm" / "scorer.json").read_text())
+    assert info["kind"] == "rstar_ppm" and info["format"] == "r1lab-ppm/1"
+    from r1lab.eval.scorers import load_scorer  # what `r1lab eval --search --prm DIR` loads
+
+    scorer = load_scorer(tmp_path / "ppm", agg="sum", delimiter="\n")
+    assert isinstance(scorer, ProcessPreferenceModel)
+    assert scorer.score(prompts, partials) == pytest.approx(scores, abs=1e-5)
 
 
 def test_ppm_load_names_what_is_wrong(tmp_path):
     from r1lab.errors import ModelError
     from r1lab.train.ppm import ProcessPreferenceModel
 
-    with pytest.raises(ModelError, match="no ppm.json"):
+    with pytest.raises(ModelError, match="no scorer.json"):
         ProcessPreferenceModel.load(tmp_path)
-    (tmp_path / "ppm.json").write_text('{"format": "other"}')
+    (tmp_path / "scorer.json").write_text('{"kind": "rstar_ppm", "format": "other"}')
     with pytest.raises(ModelError, match="format 'other'"):
         ProcessPreferenceModel.load(tmp_path)
 
@@ -317,7 +323,7 @@ def test_one_tiny_rstar_round_completes(tmp_path):
     assert "| round |" in (run / "report.md").read_text()
     assert (run / "checkpoints" / "policy-round1" / "config.json").is_file()
     if r1["ppm/pairs_train"]:
-        assert (run / "checkpoints" / "ppm-round1" / "ppm.json").is_file()
+        assert (run / "checkpoints" / "ppm-round1" / "scorer.json").is_file()
 
 
 def test_bad_rstar_settings_exit_2_before_anything_is_written(tmp_path, capsys):

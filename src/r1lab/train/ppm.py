@@ -4,8 +4,9 @@ its training on MCTS step pairs with the pairwise ranking loss (algos/mcts.ppm_p
 
 `score(prompts, partials)` is the interface every search uses: a prompt is the problem's text (the
 chat template is applied here), a partial is the response written so far (`<think>` and the steps).
-A PPM is a directory: `model/` (a Hugging Face causal LM directory holding the backbone) and
-`head.pt`, `ppm.json` (what the head is).
+A PPM is a directory: `model/` (a Hugging Face causal LM directory holding the backbone), `head.pt`
+and `scorer.json` (kind "rstar_ppm", what the head is), so `r1lab eval --search --prm DIR` loads it
+as a step scorer like a PRIME run's PRM.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from r1lab.errors import ModelError
 from r1lab.models import load_model, model_device, render_prompt, save_model
 from r1lab.train.attention import trainer_attention
 from r1lab.train.common import grad_norm_clip, make_optimizer
+from r1lab.train.prm import SCORER_FILE
 
 FORMAT = "r1lab-ppm/1"
+PPM_KIND = "rstar_ppm"  # the scorer kind eval's registry loads this directory with
 
 
 class ProcessPreferenceModel(nn.Module):
@@ -110,8 +113,8 @@ class ProcessPreferenceModel(nn.Module):
         tmp.mkdir(parents=True)
         save_model(self.lm, self.tokenizer, tmp / "model")
         torch.save({k: v.detach().cpu() for k, v in self.head.state_dict().items()}, tmp / "head.pt")
-        (tmp / "ppm.json").write_text(json.dumps({"format": FORMAT, "head": "linear+tanh",
-                                                  "hidden_size": self.head.in_features}) + "\n", encoding="utf-8")
+        info = {"kind": PPM_KIND, "format": FORMAT, "head": "linear+tanh", "hidden_size": self.head.in_features}
+        (tmp / SCORER_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
@@ -120,9 +123,9 @@ class ProcessPreferenceModel(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "ProcessPreferenceModel":
         path = Path(path)
-        meta_file = path / "ppm.json"
+        meta_file = path / SCORER_FILE
         if not meta_file.is_file():
-            raise ModelError(f"not a PPM directory (no ppm.json): {path}")
+            raise ModelError(f"not a PPM directory (no {SCORER_FILE}): {path}")
         try:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
         except ValueError:
