@@ -115,6 +115,12 @@ def test_parse_step_accepts_exactly_one_step():
     ]
     for text in bad:
         assert parse_step(text) is None, text
+    import time
+
+    t0 = time.time()  # megabytes of output without a closing fence are refused in linear time
+    assert parse_step("x\n```python\n" + "print(1)\n" * 200_000) is None
+    assert parse_step("\n" * 10**6 + answer_step("1")) is None
+    assert time.time() - t0 < 2
 
 
 def test_step_result_is_the_last_line_the_step_printed():

@@ -46,7 +46,7 @@ MAX_CODE_CHARS = 1000
 MAX_RESULT_CHARS = 64  # a result line longer than this is not a step's result: the step is dropped
 
 _CODE_STEP = re.compile(r"\A(?P<thought>[^\n`]*)\n```python\n(?P<code>.*?)\n```\n\Z", re.DOTALL)
-_ANSWER_STEP = re.compile(r"\A\s*</think>\n<answer>(?P<answer>[^<]*)</answer>\Z")
+_ANSWER_STEP = re.compile(r"\A[ \t\n]{0,4}</think>\n<answer>(?P<answer>[^<]*)</answer>\Z")
 _WORDS = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide"}
 
 
