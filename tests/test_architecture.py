@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("engines", ("r1lab.models", "r1lab.hub", "r1lab.rollout", "r1lab.cluster")),
     ("stages", ("r1lab.train", "r1lab.eval", "r1lab.data", "r1lab.stages", "r1lab.demo", "r1lab.report",
                 "r1lab.plots", "r1lab.runs", "r1lab.recipes", "r1lab.serve", "r1lab.health", "r1lab.tracking",
-                "r1lab.pipeline")),
+                "r1lab.pipeline", "r1lab.rstar")),
     ("top", ("r1lab.cli", "r1lab.__main__")),
 )
 # stricter than the layer rule: these may import only themselves and the listed modules

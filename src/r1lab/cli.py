@@ -5,6 +5,7 @@
     r1lab sft RECIPE [key.sub=value ...]
     r1lab rl RECIPE [key.sub=value ...]
     r1lab dpo RECIPE [key.sub=value ...]       (dpo.rounds=3: iterative DPO; dpo.pairs_path=FILE: offline)
+    r1lab rstar RECIPE [key.sub=value ...]     (rStar-Math: MCTS over code steps, policy + PPM self-evolution)
     r1lab pipeline RECIPE [key=value stages.N.key=value ...] [resume=RUN_DIR]   (a multi-stage recipe)
     r1lab eval MODEL [--data FILE] [--n 8] [key.sub=value ...]
     r1lab eval MODEL --benchmarks math500,gsm8k [--n 4] [--limit N] [--max-new-tokens 512] [--out DIR]
@@ -188,6 +189,26 @@ def cmd_dpo(args) -> int:
                  [("Held-out evaluation", table), ("Rounds", rounds), ("Training curves", "![dpo](plots/dpo.png)")])
     print(table)
     print(f"checkpoint: {run.checkpoint('dpo')}")
+    return 0
+
+
+def cmd_rstar(args) -> int:
+    """`r1lab rstar RECIPE`: rStar-Math self-evolution rounds (MCTS, SFT on the best trajectories,
+    a process preference model on step pairs), with a held-out evaluation of the policy each round."""
+    cfg = _config(args.recipe, args.overrides)
+
+    from r1lab.runs import RunDir
+    from r1lab.rstar import check_rstar_config, rounds_table, run_rstar
+
+    check_rstar_config(cfg)  # before the run directory exists
+    if cfg.name == "run":
+        cfg.name = time.strftime("rstar-%Y%m%d-%H%M%S")
+    with _no_run_left_if_engine_fails(cfg):
+        run = RunDir.create(cfg)
+        print(f"r1lab rstar -> {run.path}")
+        history = run_rstar(cfg, run, show_progress=not args.quiet)
+    print(rounds_table(history))
+    print(f"report: {run.file('report.md')}; policy and PPM checkpoints: {run.path / 'checkpoints'}")
     return 0
 
 
@@ -508,6 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=cmd_dpo)
+
+    p = add("rstar", "rStar-Math: MCTS over code-augmented steps, self-evolving policy and process preference model")
+    p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=cmd_rstar)
 
     p = add("pipeline", "a multi-stage recipe: data steps, SFT, DPO, RL and eval stages, each fed by the one before; "
             "resume=RUN_DIR skips the finished stages")

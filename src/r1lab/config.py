@@ -232,6 +232,37 @@ class DPOConfig:
 
 
 @dataclass
+class RStarConfig:
+    """rStar-Math self-evolution (`r1lab rstar`): rounds of step-level MCTS with the policy (and the
+    last round's PPM), SFT of the policy on the best correct trajectories, and a PPM trained on step
+    pairs. SFT settings other than epochs and lr come from the sft section."""
+
+    rounds: int = 4  # self-evolution rounds
+    warm_start: bool = True  # SFT on step-format teacher traces of the sft problems before round 1
+    problems_per_round: int = 0  # training problems searched per round (0 = all)
+    rollouts: int = 16  # MCTS rollouts per problem
+    candidates: int = 8  # next steps sampled per expansion
+    max_depth: int = 16  # code steps at most on a path (a node this deep may only answer)
+    uct_c: float = 2.0  # UCT exploration constant
+    temperature: float = 1.0  # sampling temperature of candidate steps
+    step_max_new_tokens: int = 64  # tokens per sampled step
+    ppm_guided: bool = True  # from round 2, the previous round's PPM scores new nodes (their Q prior)
+    prior_weight: float = 1.0  # returns a node's PPM score counts as in its Q
+    code_timeout: float = 2.0  # wall-clock seconds per step program in the sandbox
+    code_memory_mb: int = 256  # address-space cap per step program
+    sandbox_workers: int = 2  # step programs run at once
+    sft_per_problem: int = 2  # best correct trajectories (highest mean Q) kept per problem for SFT
+    sft_epochs: int = 2  # policy SFT epochs per round on the round's trajectories
+    sft_accumulate: bool = True  # each round's SFT data: every round's trajectories so far (false: this round's only)
+    sft_lr: float = 0.0  # policy SFT learning rate per round (0 = sft.lr)
+    pairs_per_side: int = 2  # per node: this many positive and negative children, each positive against each negative
+    ppm_lr: float = 1e-4
+    ppm_epochs: int = 2
+    ppm_batch_size: int = 16
+    ppm_heldout: float = 0.2  # fraction of the round's problems whose trees are held out (PPM pairwise accuracy)
+
+
+@dataclass
 class BudgetConfig:
     """Budget forcing at eval time (s1): bounds on the thinking tokens of every sample (eval/budget.py)."""
 
@@ -344,6 +375,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    rstar: RStarConfig = field(default_factory=RStarConfig)  # rStar-Math self-evolution (`r1lab rstar`)
     eval: EvalConfig = field(default_factory=EvalConfig)
     health: HealthConfig = field(default_factory=HealthConfig)  # the run-health monitor of RL runs
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # one process, or a sharded trainer group

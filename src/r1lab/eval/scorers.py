@@ -35,6 +35,7 @@ from r1lab.errors import ConfigError, ModelError
 from r1lab.models import load_model, render_prompt
 from r1lab.train.common import token_logprobs
 from r1lab.train.prm import PRM_KIND, SCORER_FILE
+from r1lab.train.ppm import PPM_KIND
 
 
 @runtime_checkable
@@ -45,6 +46,7 @@ class StepScorer(Protocol):
 # kind (scorer.json's "kind") -> "module:attribute" whose load(path) (or call) gives the scorer
 SCORER_KINDS: dict[str, str] = {
     PRM_KIND: "r1lab.eval.scorers:ImplicitPRMScorer",
+    PPM_KIND: "r1lab.train.ppm:ProcessPreferenceModel",  # rStar-Math's process preference model
 }
 AGGREGATIONS = ("sum", "min")
 
