@@ -263,12 +263,13 @@ def train_rl(
     health = health if health is not None else HealthMonitor(cfg.health)
     trainer = RLTrainer(cfg, model, tokenizer, engine)
     try:
-        return _train(trainer, model, train_problems, metrics, samples, on_eval, show_progress, health, run_path, resume)
+        return _train(trainer, model, tokenizer, train_problems, metrics, samples, on_eval, show_progress, health,
+                      run_path, resume)
     finally:
         trainer.close()
 
 
-def _train(trainer: RLTrainer, model, train_problems, metrics, samples, on_eval, show_progress, health, run_path,
+def _train(trainer: RLTrainer, model, tokenizer, train_problems, metrics, samples, on_eval, show_progress, health, run_path,
            resume) -> list[dict[str, Any]]:
     cfg, engine = trainer.cfg, trainer.engine
     sampler = PromptSampler(train_problems, seed=cfg.seed, history_resampling=cfg.train.history_resampling,
