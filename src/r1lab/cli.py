@@ -151,7 +151,7 @@ def _resumed_run(cfg, stage: str):
     if not (path / "config.yaml").is_file():
         raise R1labError(f"resume: {path} is not a run directory (no config.yaml)")
     if not checkpoints(path):
-        raise R1labError(f"resume: {path} has no resumable checkpoint (checkpoints/state/step-*.pt; "
+        raise R1labError(f"resume: {path} has no resumable checkpoint (checkpoints/state/step-*; "
                          "train.save_every > 0 writes them)")
     saved = load_config(path / "config.yaml")
     cfg.name, cfg.out_dir = saved.name, saved.out_dir  # the run's own name, wherever it is resumed from

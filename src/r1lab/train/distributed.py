@@ -32,12 +32,13 @@ import time
 import traceback
 import weakref
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from r1lab.config import RunConfig
-from r1lab.errors import ConfigError
+from r1lab.errors import ConfigError, WorkerError
 from r1lab.train.batch import RolloutBatch
 from r1lab.train.common import EmbeddingGradInPlace, make_optimizer, note_weights_changed, warmup_constant
 from r1lab.train.methods import BoundMethod, bind_method
@@ -223,12 +224,50 @@ class ShardedPolicyWorker(LocalPolicyWorker):
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model, optim = get_state_dict(self.model, self.optimizer, options=_full_options())
-        state = {"model": model, "optimizer": optim, "scheduler": self.scheduler.state_dict(),
-                 "entropy_coef": self.entropy_coef, "last_entropy": self.last_entropy, "version": self.version}
+        state = {"model": model, "optimizer": optim, **self._scalars()}
         if self.critic is not None:
             state["critic"], state["critic_optimizer"] = get_state_dict(self.critic, self.critic_optimizer,
                                                                         options=_full_options())
         return state if self.rank == 0 else {}
+
+    def _scalars(self) -> dict[str, Any]:
+        """The worker's state that is not a tensor shard: the same on every worker."""
+        return {"scheduler": self.scheduler.state_dict(), "entropy_coef": self.entropy_coef,
+                "last_entropy": self.last_entropy, "version": self.version}
+
+    def _sharded_state(self) -> dict[str, Any]:
+        """This worker's shards (DTensors) of the models and optimizers, as DCP saves and loads them."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        state = dict(zip(("model", "optimizer"), get_state_dict(self.model, self.optimizer)))
+        if self.critic is not None:
+            state.update(zip(("critic", "critic_optimizer"), get_state_dict(self.critic, self.critic_optimizer)))
+        return state
+
+    def save_shards(self, folder: str) -> dict[str, Any]:
+        """Every worker writes its shards into `folder` (torch.distributed.checkpoint); worker 0
+        returns the rest of the state, {} on the others."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._sharded_state(), checkpoint_id=folder)
+        return {**self._scalars(), "trainer_workers": self.world} if self.rank == 0 else {}
+
+    def load_shards(self, folder: str, scalars: dict[str, Any]) -> None:
+        """Each worker reads its shards of the checkpoint in `folder` into its models and optimizers."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._sharded_state()  # the layout to fill (the optimizer's state initialised by it)
+        dcp.load(state, checkpoint_id=folder)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        if self.critic is not None:
+            set_state_dict(self.critic, self.critic_optimizer, model_state_dict=state["critic"],
+                           optim_state_dict=state["critic_optimizer"])
+        self._load_scalars(scalars)
+
+    def _load_scalars(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.entropy_coef, self.last_entropy, self.version = state["entropy_coef"], state["last_entropy"], state["version"]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
@@ -239,8 +278,7 @@ class ShardedPolicyWorker(LocalPolicyWorker):
         options = StateDictOptions(full_state_dict=True)
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"], options=options)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.entropy_coef, self.last_entropy, self.version = state["entropy_coef"], state["last_entropy"], state["version"]
+        self._load_scalars(state)
         if self.critic is not None:
             set_state_dict(self.critic, self.critic_optimizer, model_state_dict=state["critic"],
                            optim_state_dict=state["critic_optimizer"], options=options)
@@ -249,7 +287,12 @@ class ShardedPolicyWorker(LocalPolicyWorker):
 # -- the worker processes ---------------------------------------------------------------------------
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:500]
+
+
 def _worker_main(rank: int, world: int, port: int, conn, cfg: RunConfig, model, timeout_s: float) -> None:
+    import sys
     import warnings
 
     import torch.distributed as dist
@@ -267,11 +310,15 @@ def _worker_main(rank: int, world: int, port: int, conn, cfg: RunConfig, model, 
                                 world_size=world, timeout=timedelta(seconds=timeout_s))
         worker = ShardedPolicyWorker(cfg, model, bind_method(cfg.algo), rank, world)
         conn.send(("ok", None, worker.version, 0.0))
-    except BaseException:
-        conn.send(("error", traceback.format_exc(), 0, 0.0))
+    except BaseException as e:
+        print(f"r1lab trainer worker {rank}:\n{traceback.format_exc()}", file=sys.stderr)
+        conn.send(("error", _one_line(e), 0, 0.0))
         return
     while True:
-        name, args = conn.recv()
+        try:
+            name, args = conn.recv()  # between calls: until the controller asks, or exits (EOF)
+        except (EOFError, OSError):
+            break
         if name == "close":
             break
         try:
@@ -280,8 +327,13 @@ def _worker_main(rank: int, world: int, port: int, conn, cfg: RunConfig, model, 
             if isinstance(result, torch.Tensor):
                 result = result.cpu()
             conn.send(("ok", result, worker.version, time.perf_counter() - t))
-        except BaseException:
-            conn.send(("error", traceback.format_exc(), worker.version, 0.0))
+        except BaseException as e:
+            # the traceback on the run's stderr; the controller's error is one line
+            print(f"r1lab trainer worker {rank} in {name!r}:\n{traceback.format_exc()}", file=sys.stderr)
+            try:
+                conn.send(("error", _one_line(e), worker.version, 0.0))
+            except OSError:
+                pass
             break
     dist.destroy_process_group()
 
@@ -346,31 +398,66 @@ class PolicyWorkerGroup:
         self._collect("start-up (process group and FSDP2 sharding)")
 
     def _collect(self, what: str) -> list[Any]:
-        results, busy = [], 0.0
-        for rank, (conn, proc) in enumerate(zip(self._conns, self._procs)):
-            if not conn.poll(self.timeout_s):
-                self.close()
-                raise TimeoutError(f"trainer worker {rank} did not answer '{what}' within cluster.timeout_s="
-                                   f"{self.timeout_s:g} s (alive: {proc.is_alive()})")
-            try:
-                status, result, version, seconds = conn.recv()
-            except EOFError:
-                self.close()
-                raise RuntimeError(f"trainer worker {rank} exited during '{what}' (exit code {proc.exitcode})") from None
-            if status == "error":
-                self.close()
-                raise RuntimeError(f"trainer worker {rank} failed in '{what}':\n{result}")
-            if rank == 0:
-                self.version = version
-            results.append(result)
-            busy = max(busy, seconds)
-        self.last_call = (what, busy)
+        """Every worker's answer to `what`, all within cluster.timeout_s; a worker that dies, fails
+        or does not answer stops the group with a WorkerError naming it."""
+        from multiprocessing.connection import wait
+
+        answers: dict[int, tuple] = {}
+        pending = dict(enumerate(self._conns))
+        deadline = time.monotonic() + self.timeout_s
+        while pending:
+            ready = wait(list(pending.values()) + [self._procs[r].sentinel for r in pending],
+                         timeout=max(deadline - time.monotonic(), 0.0))
+            if not ready:
+                rank = min(pending)
+                self._fail(f"trainer worker {rank} did not answer '{what}' within cluster.timeout_s="
+                           f"{self.timeout_s:g} s (alive: {self._procs[rank].is_alive()})")
+            for rank, conn in list(pending.items()):
+                if conn.poll():
+                    try:
+                        answers[rank] = conn.recv()
+                    except EOFError:
+                        self._fail(self._death(rank, what))
+                    del pending[rank]
+                    if answers[rank][0] == "error":
+                        self._fail(self._death_among_others(rank, what)
+                                   or f"trainer worker {rank} failed in '{what}': {answers[rank][1]}")
+                elif not self._procs[rank].is_alive():
+                    self._fail(self._death(rank, what))
+        results = [answers[r][1] for r in range(self.world)]
+        self.version = answers[0][2]
+        self.last_call = (what, max(a[3] for a in answers.values()))
         return results
+
+    def _death(self, rank: int, what: str) -> str:
+        proc = self._procs[rank]
+        proc.join(timeout=5)
+        code = proc.exitcode
+        how = "still running" if code is None else f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return f"trainer worker {rank} (pid {proc.pid}) died during '{what}' ({how})"
+
+    def _death_among_others(self, failed: int, what: str) -> str | None:
+        """When one worker fails, the death of another is the likelier cause (a collective lost its
+        peer): that worker's death, if one of them died."""
+        from multiprocessing.connection import wait
+
+        others = [p for r, p in enumerate(self._procs) if r != failed]
+        wait([p.sentinel for p in others], timeout=1.0)
+        # a worker that reported its own failure exits with 0 after it
+        dead = [r for r, p in enumerate(self._procs) if r != failed and not p.is_alive() and p.exitcode != 0]
+        return self._death(dead[0], what) if dead else None
+
+    def _fail(self, message: str) -> None:
+        self.close()
+        raise WorkerError(message)
 
     def _call(self, name: str, *args) -> list[Any]:
         t = time.perf_counter()
-        for conn in self._conns:
-            conn.send((name, args))
+        for rank, conn in enumerate(self._conns):
+            try:
+                conn.send((name, args))
+            except OSError:  # its end of the pipe is closed: the worker is gone
+                self._fail(self._death(rank, name))
         results = self._collect(name)
         # the slowest worker's time inside the call, and the whole round trip seen from here
         self.last_call = (name, self.last_call[1], time.perf_counter() - t)
@@ -409,8 +496,21 @@ class PolicyWorkerGroup:
     def state_dict(self) -> dict[str, Any]:
         return self._call("state_dict")[0]
 
+    def save_shards(self, folder: Path) -> dict[str, Any]:
+        """Each worker writes its shards of the models and optimizers into `folder` (DCP); returns
+        the rest of the policy state (scheduler, entropy coefficient, version, number of workers)."""
+        return self._call("save_shards", str(Path(folder).resolve()))[0]
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._call("load_state_dict", state)
+        """A full state (`state_dict`), or the state `save_shards` returned with "shards", the
+        folder the shards are in: each worker reads its own."""
+        if "shards" not in state:
+            self._call("load_state_dict", state)
+            return
+        if state["trainer_workers"] != self.world:
+            raise ConfigError(f"resume: the checkpoint {Path(state['shards']).parent} holds the shards of "
+                              f"cluster.trainer_workers={state['trainer_workers']}, not {self.world}")
+        self._call("load_shards", state["shards"], {k: v for k, v in state.items() if k != "shards"})
 
 
 __all__ = ["PolicyWorkerGroup", "ShardedPolicyWorker", "check_cluster", "share"]

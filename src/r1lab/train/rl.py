@@ -217,8 +217,8 @@ def train_rl(
                                          "finish": c.finish_reason})
         health.observe(step + 1, m, [c.text for c in completions])
         if save_every and ((step + 1) % save_every == 0 or step + 1 == cfg.train.steps):
-            save_state(run_path, step + 1, {"policy": trainer.policy.state_dict(), "sampler": sampler.state_dict(),
+            save_state(run_path, step + 1, {"sampler": sampler.state_dict(),
                                             **({"prm": trainer.prm.state_dict()} if trainer.prm is not None else {})},
-                       cfg.train.keep_checkpoints)
+                       cfg.train.keep_checkpoints, policy=trainer.policy)
         bar.set_postfix(reward=f"{m['reward/total']:.3f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response/length']:.0f}")
     return history
