@@ -416,7 +416,7 @@ class PolicyWorkerGroup:
                 if conn.poll():
                     try:
                         answers[rank] = conn.recv()
-                    except EOFError:
+                    except (EOFError, OSError):  # closed, or reset by a worker killed mid-message
                         self._fail(self._death(rank, what))
                     del pending[rank]
                     if answers[rank][0] == "error":
