@@ -149,6 +149,17 @@ def test_grpo_run_with_two_trainer_workers(tiny):
     assert max(float((model.state_dict()[k] - start[k]).abs().max()) for k in start) > 1e-3
 
 
+@pytest.mark.slow
+def test_two_ray_actors_give_the_single_process_update(tiny):
+    """The same workers launched as Ray actors (cluster.launcher: ray), the pipes replaced by actor
+    calls: the same update as one process, within the same bound."""
+    pytest.importorskip("ray")
+    cfg = _cfg({"loss_agg": "token-mean", "kl_coef": 0.05}, mini_batches=2, micro_batch_size=3)
+    cfg.cluster.launcher = "ray"
+    diffs = _compare(cfg, tiny, ["policy", "reference"])
+    assert max(diffs.values()) < BOUND, diffs
+
+
 def test_share_splits_micro_batches_evenly_with_padding():
     micro = [torch.tensor([i]) for i in range(5)]
     assert [len(share(micro, r, 2)[0]) for r in range(2)] == [3, 2]
@@ -162,6 +173,7 @@ def test_share_splits_micro_batches_evenly_with_padding():
     ("backend", "mpi", "cluster.backend='mpi'"),
     ("ray_address", "ray://head:10001", "Ray worker groups are not supported"),
     ("timeout_s", 0, "cluster.timeout_s=0"),
+    ("launcher", "slurm", "cluster.launcher='slurm': expected one of local, ray"),
 ])
 def test_bad_cluster_settings_are_refused(field, value, message):
     cfg = RunConfig()
@@ -203,7 +215,7 @@ def test_a_worker_failure_names_the_worker_and_the_call(tiny):
     # no critic in this run: the workers raise, the group stops with one line naming the first to answer
     with pytest.raises(WorkerError, match=r"^trainer worker [01] failed in 'update_critic': AttributeError: [^\n]*$"):
         group.update_critic(None)
-    assert not any(p.is_alive() for p in group._procs)
+    assert not any(p.is_alive() for p in group._workers.procs)
 
 
 @pytest.mark.slow  # the first group of a session starts the forkserver: 10-30 s on this host

@@ -27,47 +27,53 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_each_worker_saves_and_loads_its_own_shards(tiny, tmp_path):
+@pytest.mark.parametrize("launcher", ["local", "ray"])
+def test_each_worker_saves_and_loads_its_own_shards(tiny, tmp_path, launcher):
+    if launcher == "ray":
+        pytest.importorskip("ray")
     cfg = _cfg({"loss_agg": "token-mean"}, mini_batches=2, micro_batch_size=4)
+    cfg.cluster.launcher = launcher
     batch = _batch(cfg, tiny)
     method = bind_method(cfg.algo)
+    # one group at a time: a Ray actor takes one CPU, and this host may have two
     a = PolicyWorkerGroup(cfg, copy.deepcopy(tiny[0]), method, workers=2)
-    b = PolicyWorkerGroup(cfg, copy.deepcopy(tiny[0]), method, workers=2)
     try:
         for step in (1, 2, 3):
             a.update_policy(batch)
             gathered = {k: v.detach().clone() for k, v in a.engine_weights()}
             save_state(tmp_path, step, {"sampler": {"step": step}}, keep=2, policy=a)
-        found = checkpoints(tmp_path)
-        assert [p.name for p in found] == ["step-000002", "step-000003"]  # the newest two, directories
-        assert sorted(p.name for p in found[-1].iterdir()) == ["model", "state.pt"]
-        shards = sorted(p.name for p in (found[-1] / "model").iterdir())
-        assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # one file per worker
-        sizes = [(found[-1] / "model" / n).stat().st_size for n in shards[1:]]
-        assert min(sizes) > 0.3 * sum(sizes)  # each about half: shards, not one full copy and one empty
-        assert not list((tmp_path / "checkpoints" / "state").glob(".*"))  # no temporary left
-
-        state = load_latest(tmp_path)
-        assert state["step"] == 3 and state["sampler"] == {"step": 3}
-        assert state["policy"]["trainer_workers"] == 2 and state["policy"]["version"] == 6
-        b.load_state_dict(state["policy"])
-        assert b.version == 6
-        stats_a, stats_b = a.update_policy(batch), b.update_policy(batch)  # Adam's moments came back too
-        assert stats_a == stats_b
-        assert _max_diff(dict(a.engine_weights()), dict(b.engine_weights())) == 0
-
-        # the shards read in one process, no group: the weights of step 3 as the group gathered them
-        one = copy.deepcopy(tiny[0])
-        load_sharded_weights(one, found[-1])
-        assert _max_diff({k: v.detach() for k, v in one.named_parameters()}, gathered) == 0
-
-        wrong = {**state["policy"], "trainer_workers": 3}
-        with pytest.raises(ConfigError, match=r"holds the shards of cluster.trainer_workers=3, not 2"):
-            b.load_state_dict(wrong)
-        with pytest.raises(ConfigError, match=r"cluster.trainer_workers=2, not a one-process trainer"):
-            LocalPolicyWorker(cfg, copy.deepcopy(tiny[0]), method).load_state_dict(state["policy"])
+        stats_a = a.update_policy(batch)
+        weights_a = {k: v.detach().clone() for k, v in a.engine_weights()}
     finally:
         a.close()
+    found = checkpoints(tmp_path)
+    assert [p.name for p in found] == ["step-000002", "step-000003"]  # the newest two, directories
+    assert sorted(p.name for p in found[-1].iterdir()) == ["model", "state.pt"]
+    shards = sorted(p.name for p in (found[-1] / "model").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # one file per worker
+    sizes = [(found[-1] / "model" / n).stat().st_size for n in shards[1:]]
+    assert min(sizes) > 0.3 * sum(sizes)  # each about half: shards, not one full copy and one empty
+    assert not list((tmp_path / "checkpoints" / "state").glob(".*"))  # no temporary left
+
+    # the shards read in one process, no group: the weights of step 3 as the group gathered them
+    one = copy.deepcopy(tiny[0])
+    load_sharded_weights(one, found[-1])
+    assert _max_diff({k: v.detach() for k, v in one.named_parameters()}, gathered) == 0
+
+    state = load_latest(tmp_path)
+    assert state["step"] == 3 and state["sampler"] == {"step": 3}
+    assert state["policy"]["trainer_workers"] == 2 and state["policy"]["version"] == 6
+    with pytest.raises(ConfigError, match=r"cluster.trainer_workers=2, not a one-process trainer"):
+        LocalPolicyWorker(cfg, copy.deepcopy(tiny[0]), method).load_state_dict(state["policy"])
+    b = PolicyWorkerGroup(cfg, copy.deepcopy(tiny[0]), method, workers=2)
+    try:
+        with pytest.raises(ConfigError, match=r"holds the shards of cluster.trainer_workers=3, not 2"):
+            b.load_state_dict({**state["policy"], "trainer_workers": 3})
+        b.load_state_dict(state["policy"])
+        assert b.version == 6
+        assert b.update_policy(batch) == stats_a  # the same next update: Adam's moments came back too
+        assert _max_diff(weights_a, dict(b.engine_weights())) == 0
+    finally:
         b.close()
 
 

@@ -294,6 +294,7 @@ class ClusterConfig:
     backend: str = "gloo"  # torch.distributed backend of the group: gloo (CPU) | nccl (one GPU per worker)
     ray_address: str = ""  # "" = worker processes spawned on this machine (Ray actors are not supported)
     timeout_s: float = 600.0  # longest wait on a worker (start-up or one call) before the run stops
+    launcher: str = "local"  # how the trainer workers start: local (processes of this machine) | ray (Ray actors)
 
 
 @dataclass
