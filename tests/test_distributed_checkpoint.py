@@ -181,3 +181,14 @@ def test_a_two_worker_run_killed_twice_and_resumed_gives_the_uninterrupted_run(t
     a, b = load_file(tmp_path / "whole" / "checkpoints" / "rl" / "model.safetensors"), load_file(export / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [p.name for p in checkpoints(run)] == ["step-000003", "step-000004"]
+
+
+def test_a_resume_with_another_number_of_trainer_workers_is_refused(tmp_path):
+    from r1lab.config import load_config
+    from r1lab.train.checkpoint import check_resume_config
+
+    saved = load_config(None, ["cluster.trainer_workers=2"])
+    with pytest.raises(ConfigError, match=r"^resume: cluster.trainer_workers differs from the run's \(2 -> 3\)"):
+        check_resume_config(saved, load_config(None, ["cluster.trainer_workers=3", f"resume={tmp_path}"]))
+    with pytest.raises(ConfigError, match=r"^resume: cluster.trainer_workers differs from the run's \(2 -> 0\)"):
+        check_resume_config(saved, load_config(None, [f"resume={tmp_path}"]))
