@@ -17,9 +17,18 @@ The controller keeps its own full copy of the policy (the one the HF / fast engi
 `engine_weights` gathers the full weights from the shards (FSDP2 full state dict, offloaded to the
 CPU) and loads them into that copy before handing them to the engine.
 
-Processes are spawned on this machine (torch.multiprocessing) and driven over pipes; every wait on
-a worker is bounded by cluster.timeout_s and names what it waited for. The prompts' shared K/V
-(train.shared_prefix) is not used by the group: it runs whole rows (the same gradient).
+Checkpoints: each worker saves and loads its own shards of the models and optimizers with
+torch.distributed.checkpoint (`save_shards`, `load_state_dict` of a sharded state); train/checkpoint.py
+puts them beside the controller's state.
+
+The workers are processes of this machine (cluster.launcher local: torch.multiprocessing, driven
+over pipes) or Ray actors (ray: the same worker code, actor calls instead of pipes). The
+controller's wait for the workers' answers to a call is bounded by cluster.timeout_s (one deadline
+for all of them), their collectives by the process group's timeout (the same), and a worker that
+dies, fails or stays silent stops the group with a WorkerError naming it and the call. A worker
+process between calls waits for the controller for as long as the controller samples, and exits when
+the controller's end of its pipe closes. The prompts' shared K/V (train.shared_prefix) is not used
+by the group: it runs whole rows (the same gradient).
 """
 
 from __future__ import annotations
