@@ -129,6 +129,12 @@ def check_resume_config(saved: Any, new: Any) -> None:
     for key in flat_new:
         if any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
             continue
+        if key == "cluster.trainer_workers" and flat_saved.get(key) != flat_new[key]:
+            if flat_saved.get(key, 0) > 0 and flat_new[key] > 0:
+                continue  # a group's shards load into any number of workers
+            raise ConfigError(f"resume: cluster.trainer_workers differs from the run's ({flat_saved.get(key)!r} -> "
+                              f"{flat_new[key]!r}); a worker group's checkpoint resumes with a group (any number "
+                              "of workers), a one-process checkpoint in one process")
         if flat_saved.get(key) != flat_new[key]:
             raise ConfigError(f"resume: {key} differs from the run's ({flat_saved.get(key)!r} -> {flat_new[key]!r}); "
                               f"only {', '.join(RESUMABLE_CHANGES[1:])} may change across a resume")

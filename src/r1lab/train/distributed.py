@@ -673,7 +673,9 @@ class PolicyWorkerGroup:
         return merged_weights(self.model)
 
     def state_dict(self) -> dict[str, Any]:
-        return self._call("state_dict")[0]
+        """The full states, gathered. Copied: tensors that come through a pipe share the worker's
+        memory, and a replicated one (Adam's step count) is the worker's own live tensor."""
+        return copy.deepcopy(self._call("state_dict")[0])
 
     def save_shards(self, folder: Path) -> dict[str, Any]:
         """Each worker writes its shards of the models and optimizers into `folder` (DCP); returns
@@ -682,13 +684,11 @@ class PolicyWorkerGroup:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """A full state (`state_dict`), or the state `save_shards` returned with "shards", the
-        folder the shards are in: each worker reads its own."""
+        folder the shards are in: each worker reads its part of them, whatever number of workers
+        wrote them (torch.distributed.checkpoint reshards)."""
         if "shards" not in state:
             self._call("load_state_dict", state)
             return
-        if state["trainer_workers"] != self.world:
-            raise ConfigError(f"resume: the checkpoint {Path(state['shards']).parent} holds the shards of "
-                              f"cluster.trainer_workers={state['trainer_workers']}, not {self.world}")
         self._call("load_shards", state["shards"], {k: v for k, v in state.items() if k != "shards"})
 
 
