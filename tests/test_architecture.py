@@ -32,7 +32,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                  "r1lab.benchmarks")),
     ("engines", ("r1lab.models", "r1lab.hub", "r1lab.rollout")),
     ("stages", ("r1lab.train", "r1lab.eval", "r1lab.data", "r1lab.stages", "r1lab.demo", "r1lab.report",
-                "r1lab.plots", "r1lab.runs", "r1lab.recipes", "r1lab.serve", "r1lab.health", "r1lab.tracking")),
+                "r1lab.plots", "r1lab.runs", "r1lab.recipes", "r1lab.serve", "r1lab.health", "r1lab.tracking",
+                "r1lab.pipeline")),
     ("top", ("r1lab.cli", "r1lab.__main__")),
 )
 # stricter than the layer rule: these may import only themselves and the listed modules

@@ -95,6 +95,11 @@ def test_simpo_needs_no_reference(tiny):
     assert rows[-1]["dpo/margin"] > rows[0]["dpo/margin"]
 
 
+def test_simper_needs_no_reference_and_widens_the_margin(tiny):
+    _, rows, _ = _train(tiny, loss="simper", epochs=10)
+    assert rows[-1]["dpo/margin"] > rows[0]["dpo/margin"] and rows[-1]["dpo/loss"] < rows[0]["dpo/loss"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["dpo.loss=dpoo"], "unknown preference loss 'dpoo'"),
     (["dpo.chosen=longest"], "unknown chosen policy 'longest'"),

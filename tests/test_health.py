@@ -165,12 +165,18 @@ def test_repetition_and_nonprintable_measures_by_hand():
     assert repeated_ngram_fraction("a b a", 2) == 0.0  # fewer than 2n tokens: not judged
     # symbols are tokens of their own: "1+1+1+1" is 1 + 1 + 1 + 1 (7 tokens, 6 bigrams, 4 repeats)
     assert repeated_ngram_fraction("1+1+1+1", 2) == pytest.approx(4 / 6)
-    assert repeated_ngram_fraction(TRACE, 4) == 0.0
+    # the trace's 34 tokens hold 33 4-grams; "3 5 < /" (of 35</think> and 35</answer>) comes twice
+    assert repeated_ngram_fraction(TRACE, 4) == pytest.approx(1 / 33)
     assert nonprintable_fraction("ab\x00\ufffd") == pytest.approx(0.5)
     assert nonprintable_fraction("line\n\ttab é 中") == 0.0
     assert nonprintable_fraction("") == 0.0
+    # digits are tokens of their own: "12121212" is 8 tokens, 5 4-grams, the last 3 repeats; a policy
+    # that writes one digit over and over is garbled, a number with repeated digits in a trace is not
+    assert repeated_ngram_fraction("12121212", 4) == pytest.approx(3 / 5)
+    assert repeated_ngram_fraction("x_1 x_1", 2) == pytest.approx(1 / 3)  # x_ 1 x_ 1: x_ is a word
     cfg = HealthConfig()
     assert is_garbled("the the the the the the the the the the", cfg) and not is_garbled(TRACE, cfg)
+    assert is_garbled("5" * 64, cfg) and not is_garbled("<think>1000 * 1000 = 1000000</think>\n<answer>1000000</answer>", cfg)
 
 
 def test_reward_hacking_reward_up_held_out_down():
@@ -213,6 +219,29 @@ def test_each_finding_once_written_as_json_lines_and_kept_on_resume(tmp_path):
     resumed.prime([{"step": s, **healthy(s), "policy/entropy": 0.5 if s < 3 else 0.01} for s in range(1, 31)])
     assert resumed.observe(31, {**healthy(31), "policy/entropy": 0.01}) == [] and len(lines) == 1
     assert len(read_findings(tmp_path / "health.jsonl")) == 1
+
+
+def test_garbled_measures_carried_across_a_resume_fire_at_the_uninterrupted_step():
+    loop = "= 10 = 10 = 10 = 10 = 10 = 10 = 10 = 10 = 10"
+    samples = lambda s: [loop, loop, loop, TRACE] if s >= 4 else SAMPLES  # noqa: E731
+    whole = HealthMonitor(HealthConfig(), log=lambda s: None)
+    for step in range(1, 9):
+        whole.observe(step, healthy(step), samples(step))
+    assert fired(whole.findings) == [("garbled_output", 6)]
+    # stopped after step 4 (its checkpoint holds the state), resumed: metrics.jsonl lacks the garbled
+    # fractions, the state restores them, and the finding comes at step 6 as it did
+    first = HealthMonitor(HealthConfig(), log=lambda s: None)
+    for step in range(1, 5):
+        first.observe(step, healthy(step), samples(step))
+    state = first.state_dict()
+    for restore in (True, False):
+        resumed = HealthMonitor(HealthConfig(), log=lambda s: None)
+        resumed.prime([{"step": s, **healthy(s)} for s in range(1, 5)])
+        if restore:
+            resumed.load_state_dict(state)
+        for step in range(5, 9):
+            resumed.observe(step, healthy(step), samples(step))
+        assert fired(resumed.findings) == ([("garbled_output", 6)] if restore else [("garbled_output", 7)])
 
 
 def test_report_section():

@@ -110,7 +110,26 @@ def test_simpo_is_reference_free_and_length_normalised():
     t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     other_ref, _ = get_preference_loss("simpo")(**inputs(ref_chosen=t(0.0, 0.0), ref_rejected=t(7.0, 7.0)), beta=2.0, gamma=0.5)
     assert torch.equal(loss, other_ref)
-    assert {n for n, m in PREFERENCE_LOSSES.methods.items() if m.trait("reference_free")} == {"simpo"}
+    assert {n for n, m in PREFERENCE_LOSSES.methods.items() if m.trait("reference_free")} == {"simpo", "simper"}
+
+
+def test_simper_is_the_inverse_perplexity_gap_and_needs_no_reference():
+    loss, stats = get_preference_loss("simper")(**inputs())
+    # pair 1: exp(-10 / 4) = 0.0820850 chosen, exp(-12 / 3) = 0.0183156 rejected
+    # pair 2: exp(-5 / 2)  = 0.0820850 chosen, exp(-4 / 4)  = 0.3678794 rejected
+    assert stats["reward_chosen"].tolist() == pytest.approx([math.exp(-2.5)] * 2, abs=1e-15)
+    assert stats["reward_rejected"].tolist() == pytest.approx([math.exp(-4.0), math.exp(-1.0)], abs=1e-15)
+    # loss: 0.0183156 - 0.0820850 = -0.0637694 and 0.3678794 - 0.0820850 = 0.2857944
+    assert loss.tolist() == pytest.approx([-0.06376935973516462, 0.28579444254754355], abs=1e-12)
+    t = lambda *v: torch.tensor(v, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    chosen, rejected = t(-10.0, -5.0), t(-12.0, -4.0)
+    loss, _ = get_preference_loss("simper")(**inputs(policy_chosen=chosen, policy_rejected=rejected))
+    loss.sum().backward()
+    # d/dc of -exp(c / n) is -exp(c / n) / n: the chosen log-likelihood is pushed up, the rejected down
+    assert chosen.grad.tolist() == pytest.approx([-math.exp(-2.5) / 4, -math.exp(-2.5) / 2], abs=1e-15)
+    assert rejected.grad.tolist() == pytest.approx([math.exp(-4.0) / 3, math.exp(-1.0) / 4], abs=1e-15)
+    other_ref, _ = get_preference_loss("simper")(**inputs(ref_chosen=t(0.0, 0.0), ref_rejected=t(7.0, 7.0)))
+    assert torch.equal(loss.detach(), other_ref.detach())
 
 
 def test_policy_equal_to_reference_gives_log_two_and_zero_margin():
@@ -123,7 +142,7 @@ def test_policy_equal_to_reference_gives_log_two_and_zero_margin():
 
 
 def test_unknown_loss_names_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown preference loss 'dpoo'.*dpo, ipo, rpo, simpo"):
+    with pytest.raises(ConfigError, match="unknown preference loss 'dpoo'.*dpo, ipo, rpo, simper, simpo"):
         PREFERENCE_LOSSES.method("dpoo")
 
 

@@ -1,14 +1,18 @@
 """`r1lab`: one command, thin subcommands. Parse, load the config, call a stage.
 
     r1lab demo [RECIPE] [key.sub=value ...]
+    r1lab demo resume=RUN_DIR              (continue an interrupted demo; sft and rl take resume= too)
     r1lab sft RECIPE [key.sub=value ...]
     r1lab rl RECIPE [key.sub=value ...]
     r1lab dpo RECIPE [key.sub=value ...]       (dpo.rounds=3: iterative DPO; dpo.pairs_path=FILE: offline)
+    r1lab pipeline RECIPE [key=value stages.N.key=value ...] [resume=RUN_DIR]   (a multi-stage recipe)
     r1lab eval MODEL [--data FILE] [--n 8] [key.sub=value ...]
     r1lab eval MODEL --benchmarks math500,gsm8k [--n 4] [--limit N] [--max-new-tokens 512] [--out DIR]
     r1lab eval http://HOST:PORT/v1 --benchmarks gsm8k      (any OpenAI-compatible server)
     r1lab eval MODEL --think-max 64 [--think-min 32]     (s1 budget forcing of the thinking)
     r1lab eval MODEL --think-budgets 8,16,32,64        (test-time scaling: accuracy against thinking tokens)
+    r1lab eval MODEL --search best_of_n --prm RUN/prm [--search-n 1,2,4,8,16]   (PRM best-of-N vs majority)
+    r1lab eval MODEL --search beam --prm RUN/prm [--beam-expand 4]    (PRM step-level beam search)
     r1lab eval --compare RUN_A RUN_B ...
     r1lab models list | r1lab models prepare NAME [--force]
     r1lab verify audit runs/x/eval/gsm8k.jsonl [--n 200] [--judge http://HOST:PORT/v1]
@@ -43,25 +47,10 @@ def _quiet_libraries() -> None:
 
 def _config(recipe: str | None, overrides: list[str]):
     from r1lab.config import load_config
+    from r1lab.stages import check_run_config
 
     cfg = load_config(recipe, overrides)
-    # checked before a run directory exists: a bad dtype or device must leave nothing behind
-    from r1lab.models import resolve_device, torch_dtype
-
-    torch_dtype(cfg.model.dtype)
-    resolve_device(cfg.model.device)
-    from r1lab.train.methods import bind_method
-
-    bind_method(cfg.algo)  # the method's pieces and their settings agree
-    from r1lab.tracking import check_tracking
-
-    check_tracking(cfg.tracking)  # an unknown tracker or a missing package, before the run directory exists
-    from r1lab.train.distributed import check_cluster
-
-    check_cluster(cfg)  # the trainer group's settings
-    from r1lab.rollout import check_engine
-
-    check_engine(cfg.rollout.engine)  # an unknown engine or a missing vLLM extra
+    check_run_config(cfg)  # before a run directory exists: a bad setting must leave nothing behind
     return cfg
 
 
@@ -80,19 +69,26 @@ def _no_run_left_if_engine_fails(cfg):
 
 
 def cmd_demo(args) -> int:
-    from r1lab.demo import run_demo
+    from r1lab.demo import resume_config, run_demo
 
     recipe = args.recipe
     overrides = list(args.overrides)
     if recipe and "=" in recipe:  # `r1lab demo train.steps=10`: no recipe, only overrides
         overrides.insert(0, recipe)
         recipe = None
+    resume = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("resume=")), "")
+    if recipe is None and resume:  # `r1lab demo resume=RUN_DIR`: the run's own settings
+        recipe = str(Path(resume) / "config.yaml")
+        if not Path(recipe).is_file():
+            raise R1labError(f"resume: {resume} is not a run directory (no config.yaml)")
     if recipe is None:
         from r1lab.recipes import recipes_dir
 
         default = recipes_dir() / "tiny" / "demo.yaml"
         recipe = str(default) if default.is_file() else None
     cfg = _config(recipe, overrides)
+    if cfg.resume:
+        cfg = resume_config(cfg)
     if cfg.name == "run":
         cfg.name = time.strftime("demo-%Y%m%d-%H%M%S")
     with _no_run_left_if_engine_fails(cfg):
@@ -140,22 +136,23 @@ def _stage_body(args, cfg, stage: str) -> int:
 
 def _resumed_run(cfg, stage: str):
     """The run directory `resume=` names, checked to be the same run with a checkpoint to continue
-    from; its config.yaml is rewritten with the settings that may change (more steps, say)."""
+    from; its config.yaml is rewritten with the settings that may change (more RL steps, say)."""
     from r1lab.config import load_config, save_config
     from r1lab.runs import RunDir
-    from r1lab.train.checkpoint import check_resume_config, checkpoints
+    from r1lab.train.checkpoint import (RESUMABLE_CHANGES, SFT_RESUMABLE_CHANGES, SFT_STATE_DIR, STATE_DIR,
+                                        check_resume_config, checkpoints)
 
-    if stage != "rl":
-        raise R1labError("resume= continues an RL run; an SFT stage runs again from its start")
+    folder, setting, allowed = ((SFT_STATE_DIR, "sft.save_every", SFT_RESUMABLE_CHANGES) if stage == "sft"
+                                else (STATE_DIR, "train.save_every", RESUMABLE_CHANGES))
     path = Path(cfg.resume)
     if not (path / "config.yaml").is_file():
         raise R1labError(f"resume: {path} is not a run directory (no config.yaml)")
-    if not checkpoints(path):
-        raise R1labError(f"resume: {path} has no resumable checkpoint (checkpoints/state/step-*; "
-                         "train.save_every > 0 writes them)")
+    if not checkpoints(path, folder):
+        raise R1labError(f"resume: {path} has no resumable checkpoint (checkpoints/{folder}/step-*; "
+                         f"{setting} > 0 writes them)")
     saved = load_config(path / "config.yaml")
     cfg.name, cfg.out_dir = saved.name, saved.out_dir  # the run's own name, wherever it is resumed from
-    check_resume_config(saved, cfg)
+    check_resume_config(saved, cfg, allowed)
     save_config(cfg, path / "config.yaml")
     return RunDir(path)
 
@@ -191,6 +188,16 @@ def cmd_dpo(args) -> int:
                  [("Held-out evaluation", table), ("Rounds", rounds), ("Training curves", "![dpo](plots/dpo.png)")])
     print(table)
     print(f"checkpoint: {run.checkpoint('dpo')}")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    """`r1lab pipeline RECIPE`: every stage of a multi-stage recipe checked, then run in order, each
+    from the one before; resume=RUN_DIR skips the finished stages."""
+    from r1lab.pipeline import plan_pipeline, run_pipeline
+
+    plan = plan_pipeline(args.recipe, args.overrides)  # the whole pipeline, before anything is written
+    run_pipeline(plan, show_progress=not args.quiet)
     return 0
 
 
@@ -231,6 +238,10 @@ def cmd_eval(args) -> int:
     if args.benchmarks and args.data:
         raise R1labError("give --data or --benchmarks, not both")
     budgets = _think_settings(args, cfg)  # before loading the model: a bad budget fails fast
+    scorer = _search_scorer(args, cfg)  # the scorer is loaded here: a missing reference model fails fast
+    if scorer is not None and (budgets or args.benchmarks or is_endpoint(args.model)):
+        raise R1labError("--search runs on a local model over --data or the config's held-out split, "
+                         "without budget forcing (not with --benchmarks, --think-* or an endpoint)")
     if (budgets or cfg.eval.budget.max_think > 0) and is_endpoint(args.model):
         raise R1labError("budget forcing needs a local model (it continues token-id prefixes), not an endpoint")
     if budgets and args.benchmarks:
@@ -270,6 +281,8 @@ def cmd_eval(args) -> int:
     source = str(Path(args.data).resolve()) if args.data else "held-out split of the config"
     if budgets:
         return _think_sweep(args, cfg, model, tok, problems, run, budgets, model_id, source)
+    if scorer is not None:
+        return _search_sweep(args, cfg, model, tok, problems, run, model_id, source, scorer)
     res = run_eval(cfg, model, tok, problems, run.file("eval/results.jsonl"), "eval", not args.quiet, engine=engine,
                    resume=True, settings={"model": model_id, "benchmark": source})
     from r1lab.benchmarks import write_summary_json
@@ -339,6 +352,103 @@ def _think_sweep(args, cfg, model, tok, problems, run, budgets, model_id: str, s
     return 0
 
 
+def _search_scorer(args, cfg):
+    """Apply --search/--prm/--search-n/--beam-width/--beam-expand to cfg.eval.search, check it and
+    load the step scorer; None when no search was asked for. Before the model and the run
+    directory: a bad setting or scorer fails fast and leaves nothing behind."""
+    from r1lab.eval.scorers import AGGREGATIONS, load_scorer
+    from r1lab.eval.search import METHODS, beam_sizes
+
+    s = cfg.eval.search
+    for flag, key in (("search", "method"), ("prm", "prm"), ("beam_width", "beam_width"), ("beam_expand", "beam_expand")):
+        if getattr(args, flag) is not None:
+            setattr(s, key, getattr(args, flag))
+    if args.search_n:
+        try:
+            s.ns = [int(x) for x in args.search_n.split(",")]
+        except ValueError:
+            raise R1labError(f"--search-n {args.search_n!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
+    if not s.method:
+        if s.prm:
+            raise R1labError("--prm needs --search best_of_n|weighted_vote|beam")
+        return None
+    if s.method not in METHODS:
+        raise R1labError(f"--search {s.method!r}: expected one of {', '.join(METHODS)}")
+    if not s.prm:
+        raise R1labError("--search needs --prm DIR (a PRIME run's prm/ directory, or any scorer directory)")
+    if not s.ns or min(s.ns) < 1:
+        raise R1labError(f"eval.search.ns must be integers >= 1, got {s.ns}")
+    s.ns = sorted(set(s.ns))
+    if s.agg not in AGGREGATIONS:
+        raise R1labError(f"eval.search.agg={s.agg!r}: expected one of {', '.join(AGGREGATIONS)}")
+    if s.method == "beam":
+        for n in s.ns:
+            beam_sizes(n, s.beam_width, s.beam_expand)
+        if s.step_tokens < 1 or s.max_steps < 1:
+            raise R1labError("eval.search.step_tokens and eval.search.max_steps must be >= 1")
+    return load_scorer(s.prm, agg=s.agg, delimiter=s.delimiter)
+
+
+def _search_sweep(args, cfg, model, tok, problems, run, model_id: str, source: str, scorer) -> int:
+    """Test-time search with a step scorer: max(N) samples per problem (eval/search-samples.jsonl,
+    resumable), each scored; best-of-N, PRM-weighted and majority voting over the first N at each N
+    (eval/search.jsonl); with --search beam, a beam search per N (eval/beam-N.jsonl); the table
+    (eval/search.md, eval/summary.md), eval/search.json, the plain metrics of the samples
+    (eval/summary.json, as plain eval writes it) and the plot plots/search.png."""
+    import copy
+    import json
+
+    from r1lab.benchmarks import write_summary_json
+    from r1lab.eval.search import run_beams, score_rows, search_table, selection_points
+    from r1lab.plots import plot_search
+    from r1lab.records import write_jsonl, write_text_atomic
+    from r1lab.rollout import make_engine
+    from r1lab.stages import eval_params, run_eval
+
+    s = cfg.eval.search
+    c = copy.deepcopy(cfg)
+    c.eval.n = max(s.ns)
+    c.eval.ks = [c.eval.n]
+    label = Path(args.data).stem if args.data else "held-out"
+    res = run_eval(c, model, tok, problems, run.file("eval/search-samples.jsonl"), "search samples", not args.quiet,
+                   resume=True, settings={"model": model_id, "benchmark": source})
+    rows = score_rows(res.rows, problems, scorer, s.ns, cfg.reward.verify_timeout, cfg.reward.verify_workers)
+    write_jsonl(run.file("eval/search.jsonl"), rows)
+    points = selection_points(rows, s.ns)
+    if s.method == "beam":
+        engine = make_engine(model, tok, cfg.rollout.engine, batch_size=cfg.eval.batch_size, dtype=cfg.rollout.dtype,
+                             kv_cache_gb=cfg.rollout.kv_cache_gb)
+        try:
+            for point in points:
+                brows, bpoint = run_beams(engine, scorer, problems, eval_params(cfg), point["n"], s, seed=cfg.seed + 555,
+                                          timeout=cfg.reward.verify_timeout, workers=cfg.reward.verify_workers)
+                write_jsonl(run.file(f"eval/beam-{point['n']}.jsonl"), brows)
+                point.update(bpoint)
+                if not args.quiet:
+                    print(f"beam N={point['n']} ({bpoint['width']} x {bpoint['expand']}): {100 * bpoint['beam']:.1f}% "
+                          f"correct, {bpoint['beam_tokens_per_problem']:.0f} tokens per problem")
+        finally:
+            engine.close()
+    table = search_table(points)
+    head = (f"{label} ({source}), model {model_id}, scorer {Path(s.prm).resolve()}: {len(problems)} problems, "
+            f"temperature {cfg.eval.temperature}, method {s.method} (implicit-PRM score: {s.agg}). Accuracies in %, "
+            "compute in generated tokens per problem; majority voting at equal samples is the baseline.")
+    write_text_atomic(run.file("eval/search.md"), f"{head}\n\n{table}\n")
+    write_text_atomic(run.file("eval/summary.md"), f"{head}\n\n{table}\n")
+    # the plain metrics of the max(N) samples, as plain eval writes them (what --compare reads)
+    write_summary_json(run.file("eval/summary.json"), {label: (c.eval.n, res.summary)}, {"model": model_id})
+    write_text_atomic(run.file("eval/search.json"), json.dumps(
+        {"model": model_id, "data": source, "scorer": str(Path(s.prm).resolve()), "method": s.method,
+         "settings": {k: getattr(s, k) for k in ("ns", "beam_width", "beam_expand", "delimiter", "think_end",
+                                                 "step_tokens", "max_steps", "agg")},
+         "points": points}, indent=1, default=float) + "\n")
+    title = f"PRM search: {'/'.join(Path(model_id).parts[-3:])} on {label}"
+    plot_search(points, run.file("plots/search.png"), title)
+    print(table)
+    print(f"per-problem results, table and plot: {run.file('eval')}, {run.file('plots/search.png')}")
+    return 0
+
+
 def _compare(args) -> int:
     """`r1lab eval --compare RUN_A RUN_B ...`: print the side-by-side table and write it."""
     from r1lab.eval.compare import compare_table
@@ -399,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=cmd_dpo)
 
+    p = add("pipeline", "a multi-stage recipe: data steps, SFT, DPO, RL and eval stages, each fed by the one before; "
+            "resume=RUN_DIR skips the finished stages")
+    p.add_argument("recipe", help="pipeline recipe YAML (a `stages:` list)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value (shared), stages.N.key.sub=value (stage N), resume=RUN_DIR")
+    p.set_defaults(func=cmd_pipeline)
+
     p = add("recipes", "list the recipes: one per published method, and tiny CPU variants")
     p.add_argument("--methods", action="store_true", help="list every registered algorithm piece and the settings it takes")
     p.set_defaults(func=cmd_recipes)
@@ -427,6 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--think-budgets", help="test-time scaling sweep: comma-separated MAX or MIN:MAX thinking "
                    "budgets, e.g. 8,16,32,64; writes eval/scaling.md and plots/scaling.png")
     p.add_argument("--answer-tokens", type=int, help="budget forcing: tokens for the answer after the thinking")
+    p.add_argument("--search", help="test-time search with a process reward model: best_of_n, weighted_vote or beam "
+                   "(eval.search.method); writes eval/search.md and plots/search.png against majority voting")
+    p.add_argument("--prm", help="search: the scorer directory, e.g. a PRIME run's prm/ (eval.search.prm)")
+    p.add_argument("--search-n", help="search: comma-separated samples per problem, e.g. 1,2,4,8,16 "
+                   "(eval.search.ns; beam: candidates per round, W x E)")
+    p.add_argument("--beam-width", type=int, help="beam search: beams kept per round (default: N // beam-expand)")
+    p.add_argument("--beam-expand", type=int, help="beam search: continuations per kept beam (default 4)")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=cmd_eval)
 

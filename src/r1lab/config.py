@@ -198,6 +198,8 @@ class SFTConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     max_steps: int = 0  # stop early after this many optimizer steps (0 = all epochs)
+    save_every: int = 100  # a resumable checkpoint (checkpoints/sft-state/) every N steps and at the end; 0 = none
+    keep_checkpoints: int = 2  # resumable SFT checkpoints kept (the newest)
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # SFT of LoRA adapters (r > 0); off by default
 
 
@@ -206,7 +208,7 @@ class DPOConfig:
     """Preference optimisation (`r1lab dpo`): from a pairs file, or from pairs the stage samples and
     verifies itself; rounds > 1 is iterative DPO (sample, verify, pair, train; each round from the last)."""
 
-    loss: str = "dpo"  # registered preference loss (algos/preference.py): dpo | rpo | ipo | simpo
+    loss: str = "dpo"  # registered preference loss (algos/preference.py): dpo | rpo | ipo | simpo | simper
     # the loss's own settings, checked against what it takes: beta (dpo, rpo, ipo: strength of the
     # implicit KL to the reference; simpo: reward scale), nll_coef (rpo), gamma (simpo: target margin)
     loss_args: dict[str, Any] = field(default_factory=dict)
@@ -242,6 +244,22 @@ class BudgetConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Test-time search with a step scorer, a process reward model (eval/search.py); off unless `method` is set."""
+
+    method: str = ""  # best_of_n | weighted_vote | beam ("" = off)
+    prm: str = ""  # the scorer's directory (its scorer.json names the kind), e.g. runs/<prime-run>/prm
+    ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # samples per problem at each point; beam: candidates per round
+    beam_width: int = 0  # beams kept per round (W); 0 = N // beam_expand at each N
+    beam_expand: int = 4  # continuations sampled per kept beam (E), capped at N; W * E <= N
+    delimiter: str = "\n"  # a step ends with this text, inside the thinking
+    think_end: str = "</think>"  # after this the rest of the response is one step ("" = the delimiter applies throughout)
+    step_tokens: int = 48  # tokens per step at most
+    max_steps: int = 32  # rounds of expansion at most; beams still open then end as they are
+    agg: str = "sum"  # implicit PRM: a prefix's score is q at its end (sum) or the least q at a step end (min)
+
+
+@dataclass
 class EvalConfig:
     n: int = 8  # samples per problem
     temperature: float = 1.0
@@ -251,6 +269,7 @@ class EvalConfig:
     batch_size: int = 256  # sequences decoded together
     at_start: bool = True  # `r1lab rl`: evaluate the starting model too (false: the SFT run already did)
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # budget forcing (off unless budget.max_think > 0)
+    search: SearchConfig = field(default_factory=SearchConfig)  # PRM-guided search (off unless search.method is set)
 
 
 @dataclass
@@ -303,7 +322,7 @@ class RunConfig:
     seed: int = 0
     out_dir: str = "runs"
     init_from: str = ""  # model to start this stage from (a checkpoint directory); default model.path
-    resume: str = ""  # a run directory whose RL stage stopped early: continue it from its last checkpoint
+    resume: str = ""  # a run directory (rl, sft or demo) that stopped early: continue it from its last checkpoint
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -393,6 +412,11 @@ def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """The RunConfig of a nested dict (to_dict's output), checked as a recipe is."""
+    return _build(RunConfig, data)
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

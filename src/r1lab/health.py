@@ -323,12 +323,14 @@ def format_saturated(h: History, cfg: HealthConfig) -> Diagnosis | None:
 # --------------------------------------------------------------------------------------------
 # garbled text
 
-_TOKENS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+# words, single digits (numbers read digit by digit, as the tiny tokenizer splits them, so that a
+# run of one repeated digit is repetitive) and single symbols
+_TOKENS = re.compile(r"\d|[^\W\d]+|[^\w\s]", re.UNICODE)
 
 
 def repeated_ngram_fraction(text: str, n: int) -> float:
-    """Fraction of the text's n-grams (over word and single-symbol tokens) that already occurred
-    earlier in it; 0 for texts with fewer than 2n tokens (too short to call repetitive)."""
+    """Fraction of the text's n-grams (over word, single-digit and single-symbol tokens) that already
+    occurred earlier in it; 0 for texts with fewer than 2n tokens (too short to call repetitive)."""
     toks = _TOKENS.findall(text)
     if len(toks) < 2 * n:
         return 0.0
@@ -397,6 +399,19 @@ class HealthMonitor:
         """Feed earlier steps' metrics (a resumed run's metrics.jsonl) without checking them."""
         for r in rows:
             self.history.append(int(r["step"]), {k: v for k, v in r.items() if k != "step"})
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the checks read that metrics.jsonl does not hold: each step's garbled-sample fraction
+        and example, measured on all of its samples (a resumable checkpoint keeps it)."""
+        return {"garbled": [(r["step"], r["health/garbled"], r.get("health/garbled_example", ""))
+                            for r in self.history.rows if "health/garbled" in r]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put the saved per-step values back into the primed steps' rows."""
+        saved = {step: (g, example) for step, g, example in state["garbled"]}
+        for r in self.history.rows:
+            if r["step"] in saved:
+                r["health/garbled"], r["health/garbled_example"] = saved[r["step"]]
 
     def observe(self, step: int, metrics: dict[str, Any], samples: list[str] | None = None) -> list[Finding]:
         """Check the run after `step`; returns the new findings. `samples` are the step's decoded

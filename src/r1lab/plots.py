@@ -183,6 +183,39 @@ DPO_PANELS = {
 }
 
 
+def plot_search(points: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Test-time search: accuracy against generated tokens per problem (log scale) for majority
+    voting (the baseline), PRM best-of-N, PRM-weighted voting, PRM beam search where measured, and
+    the share of problems with any correct sample among the N; each point labelled with its N."""
+    fig, ax = plt.subplots(figsize=(6.2, 4.2))
+    series = [("majority vote (baseline)", "majority", "tokens_per_problem", "o--", "tab:gray"),
+              ("best-of-N (PRM)", "best_of_n", "tokens_per_problem", "s-", "tab:blue"),
+              ("PRM-weighted vote", "weighted_vote", "tokens_per_problem", "^-", "tab:green"),
+              ("beam search (PRM)", "beam", "beam_tokens_per_problem", "D-", "tab:red"),
+              ("any of N correct", "any_correct", "tokens_per_problem", ":", "tab:orange")]
+    top = 10.0
+    for name, key, xkey, style, color in series:
+        pts = sorted((p for p in points if key in p), key=lambda p: p[xkey])
+        if not pts:
+            continue
+        xs, ys = [max(p[xkey], 1e-9) for p in pts], [100 * p[key] for p in pts]
+        ax.plot(xs, ys, style, color=color, label=name, alpha=0.6 if key == "any_correct" else 1.0)
+        top = max(top, *ys)
+        if key in ("majority", "beam"):  # majority's labels below its points, beam's above
+            for p, x, y in zip(pts, xs, ys):
+                ax.annotate(f"N={p['n']}", (x, y), textcoords="offset points", xytext=(3, -11 if key == "majority" else 5),
+                            fontsize=7, color=color)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("generated tokens per problem (all samples / candidates)")
+    ax.set_ylabel("% correct")
+    ax.set_ylim(0, min(105.0, top * 1.15 + 2))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)
+
+
 def plot_scaling(points: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Test-time scaling: accuracy (avg@n, solid; maj@n, dashed) against the mean thinking tokens each
     budget gave. Budgets with only a maximum form one series, budgets with a minimum ("Wait") another;

@@ -1,10 +1,12 @@
-"""The recipe catalogue: every YAML under recipes/ with its one-line description and paper."""
+"""The recipe catalogue: every YAML under recipes/ with its one-line description and paper; a
+multi-stage recipe (`r1lab pipeline`) also with its stages."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from r1lab.config import read_recipe
+from r1lab.pipeline import is_pipeline, stage_kinds
 
 
 def recipes_dir() -> Path:
@@ -25,6 +27,7 @@ def list_recipes(root: Path | None = None) -> list[dict[str, str]]:
             "path": str(path),
             "description": str(raw.get("description", "")),
             "paper": str(raw.get("paper", "")),
+            "stages": " > ".join(stage_kinds(raw)) if is_pipeline(raw) else "",  # "" = a one-stage recipe
         })
     return out
 
@@ -34,6 +37,8 @@ def format_recipes(rows: list[dict[str, str]]) -> str:
     lines = []
     for r in rows:
         lines.append(f"{r['name']:<{width}}  {r['description']}")
+        if r.get("stages"):
+            lines.append(f"{'':<{width}}    pipeline (r1lab pipeline): {r['stages']}")
         if r["paper"]:
             lines.append(f"{'':<{width}}    [{r['paper']}]")
     return "\n".join(lines)

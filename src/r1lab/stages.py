@@ -28,6 +28,22 @@ from r1lab.tracking import make_tracker
 from r1lab.verify import check_gold, verify_batch
 
 
+def check_run_config(cfg: RunConfig) -> None:
+    """The checks every command makes of a loaded config before it writes anything: dtype and device,
+    the method's pieces and their settings, trackers, the trainer group, the rollout engine."""
+    from r1lab.rollout import check_engine
+    from r1lab.tracking import check_tracking
+    from r1lab.train.distributed import check_cluster
+    from r1lab.train.methods import bind_method
+
+    torch_dtype(cfg.model.dtype)
+    resolve_device(cfg.model.device)
+    bind_method(cfg.algo)
+    check_tracking(cfg.tracking)  # an unknown tracker or a missing package
+    check_cluster(cfg)
+    check_engine(cfg.rollout.engine)  # an unknown engine or a missing vLLM extra
+
+
 @dataclass
 class Data:
     train: list[Problem]  # RL prompts
@@ -204,24 +220,37 @@ def evaluate_benchmarks(cfg, model, tokenizer, benches: list[Benchmark], out_dir
     return results, report
 
 
-def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True) -> dict[str, float]:
+def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True,
+            resume: bool | None = None) -> dict[str, float]:
+    """SFT on the data's verified traces, with resumable checkpoints (sft.save_every). `resume`
+    (default: whether cfg.resume is set) continues from the run's last SFT checkpoint."""
     from r1lab.train.sft import sft_examples, train_sft
 
     if not data.sft:
         raise DataError("no verified SFT traces: give problems with a 'response' field or generated task families")
+    from r1lab.train.checkpoint import SFT_STATE_DIR, load_latest
     from r1lab.train.lora import apply_lora, merge_lora
 
+    resume = bool(cfg.resume) if resume is None else resume
     examples = sft_examples(tokenizer, data.sft)
     lora = apply_lora(model, cfg.sft.lora, "sft.lora")  # adapters in place; None = full fine-tuning
-    with MetricsWriter(run.file("sft_metrics.jsonl"), tracker=make_tracker(cfg, run.path, "sft")) as mw:
-        summary = train_sft(model, tokenizer, examples, cfg.sft, metrics=mw, seed=cfg.seed, show_progress=show_progress)
+    state = None
+    if resume:  # continue from the last checkpoint; what was logged after it is dropped
+        state = load_latest(run.path, SFT_STATE_DIR)
+        truncate_metrics(run.file("sft_metrics.jsonl"), state["step"])
+    with MetricsWriter(run.file("sft_metrics.jsonl"), append=resume, tracker=make_tracker(cfg, run.path, "sft")) as mw:
+        summary = train_sft(model, tokenizer, examples, cfg.sft, metrics=mw, seed=cfg.seed, show_progress=show_progress,
+                            run_path=run.path, resume=state)
     merge_lora(lora, model)  # saved merged: a plain HF directory
     save_model(model, tokenizer, run.checkpoint("sft"))
     plot_curves(read_metrics(run.file("sft_metrics.jsonl")), SFT_PANELS, run.file("plots/sft.png"), "SFT")
     return summary
 
 
-def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True) -> list[dict[str, Any]]:
+def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True,
+           resume: bool | None = None) -> list[dict[str, Any]]:
+    """The RL stage, with resumable checkpoints (train.save_every). `resume` (default: whether
+    cfg.resume is set) continues from the run's last RL checkpoint; returns the steps run here."""
     from r1lab.train.lora import apply_lora, merge_lora
     from r1lab.train.rl import train_rl
 
@@ -237,18 +266,20 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
         return {"eval/avg": res.summary[f"avg@{cfg.eval.n}"]}
 
     state = None
-    health = HealthMonitor(cfg.health, run.file("health.jsonl"), append=bool(cfg.resume))
-    if cfg.resume:  # continue from the last checkpoint; what was logged after it is dropped
+    resume = bool(cfg.resume) if resume is None else resume
+    if resume:  # continue from the last checkpoint; what was logged (or found) after it is dropped
         from r1lab.train.checkpoint import load_latest
 
         state = load_latest(run.path)
-        for name in ("metrics.jsonl", "samples.jsonl"):
+        for name in ("metrics.jsonl", "samples.jsonl", "health.jsonl"):
             truncate_metrics(run.file(name), state["step"])
+    health = HealthMonitor(cfg.health, run.file("health.jsonl"), append=resume)
+    if state is not None:
         health.prime([r for r in read_metrics(run.file("metrics.jsonl")) if r["step"] > 0])
     try:
-        with MetricsWriter(run.file("metrics.jsonl"), append=bool(cfg.resume),
+        with MetricsWriter(run.file("metrics.jsonl"), append=resume,
                            tracker=make_tracker(cfg, run.path, "rl")) as mw, \
-                MetricsWriter(run.file("samples.jsonl"), append=bool(cfg.resume)) as sw:
+                MetricsWriter(run.file("samples.jsonl"), append=resume) as sw:
             history = train_rl(cfg, model, tokenizer, engine, data.rl_prompts, metrics=mw, samples=sw,
                                on_eval=on_eval, show_progress=show_progress, health=health, run_path=run.path,
                                resume=state)

@@ -97,3 +97,21 @@ def simpo_loss(
     r_w = beta * policy_chosen / chosen_tokens.clamp(min=1)
     r_l = beta * policy_rejected / rejected_tokens.clamp(min=1)
     return -F.logsigmoid(r_w - r_l - gamma), {"reward_chosen": r_w.detach(), "reward_rejected": r_l.detach()}
+
+
+@register_preference_loss("simper", reference_free=True)
+def simper_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    *,
+    chosen_tokens: torch.Tensor,
+    rejected_tokens: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SimPER (Xiao et al. 2025, the SimPER objective), reference-free and without settings:
+    l = -exp(log pi_theta(y_w|x) / |y_w|) + exp(log pi_theta(y_l|x) / |y_l|), i.e. raise the chosen
+    response's inverse perplexity and lower the rejected one's; each term lies in (0, 1], so neither
+    can run away. The implicit rewards logged are the two inverse perplexities. EXAONE Deep's
+    preference stage used it."""
+    r_w = torch.exp(policy_chosen / chosen_tokens.clamp(min=1))
+    r_l = torch.exp(policy_rejected / rejected_tokens.clamp(min=1))
+    return r_l - r_w, {"reward_chosen": r_w.detach(), "reward_rejected": r_l.detach()}

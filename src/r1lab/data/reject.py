@@ -30,6 +30,7 @@ class SampleSettings:
     batch_size: int = 64  # sequences decoded together
     timeout: float = 5.0  # verifier seconds per response
     workers: int = 2  # verifier processes (0 = in this process)
+    engine: str = "hf"  # rollout engine that samples: hf | fast (r1lab's CPU decode loop) | auto | vllm
 
 
 @dataclass
@@ -67,10 +68,10 @@ class Sampler:
             if not s.model:
                 raise ConfigError("sampling needs a model: model: PATH (a local Hugging Face directory)")
             from r1lab.models import load_model
-            from r1lab.rollout import HFEngine
+            from r1lab.rollout import make_engine
 
             model, tok = load_model(s.model)
-            engine = HFEngine(model, tok, batch_size=s.batch_size)
+            engine = make_engine(model, tok, s.engine, batch_size=s.batch_size)
         from r1lab.rollout import SamplingParams
 
         self.s, self.engine, self.calls = s, engine, 0

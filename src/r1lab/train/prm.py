@@ -10,21 +10,33 @@ first, as the paper's algorithm box orders the two.
 Log-probs are those of the models' own distributions (temperature 1), whatever the sampling
 temperature: the PRM is a classifier of outcomes, not a sampler. Passes run over the micro-batches
 of the batch's first epoch; the update takes one optimizer step per mini-batch of that epoch.
+
+At the end of a run the PRM is saved as a directory that eval's search loads as a step scorer
+(`ImplicitPRM.save`): a Hugging Face model directory (the PRM pi_phi and the tokenizer) holding
+`scorer.json` ({"kind": "implicit_prm", "beta", "reference"}). The reference is the run's starting
+model: the path of its directory when it was loaded from one, else a copy saved in `reference/`.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from r1lab.algos.prm import implicit_outcome_logits, implicit_process_rewards, prm_ce_loss
 from r1lab.config import RunConfig
-from r1lab.models import model_device
+from r1lab.models import merged_weights, model_device
 from r1lab.train.attention import trainer_attention
 from r1lab.train.batch import RolloutBatch, first_response_col
 from r1lab.train.common import grad_norm_clip, make_optimizer, token_logprobs
+
+
+PRM_KIND = "implicit_prm"  # the scorer kind eval's registry loads this directory with
+SCORER_FILE = "scorer.json"  # what kind of step scorer a directory holds, and its settings
 
 
 class ImplicitPRM:
@@ -107,3 +119,42 @@ class ImplicitPRM:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+    def save(self, path: str | Path, tokenizer, reference: str | Path | None = None) -> Path:
+        """Write the PRM as a scorer directory at `path` (built beside it and renamed when complete).
+        `reference`: the directory the starting model was loaded from, recorded by its absolute path;
+        None (a model built in memory) saves the frozen reference in `path/reference/`."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _save_plain(self.model, tmp)
+        tokenizer.save_pretrained(tmp)
+        if reference is None:
+            _save_plain(self.ref_model, tmp / "reference")
+            tokenizer.save_pretrained(tmp / "reference")
+            ref = "reference"
+        else:
+            ref = str(Path(reference).resolve())
+        info = {"kind": PRM_KIND, "beta": self.beta, "reference": ref}
+        (tmp / SCORER_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+        return path
+
+
+def _save_plain(model, path: Path) -> None:
+    """`model` as a plain Hugging Face directory: LoRA adapters (a run with train.lora) folded into
+    the weights they adapt, so that loading needs no peft."""
+    if not any(".lora_" in name for name, _ in model.named_parameters()):
+        model.save_pretrained(path)
+        return
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_config(model.config, dtype=next(model.parameters()).dtype)
+    missing, unexpected = plain.load_state_dict(dict(merged_weights(model)), strict=False)
+    tied = {k for k in missing if getattr(model.config, "tie_word_embeddings", False) and k.endswith("lm_head.weight")}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"saving the PRM: merged weights do not fit the model ({unexpected or missing})")
+    plain.save_pretrained(path)

@@ -184,8 +184,8 @@ def train_rl(
     may be a dict difficulty -> problems for a curriculum (cfg.train.curriculum). `health` checks
     every step (default: a monitor of cfg.health that only prints); it raises TrainingDivergedError
     on NaN/Inf, before any checkpoint of that step. With `run_path`, a resumable checkpoint is written
-    every train.save_every steps and at the end; `resume` (train/checkpoint.load_latest) continues
-    from one."""
+    every train.save_every steps and at the end, and a method with an implicit PRM saves it in
+    `run_path/prm/` (ImplicitPRM.save); `resume` (train/checkpoint.load_latest) continues from one."""
     health = health if health is not None else HealthMonitor(cfg.health)
     trainer = RLTrainer(cfg, model, tokenizer, engine)
     sampler = PromptSampler(train_problems, seed=cfg.seed, history_resampling=cfg.train.history_resampling,
@@ -196,6 +196,8 @@ def train_rl(
         trainer.step = resume["step"]
         if trainer.prm is not None:
             trainer.prm.load_state_dict(resume["prm"])
+        if "health" in resume:
+            health.load_state_dict(resume["health"])
         engine.load_weights(trainer.policy.engine_weights(), trainer.policy.version)
     elif trainer.policy.has_critic and cfg.algo.value_pretrain_steps:
         trainer.pretrain_critic(sampler, metrics)
@@ -217,8 +219,11 @@ def train_rl(
                                          "finish": c.finish_reason})
         health.observe(step + 1, m, [c.text for c in completions])
         if save_every and ((step + 1) % save_every == 0 or step + 1 == cfg.train.steps):
-            save_state(run_path, step + 1, {"sampler": sampler.state_dict(),
+            save_state(run_path, step + 1, {"sampler": sampler.state_dict(), "health": health.state_dict(),
                                             **({"prm": trainer.prm.state_dict()} if trainer.prm is not None else {})},
                        cfg.train.keep_checkpoints, policy=trainer.policy)
         bar.set_postfix(reward=f"{m['reward/total']:.3f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response/length']:.0f}")
+    if run_path is not None and trainer.prm is not None:  # PRIME: the PRM, loadable as eval's step scorer
+        start = cfg.init_from or cfg.model.path
+        trainer.prm.save(Path(run_path) / "prm", tokenizer, start if Path(start).is_dir() else None)
     return history

@@ -1,11 +1,20 @@
 """Supervised fine-tuning on reasoning traces: NLL of the response tokens only (prompt masked),
-token-mean over the batch, AdamW with warmup + cosine decay and gradient clipping."""
+token-mean over the batch, AdamW with warmup + cosine decay and gradient clipping.
+
+With a run directory, a resumable checkpoint (train/checkpoint.py, `checkpoints/sft-state/`) is
+written every `save_every` steps and at the end. It holds the step, the model's weights (the LoRA
+adapters and the frozen weights under them when adapters are trained), the optimizer and scheduler,
+the shuffling stream, the current epoch's order and the position in it, the tokens and seconds so
+far, the last logged metrics, and the process's Python and torch random streams; a run resumed from
+it logs and computes what the uninterrupted run does.
+"""
 
 from __future__ import annotations
 
 import random
 import time
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -15,6 +24,7 @@ from r1lab.records import Problem
 from r1lab.rollout.base import encode_prompts
 from r1lab.runs import MetricsWriter
 from r1lab.train.attention import trainer_attention, use_cpu_training_attention
+from r1lab.train.checkpoint import SFT_STATE_DIR, save_state
 from r1lab.train.common import grad_norm_clip, make_optimizer, pad_sequences, token_logprobs, warmup_cosine
 
 
@@ -49,10 +59,16 @@ def train_sft(
     metrics: MetricsWriter | None = None,
     seed: int = 0,
     show_progress: bool = True,
+    run_path: Path | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, float]:
+    """Train on `examples` for cfg.epochs (at most cfg.max_steps steps). With `run_path`, resumable
+    checkpoints are written there; `resume` (train/checkpoint.load_latest with SFT_STATE_DIR)
+    continues from one, its random streams already restored."""
     if not examples:
         raise ValueError("SFT needs at least one example")
     rng = random.Random(seed)
+    torch_rng = torch.get_rng_state()
     torch.manual_seed(seed)
     steps_per_epoch = (len(examples) + cfg.batch_size - 1) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
@@ -62,14 +78,29 @@ def train_sft(
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     sched = warmup_cosine(opt, cfg.warmup_steps, total)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    step, tokens_seen, seconds_before, order, start = 0, 0, 0.0, None, 0
+    last: dict[str, float] = {}
+    if resume is not None:
+        if resume["total"] != total or resume["examples"] != len(examples):
+            raise ValueError(f"the SFT checkpoint is of {resume['total']} steps over {resume['examples']} examples, "
+                             f"this run has {total} over {len(examples)}")
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        rng.setstate(resume["shuffle_rng"])
+        torch.set_rng_state(torch_rng)  # the stream load_latest restored, not the fresh seed's
+        step, tokens_seen, seconds_before = resume["step"], resume["tokens_seen"], resume["seconds"]
+        order, start, last = resume["order"], resume["position"], resume["last"]
+    save_every = cfg.save_every if run_path is not None else 0
     model.train()
-    step, tokens_seen, t0 = 0, 0, time.time()
-    last = {}
-    bar = tqdm(total=total, desc="sft", unit="step", disable=not show_progress, dynamic_ncols=True)
+    t0 = time.time()
+    bar = tqdm(total=total, desc="sft", unit="step", disable=not show_progress, dynamic_ncols=True, initial=step)
     while step < total:
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for b in range(0, len(order), cfg.batch_size):
+        if order is None:  # a new epoch
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+            start = 0
+        for b in range(start, len(order), cfg.batch_size):
             if step >= total:
                 break
             chunk = [examples[i] for i in order[b : b + cfg.batch_size]]
@@ -82,7 +113,7 @@ def train_sft(
             sched.step()
             step += 1
             tokens_seen += int(batch["attention_mask"].sum())
-            elapsed = time.time() - t0
+            elapsed = seconds_before + time.time() - t0
             last = {
                 "sft/loss": float(loss.item()),
                 "sft/grad_norm": gnorm,
@@ -93,6 +124,14 @@ def train_sft(
                 metrics.write(step, last)
             bar.update(1)
             bar.set_postfix(loss=f"{last['sft/loss']:.3f}")
+            if save_every and (step % save_every == 0 or step == total):
+                epoch_done = b + cfg.batch_size >= len(order)
+                save_state(run_path, step, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "shuffle_rng": rng.getstate(), "order": None if epoch_done else order,
+                    "position": b + cfg.batch_size, "tokens_seen": tokens_seen, "seconds": elapsed, "last": last,
+                    "total": total, "examples": len(examples)}, cfg.keep_checkpoints, SFT_STATE_DIR)
+        order = None
     bar.close()
     model.eval()
-    return {**last, "sft/steps": step, "sft/seconds": time.time() - t0}
+    return {**last, "sft/steps": step, "sft/seconds": seconds_before + time.time() - t0}
