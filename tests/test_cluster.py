@@ -92,6 +92,7 @@ def train_cfg(steps=3, **cluster) -> RunConfig:
     ("off_policy_steps", 2, "cluster.off_policy_steps=2"),
     ("max_retries", -1, "cluster.max_retries=-1"),
     ("timeout_s", 0, "cluster.timeout_s=0"),
+    ("ray_address", "ray://head:10001", "cluster.ray_address='ray://head:10001': nothing runs on Ray"),
 ])
 def test_bad_worker_settings_are_refused_naming_the_field(field, value, message):
     from r1lab.cluster import check_workers
@@ -101,6 +102,16 @@ def test_bad_worker_settings_are_refused_naming_the_field(field, value, message)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as e:
         check_workers(cfg)
     assert "\n" not in str(e.value)
+
+
+def test_a_ray_address_is_taken_when_something_runs_on_ray():
+    from r1lab.cluster import check_workers
+
+    for field, value in (("rollout_workers", 2), ("reward_workers", 1), ("launcher", "ray")):
+        cfg = RunConfig()
+        cfg.cluster.ray_address = "ray://head:10001"
+        setattr(cfg.cluster, field, value)
+        check_workers(cfg)
 
 
 def test_ray_workers_without_ray_installed_are_one_line_naming_the_extra(monkeypatch):

@@ -149,7 +149,7 @@ def _resumed_run(cfg, stage: str):
     if not (path / "config.yaml").is_file():
         raise R1labError(f"resume: {path} is not a run directory (no config.yaml)")
     if not checkpoints(path, folder):
-        raise R1labError(f"resume: {path} has no resumable checkpoint (checkpoints/{folder}/step-*.pt; "
+        raise R1labError(f"resume: {path} has no resumable checkpoint (checkpoints/{folder}/step-*; "
                          f"{setting} > 0 writes them)")
     saved = load_config(path / "config.yaml")
     cfg.name, cfg.out_dir = saved.name, saved.out_dir  # the run's own name, wherever it is resumed from

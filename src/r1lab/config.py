@@ -357,6 +357,7 @@ class ClusterConfig:
     off_policy_steps: int = 0  # 0 = synchronous; 1 = sample batch t+1 while batch t trains
     max_retries: int = 2  # a failed rollout / reward call: its actor replaced and the call run again, this often
     timeout_s: float = 600.0  # longest wait on a worker (start-up or one call) before the run stops
+    launcher: str = "local"  # how the trainer workers start: local (processes of this machine) | ray (Ray actors)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from r1lab.records import Problem, load_problems, save_problems, write_text_atom
 from r1lab.report import stage_table, write_report
 from r1lab.runs import RunDir, read_metrics
 from r1lab.stages import Data, health_section, load_policy, prepare_data, run_eval, run_rl, run_sft
-from r1lab.train.checkpoint import SFT_STATE_DIR, STATE_DIR, check_resume_config, checkpoints
+from r1lab.train.checkpoint import SFT_STATE_DIR, STATE_DIR, check_resume_config, checkpoints, remove_checkpoint
 
 STAGES = ("data", "model", "eval-untrained", "sft", "eval-sft", "rl", "eval-rl", "report")
 # settings that may change when a demo is resumed: where and how often checkpoints are written
@@ -84,7 +84,7 @@ def _forget_earlier_run(run: RunDir) -> None:
     for folder in (STATE_DIR, SFT_STATE_DIR):
         paths += checkpoints(run.path, folder)
     for path in paths:
-        path.unlink(missing_ok=True)
+        remove_checkpoint(path)  # a file, or a sharded checkpoint's directory
 
 
 def _seed_stage(cfg: RunConfig, stage: str) -> None:

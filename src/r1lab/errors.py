@@ -25,3 +25,8 @@ class TrainingDivergedError(R1labError):
 class EngineError(R1labError):
     """A rollout engine cannot be used: its optional extra is missing, it cannot run this model, or it
     did not start."""
+
+
+class WorkerError(R1labError):
+    """A worker process of the run died, failed or did not answer within its timeout: the run stops
+    with one line naming the worker and what it was asked."""

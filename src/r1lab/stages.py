@@ -14,7 +14,7 @@ from typing import Any
 from r1lab.benchmarks import (Benchmark, breakdown, breakdown_table, load_benchmark, protocol, summary_table,
                               write_summary_json)
 from r1lab.config import RunConfig
-from r1lab.errors import ConfigError, DataError
+from r1lab.errors import ConfigError, DataError, WorkerError
 from r1lab.eval.run import EvalResult, evaluate
 from r1lab.health import HealthMonitor, health_markdown, read_findings
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, resolve_device, save_model, torch_dtype
@@ -293,6 +293,10 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
             history = train_rl(cfg, model, tokenizer, engine, data.rl_prompts, metrics=mw, samples=sw,
                                on_eval=on_eval, show_progress=show_progress, health=health, run_path=run.path,
                                resume=state)
+    except WorkerError as e:  # a worker process is gone: say where the run can continue from
+        from r1lab.train.checkpoint import resume_hint
+
+        raise WorkerError(f"{e}; {resume_hint(run.path)}") from None
     finally:
         engine.close()
     merge_lora(lora, model)

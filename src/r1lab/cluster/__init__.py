@@ -37,6 +37,9 @@ def check_workers(cfg: RunConfig) -> None:
         raise ConfigError(f"cluster.max_retries={c.max_retries}: expected 0 or more retries of a failed worker call")
     if c.timeout_s <= 0:
         raise ConfigError(f"cluster.timeout_s={c.timeout_s}: expected a positive number of seconds")
+    if c.ray_address and not (uses_ray(cfg) or c.launcher == "ray"):
+        raise ConfigError(f"cluster.ray_address={c.ray_address!r}: nothing runs on Ray; set cluster.rollout_workers, "
+                          "cluster.reward_workers or cluster.launcher: ray")
     if uses_ray(cfg) and importlib.util.find_spec("ray") is None:
         field = "rollout_workers" if c.rollout_workers > 0 else "reward_workers"
         raise ConfigError(f"cluster.{field}={getattr(c, field)}: Ray is not installed (pip install 'r1lab[ray]')")

@@ -44,7 +44,7 @@ class RayRewardGroup:
         if self.size < 1:
             raise ValueError("RayRewardGroup needs cluster.reward_workers >= 1")
         self.unit = max(1, cfg.train.group_size)
-        ensure_ray(c, self.size + c.rollout_workers)
+        ensure_ray(c)
         self._actor_class = ray.remote(num_cpus=1, max_restarts=0)(RewardWorker)
         self.actors = [self._actor_class.remote() for _ in range(self.size)]
         self.stats: dict[str, float] = {"cluster/reward_retries": 0}

@@ -91,7 +91,7 @@ class RayRolloutGroup:
         self.size, self.timeout_s, self.max_retries = c.rollout_workers, c.timeout_s, c.max_retries
         if self.size < 1:
             raise ValueError("RayRolloutGroup needs cluster.rollout_workers >= 1")
-        ensure_ray(c, self.size + c.reward_workers)
+        ensure_ray(c)
         gpus = 0.0
         if ray.cluster_resources().get("GPU", 0) > 0:
             gpus = 1.0 if c.placement == "split" else 0.5

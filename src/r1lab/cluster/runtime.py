@@ -12,20 +12,23 @@ from r1lab.config import ClusterConfig
 log = logging.getLogger("r1lab.cluster")
 
 
-def ensure_ray(cluster: ClusterConfig, num_cpus: int) -> None:
+def ensure_ray(cluster: ClusterConfig) -> None:
     """Connect to the cluster at cluster.ray_address, or, when it is empty, start a local one sized
-    for `num_cpus` actors (no dashboard, workers' output not copied to this terminal). A Ray already
+    for every actor the run asks for, one CPU each: rollout and reward workers, and the trainer group
+    with `launcher: ray` (no dashboard, workers' output not copied to this terminal). A Ray already
     started in this process (a test's shared cluster, a user's own ray.init) is used as it is."""
     import ray
 
     if ray.is_initialized():
         return
+    actors = (cluster.rollout_workers + cluster.reward_workers
+              + (cluster.trainer_workers if cluster.launcher == "ray" else 0))
     env = {"env_vars": {k: os.environ[k] for k in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}}
     if cluster.ray_address:
         log.warning("cluster: joining the Ray cluster at %s", cluster.ray_address)
         ray.init(address=cluster.ray_address, runtime_env=env, log_to_driver=False, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=max(1, num_cpus), include_dashboard=False, log_to_driver=False, runtime_env=env,
+        ray.init(num_cpus=max(1, actors), include_dashboard=False, log_to_driver=False, runtime_env=env,
                  logging_level=logging.WARNING)
 
 

@@ -17,14 +17,24 @@ The controller keeps its own full copy of the policy (the one the HF / fast engi
 `engine_weights` gathers the full weights from the shards (FSDP2 full state dict, offloaded to the
 CPU) and loads them into that copy before handing them to the engine.
 
-Processes are spawned on this machine (torch.multiprocessing) and driven over pipes; every wait on
-a worker is bounded by cluster.timeout_s and names what it waited for. The prompts' shared K/V
-(train.shared_prefix) is not used by the group: it runs whole rows (the same gradient).
+Checkpoints: each worker saves and loads its own shards of the models and optimizers with
+torch.distributed.checkpoint (`save_shards`, `load_state_dict` of a sharded state); train/checkpoint.py
+puts them beside the controller's state.
+
+The workers are processes of this machine (cluster.launcher local: torch.multiprocessing, driven
+over pipes) or Ray actors (ray: the same worker code, actor calls instead of pipes). The
+controller's wait for the workers' answers to a call is bounded by cluster.timeout_s (one deadline
+for all of them), their collectives by the process group's timeout (the same), and a worker that
+dies, fails or stays silent stops the group with a WorkerError naming it and the call. A worker
+process between calls waits for the controller for as long as the controller samples, and exits when
+the controller's end of its pipe closes. The prompts' shared K/V (train.shared_prefix) is not used
+by the group: it runs whole rows (the same gradient).
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import math
 import os
 import socket
@@ -32,12 +42,14 @@ import time
 import traceback
 import weakref
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from r1lab.cluster.runtime import ensure_ray
 from r1lab.config import RunConfig
-from r1lab.errors import ConfigError
+from r1lab.errors import ConfigError, WorkerError
 from r1lab.train.batch import RolloutBatch
 from r1lab.train.common import EmbeddingGradInPlace, make_optimizer, note_weights_changed, warmup_constant
 from r1lab.train.methods import BoundMethod, bind_method
@@ -52,9 +64,10 @@ def check_cluster(cfg: RunConfig) -> None:
         raise ConfigError(f"cluster.trainer_workers={c.trainer_workers}: expected 0 (local) or a number of processes")
     if c.backend not in BACKENDS:
         raise ConfigError(f"cluster.backend={c.backend!r}: expected one of {', '.join(BACKENDS)}")
-    if c.ray_address:
-        raise ConfigError(f"cluster.ray_address={c.ray_address!r}: Ray worker groups are not supported; "
-                          "leave it empty (worker processes on this machine)")
+    if c.launcher not in LAUNCHERS:
+        raise ConfigError(f"cluster.launcher={c.launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+    if c.launcher == "ray":
+        _ray()
     if c.timeout_s <= 0:
         raise ConfigError(f"cluster.timeout_s={c.timeout_s}: expected a positive number of seconds")
 
@@ -223,12 +236,50 @@ class ShardedPolicyWorker(LocalPolicyWorker):
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model, optim = get_state_dict(self.model, self.optimizer, options=_full_options())
-        state = {"model": model, "optimizer": optim, "scheduler": self.scheduler.state_dict(),
-                 "entropy_coef": self.entropy_coef, "last_entropy": self.last_entropy, "version": self.version}
+        state = {"model": model, "optimizer": optim, **self._scalars()}
         if self.critic is not None:
             state["critic"], state["critic_optimizer"] = get_state_dict(self.critic, self.critic_optimizer,
                                                                         options=_full_options())
         return state if self.rank == 0 else {}
+
+    def _scalars(self) -> dict[str, Any]:
+        """The worker's state that is not a tensor shard: the same on every worker."""
+        return {"scheduler": self.scheduler.state_dict(), "entropy_coef": self.entropy_coef,
+                "last_entropy": self.last_entropy, "version": self.version}
+
+    def _sharded_state(self) -> dict[str, Any]:
+        """This worker's shards (DTensors) of the models and optimizers, as DCP saves and loads them."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        state = dict(zip(("model", "optimizer"), get_state_dict(self.model, self.optimizer)))
+        if self.critic is not None:
+            state.update(zip(("critic", "critic_optimizer"), get_state_dict(self.critic, self.critic_optimizer)))
+        return state
+
+    def save_shards(self, folder: str) -> dict[str, Any]:
+        """Every worker writes its shards into `folder` (torch.distributed.checkpoint); worker 0
+        returns the rest of the state, {} on the others."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._sharded_state(), checkpoint_id=folder)
+        return {**self._scalars(), "trainer_workers": self.world} if self.rank == 0 else {}
+
+    def load_shards(self, folder: str, scalars: dict[str, Any]) -> None:
+        """Each worker reads its shards of the checkpoint in `folder` into its models and optimizers."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._sharded_state()  # the layout to fill (the optimizer's state initialised by it)
+        dcp.load(state, checkpoint_id=folder)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        if self.critic is not None:
+            set_state_dict(self.critic, self.critic_optimizer, model_state_dict=state["critic"],
+                           optim_state_dict=state["critic_optimizer"])
+        self._load_scalars(scalars)
+
+    def _load_scalars(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.entropy_coef, self.last_entropy, self.version = state["entropy_coef"], state["last_entropy"], state["version"]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
@@ -239,8 +290,7 @@ class ShardedPolicyWorker(LocalPolicyWorker):
         options = StateDictOptions(full_state_dict=True)
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"], options=options)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.entropy_coef, self.last_entropy, self.version = state["entropy_coef"], state["last_entropy"], state["version"]
+        self._load_scalars(state)
         if self.critic is not None:
             set_state_dict(self.critic, self.critic_optimizer, model_state_dict=state["critic"],
                            optim_state_dict=state["critic_optimizer"], options=options)
@@ -249,39 +299,87 @@ class ShardedPolicyWorker(LocalPolicyWorker):
 # -- the worker processes ---------------------------------------------------------------------------
 
 
-def _worker_main(rank: int, world: int, port: int, conn, cfg: RunConfig, model, timeout_s: float) -> None:
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:500]
+
+
+def _start_worker(rank: int, world: int, init_method: str, cfg: RunConfig, model, timeout_s: float,
+                  cuda_index: int) -> ShardedPolicyWorker:
+    """This process's worker of the group: joins the process group, shards its copy of the model."""
     import warnings
 
     import torch.distributed as dist
 
     # the value model returns a view ([B, L-1] squeezed from [B, L-1, 1]) that no code changes in place
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPValueModel\) returned a view tensor")
+    if "OMP_NUM_THREADS" not in os.environ:  # the workers share the machine's cores
+        torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    if cfg.cluster.backend == "nccl":
+        torch.cuda.set_device(cuda_index)
+        model = model.to(f"cuda:{cuda_index}")
+    dist.init_process_group(cfg.cluster.backend, init_method=init_method, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=timeout_s))
+    return ShardedPolicyWorker(cfg, model, bind_method(cfg.algo), rank, world)
+
+
+def _answer(worker: ShardedPolicyWorker, name: str, args: tuple) -> tuple:
+    """One call on the worker, as the controller receives it: ("ok", result, version, seconds), or
+    ("error", one line, version, 0.0) with the traceback printed on the run's stderr."""
+    import sys
+
     try:
-        if "OMP_NUM_THREADS" not in os.environ:  # the workers share the machine's cores
-            torch.set_num_threads(max(1, torch.get_num_threads() // world))
-        model = copy.deepcopy(model)  # this worker's own memory, not the shared pages the model arrived in
-        if cfg.cluster.backend == "nccl":
-            torch.cuda.set_device(rank)
-            model = model.to(f"cuda:{rank}")
-        dist.init_process_group(cfg.cluster.backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world, timeout=timedelta(seconds=timeout_s))
-        worker = ShardedPolicyWorker(cfg, model, bind_method(cfg.algo), rank, world)
-        conn.send(("ok", None, worker.version, 0.0))
-    except BaseException:
-        conn.send(("error", traceback.format_exc(), 0, 0.0))
+        t = time.perf_counter()
+        result = getattr(worker, name)(*args)
+        if isinstance(result, torch.Tensor):
+            result = result.cpu()
+        return "ok", result, worker.version, time.perf_counter() - t
+    except BaseException as e:
+        print(f"r1lab trainer worker {worker.rank} in {name!r}:\n{traceback.format_exc()}", file=sys.stderr)
+        return "error", _one_line(e), worker.version, 0.0
+
+
+def _start_answer(rank: int, start) -> tuple[Any, tuple]:
+    import sys
+
+    try:
+        worker = start()
+        return worker, ("ok", None, worker.version, 0.0)
+    except BaseException as e:
+        print(f"r1lab trainer worker {rank}:\n{traceback.format_exc()}", file=sys.stderr)
+        return None, ("error", _one_line(e), 0, 0.0)
+
+
+def _model_bytes(model) -> bytes:
+    """The model serialised: what a worker process starts from. Passed as shared tensors, a model
+    of more tensors than the forkserver passes file descriptors (256) could not start a worker."""
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    return buf.getvalue()
+
+
+def _worker_main(rank: int, world: int, port: int, conn, cfg: RunConfig, blob: bytes, timeout_s: float) -> None:
+    import torch.distributed as dist
+
+    model = torch.load(io.BytesIO(blob), weights_only=False)  # this worker's own copy
+    del blob
+    worker, answer = _start_answer(rank, lambda: _start_worker(rank, world, f"tcp://127.0.0.1:{port}", cfg, model,
+                                                               timeout_s, rank))
+    conn.send(answer)
+    if worker is None:
         return
     while True:
-        name, args = conn.recv()
+        try:
+            name, args = conn.recv()  # between calls: until the controller asks, or exits (EOF)
+        except (EOFError, OSError):
+            break
         if name == "close":
             break
+        answer = _answer(worker, name, args)
         try:
-            t = time.perf_counter()
-            result = getattr(worker, name)(*args)
-            if isinstance(result, torch.Tensor):
-                result = result.cpu()
-            conn.send(("ok", result, worker.version, time.perf_counter() - t))
-        except BaseException:
-            conn.send(("error", traceback.format_exc(), worker.version, 0.0))
+            conn.send(answer)
+        except OSError:
+            break
+        if answer[0] == "error":
             break
     dist.destroy_process_group()
 
@@ -316,10 +414,202 @@ def _stop(procs, conns) -> None:
             p.join(timeout=5)
 
 
+class _Processes:
+    """The group's workers as processes of this machine (torch.multiprocessing), driven over pipes.
+    `send` and `collect` raise a WorkerError naming a worker that died, failed or stayed silent,
+    after stopping them all."""
+
+    def __init__(self, cfg: RunConfig, model, world: int, timeout_s: float):
+        self.world, self.timeout_s = world, timeout_s
+        ctx = _context()
+        port = _free_port()
+        blob = _model_bytes(model)
+        self.conns, self.procs = [], []
+        for rank in range(world):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker_main, args=(rank, world, port, child, cfg, blob, timeout_s),
+                            daemon=True, name=f"r1lab-trainer-{rank}")
+            p.start()
+            self.conns.append(parent)
+            self.procs.append(p)
+        self._finalizer = weakref.finalize(self, _stop, self.procs, self.conns)
+
+    def send(self, name: str, args: tuple) -> None:
+        for rank, conn in enumerate(self.conns):
+            try:
+                conn.send((name, args))
+            except OSError:  # its end of the pipe is closed: the worker is gone
+                self._fail(self._death(rank, name))
+
+    def collect(self, what: str) -> dict[int, tuple]:
+        """Every worker's answer to `what`, all within cluster.timeout_s."""
+        from multiprocessing.connection import wait
+
+        answers: dict[int, tuple] = {}
+        pending = dict(enumerate(self.conns))
+        deadline = time.monotonic() + self.timeout_s
+        while pending:
+            ready = wait(list(pending.values()) + [self.procs[r].sentinel for r in pending],
+                         timeout=max(deadline - time.monotonic(), 0.0))
+            if not ready:
+                rank = min(pending)
+                self._fail(f"trainer worker {rank} did not answer '{what}' within cluster.timeout_s="
+                           f"{self.timeout_s:g} s (alive: {self.procs[rank].is_alive()})")
+            for rank, conn in list(pending.items()):
+                if conn.poll():
+                    try:
+                        answers[rank] = conn.recv()
+                    except (EOFError, OSError):  # closed, or reset by a worker killed mid-message
+                        self._fail(self._death(rank, what))
+                    del pending[rank]
+                    if answers[rank][0] == "error":
+                        self._fail(self._death_among_others(rank, what)
+                                   or f"trainer worker {rank} failed in '{what}': {answers[rank][1]}")
+                elif not self.procs[rank].is_alive():
+                    self._fail(self._death(rank, what))
+        return answers
+
+    def _death(self, rank: int, what: str) -> str:
+        proc = self.procs[rank]
+        proc.join(timeout=5)
+        code = proc.exitcode
+        how = "still running" if code is None else f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return f"trainer worker {rank} (pid {proc.pid}) died during '{what}' ({how})"
+
+    def _death_among_others(self, failed: int, what: str) -> str | None:
+        """When one worker fails, the death of another is the likelier cause (a collective lost its
+        peer): that worker's death, if one of them died."""
+        from multiprocessing.connection import wait
+
+        wait([p.sentinel for r, p in enumerate(self.procs) if r != failed], timeout=1.0)
+        # a worker that reported its own failure exits with 0 after it
+        dead = [r for r, p in enumerate(self.procs) if r != failed and not p.is_alive() and p.exitcode != 0]
+        return self._death(dead[0], what) if dead else None
+
+    def _fail(self, message: str) -> None:
+        self.close()
+        raise WorkerError(message)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+# -- the workers as Ray actors (cluster.launcher: ray) ------------------------------------------------
+
+
+class _RayWorker:
+    """One worker of the group inside a Ray actor: the same start and calls as a process's, the
+    pipe replaced by actor method calls."""
+
+    def address(self) -> str:
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind((ip, 0))
+            return f"tcp://{ip}:{s.getsockname()[1]}"
+
+    def start(self, rank: int, world: int, init_method: str, cfg: RunConfig, model, timeout_s: float) -> tuple:
+        # Ray shows each actor only its own GPU: cuda:0
+        self.worker, answer = _start_answer(rank, lambda: _start_worker(rank, world, init_method, cfg, model,
+                                                                        timeout_s, 0))
+        return answer
+
+    def call(self, name: str, args: tuple) -> tuple:
+        return _answer(self.worker, name, args)
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("cluster.launcher=ray needs Ray: pip install 'r1lab[ray]'") from None
+    return ray
+
+
+def _kill_actors(actors) -> None:
+    ray = _ray()
+    for a in actors:
+        try:
+            ray.kill(a)
+        except Exception:  # the actor or the Ray runtime is already gone
+            pass
+
+
+class _RayActors:
+    """The group's workers as Ray actors (one CPU each, or one GPU each with nccl), on the Ray
+    cluster this process is connected to, or a local one started here. Calls and answers as for
+    `_Processes`; the batch of a call is put in Ray's object store once for all workers."""
+
+    def __init__(self, cfg: RunConfig, model, world: int, timeout_s: float):
+        ray = _ray()
+        self.world, self.timeout_s = world, timeout_s
+        ensure_ray(cfg.cluster)
+        actor = ray.remote(num_cpus=1, num_gpus=1 if cfg.cluster.backend == "nccl" else 0, max_restarts=0)(_RayWorker)
+        self.actors = [actor.remote() for _ in range(world)]
+        self._finalizer = weakref.finalize(self, _kill_actors, self.actors)
+        self._refs: dict[Any, int] = {self.actors[0].address.remote(): 0}
+        init_method = self.collect("its address (Ray could not place the first worker)", raw=True)[0]
+        model_ref = ray.put(model)  # each actor deserialises its own copy
+        self._refs = {a.start.remote(rank, world, init_method, cfg, model_ref, timeout_s): rank
+                      for rank, a in enumerate(self.actors)}
+
+    def send(self, name: str, args: tuple) -> None:
+        ray = _ray()
+        args_ref = ray.put(args)
+        self._refs = {a.call.remote(name, args_ref): rank for rank, a in enumerate(self.actors)}
+
+    def collect(self, what: str, raw: bool = False) -> dict[int, Any]:
+        ray = _ray()
+        from ray.exceptions import RayActorError
+
+        answers: dict[int, Any] = {}
+        pending = dict(self._refs)
+        deadline = time.monotonic() + self.timeout_s
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
+            if not ready:
+                self._fail(f"trainer worker {min(pending.values())} did not answer '{what}' within "
+                           f"cluster.timeout_s={self.timeout_s:g} s (a Ray actor; one that the "
+                           f"cluster cannot place, lacking a free CPU, or GPU with nccl, per worker, never starts)")
+            for ref in ready:
+                rank = pending.pop(ref)
+                try:
+                    answers[rank] = ray.get(ref)
+                except RayActorError:
+                    self._fail(f"trainer worker {rank} (Ray actor) died during '{what}'")
+                if not raw and answers[rank][0] == "error":
+                    self._fail(self._death_among_others(pending, what)
+                               or f"trainer worker {rank} failed in '{what}': {answers[rank][1]}")
+        return answers
+
+    def _death_among_others(self, pending: dict, what: str) -> str | None:
+        ray = _ray()
+        from ray.exceptions import RayActorError
+
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=1.0)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except RayActorError:
+                return f"trainer worker {pending[ref]} (Ray actor) died during '{what}'"
+        return None
+
+    def _fail(self, message: str) -> None:
+        self.close()
+        raise WorkerError(message)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+LAUNCHERS = {"local": _Processes, "ray": _RayActors}
+
+
 class PolicyWorkerGroup:
-    """The `PolicyWorker` methods over cfg.cluster.trainer_workers sharded worker processes.
-    `model` is the controller's copy of the policy: the workers start from it, and `engine_weights`
-    brings it up to date with the trained weights."""
+    """The `PolicyWorker` methods over cfg.cluster.trainer_workers sharded workers: processes of
+    this machine, or Ray actors (cluster.launcher). `model` is the controller's copy of the policy:
+    the workers start from it, and `engine_weights` brings it up to date with the trained weights."""
 
     def __init__(self, cfg: RunConfig, model, method: BoundMethod, workers: int | None = None):
         check_cluster(cfg)
@@ -332,52 +622,25 @@ class PolicyWorkerGroup:
         self.has_critic = bool(cfg.algo.critic)
         self.version = 0
         self.last_call: tuple = ("", 0.0)  # (call, slowest worker's seconds in it[, round-trip seconds])
-        ctx = _context()
-        port = _free_port()
-        self._conns, self._procs = [], []
-        for rank in range(self.world):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker_main, args=(rank, self.world, port, child, cfg, model, self.timeout_s),
-                            daemon=True, name=f"r1lab-trainer-{rank}")
-            p.start()
-            self._conns.append(parent)
-            self._procs.append(p)
-        self._finalizer = weakref.finalize(self, _stop, self._procs, self._conns)
+        self._workers = LAUNCHERS[cfg.cluster.launcher](cfg, model, self.world, self.timeout_s)
         self._collect("start-up (process group and FSDP2 sharding)")
 
     def _collect(self, what: str) -> list[Any]:
-        results, busy = [], 0.0
-        for rank, (conn, proc) in enumerate(zip(self._conns, self._procs)):
-            if not conn.poll(self.timeout_s):
-                self.close()
-                raise TimeoutError(f"trainer worker {rank} did not answer '{what}' within cluster.timeout_s="
-                                   f"{self.timeout_s:g} s (alive: {proc.is_alive()})")
-            try:
-                status, result, version, seconds = conn.recv()
-            except EOFError:
-                self.close()
-                raise RuntimeError(f"trainer worker {rank} exited during '{what}' (exit code {proc.exitcode})") from None
-            if status == "error":
-                self.close()
-                raise RuntimeError(f"trainer worker {rank} failed in '{what}':\n{result}")
-            if rank == 0:
-                self.version = version
-            results.append(result)
-            busy = max(busy, seconds)
-        self.last_call = (what, busy)
-        return results
+        answers = self._workers.collect(what)
+        self.version = answers[0][2]
+        self.last_call = (what, max(a[3] for a in answers.values()))
+        return [answers[r][1] for r in range(self.world)]
 
     def _call(self, name: str, *args) -> list[Any]:
         t = time.perf_counter()
-        for conn in self._conns:
-            conn.send((name, args))
+        self._workers.send(name, args)
         results = self._collect(name)
         # the slowest worker's time inside the call, and the whole round trip seen from here
         self.last_call = (name, self.last_call[1], time.perf_counter() - t)
         return results
 
     def close(self) -> None:
-        self._finalizer()
+        self._workers.close()
 
     # -- PolicyWorker -------------------------------------------------------------------------------
 
@@ -407,10 +670,23 @@ class PolicyWorkerGroup:
         return merged_weights(self.model)
 
     def state_dict(self) -> dict[str, Any]:
-        return self._call("state_dict")[0]
+        """The full states, gathered. Copied: tensors that come through a pipe share the worker's
+        memory, and a replicated one (Adam's step count) is the worker's own live tensor."""
+        return copy.deepcopy(self._call("state_dict")[0])
+
+    def save_shards(self, folder: Path) -> dict[str, Any]:
+        """Each worker writes its shards of the models and optimizers into `folder` (DCP); returns
+        the rest of the policy state (scheduler, entropy coefficient, version, number of workers)."""
+        return self._call("save_shards", str(Path(folder).resolve()))[0]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._call("load_state_dict", state)
+        """A full state (`state_dict`), or the state `save_shards` returned with "shards", the
+        folder the shards are in: each worker reads its part of them, whatever number of workers
+        wrote them (torch.distributed.checkpoint reshards)."""
+        if "shards" not in state:
+            self._call("load_state_dict", state)
+            return
+        self._call("load_shards", state["shards"], {k: v for k, v in state.items() if k != "shards"})
 
 
 __all__ = ["PolicyWorkerGroup", "ShardedPolicyWorker", "check_cluster", "share"]

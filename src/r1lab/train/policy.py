@@ -19,6 +19,7 @@ import torch
 from r1lab.algos import aggregate
 from r1lab.algos.losses import adaptive_entropy_coef, positive_nll, value_loss
 from r1lab.config import RunConfig
+from r1lab.errors import ConfigError
 from r1lab.models import model_device
 from r1lab.train.attention import trainer_attention, use_cpu_training_attention
 from r1lab.train.batch import RolloutBatch, first_response_col
@@ -300,6 +301,9 @@ class LocalPolicyWorker:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "shards" in state:
+            raise ConfigError(f"resume: the checkpoint {state['shards']} holds the shards of "
+                              f"cluster.trainer_workers={state['trainer_workers']}, not a one-process trainer")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -303,10 +303,9 @@ def _train(trainer: RLTrainer, model, tokenizer, train_problems, metrics, sample
                                          "finish": c.finish_reason})
         health.observe(step + 1, m, [c.text for c in completions])
         if save_every and ((step + 1) % save_every == 0 or step + 1 == cfg.train.steps):
-            save_state(run_path, step + 1, {"policy": trainer.policy.state_dict(), "sampler": sampler.state_dict(),
-                                            "health": health.state_dict(),
+            save_state(run_path, step + 1, {"sampler": sampler.state_dict(), "health": health.state_dict(),
                                             **({"prm": trainer.prm.state_dict()} if trainer.prm is not None else {})},
-                       cfg.train.keep_checkpoints)
+                       cfg.train.keep_checkpoints, policy=trainer.policy)
         bar.set_postfix(reward=f"{m['reward/total']:.3f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response/length']:.0f}")
     if run_path is not None and trainer.prm is not None:  # PRIME: the PRM, loadable as eval's step scorer
         start = cfg.init_from or cfg.model.path
