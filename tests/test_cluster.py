@@ -104,6 +104,15 @@ def test_bad_worker_settings_are_refused_naming_the_field(field, value, message)
     assert "\n" not in str(e.value)
 
 
+def test_the_ray_launcher_beside_ray_rollout_workers_is_refused():
+    from r1lab.cluster import check_workers
+
+    cfg = RunConfig()
+    cfg.cluster.launcher, cfg.cluster.rollout_workers = "ray", 2
+    with pytest.raises(ConfigError, match=r"cluster\.launcher=ray: the trainer group on Ray does not run beside"):
+        check_workers(cfg)
+
+
 def test_a_ray_address_is_taken_when_something_runs_on_ray():
     from r1lab.cluster import check_workers
 
@@ -314,8 +323,8 @@ def test_the_grpo_recipe_with_trainer_and_rollout_workers_samples_what_one_proce
 
 @pytest.mark.slow
 def test_ensure_ray_starts_a_local_cluster_whose_workers_import_this_r1lab(tmp_path):
-    """The path the `r1lab` command takes when no Ray is running: a local cluster of the CPUs asked
-    for, its workers seeing this process's r1lab and thread settings. In a fresh interpreter, as
+    """The path the `r1lab` command takes when no Ray is running: a local cluster of one CPU per
+    actor the run asks for, its workers seeing this process's r1lab and thread settings. In a fresh interpreter, as
     this module's own cluster is already up."""
     import subprocess
     import sys
@@ -324,7 +333,7 @@ def test_ensure_ray_starts_a_local_cluster_whose_workers_import_this_r1lab(tmp_p
     import r1lab
 
     code = ("from r1lab.cluster.runtime import ensure_ray; from r1lab.config import ClusterConfig\n"
-            "ensure_ray(ClusterConfig(), 3)\nimport ray\n"
+            "ensure_ray(ClusterConfig(rollout_workers=2, reward_workers=1))\nimport ray\n"
             "@ray.remote\ndef where():\n    import os, r1lab\n    return r1lab.__file__, os.environ.get('OMP_NUM_THREADS')\n"
             "print(int(ray.cluster_resources()['CPU']), *ray.get(where.remote(), timeout=120))\nray.shutdown()\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,

@@ -14,15 +14,13 @@ log = logging.getLogger("r1lab.cluster")
 
 def ensure_ray(cluster: ClusterConfig) -> None:
     """Connect to the cluster at cluster.ray_address, or, when it is empty, start a local one sized
-    for every actor the run asks for, one CPU each: rollout and reward workers, and the trainer group
-    with `launcher: ray` (no dashboard, workers' output not copied to this terminal). A Ray already
+    for every actor the run asks for, one CPU each: rollout and reward workers (no dashboard, workers' output not copied to this terminal). A Ray already
     started in this process (a test's shared cluster, a user's own ray.init) is used as it is."""
     import ray
 
     if ray.is_initialized():
         return
-    actors = (cluster.rollout_workers + cluster.reward_workers
-              + (cluster.trainer_workers if cluster.launcher == "ray" else 0))
+    actors = cluster.rollout_workers + cluster.reward_workers
     env = {"env_vars": {k: os.environ[k] for k in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}}
     if cluster.ray_address:
         log.warning("cluster: joining the Ray cluster at %s", cluster.ray_address)

@@ -47,7 +47,6 @@ from typing import Any, Iterator
 
 import torch
 
-from r1lab.cluster.runtime import ensure_ray
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError, WorkerError
 from r1lab.train.batch import RolloutBatch
@@ -544,7 +543,10 @@ class _RayActors:
     def __init__(self, cfg: RunConfig, model, world: int, timeout_s: float):
         ray = _ray()
         self.world, self.timeout_s = world, timeout_s
-        ensure_ray(cfg.cluster)
+        # Ray's default start, not cluster/runtime.ensure_ray: under that start's runtime_env the
+        # actors' gloo group never forms (cause not found), so the two are not combined (check_workers)
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=True)
         actor = ray.remote(num_cpus=1, num_gpus=1 if cfg.cluster.backend == "nccl" else 0, max_restarts=0)(_RayWorker)
         self.actors = [actor.remote() for _ in range(world)]
         self._finalizer = weakref.finalize(self, _kill_actors, self.actors)
