@@ -3,7 +3,6 @@ controller's own engine and verifiers, weights versions, replacement of a killed
 one-step-off asynchronous loop. One local Ray cluster serves the whole module."""
 
 import copy
-import dataclasses
 
 import pytest
 import torch

@@ -172,7 +172,7 @@ def test_a_two_worker_run_killed_twice_and_resumed_gives_the_uninterrupted_run(t
     last = checkpoints(run)[-1]
     assert first < _step(last) < 4
     line = err.strip().splitlines()[-1]
-    assert line.startswith(f"r1lab: error: trainer worker ") and f"(pid {workers[1]}) died during '" in line, line
+    assert line.startswith("r1lab: error: trainer worker ") and f"(pid {workers[1]}) died during '" in line, line
     assert line.endswith(f"(killed by signal 9); last resumable checkpoint: {last} (continue with resume={run})"), line
 
     # 3. resumed from that checkpoint to the end

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from r1lab.cluster.runtime import ensure_ray, get, shares, worker_lost
+from r1lab.cluster.runtime import ensure_ray, get, get_retrying, shares
 from r1lab.config import RunConfig
 from r1lab.records import Completion, Problem, Verdict
 
@@ -79,22 +79,17 @@ class RayRewardGroup:
         return out
 
     def _result(self, k: int, ref, submit, what: str):
+        """The result of actor k's call `ref`; a lost actor is replaced and its share scored again."""
+        return get_retrying(ref, self.timeout_s, what, self.max_retries, lambda why: self._replace(k, why),
+                            lambda: submit(k))
+
+    def _replace(self, k: int, why: str) -> None:
         import ray
 
-        tries = 0
-        while True:
-            try:
-                return get(ref, self.timeout_s, what)
-            except Exception as e:  # noqa: BLE001 - sorted by worker_lost below
-                if not worker_lost(e) or tries >= self.max_retries:
-                    raise
-                tries += 1
-                log.warning("cluster: replacing %s: %s; retry %d of cluster.max_retries=%d", what, type(e).__name__,
-                            tries, self.max_retries)
-                ray.kill(self.actors[k], no_restart=True)
-                self.actors[k] = self._actor_class.remote()
-                self.stats["cluster/reward_retries"] += 1
-                ref = submit(k)
+        log.warning("cluster: replacing %s", why)
+        ray.kill(self.actors[k], no_restart=True)
+        self.actors[k] = self._actor_class.remote()
+        self.stats["cluster/reward_retries"] += 1
 
     def close(self) -> None:
         import ray

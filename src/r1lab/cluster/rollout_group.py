@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from r1lab.cluster.runtime import ensure_ray, get, shares, worker_lost
+from r1lab.cluster.runtime import ensure_ray, get, get_retrying, shares
 from r1lab.config import RunConfig
 from r1lab.records import Completion, Problem
 from r1lab.rollout.base import SamplingParams
@@ -156,16 +156,7 @@ class RayRolloutGroup:
 
     def _result(self, k: int, ref, resubmit: Callable, what: str):
         """The result of actor k's call `ref`; a lost actor is replaced and the call run again."""
-        tries = 0
-        while True:
-            try:
-                return get(ref, self.timeout_s, what)
-            except Exception as e:  # noqa: BLE001 - sorted by worker_lost below
-                if not worker_lost(e) or tries >= self.max_retries:
-                    raise
-                tries += 1
-                self._replace(k, f"{what}: {type(e).__name__}; retry {tries} of cluster.max_retries={self.max_retries}")
-                ref = resubmit()
+        return get_retrying(ref, self.timeout_s, what, self.max_retries, lambda why: self._replace(k, why), resubmit)
 
     def _replace(self, k: int, why: str) -> None:
         import ray

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 from r1lab.config import ClusterConfig
 
@@ -47,6 +47,22 @@ def worker_lost(error: BaseException) -> bool:
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
     return isinstance(error, (RayActorError, ActorDiedError, ActorUnavailableError, TimeoutError))
+
+
+def get_retrying(ref: Any, timeout_s: float, what: str, max_retries: int, replace: Callable[[str], None],
+                 resubmit: Callable[[], Any]) -> Any:
+    """get(ref, ...); when the actor behind it is lost (worker_lost), `replace(why)` puts a new actor
+    in its place and `resubmit()` runs the call again on it, at most `max_retries` times."""
+    tries = 0
+    while True:
+        try:
+            return get(ref, timeout_s, what)
+        except Exception as e:  # noqa: BLE001 - sorted by worker_lost below
+            if not worker_lost(e) or tries >= max_retries:
+                raise
+            tries += 1
+            replace(f"{what}: {type(e).__name__}; retry {tries} of cluster.max_retries={max_retries}")
+            ref = resubmit()
 
 
 def shares(n: int, parts: int, unit: int = 1) -> list[tuple[int, int]]:
