@@ -152,8 +152,8 @@ def runs(tmp_path_factory):
 
     save = rl.save_state
 
-    def killed_after_step_1(path, step, state, keep):
-        save(path, step, state, keep)
+    def killed_after_step_1(path, step, state, keep, *args, **kwargs):
+        save(path, step, state, keep, *args, **kwargs)
         if step == 1:
             raise KeyboardInterrupt  # as a kill would leave it: the checkpoint written, nothing after
 
