@@ -151,13 +151,27 @@ def _wandb_records(path):
     return out
 
 
-def test_wandb_offline_run_written_and_read_back(tmp_path, monkeypatch):
+def test_wandb_offline_run_written_and_read_back(tmp_path):
     pytest.importorskip("wandb", reason="the wandb extra is not installed: pip install 'r1lab[wandb]'")
     import json
 
-    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
-    _log(make_tracker(_cfg("wandb"), tmp_path, "rl"), tmp_path)
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **dict.fromkeys(("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"),
+                                         str(tmp_path / "wandb-home"))}
+    # written in a process of its own, as a run writes it: inside the whole suite's process (after the
+    # Ray, vLLM and worker-group tests) the offline run came out without its history records
+    code = ("import json, sys; from pathlib import Path; from r1lab.config import load_config; "
+            "from r1lab.runs import MetricsWriter; from r1lab.tracking import make_tracker\n"
+            "path = Path(sys.argv[1]); steps = json.loads(sys.argv[2])\n"
+            "cfg = load_config(None, ['tracking=[wandb]', 'name=run1'])\n"
+            "with MetricsWriter(path / 'metrics.jsonl', tracker=make_tracker(cfg, path, 'rl')) as mw:\n"
+            "    for step, m in steps.items():\n        mw.write(int(step), m)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), json.dumps(STEPS)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
     (path,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
     records = _wandb_records(path)
     name = lambda item: item.key or "/".join(item.nested_key)  # noqa: E731 (the writer fills one or the other)
