@@ -140,6 +140,17 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(next((run / "02-rl" / "checkpoints" / "rl").glob("*.safetensors"))))
 
 
+def killed_after_step_1(save):
+    """`save` (a stage's save_state) that stops the run right after the step-1 checkpoint, as a kill
+    would leave it: the checkpoint written, nothing after."""
+    def save_then_stop(path, step, state, keep, *args, **kwargs):
+        save(path, step, state, keep, *args, **kwargs)
+        if step == 1:
+            raise KeyboardInterrupt
+
+    return save_then_stop
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """An uninterrupted run, and one killed inside its RL stage right after the step-1 checkpoint."""
@@ -150,15 +161,8 @@ def runs(tmp_path_factory):
     quiet = dict(show_progress=False, log=lambda *a: None)
     whole = run_pipeline(plan_pipeline(recipe, [f"out_dir={tmp}", "name=whole"]), **quiet)
 
-    save = rl.save_state
-
-    def killed_after_step_1(path, step, state, keep, *args, **kwargs):
-        save(path, step, state, keep, *args, **kwargs)
-        if step == 1:
-            raise KeyboardInterrupt  # as a kill would leave it: the checkpoint written, nothing after
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rl, "save_state", killed_after_step_1)
+        mp.setattr(rl, "save_state", killed_after_step_1(rl.save_state))
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(plan_pipeline(recipe, [f"out_dir={tmp}", "name=cut"]), **quiet)
     return tmp, recipe, whole
@@ -234,15 +238,8 @@ def test_an_interrupted_sft_stage_continues_from_its_checkpoint(runs):
     import r1lab.train.sft as sft_module
 
     tmp, recipe, _ = runs
-    save = sft_module.save_state
-
-    def killed_after_step_1(path, step, state, keep, *args, **kwargs):
-        save(path, step, state, keep, *args, **kwargs)
-        if step == 1:
-            raise KeyboardInterrupt  # as a kill would leave it: the checkpoint written, nothing after
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sft_module, "save_state", killed_after_step_1)
+        mp.setattr(sft_module, "save_state", killed_after_step_1(sft_module.save_state))
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(plan_pipeline(recipe, [f"out_dir={tmp}", "name=sft-cut"]), show_progress=False,
                          log=lambda *a: None)
