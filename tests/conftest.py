@@ -25,6 +25,25 @@ def tiny():
     return model, tok
 
 
+@pytest.fixture(scope="module")
+def lively(tiny):
+    """The tiny model with larger random weights: samples differ from each other, and greedy
+    decoding wanders over the vocabulary instead of repeating one token (so a chosen stop id ends
+    rows at different steps)."""
+    import copy
+
+    import torch
+
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 3 / p.shape[1] ** 0.5)
+    return model.eval(), tok
+
+
 SMOLLM2 = "smollm2-135m-instruct"
 
 

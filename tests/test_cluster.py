@@ -35,19 +35,6 @@ def cfg_with(**cluster) -> RunConfig:
     return cfg
 
 
-@pytest.fixture(scope="module")
-def lively(tiny):
-    """The tiny model with larger random weights, so samples differ from each other."""
-    model, tok = tiny
-    model = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 3 / p.shape[1] ** 0.5)
-    return model.eval(), tok
-
-
 @pytest.mark.slow
 def test_two_rollout_workers_sample_what_the_single_engine_samples(cluster, lively):
     from r1lab.cluster.rollout_group import RayRolloutGroup

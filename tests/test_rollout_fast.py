@@ -19,20 +19,6 @@ def problems(k=4):
     return [Problem(id=f"p{i}", prompt=PROMPTS[i % len(PROMPTS)], answer="1") for i in range(k)]
 
 
-@pytest.fixture(scope="module")
-def lively(tiny):
-    """The tiny model with larger random weights: greedy decoding then wanders over the vocabulary
-    instead of repeating one token, so a chosen stop id ends rows at different steps."""
-    model, tok = tiny
-    model = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 3 / p.shape[1] ** 0.5)
-    return model.eval(), tok
-
-
 def _stop_id(completions) -> int:
     """A token that appears in several rows, at different first positions."""
     first: dict[int, list[int]] = {}
