@@ -56,3 +56,38 @@ def test_the_readers_agree():
     assert prompt_of(p) == prompt_text(FEW_SHOT, "user")
     assert render_prompt(SimpleNamespace(chat_template=None), FEW_SHOT) == prompt_text(FEW_SHOT, "all") + "\n"
     assert render_prompt(SimpleNamespace(chat_template=None), "q") == "q\n"
+
+
+def test_frame_problem_adds_the_r1_zero_frame_and_parsers_still_read_the_question():
+    from r1lab.models import render_prompt, response_prefill
+    from r1lab.stages import frame_problem
+    from r1lab.tasks import get_task
+
+    p = Problem("a", "Compute (8 - 5) + 2.", "5", task="math", metadata={"family": "arithmetic"})
+    framed = frame_problem(p, "Answer in <answer> tags.", "<think>")
+    assert framed.prompt == [{"role": "system", "content": "Answer in <answer> tags."},
+                             {"role": "user", "content": "Compute (8 - 5) + 2."},
+                             {"role": "assistant", "content": "<think>"}]
+    assert p.prompt == "Compute (8 - 5) + 2."  # the original is left alone
+    assert get_task("arithmetic").teacher_trace(framed).endswith("<answer>5</answer>")
+    assert response_prefill(framed.prompt) == "<think>" and response_prefill(p.prompt) == ""
+    # a model without a chat template continues the prefill, with no newline after it
+    assert render_prompt(SimpleNamespace(chat_template=None), framed.prompt) == (
+        "Answer in <answer> tags.\nCompute (8 - 5) + 2.\n<think>")
+    # framing again replaces the system message and the prefill instead of stacking them
+    again = frame_problem(frame_problem(framed, "Other.", "<think>\n"), "", "")
+    assert again.prompt == [{"role": "system", "content": "Other."}, {"role": "user", "content": "Compute (8 - 5) + 2."}]
+
+
+def test_prepare_data_frames_train_and_held_out_problems():
+    from r1lab.config import RunConfig
+    from r1lab.stages import prepare_data
+
+    cfg = RunConfig()
+    cfg.data.train_size, cfg.data.sft_size, cfg.data.eval_size = 80, 8, 10
+    cfg.data.system_prompt, cfg.data.response_prefix = "Use tags.", "<think>"
+    data = prepare_data(cfg, None, log=lambda *_: None)
+    for p in data.train[:3] + data.eval[:3] + [q for q, _ in data.sft[:3]]:
+        assert p.prompt[0] == {"role": "system", "content": "Use tags."}
+        assert p.prompt[-1] == {"role": "assistant", "content": "<think>"}
+    assert len(data.sft) == 8  # the teacher still reads the question behind the frame

@@ -148,3 +148,24 @@ def test_force_rebuild_replaces_a_corrupt_cache_atomically(tmp_path, monkeypatch
     assert hub.prepare(NAME, log=lambda *_: None) == d  # now reused as is
     assert sorted(p.name for p in d.parent.iterdir()) == [NAME]  # no temporary or old copies left
     shutil.rmtree(d)
+
+
+@needs_package
+def test_prefilled_response_continues_after_think_and_is_scored_with_it(prepared):
+    """R1-Zero's frame on the chat template: the assistant turn is opened with <think> and left
+    open, the engine continues it, and the completion text (what the format reward reads) starts
+    with the prefill."""
+    from r1lab.models import render_prompt
+    from r1lab.rollout import SamplingParams, make_engine
+    from r1lab.rollout.base import encode_prompts
+    from r1lab.records import Problem
+    from r1lab.stages import frame_problem
+
+    model, tok, _ = prepared
+    p = frame_problem(Problem("a", "Compute 2 + 3.", "5", task="math"), "Think in <think> tags.", "<think>")
+    rendered = render_prompt(tok, p.prompt)
+    assert rendered.endswith("<|im_start|>assistant\n<think>") and "Think in <think> tags." in rendered
+    assert encode_prompts(tok, [p])[0].prefill == "<think>"
+    [c] = make_engine(model, tok, "fast").generate([p], SamplingParams(temperature=0.0, max_new_tokens=6))
+    assert c.text.startswith("<think>") and tok.decode(c.prompt_ids).endswith("assistant\n<think>")
+    assert c.text == "<think>" + tok.decode(c.response_ids, skip_special_tokens=False)

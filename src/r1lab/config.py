@@ -47,6 +47,10 @@ class DataConfig:
     train_path: str = ""  # a JSONL of problems to use instead of generated ones
     eval_path: str = ""
     seed: int = 1234  # data seed (the run seed does not change the problems)
+    # R1-Zero's prompt frame, applied to every problem (train and held-out): a system message with
+    # the instruction, and text the response starts with (e.g. "<think>"), scored as part of it
+    system_prompt: str = ""
+    response_prefix: str = ""
 
 
 @dataclass

@@ -212,10 +212,23 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
 
 def render_prompt(tokenizer: PreTrainedTokenizerFast, prompt: str | list[dict[str, str]]) -> str:
     """The text the model is conditioned on: the chat template with the generation prompt when the
-    tokenizer has one, else the raw text."""
+    tokenizer has one, else the raw text. A prompt whose last message is the assistant's is a
+    prefilled response (R1-Zero's template opens it with `<think>`): the model continues that text."""
+    messages = prompt_messages(prompt)
+    prefill = messages[-1]["content"] if messages and messages[-1].get("role") == "assistant" else None
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(prompt_messages(prompt), tokenize=False, add_generation_prompt=True)
+        if prefill is not None:
+            return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if prefill is not None:
+        return prompt_text(messages[:-1], which="all") + "\n" + prefill
     return prompt_text(prompt, which="all") + "\n"
+
+
+def response_prefill(prompt: str | list[dict[str, str]]) -> str:
+    """The prefilled start of the response (the content of a final assistant message), or ''."""
+    messages = prompt_messages(prompt)
+    return str(messages[-1]["content"]) if messages and messages[-1].get("role") == "assistant" else ""
 
 
 def count_parameters(model: torch.nn.Module) -> int:

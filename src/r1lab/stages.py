@@ -19,7 +19,7 @@ from r1lab.eval.run import EvalResult, evaluate
 from r1lab.health import HealthMonitor, health_markdown, read_findings
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, resolve_device, save_model, torch_dtype
 from r1lab.plots import RL_PANELS, SFT_PANELS, plot_benchmark_accuracy, plot_breakdown, plot_curves
-from r1lab.records import Problem, load_problems, save_problems
+from r1lab.records import Problem, load_problems, prompt_messages, save_problems
 from r1lab.rollout import SamplingParams, engine_options, make_engine
 from r1lab.rollout.base import LiveModelEngine
 from r1lab.runs import MetricsWriter, RunDir, read_metrics, truncate_metrics
@@ -62,6 +62,18 @@ class Data:
         return self.curriculum or self.train
 
 
+def frame_problem(problem: Problem, system_prompt: str = "", response_prefix: str = "") -> Problem:
+    """The problem with its prompt framed: a system message first (replacing one it has) and an
+    assistant message the response continues from. Task parsers read the last user message, so
+    they see the question unchanged."""
+    messages = [m for m in prompt_messages(problem.prompt) if m.get("role") != "assistant"]
+    if system_prompt:
+        messages = [{"role": "system", "content": system_prompt}] + [m for m in messages if m.get("role") != "system"]
+    if response_prefix:
+        messages.append({"role": "assistant", "content": response_prefix})
+    return replace(problem, prompt=messages)
+
+
 def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
     """Generate (or load) train and held-out problems, write teacher traces, and curate: drop
     training problems that also appear in the held-out set, traces that do not verify, and
@@ -75,6 +87,9 @@ def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
     else:
         train, held = generate_splits(d.tasks, d.train_size, d.eval_size, d.difficulty, d.seed)
     report: dict[str, Any] = {"generated_train": len(train), "generated_eval": len(held)}
+    if d.system_prompt or d.response_prefix:
+        train = [frame_problem(p, d.system_prompt, d.response_prefix) for p in train]
+        held = [frame_problem(p, d.system_prompt, d.response_prefix) for p in held]
 
     # decontaminate: no training prompt may equal a held-out prompt (after whitespace normalisation)
     norm = lambda p: " ".join(str(p.prompt).split()).lower()  # noqa: E731

@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from r1lab.models import render_prompt
+from r1lab.models import render_prompt, response_prefill
 from r1lab.records import Completion, Problem
 
 
@@ -99,7 +99,8 @@ def encode_prompts(tokenizer, problems: list[Problem]) -> list[EncodedPrompt]:
     for p in problems:
         rendered = render_prompt(tokenizer, p.prompt)
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        out.append(EncodedPrompt(p.id, ids, _template_prefill(rendered)))
+        # the prompt's own prefilled assistant text, else what the chat template put there
+        out.append(EncodedPrompt(p.id, ids, response_prefill(p.prompt) or _template_prefill(rendered)))
     return out
 
 
