@@ -52,7 +52,7 @@ def test_gsm8k_r1_traces_verify_against_their_answers():
 def test_real_recipes_chain_sft_into_grpo():
     names = {p.stem for p in REAL.glob("[!_]*.yaml")}
     assert names == {"smollm2_gsm8k_sft_lora", "smollm2_gsm8k_sft_full", "smollm2_gsm8k_grpo", "smollm2_arith_sft",
-                     "smollm2_arith_grpo"}
+                     "smollm2_arith_grpo", "smollm2_r1_zero"}
     for sft, rl in (("smollm2_gsm8k_sft_lora", "smollm2_gsm8k_grpo"), ("smollm2_arith_sft", "smollm2_arith_grpo")):
         s, r = load_config(REAL / f"{sft}.yaml"), load_config(REAL / f"{rl}.yaml")
         assert r.init_from == f"{s.out_dir}/{s.name}/checkpoints/sft"
@@ -62,3 +62,20 @@ def test_real_recipes_chain_sft_into_grpo():
     assert full.sft.lora.r == 0 and full.model.dtype == "float32"
     for p in (full.data.train_path, full.data.eval_path):
         assert (ROOT / p).is_file()
+
+
+def test_r1_zero_recipe_starts_from_the_instruct_model_with_the_r1_frame():
+    from r1lab.rewards import is_r1_format
+    from r1lab.stages import prepare_data
+
+    cfg = load_config(REAL / "smollm2_r1_zero.yaml")
+    assert cfg.model.path == "smollm2-135m-instruct" and not cfg.init_from and cfg.data.sft_size == 0
+    assert set(cfg.reward.terms) == {"accuracy", "format"} and cfg.train.lora.r == 0
+    assert cfg.data.response_prefix == "<think>" and "<answer>" in cfg.data.system_prompt
+    # the worked example in the instruction is itself in the format the reward asks for
+    example = cfg.data.system_prompt.split("Example:")[1].strip()
+    assert is_r1_format(example)
+    cfg.data.train_size, cfg.data.eval_size = 200, 20
+    data = prepare_data(cfg, None, log=lambda *_: None)
+    assert data.eval[0].prompt[-1] == {"role": "assistant", "content": "<think>"}
+    assert not {str(p.prompt) for p in data.train} & {str(p.prompt) for p in data.eval}
