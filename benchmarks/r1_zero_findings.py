@@ -237,6 +237,10 @@ def cmd_report(args) -> int:
             pts = _heldout(path, rows)
             axes[2].plot([p[0] for p in pts], [p[2] for p in pts], "o" + styles.get(seed, "-"), color=colors[config],
                          label=f"seed {seed}")
+            loose = [(0, last_number_share(path, "start")), (rows[-1]["step"], last_number_share(path, "rl"))]
+            loose = [(x, y) for x, y in loose if y is not None]
+            axes[2].plot([x for x, _ in loose], [y for _, y in loose], "x" + styles.get(seed, "-"), color="tab:gray",
+                         label=f"seed {seed}: last number right, any format")
     axes[2].set_title("held-out accuracy (greedy, 100 problems)")
     lines(axes[3], ["grpo"], "response/length")
     axes[3].set_title("response length (tokens, 3-step mean)")
@@ -317,7 +321,7 @@ def cmd_report(args) -> int:
     # the table: first and last steps of each run, held-out start -> end
     lines_md = [f"Host: {host}. Runs under {out}.", "",
                 "| run | steps | samples generated | held-out start → end | last number right, start → end | "
-                "format first 4 → last 4 steps | "
+                "format step 1 → last 4 steps | "
                 "train accuracy first 4 → last 4 | length first 4 → last 4 | wrong-answer length first 4 → last 4 | "
                 "s/step |", "|---|---:|---:|---|---|---|---|---|---|---:|"]
     f = lambda x, pct=True: "-" if x is None else (f"{100 * x:.1f}" if pct else f"{x:.0f}")  # noqa: E731
@@ -328,7 +332,7 @@ def cmd_report(args) -> int:
         step_s = _mean_last(rows, "time/step", n=len(rows))
         lines_md.append(
             f"| {path.name} | {rows[-1]['step']} | {gen} | {held} | "
-            f"{f(last_number_share(path, 'start'))} → {f(last_number_share(path, 'rl'))} | {f(_mean_first(rows, 'reward/format'))} → "
+            f"{f(last_number_share(path, 'start'))} → {f(last_number_share(path, 'rl'))} | {f(_mean_first(rows, 'reward/format', 1))} → "
             f"{f(_mean_last(rows, 'reward/format'))} | {f(_mean_first(rows, 'accuracy'))} → {f(_mean_last(rows, 'accuracy'))} | "
             f"{f(_mean_first(rows, 'response/length'), False)} → {f(_mean_last(rows, 'response/length'), False)} | "
             f"{f(_mean_first(rows, 'response/length_wrong'), False)} → {f(_mean_last(rows, 'response/length_wrong'), False)} | "
