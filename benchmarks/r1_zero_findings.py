@@ -198,6 +198,19 @@ def _mean_first(rows: list[dict], key: str, n: int = 4) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _save(fig, axes, xlabel: str, title: str, path: Path) -> None:
+    """Label, legend and write one figure."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def cmd_report(args) -> int:
     import matplotlib
 
@@ -244,13 +257,7 @@ def cmd_report(args) -> int:
     axes[2].set_title("held-out accuracy (greedy, 100 problems)")
     lines(axes[3], ["grpo"], "response/length")
     axes[3].set_title("response length (tokens, 3-step mean)")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"R1-Zero on SmolLM2-135M-Instruct, two-step arithmetic ({host})")
-    fig.tight_layout()
-    fig.savefig(out / "r1_zero.png", dpi=90)
-    plt.close(fig)
+    _save(fig, axes, "step", f"R1-Zero on SmolLM2-135M-Instruct, two-step arithmetic ({host})", out / "r1_zero.png")
 
     # 2. length: wrong answers under GRPO vs Dr. GRPO; all answers with and without KL
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -260,13 +267,7 @@ def cmd_report(args) -> int:
     axes[1].set_title("length of correct answers (tokens)")
     lines(axes[2], ["grpo", "grpo_kl"], "response/length")
     axes[2].set_title("response length, with and without KL")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Length under GRPO, Dr. GRPO and the KL term ({host})")
-    fig.tight_layout()
-    fig.savefig(out / "length.png", dpi=90)
-    plt.close(fig)
+    _save(fig, axes, "step", f"Length under GRPO, Dr. GRPO and the KL term ({host})", out / "length.png")
 
     # 3. dynamic sampling: held-out and training accuracy against generated samples
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -284,13 +285,7 @@ def cmd_report(args) -> int:
             axes[1].plot(xs, _smooth(ys), styles.get(seed, "-"), color=colors[config], label=f"{LABELS[config]}, seed {seed}")
     axes[0].set_title("held-out accuracy vs generated samples")
     axes[1].set_title("accuracy of the trained-on groups vs generated samples")
-    for ax in axes:
-        ax.set_xlabel("samples generated")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"DAPO dynamic sampling against plain GRPO ({host})")
-    fig.tight_layout()
-    fig.savefig(out / "sampling.png", dpi=90)
-    plt.close(fig)
+    _save(fig, axes, "samples generated", f"DAPO dynamic sampling against plain GRPO ({host})", out / "sampling.png")
 
     # 4. pass@k
     passk = {}
@@ -310,13 +305,8 @@ def cmd_report(args) -> int:
         axes[1].set_title("pass@k, last number of the response")
         for ax in axes:
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("k")
             ax.set_ylabel("pass@k (%)")
-            ax.legend(fontsize=8)
-        fig.suptitle(f"pass@k on held-out problems, T=0.7 ({host})")
-        fig.tight_layout()
-        fig.savefig(out / "passk.png", dpi=90)
-        plt.close(fig)
+        _save(fig, axes, "k", f"pass@k on held-out problems, T=0.7 ({host})", out / "passk.png")
 
     # the table: first and last steps of each run, held-out start -> end
     lines_md = [f"Host: {host}. Runs under {out}.", "",
