@@ -91,3 +91,10 @@ def test_prepare_data_frames_train_and_held_out_problems():
         assert p.prompt[0] == {"role": "system", "content": "Use tags."}
         assert p.prompt[-1] == {"role": "assistant", "content": "<think>"}
     assert len(data.sft) == 8  # the teacher still reads the question behind the frame
+    # the curriculum's own pools are framed too, and decontaminated against the framed held-out set
+    cfg.train.curriculum = {0: 1, 5: 2}
+    data = prepare_data(cfg, None, log=lambda *_: None)
+    for pool in data.curriculum.values():
+        assert all(p.prompt[0]["content"] == "Use tags." and p.prompt[-1]["content"] == "<think>" for p in pool)
+    held = {prompt_text(p.prompt) for p in data.eval}
+    assert not held & {prompt_text(p.prompt) for p in data.curriculum[2]}

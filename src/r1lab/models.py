@@ -215,7 +215,7 @@ def render_prompt(tokenizer: PreTrainedTokenizerFast, prompt: str | list[dict[st
     tokenizer has one, else the raw text. A prompt whose last message is the assistant's is a
     prefilled response (R1-Zero's template opens it with `<think>`): the model continues that text."""
     messages = prompt_messages(prompt)
-    prefill = messages[-1]["content"] if messages and messages[-1].get("role") == "assistant" else None
+    prefill = _prefill_of(messages)
     if getattr(tokenizer, "chat_template", None):
         if prefill is not None:
             return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
@@ -225,10 +225,14 @@ def render_prompt(tokenizer: PreTrainedTokenizerFast, prompt: str | list[dict[st
     return prompt_text(prompt, which="all") + "\n"
 
 
+def _prefill_of(messages: list[dict[str, str]]) -> str | None:
+    """The content of a final assistant message, or None when the prompt ends with another role."""
+    return str(messages[-1].get("content", "")) if messages and messages[-1].get("role") == "assistant" else None
+
+
 def response_prefill(prompt: str | list[dict[str, str]]) -> str:
     """The prefilled start of the response (the content of a final assistant message), or ''."""
-    messages = prompt_messages(prompt)
-    return str(messages[-1]["content"]) if messages and messages[-1].get("role") == "assistant" else ""
+    return _prefill_of(prompt_messages(prompt)) or ""
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -87,9 +87,12 @@ def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
     else:
         train, held = generate_splits(d.tasks, d.train_size, d.eval_size, d.difficulty, d.seed)
     report: dict[str, Any] = {"generated_train": len(train), "generated_eval": len(held)}
-    if d.system_prompt or d.response_prefix:
-        train = [frame_problem(p, d.system_prompt, d.response_prefix) for p in train]
-        held = [frame_problem(p, d.system_prompt, d.response_prefix) for p in held]
+    def framed(problems: list[Problem]) -> list[Problem]:
+        if not (d.system_prompt or d.response_prefix):
+            return problems
+        return [frame_problem(p, d.system_prompt, d.response_prefix) for p in problems]
+
+    train, held = framed(train), framed(held)
 
     # decontaminate: no training prompt may equal a held-out prompt (after whitespace normalisation)
     norm = lambda p: " ".join(str(p.prompt).split()).lower()  # noqa: E731
@@ -136,7 +139,7 @@ def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
                     if size <= 16:
                         raise
                     size //= 2
-            curriculum[level] = [p for p in pool if norm(p) not in held_keys]
+            curriculum[level] = [p for p in framed(pool) if norm(p) not in held_keys]
         report["curriculum"] = {level: len(pool) for level, pool in curriculum.items()}
     report.update({"rl_prompts": len(rl_pool), "eval": len(held), "seconds": round(time.time() - t0, 2)})
     if run is not None:
