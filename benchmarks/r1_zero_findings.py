@@ -129,37 +129,38 @@ def _eval_avg(path: Path, name: str) -> float | None:
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def last_number_share(path: Path, name: str) -> float | None:
-    """Share of held-out samples whose last number equals the gold answer, however the response is
-    written: arithmetic skill apart from the answer format the verifier needs."""
-    f = path / "eval" / f"{name}.jsonl"
-    if not f.exists():
+def _last_number_hits(results: Path) -> list[tuple[int, int]] | None:
+    """Per problem of an eval JSONL: (samples, samples whose last number is the gold answer), or None
+    when the file is missing. The response's format does not matter: arithmetic apart from the
+    answer format the verifier needs."""
+    if not results.exists():
         return None
-    hits = total = 0
-    for line in f.open():
+    out = []
+    for line in results.open():
         row = json.loads(line)
+        hits = 0
         for sample in row.get("samples", []):
             numbers = _NUMBER.findall(sample["text"])
             hits += bool(numbers) and numbers[-1] == str(row["answer"])
-            total += 1
-    return hits / total if total else None
+        out.append((len(row.get("samples", [])), hits))
+    return out
+
+
+def last_number_share(path: Path, name: str) -> float | None:
+    """Share of a run's held-out samples (eval/NAME.jsonl) whose last number is the gold answer."""
+    per_problem = _last_number_hits(path / "eval" / f"{name}.jsonl")
+    total = sum(n for n, _ in per_problem or [])
+    return sum(h for _, h in per_problem) / total if total else None
 
 
 def last_number_pass_at_k(results: Path) -> dict[int, float]:
     """pass@k (unbiased, from n samples) counting a sample right when its last number is the gold answer."""
     from r1lab.eval.metrics import pass_at_k
 
-    if not results.exists():
+    per_problem = _last_number_hits(results)
+    if not per_problem:
         return {}
-    per_problem = []
-    for line in results.open():
-        row = json.loads(line)
-        hits = 0
-        for sample in row["samples"]:
-            numbers = _NUMBER.findall(sample["text"])
-            hits += bool(numbers) and numbers[-1] == str(row["answer"])
-        per_problem.append((len(row["samples"]), hits))
-    n = min(k for k, _ in per_problem)
+    n = min(m for m, _ in per_problem)
     return {k: sum(pass_at_k(m, c, k) for m, c in per_problem) / len(per_problem) for k in KS if k <= n}
 
 
@@ -224,7 +225,7 @@ def cmd_report(args) -> int:
             path = run_dir(out, config, seed)
             rows = _metrics(path)
             if rows:
-                runs[(config, seed)] = (path, rows)
+                runs[(config, seed)] = (path, rows, _heldout(path, rows))
     if not runs:
         sys.exit(f"no runs under {out}: run `run` first")
     colors = {"grpo": "tab:blue", "grpo_kl": "tab:green", "dr_grpo": "tab:red", "dapo_ds": "tab:purple"}
@@ -232,7 +233,7 @@ def cmd_report(args) -> int:
     host = args.host or "host not given (--host)"
 
     def lines(ax, configs, key, smooth=True):
-        for (config, seed), (_, rows) in runs.items():
+        for (config, seed), (_, rows, _) in runs.items():
             if config in configs:
                 xs, ys = _series(rows, key)
                 if xs:
@@ -245,9 +246,8 @@ def cmd_report(args) -> int:
     axes[0].set_title("R1 format (share of samples, 3-step mean)")
     lines(axes[1], ["grpo"], "accuracy")
     axes[1].set_title("training accuracy (3-step mean)")
-    for (config, seed), (path, rows) in runs.items():
+    for (config, seed), (path, rows, pts) in runs.items():
         if config == "grpo":
-            pts = _heldout(path, rows)
             axes[2].plot([p[0] for p in pts], [p[2] for p in pts], "o" + styles.get(seed, "-"), color=colors[config],
                          label=f"seed {seed}")
             loose = [(0, last_number_share(path, "start")), (rows[-1]["step"], last_number_share(path, "rl"))]
@@ -271,9 +271,8 @@ def cmd_report(args) -> int:
 
     # 3. dynamic sampling: held-out and training accuracy against generated samples
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for (config, seed), (path, rows) in runs.items():
+    for (config, seed), (path, rows, pts) in runs.items():
         if config in ("grpo", "dapo_ds"):
-            pts = _heldout(path, rows)
             axes[0].plot([p[1] for p in pts], [p[2] for p in pts], "o" + styles.get(seed, "-"), color=colors[config],
                          label=f"{LABELS[config]}, seed {seed}")
             gen, xs, ys = 0, [], []
@@ -315,8 +314,7 @@ def cmd_report(args) -> int:
                 "train accuracy first 4 → last 4 | length first 4 → last 4 | wrong-answer length first 4 → last 4 | "
                 "s/step |", "|---|---:|---:|---|---|---|---|---|---|---:|"]
     f = lambda x, pct=True: "-" if x is None else (f"{100 * x:.1f}" if pct else f"{x:.0f}")  # noqa: E731
-    for (config, seed), (path, rows) in runs.items():
-        pts = _heldout(path, rows)
+    for (config, seed), (path, rows, pts) in runs.items():
         held = f"{f(pts[0][2])} → {f(pts[-1][2])}" if pts else "-"
         gen = sum(r.get("sampling/generated", 0) for r in rows)
         step_s = _mean_last(rows, "time/step", n=len(rows))
