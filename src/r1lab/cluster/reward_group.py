@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from r1lab.cluster.runtime import ensure_ray, get, get_retrying, shares
+from r1lab.cluster.runtime import ActorGroup, ensure_ray, get, shares
 from r1lab.config import RunConfig
 from r1lab.records import Completion, Problem, Verdict
 
@@ -33,8 +33,10 @@ class RewardWorker:
         return True
 
 
-class RayRewardGroup:
+class RayRewardGroup(ActorGroup):
     """cluster.reward_workers actors scoring shares of each batch (see the module's docstring)."""
+
+    retry_metric = "cluster/reward_retries"
 
     def __init__(self, cfg: RunConfig):
         import ray
@@ -46,7 +48,7 @@ class RayRewardGroup:
         self.unit = max(1, cfg.train.group_size)
         ensure_ray(c)
         self._actor_class = ray.remote(num_cpus=1, max_restarts=0)(RewardWorker)
-        self.actors = [self._actor_class.remote() for _ in range(self.size)]
+        self.actors = [self._new_actor() for _ in range(self.size)]
         self.stats: dict[str, float] = {"cluster/reward_retries": 0}
         for i, a in enumerate(self.actors):
             get(a.ready.remote(), self.timeout_s, f"reward worker {i} start-up")
@@ -66,8 +68,8 @@ class RayRewardGroup:
         refs = [submit(k) for k in range(len(parts))]
         scored = []
         for k, ref in enumerate(refs):
-            scored.extend(self._result(k, ref, submit, f"reward worker {k} scoring completions "
-                                                       f"{parts[k][0]}..{parts[k][1] - 1}"))
+            scored.extend(self._result(k, ref, lambda k=k: submit(k), f"reward worker {k} scoring completions "
+                                                                      f"{parts[k][0]}..{parts[k][1] - 1}"))
         out: dict[str, list[float]] = {name: [] for name in terms}
         for c, (verdict, rewards, total) in zip(completions, scored):
             c.verdict = verdict
@@ -78,25 +80,8 @@ class RayRewardGroup:
         out["total"] = [c.reward for c in completions]
         return out
 
-    def _result(self, k: int, ref, submit, what: str):
-        """The result of actor k's call `ref`; a lost actor is replaced and its share scored again."""
-        return get_retrying(ref, self.timeout_s, what, self.max_retries, lambda why: self._replace(k, why),
-                            lambda: submit(k))
-
-    def _replace(self, k: int, why: str) -> None:
-        import ray
-
-        log.warning("cluster: replacing %s", why)
-        ray.kill(self.actors[k], no_restart=True)
-        self.actors[k] = self._actor_class.remote()
-        self.stats["cluster/reward_retries"] += 1
-
-    def close(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a, no_restart=True)
-        self.actors = []
+    def _new_actor(self):
+        return self._actor_class.remote()
 
 
 __all__ = ["RayRewardGroup", "RewardWorker"]

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from r1lab.cluster.runtime import ensure_ray, get, get_retrying, shares
+from r1lab.cluster.runtime import ActorGroup, ensure_ray, get, shares
 from r1lab.config import RunConfig
 from r1lab.records import Completion, Problem
 from r1lab.rollout.base import SamplingParams
@@ -78,8 +78,10 @@ class RolloutWorker:
         self.engine.close()
 
 
-class RayRolloutGroup:
+class RayRolloutGroup(ActorGroup):
     """cluster.rollout_workers actors sampling shares of each call (see the module's docstring)."""
+
+    retry_metric = "cluster/rollout_retries"
 
     def __init__(self, cfg: RunConfig, model, tokenizer, engine: str | None = None, batch_size: int | None = None):
         import ray
@@ -154,25 +156,9 @@ class RayRolloutGroup:
             on_batch(len(out))
         return out
 
-    def _result(self, k: int, ref, resubmit: Callable, what: str):
-        """The result of actor k's call `ref`; a lost actor is replaced and the call run again."""
-        return get_retrying(ref, self.timeout_s, what, self.max_retries, lambda why: self._replace(k, why), resubmit)
-
     def _replace(self, k: int, why: str) -> None:
-        import ray
-
-        log.warning("cluster: replacing %s", why)
-        ray.kill(self.actors[k], no_restart=True)
-        self.actors[k] = self._new_actor()
-        self.actors[k].load_weights.remote(self._weights_ref, self.policy_version)
-        self.stats["cluster/rollout_retries"] += 1
-
-    def close(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a, no_restart=True)
-        self.actors = []
+        super()._replace(k, why)
+        self.actors[k].load_weights.remote(self._weights_ref, self.policy_version)  # the fresh actor holds no weights
 
 
 __all__ = ["RayRolloutGroup", "RolloutWorker"]

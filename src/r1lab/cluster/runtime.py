@@ -75,3 +75,37 @@ def shares(n: int, parts: int, unit: int = 1) -> list[tuple[int, int]]:
 
 
 __all__ = ["ensure_ray", "get", "shares", "worker_lost"]
+
+
+class ActorGroup:
+    """What the actor groups share: a lost actor is replaced in place by `_new_actor()` (counted in
+    stats[retry_metric]) and its call run again, up to max_retries times; close() kills them all.
+    Subclasses set actors, stats, timeout_s and max_retries."""
+
+    retry_metric = ""
+    actors: list
+    stats: dict[str, float]
+    timeout_s: float
+    max_retries: int
+
+    def _new_actor(self):
+        raise NotImplementedError
+
+    def _result(self, k: int, ref: Any, resubmit: Callable[[], Any], what: str) -> Any:
+        """The result of actor k's call `ref`; a lost actor is replaced and `resubmit()` runs the call again."""
+        return get_retrying(ref, self.timeout_s, what, self.max_retries, lambda why: self._replace(k, why), resubmit)
+
+    def _replace(self, k: int, why: str) -> None:
+        import ray
+
+        log.warning("cluster: replacing %s", why)
+        ray.kill(self.actors[k], no_restart=True)
+        self.actors[k] = self._new_actor()
+        self.stats[self.retry_metric] += 1
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
