@@ -3,10 +3,8 @@ uninterrupted run computes: the same metrics, step by step, and the same final w
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from r1lab.errors import ConfigError
 from r1lab.runs import truncate_metrics
 from r1lab.train.checkpoint import check_resume_config
 from r1lab.train.sampler import PromptSampler
+from helpers_runs import run_and_kill_at
 
 ROOT = Path(__file__).resolve().parents[1]
 # a random tiny model earns no accuracy; the cosine length term still gives every group different
@@ -45,14 +44,8 @@ def _rows(run: Path) -> list[dict]:
 def test_kill_and_resume_gives_the_uninterrupted_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_rl(tmp_path, "name=whole"), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_rl(tmp_path, "name=killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "killed" / "checkpoints" / "state"
-    deadline = time.time() + 300
-    while not (state / "step-000003.pt").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run_and_kill_at(_rl(tmp_path, "name=killed"), env, state / "step-000003.pt")
     killed_at = len(_rows(tmp_path / "killed"))
     assert 3 <= killed_at < 8 and not (tmp_path / "killed" / "checkpoints" / "rl").exists()
     out = subprocess.run(_rl(tmp_path, f"resume={tmp_path / 'killed'}"), env=env, capture_output=True, text=True)

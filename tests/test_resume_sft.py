@@ -6,10 +6,8 @@ with SIGKILL and resumed from its directory does the same."""
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from r1lab.models import build_tiny_model, build_tiny_tokenizer
 from r1lab.train.checkpoint import SFT_RESUMABLE_CHANGES, SFT_STATE_DIR, check_resume_config, checkpoints, load_latest
 from r1lab.train.lora import apply_lora, merge_lora
 from r1lab.train.sft import train_sft
+from helpers_runs import run_and_kill_at
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ("time", "sft/tokens_per_s")
@@ -130,14 +129,8 @@ def _rows(run: Path) -> list[dict]:
 def test_sft_killed_and_resumed_from_the_cli_gives_the_uninterrupted_run(tmp_path, capsys):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_sft(tmp_path, "name=whole"), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_sft(tmp_path, "name=killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "killed" / "checkpoints" / SFT_STATE_DIR
-    deadline = time.time() + 300
-    while not (state / "step-000004.pt").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run_and_kill_at(_sft(tmp_path, "name=killed"), env, state / "step-000004.pt", poll_s=0.005)
     whole = _rows(tmp_path / "whole")
     killed_at = len(_rows(tmp_path / "killed"))
     assert len(whole) == 30 and 4 <= killed_at < 30 and not (tmp_path / "killed" / "checkpoints" / "sft").exists()
