@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.installed-vllm
 
-.PHONY: demo test test-fast setup setup-vllm clean bench
+.PHONY: demo test test-fast test-numerics setup setup-vllm clean bench
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -38,12 +38,19 @@ setup-vllm: $(VLLM_STAMP)
 demo: $(STAMP)
 	$(BIN)/r1lab demo
 
+# two pytest-xdist workers, one thread each (tests/conftest.py groups what must share a worker)
+WORKERS ?= 2
 test: $(TRACK_STAMP) $(VLLM_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup
+
+# the float-sensitive tests under other CPU kernel dispatches (an AVX2 host, scalar ATen kernels, no
+# C kernels, no native bf16), so a tolerance is checked against other hosts' rounding from this one
+test-numerics: $(TRACK_STAMP) $(VLLM_STAMP)
+	$(BIN)/python tests/numerics.py -n $(WORKERS) --dist loadgroup
 
 # the edit-run loop: everything but the end-to-end training runs and the real model (marked slow)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n $(WORKERS) --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

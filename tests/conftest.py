@@ -4,6 +4,10 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each (set before torch is imported, and
+    # inherited by the runs the tests start), or the workers' thread pools fight over the cores
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 CORPUS = [
     "<|im_start|>user\nCompute ((7 + 3) * 4) - 5.<|im_end|>\n<|im_start|>assistant\n",
@@ -77,7 +81,22 @@ SLOW_FIXTURES = {"prepared", "home", "smol", "sft_checkpoint"}
 SLOW_MODULES = {"test_e2e.py", "test_recipes.py", "test_real_model.py", "test_real_model_train.py"}
 
 
+# Under pytest-xdist (`make test`: --dist loadgroup) a group runs on one worker: a module's tests stay
+# together (its module fixtures are built once), the tests of the real model share the one SmolLM2
+# conversion, and the tests that start Ray share one worker (one local Ray cluster at a time).
+RAY_MODULES = {"test_cluster.py", "test_distributed.py", "test_distributed_checkpoint.py"}
+
+
+def _xdist_group(item) -> str:
+    if {"prepared", "home", "smol"} & set(getattr(item, "fixturenames", ())):
+        return "smollm2"
+    if item.path.name in RAY_MODULES:
+        return "ray"
+    return item.path.name
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))

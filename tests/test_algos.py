@@ -8,6 +8,8 @@ import torch
 from r1lab.algos import ADVANTAGES, POLICY_LOSSES, aggregate, get_advantage, get_kl_estimator, get_policy_loss
 from r1lab.errors import ConfigError
 
+pytestmark = pytest.mark.numerics  # float comparisons across kernels, shapes, processes or float64: tests/numerics.py
+
 
 def grpo(rewards, groups, **kw):
     r = torch.tensor(rewards, dtype=torch.float32)

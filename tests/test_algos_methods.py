@@ -9,6 +9,8 @@ from r1lab.algos import get_advantage, get_policy_loss
 from r1lab.algos.advantages import discounted_returns, gae, last_token_rewards, masked_whiten, vapo_lambda
 from r1lab.algos.losses import adaptive_entropy_coef, positive_nll, value_loss
 
+pytestmark = pytest.mark.numerics  # float comparisons across kernels, shapes, processes or float64: tests/numerics.py
+
 
 def adv(name, rewards, groups, mask=None, **kw):
     r = torch.tensor(rewards, dtype=torch.float32)

@@ -11,6 +11,8 @@ from r1lab.records import Completion, Problem
 from r1lab.rollout import FastEngine, HFEngine, SamplingParams
 from r1lab.rollout.base import encode_prompts, stop_string_end
 
+pytestmark = pytest.mark.numerics  # float comparisons across kernels, shapes, processes or float64: tests/numerics.py
+
 LINE = "1 + 1 = 2\n"
 
 

@@ -26,6 +26,8 @@ from r1lab.train.methods import bind_method
 from r1lab.train.policy import LocalPolicyWorker
 from r1lab.train.rl import RLTrainer, train_rl
 
+pytestmark = pytest.mark.numerics  # float comparisons across kernels, shapes, processes or float64: tests/numerics.py
+
 BOUND = 1e-5
 PROMPTS = ["Compute ((7 + 3) * 4) - 5.", "Use 3, 5, 7 to make 22.", "Compute 1 + 2.", "Compute ((1 + 2) * 3) - 4 + 12 * 5."]
 

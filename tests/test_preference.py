@@ -14,6 +14,8 @@ import torch
 from r1lab.algos import PREFERENCE_LOSSES
 from r1lab.errors import ConfigError
 
+pytestmark = pytest.mark.numerics  # float comparisons across kernels, shapes, processes or float64: tests/numerics.py
+
 
 def inputs(**over):
     t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731

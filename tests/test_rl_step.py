@@ -18,6 +18,8 @@ from r1lab.train.batch import micro_batches, update_plan
 from r1lab.train.rl import RLTrainer
 from r1lab.train.sampler import PromptSampler
 
+pytestmark = pytest.mark.numerics  # float comparisons across kernels, shapes, processes or float64: tests/numerics.py
+
 PROMPTS = ["Compute ((7 + 3) * 4) - 5.", "Use 3, 5, 7 to make 22.", "Compute 1 + 2.", "Compute ((1 + 2) * 3) - 4 + 12 * 5."]
 
 

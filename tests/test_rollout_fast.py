@@ -8,9 +8,13 @@ from collections import Counter
 import pytest
 import torch
 
+from helpers_numerics import logprob_bound
+
 from r1lab.records import Problem
 from r1lab.rollout import FastEngine, HFEngine, SamplingParams, make_engine
 from r1lab.train.common import pad_sequences, scatter_response_values, token_logprobs
+
+pytestmark = pytest.mark.numerics  # float comparisons across kernels, shapes, processes or float64: tests/numerics.py
 
 PROMPTS = ["Compute ((7 + 3) * 4) - 5.", "Use 3, 5, 7 to make 22.", "Compute 1 + 2.", "Compute ((1 + 2) * 3) - 4 + 12 * 5."]
 
@@ -305,4 +309,8 @@ def test_a_call_split_in_parts_or_decoded_in_smaller_batches_samples_the_same(li
     ids = lambda cs: [c.response_ids for c in cs]  # noqa: E731
     assert ids(whole) == ids(parts) == ids(small)
     assert len({tuple(r) for r in ids(whole)}) > 6  # samples differ from each other
-    assert [x for c in whole for x in c.logprobs] == pytest.approx([x for c in parts for x in c.logprobs], abs=1e-5)
+    # the same tokens, but the parts decode in other batch shapes: the GEMMs cut their sums
+    # differently, so the log-probs agree to float32 rounding of this model's forward, not bitwise
+    batch = pad_sequences([c.prompt_ids for c in whole], [c.response_ids for c in whole], tok.pad_token_id)
+    bound = logprob_bound(model, batch["input_ids"], batch["attention_mask"], params.temperature)
+    assert [x for c in whole for x in c.logprobs] == pytest.approx([x for c in parts for x in c.logprobs], abs=bound)

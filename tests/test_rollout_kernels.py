@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from r1lab.rollout import kernels as kernels_mod
 from r1lab.rollout.kernels import load
 
+pytestmark = pytest.mark.numerics  # float comparisons across kernels, shapes, processes or float64: tests/numerics.py
+
 DTYPES = (torch.float32, torch.bfloat16)
 # float32 kernels: float32 rounding; bf16 kernels: one bf16 rounding (2^-8 relative) of the result
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=8e-3, atol=8e-3)}
@@ -33,8 +35,7 @@ def portable(tmp_path_factory, have_kernels):
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the portable build is checked on x86-64")
     out = tmp_path_factory.mktemp("portable") / "kernels_avx2.so"
-    flags = [f for f in kernels_mod.FLAGS if not f.startswith("-march")] + ["-march=x86-64-v3"]
-    kernels_mod.build(kernels_mod._compiler(), out, flags)
+    kernels_mod.build(kernels_mod._compiler(), out, march="x86-64-v3")
     return ctypes.CDLL(str(out))
 
 

@@ -13,6 +13,8 @@ from r1lab.rollout.base import sample_next
 from r1lab.train.common import pad_sequences, scatter_response_values, token_logprobs
 from r1lab.train.rl import RLTrainer
 
+pytestmark = pytest.mark.numerics  # float comparisons across kernels, shapes, processes or float64: tests/numerics.py
+
 PROMPTS = ["Compute ((7 + 3) * 4) - 5.", "Use 3, 5, 7 to make 22.", "Compute 1 + 2.", "Compute ((1 + 2) * 3) - 4 + 12 * 5."]
 
 

@@ -327,6 +327,7 @@ def _reference(phi, ref, tok, prompt, partial, beta):
     return beta * (out[0] - out[1])
 
 
+@pytest.mark.numerics
 def test_implicit_prm_scorer_matches_float64(tiny):
     phi, ref, tok = _prm_pair(tiny)
     prompts = ["Compute ((7 + 3) * 4) - 5.", "Use 3, 5, 7 to make 22.", "Compute 1 + 1."]

@@ -10,6 +10,8 @@ from r1lab.train.attention import trainer_attention, use_cpu_training_attention
 from r1lab.train.common import pad_sequences, token_logprobs
 from r1lab.train.prefix import SharedPrefix, prompt_lengths
 
+pytestmark = pytest.mark.numerics  # float comparisons across kernels, shapes, processes or float64: tests/numerics.py
+
 # two prompts of different lengths sampled 3 and 2 times, one prompt once, one 1-token prompt
 # (an empty prefix) twice; responses of different lengths, including a single token
 PROMPTS = [[5, 9, 3, 7]] * 3 + [[4, 8, 2, 6, 1, 3, 9]] * 2 + [[7, 7, 2]] + [[11]] * 2

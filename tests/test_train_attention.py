@@ -9,6 +9,8 @@ import torch
 from r1lab.train.attention import NAME, matmul_attention, trainer_attention, use_cpu_training_attention
 from r1lab.train.common import token_logprobs
 
+pytestmark = pytest.mark.numerics  # float comparisons across kernels, shapes, processes or float64: tests/numerics.py
+
 
 def reference_attention(q, k, v, allowed, scaling):
     """float64, K/V repeated per query head (HF's repeat_kv order), -inf where not allowed."""

@@ -9,6 +9,7 @@ everything downstream (rollout, training, checkpoints, eval) runs the same code 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -67,9 +68,15 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+NATIVE_BF16_SWITCH = "R1LAB_NATIVE_BF16"  # "0": act as a CPU without native bf16 (what an AVX2 host picks)
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX). Without it torch emulates
-    bf16 matmuls, ~100x slower than fp32 on a 2-core AVX2 EPYC (benchmarks/speed_rollout.py)."""
+    bf16 matmuls, ~100x slower than fp32 on a 2-core AVX2 EPYC (benchmarks/speed_rollout.py).
+    R1LAB_NATIVE_BF16=0 answers no whatever the CPU."""
+    if os.environ.get(NATIVE_BF16_SWITCH, "1") == "0":
+        return False
     cap = torch.backends.cpu.get_cpu_capability()
     try:
         flags = open("/proc/cpuinfo").read()

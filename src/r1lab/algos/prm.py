@@ -26,6 +26,12 @@ def implicit_outcome_logits(prm_logprobs: torch.Tensor, ref_logprobs: torch.Tens
     return implicit_process_rewards(prm_logprobs, ref_logprobs, response_mask, beta).sum(dim=-1)
 
 
+def outcome_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B] bool: the PRM classifies each sequence as its label says. A logit > 0 predicts correct;
+    0 predicts wrong (the sign convention of a classifier thresholded at probability 1/2)."""
+    return (logits > 0) == (labels > 0.5)
+
+
 def prm_ce_loss(prm_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor,
                 labels: torch.Tensor, beta: float) -> torch.Tensor:
     """Per-sequence binary cross-entropy of the implicit outcome logit against the outcome label:

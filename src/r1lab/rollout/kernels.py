@@ -31,8 +31,15 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-fno-math-errno"]
 ENV_SWITCH = "R1LAB_KERNELS"  # "0" turns the kernels off (the torch path runs instead)
+# the -march the kernels are built for: native by default; x86-64-v3 (AVX2 + FMA) builds what an
+# AVX2-only host would run, which the numerics run (tests/numerics.py) uses on any x86 host
+ENV_MARCH = "R1LAB_KERNELS_MARCH"
+
+
+def flags(march: str | None = None) -> list[str]:
+    march = march or os.environ.get(ENV_MARCH, "") or "native"
+    return ["-O3", f"-march={march}", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-fno-math-errno"]
 
 
 def _cache_dir() -> Path:
@@ -56,13 +63,14 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
-def build(cc: str, out: Path, flags: list[str] | None = None) -> None:
-    """Compile kernels.c into the shared library `out` (written atomically). Raises on failure."""
+def build(cc: str, out: Path, march: str | None = None) -> None:
+    """Compile kernels.c for `march` (default: flags()) into the shared library `out` (written
+    atomically). Raises on failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *(flags or FLAGS), str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+        proc = subprocess.run([cc, *flags(march), str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
                               timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -113,7 +121,7 @@ class Kernels:
 
 def library_path(cc: str) -> Path:
     """Where the library built from this source, compiler, flags and CPU lives."""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS, _cpu_signature(), torch.__version__]).encode())
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags(), _cpu_signature(), torch.__version__]).encode())
     return _cache_dir() / f"r1lab_kernels_{key.hexdigest()[:16]}.so"
 
 

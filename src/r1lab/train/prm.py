@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from r1lab.algos.prm import implicit_outcome_logits, implicit_process_rewards, prm_ce_loss
+from r1lab.algos.prm import implicit_outcome_logits, implicit_process_rewards, outcome_hits, prm_ce_loss
 from r1lab.config import RunConfig
 from r1lab.models import merged_weights, model_device
 from r1lab.train.attention import trainer_attention
@@ -92,7 +92,7 @@ class ImplicitPRM:
                 (losses.sum() / num_seqs).backward()
                 loss_sum += float(losses.detach().sum())
                 z = implicit_outcome_logits(lp.detach(), ref_sub, sub.response_mask, self.beta)
-                correct += float(((z > 0) == (labels[idx] > 0.5)).sum())
+                correct += float(outcome_hits(z, labels[idx]).sum())
             grad_norm += grad_norm_clip(self.model, self.cfg.algo.prm_grad_clip)
             self.optimizer.step()
         return {"prm/loss": loss_sum / batch.size, "prm/accuracy": correct / batch.size,
