@@ -19,6 +19,17 @@ DTYPES = (torch.float32, torch.bfloat16)
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=8e-3, atol=8e-3)}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def kernels_switched_on():
+    """These tests are of the kernels themselves, so they ignore R1LAB_KERNELS=0 (which the numerics
+    run's no-c-kernels variant sets for the engines' tests)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(kernels_mod.ENV_SWITCH, raising=False)
+        kernels_mod._library.cache_clear()
+        yield
+    kernels_mod._library.cache_clear()
+
+
 @pytest.fixture(scope="module")
 def have_kernels():
     if load(torch.float32) is None:
