@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from r1lab.domains import check_fields, setting
-from r1lab.errors import ConfigError, ModelError
+from r1lab.errors import ModelError
 from r1lab.records import Problem, prompt_text
 
 # LaTeX that changes spacing or sizing but not content, and text-mode wrappers whose argument is kept
