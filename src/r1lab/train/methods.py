@@ -110,7 +110,7 @@ def check_method_settings(cfg: RunConfig) -> None:
 
 
 def describe_methods() -> str:
-    """Every registered piece and the settings it takes (with defaults): `r1lab recipes --methods`."""
+    """Every registered piece and the settings it takes (with defaults and domains): `r1lab recipes --methods`."""
     lines = []
     for title, table, key in (("advantages", ADVANTAGES, "algo.advantage_args"),
                               ("policy losses", POLICY_LOSSES, "algo.policy_loss_args"),
@@ -118,7 +118,8 @@ def describe_methods() -> str:
                               ("rollout corrections", CORRECTIONS, "algo.correction_args")):
         lines.append(f"{title} ({key}):")
         for name, m in sorted(table.methods.items()):
-            settings = ", ".join(f"{k}={v}" for k, v in m.hparams.items()) or "no settings"
+            settings = ", ".join(f"{k}={v}" + (f" ({m.domains[k].describe(type(v) is int)})" if k in m.domains else "")
+                                 for k, v in m.hparams.items()) or "no settings"
             notes = [f"{k}={v}" for k, v in m.traits.items()] + ([f"uses {', '.join(m.context)}"] if m.context else [])
             lines.append(f"  {name:<24} {settings}" + (f"   [{'; '.join(notes)}]" if notes else ""))
     return "\n".join(lines)
