@@ -4,9 +4,10 @@ overrides from the command line (`train.lr=3e-4`). The resolved config is saved 
 Every field has a default, a domain and a one-line comment. Its domain is declared with it
 (`steps: int = setting(150, ge=1)`, r1lab.domains): unknown keys, wrong types and values out of
 their domain are one-line errors that name the key (and the closest known key when it looks like a
-typo), raised when the config is built, before any command writes anything. A section's rules
-across its fields are its `cross_check`; the rules that depend on a method's registered traits
-are checked by the stage that binds the method (train/methods.check_method_settings).
+typo), raised when the config is built; the files and directories it names must exist when a
+command checks it (stages.check_run_config), before that command writes anything. A section's
+rules across its fields are its `cross_check`; the rules that depend on a method's registered
+traits are checked where the method is bound (train/methods.check_method_settings).
 """
 
 from __future__ import annotations
