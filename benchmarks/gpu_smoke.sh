@@ -7,10 +7,10 @@ R1=${R1:-.venv/bin/r1lab}
 D=${OUT_DIR:-runs/gpu-smoke}
 rm -rf "$D"
 $R1 sft recipes/tiny/sft.yaml name=sft out_dir="$D" sft.max_steps=30 data.train_size=600 data.sft_size=400 \
-  data.eval_size=32 eval.n=2 --quiet
+  data.eval_size=32 eval.n=2 eval.ks=[1,2] --quiet
 for r in grpo orz_ppo; do
   $R1 rl recipes/tiny/$r.yaml name=$r out_dir="$D" init_from="$D/sft/checkpoints/sft" train.steps=3 \
-    train.prompts_per_step=4 data.train_size=600 data.sft_size=400 data.eval_size=32 eval.n=2 train.eval_every=0 \
+    train.prompts_per_step=4 data.train_size=600 data.sft_size=400 data.eval_size=32 eval.n=2 eval.ks=[1,2] train.eval_every=0 \
     algo.kl_coef=0.01 --quiet
 done
 python3 - "$D" <<'PY'

@@ -14,7 +14,7 @@ PY=${PY:-.venv/bin/python}
 rm -rf "$D"
 $PY -c "import vllm; print('vllm', vllm.__version__)"
 COMMON="rollout.engine=vllm rollout.gpu_memory_utilization=0.3 rollout.enable_sleep_mode=true model.device=cuda
-  train.eval_every=0 eval.n=2 algo.tis_cap=2 algo.correction=masked_is --quiet"
+  train.eval_every=0 eval.n=2 eval.ks=[1,2] algo.correction=masked_is algo.correction_args.cap=2 --quiet"
 # the tiny model with head size 32 (hidden 64 / 2 heads), built offline
 $R1 rl recipes/tiny/grpo.yaml name=tiny out_dir="$D" train.steps=3 train.prompts_per_step=4 data.train_size=400 \
   data.eval_size=16 model.tiny.hidden_size=64 model.tiny.num_heads=2 model.tiny.num_kv_heads=1 $COMMON

@@ -77,16 +77,16 @@ def train_cfg(steps=3, **cluster) -> RunConfig:
     ("placement", "spread", "cluster.placement='spread'"),
     ("off_policy_steps", 2, "cluster.off_policy_steps=2"),
     ("max_retries", -1, "cluster.max_retries=-1"),
-    ("timeout_s", 0, "cluster.timeout_s=0"),
+    ("timeout_s", 0.0, "cluster.timeout_s=0.0"),
     ("ray_address", "ray://head:10001", "cluster.ray_address='ray://head:10001': nothing runs on Ray"),
 ])
 def test_bad_worker_settings_are_refused_naming_the_field(field, value, message):
-    from r1lab.cluster import check_workers
+    from r1lab.stages import check_run_config
 
     cfg = RunConfig()
     setattr(cfg.cluster, field, value)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as e:
-        check_workers(cfg)
+        check_run_config(cfg)
     assert "\n" not in str(e.value)
 
 

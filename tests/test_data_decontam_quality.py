@@ -123,8 +123,10 @@ def test_boilerplate_ngrams_shared_by_many_items_count_for_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"min_coverage": 0.0}, "min_coverage must be in"), ({"min_coverage": 1.5}, "min_coverage must be in"),
-    ({"common_items": 1}, "common_items must be 0"), ({"min_tokens": 0}, "min_tokens must be >= 1"),
+    ({"min_coverage": 0.0}, r"min_coverage=0.0: expected a number in \(0, 1\]"),
+    ({"min_coverage": 1.5}, r"min_coverage=1.5: expected a number in \(0, 1\]"),
+    ({"common_items": 1}, r"common_items=1: expected 0 \(off\) or an integer >= 2"),
+    ({"min_tokens": 0}, "min_tokens=0: expected an integer >= 1"),
 ])
 def test_bad_settings_are_one_line_errors(bad, message):
     with pytest.raises(ConfigError, match=message):

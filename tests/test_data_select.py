@@ -161,4 +161,4 @@ def test_select_step_through_the_cli_writes_manifest_and_report(tmp_path, capsys
     report = [json.loads(line) for line in open(step["reports"][0])]
     assert [r["rank"] for r in report] == list(range(5)) and {r["id"] for r in report} == {r["id"] for r in rows}
     assert main(["data", "select", str(src), "-o", str(out), "n=0"]) == 2  # bad setting: one line, exit 2
-    assert "select.n must be >= 1" in capsys.readouterr().err
+    assert "select.n=0: expected an integer >= 1" in capsys.readouterr().err

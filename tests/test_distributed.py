@@ -21,7 +21,8 @@ from r1lab.config import RunConfig
 from r1lab.errors import ConfigError, WorkerError
 from r1lab.records import Problem
 from r1lab.rollout import HFEngine
-from r1lab.train.distributed import PolicyWorkerGroup, check_cluster, share
+from r1lab.stages import check_run_config
+from r1lab.train.distributed import PolicyWorkerGroup, share
 from r1lab.train.methods import bind_method
 from r1lab.train.policy import LocalPolicyWorker
 from r1lab.train.rl import RLTrainer, train_rl
@@ -171,16 +172,16 @@ def test_share_splits_micro_batches_evenly_with_padding():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("trainer_workers", -1, "cluster.trainer_workers=-1"),
-    ("backend", "mpi", "cluster.backend='mpi'"),
-    ("timeout_s", 0, "cluster.timeout_s=0"),
-    ("launcher", "slurm", "cluster.launcher='slurm': expected one of local, ray"),
+    ("trainer_workers", -1, "cluster.trainer_workers=-1: expected an integer >= 0"),
+    ("backend", "mpi", "cluster.backend='mpi': expected 'gloo' or 'nccl'"),
+    ("timeout_s", 0.0, "cluster.timeout_s=0.0: expected a number > 0"),
+    ("launcher", "slurm", "cluster.launcher='slurm': expected 'local' or 'ray'"),
 ])
 def test_bad_cluster_settings_are_refused(field, value, message):
     cfg = RunConfig()
     setattr(cfg.cluster, field, value)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        check_cluster(cfg)
+        check_run_config(cfg)
 
 
 @pytest.mark.slow
@@ -264,5 +265,5 @@ def test_the_cli_refuses_a_bad_cluster_setting_before_the_run_directory_exists(t
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "grpo.yaml"
     out = subprocess.run([sys.executable, "-m", "r1lab", "rl", str(recipe), f"out_dir={tmp_path}", "cluster.backend=mpi"],
                          capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 2 and "cluster.backend='mpi': expected one of gloo, nccl" in out.stderr
+    assert out.returncode == 2 and "cluster.backend='mpi': expected 'gloo' or 'nccl'" in out.stderr
     assert list(tmp_path.iterdir()) == []

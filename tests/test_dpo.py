@@ -101,12 +101,13 @@ def test_simper_needs_no_reference_and_widens_the_margin(tiny):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["dpo.loss=dpoo"], "unknown preference loss 'dpoo'"),
-    (["dpo.chosen=longest"], "unknown chosen policy 'longest'"),
-    (["dpo.rounds=0"], "dpo.rounds must be >= 1"),
-    (["dpo.samples_per_problem=1"], "dpo.samples_per_problem must be >= 2"),
+    (["dpo.loss=dpoo"], "dpo.loss='dpoo': expected one of 'dpo', 'rpo'"),
+    (["dpo.chosen=longest"], "dpo.chosen='longest': expected one of 'shortest', 'random', 'confident'"),
+    (["dpo.rounds=0"], "dpo.rounds=0: expected an integer >= 1"),
+    (["dpo.samples_per_problem=1"], "dpo.samples_per_problem=1: expected 2 or more"),
     (["dpo.pairs_path=PAIRS", "dpo.rounds=2"], "iterative rounds"),
-    (["dpo.pairs_path=missing.jsonl"], "missing.jsonl: file not found"),
+    (["dpo.pairs_path=missing.jsonl"], "missing.jsonl': expected an existing file (not found)"),
+    (["dpo.loss_args.beta=0"], "dpo.loss_args.beta=0.0: expected a number > 0"),
 ])
 def test_dpo_command_rejects_bad_settings_before_writing(tmp_path, capsys, overrides, message):
     pairs = tmp_path / "pairs.jsonl"

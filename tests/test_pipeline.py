@@ -67,10 +67,10 @@ def with_stages(stages, **shared) -> dict:
     ([{"eval": {}}], r"stages\[0\] \(eval\): no model to evaluate"),
     ([{"sft": {"init_from": "x"}}], r"stages\[0\] \(sft\): 'init_from' is set by the pipeline"),
     ([{"sft": {"data": {"train_size": 3}}}], r"stages\[0\] \(sft\): 'data' is set by the pipeline"),
-    ([{"sft": {}}, {"rl": {"algo": {"policy_loss": "ppo"}}}], r"stages\[1\] \(rl\): unknown policy loss 'ppo'"),
+    ([{"sft": {}}, {"rl": {"algo": {"policy_loss": "ppo"}}}], r"stages\[1\] \(rl\): algo.policy_loss='ppo': expected one of 'ppo_clip'"),
     ([{"sft": {}}, {"data": {"steps": ["pairs"]}}, {"dpo": {"dpo": {"rounds": 2}}}],
      r"stages\[2\] \(dpo\): dpo.rounds: iterative rounds sample their own pairs"),
-    ([{"sft": {}}, {"dpo": {"input": "train", "dpo": {"loss": "dpoo"}}}], r"stages\[1\] \(dpo\): unknown preference loss 'dpoo'"),
+    ([{"sft": {}}, {"dpo": {"input": "train", "dpo": {"loss": "dpoo"}}}], r"stages\[1\] \(dpo\): dpo.loss='dpoo': expected one of 'dpo'"),
 ])
 def test_a_bad_stage_is_named_by_index_and_field(tmp_path, stages, message):
     with pytest.raises(ConfigError, match=message):
@@ -279,7 +279,10 @@ def test_a_new_run_into_an_existing_directory_is_refused(runs):
 
 @pytest.mark.parametrize("name", ["light_r1", "exaone_deep"])
 def test_the_published_pipelines_plan(name, tmp_path):
-    plan = plan_pipeline(ROOT / "recipes" / f"{name}.yaml", [f"out_dir={tmp_path}"])
+    model = tmp_path / "model"  # the recipe's model is a directory of another machine; planning checks that it exists
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    plan = plan_pipeline(ROOT / "recipes" / f"{name}.yaml", [f"out_dir={tmp_path}", f"model.path={model}"])
     assert plan.shared.model.path != "tiny" and [s.kind for s in plan.stages][-2:] == ["rl", "eval"]
     if name == "light_r1":
         assert plan.shared.dpo.loss_args == {"beta": 0.3} and plan.shared.algo.kl_coef == 0.001

@@ -314,7 +314,7 @@ def test_one_tiny_rstar_round_completes(tmp_path):
     cfg = load_config(RECIPE, [
         f"out_dir={tmp_path}", "name=r", "model.tiny.hidden_size=64", "model.tiny.num_layers=2",
         "model.tiny.intermediate_size=128", "data.difficulty=1", "data.train_size=120", "data.sft_size=100",
-        "data.eval_size=4", "sft.epochs=10", "sft.batch_size=16", "eval.n=2", "reward.verify_workers=1",
+        "data.eval_size=4", "sft.epochs=10", "sft.batch_size=16", "eval.n=2", "eval.ks=[1,2]", "reward.verify_workers=1",
         "rstar.rounds=1", "rstar.problems_per_round=8", "rstar.rollouts=2", "rstar.candidates=3",
         "rstar.max_depth=2", "rstar.ppm_epochs=1", "rstar.sft_epochs=1", "rstar.ppm_heldout=0.25"])
     history = run_rstar(cfg, RunDir.create(cfg), show_progress=False, log=lambda *_: None)
@@ -336,7 +336,7 @@ def test_bad_rstar_settings_exit_2_before_anything_is_written(tmp_path, capsys):
     from r1lab.cli import main
 
     code = main(["rstar", RECIPE, f"out_dir={tmp_path}", "rstar.rounds=0", "--quiet"])
-    assert code == 2 and "rstar.rounds must be >= 1" in capsys.readouterr().err
+    assert code == 2 and "rstar.rounds=0: expected an integer >= 1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
     code = main(["rstar", RECIPE, f"out_dir={tmp_path}", "data.tasks=[knights]", "--quiet"])
     assert code == 2 and "no step-format teacher" in capsys.readouterr().err

@@ -251,6 +251,7 @@ def cmd_eval(args) -> int:
         cfg.eval.max_new_tokens = args.max_new_tokens
     if args.temperature is not None:
         cfg.eval.temperature = args.temperature
+    _check_eval_flags(args, cfg)
     if args.out:  # an explicit directory: evaluating into it again resumes
         out = Path(args.out)
         cfg.out_dir, cfg.name = str(out.parent), out.name
@@ -315,6 +316,17 @@ def cmd_eval(args) -> int:
     print(table)
     print(f"per-problem results and summary: {run.file('eval')}")
     return 0
+
+
+def _check_eval_flags(args, cfg) -> None:
+    """--n, --temperature, --max-new-tokens in the domains of the settings they set (eval.n, ...);
+    --limit and --concurrency in their own. The --think-* and search flags are checked where they
+    are applied."""
+    from r1lab.domains import check_fields, check_value
+
+    check_fields(cfg.eval, "eval")
+    check_value(args.limit, "--limit", ge=1)
+    check_value(args.concurrency, "--concurrency", ge=1)
 
 
 def _think_settings(args, cfg) -> list[tuple[int, int]] | None:

@@ -52,6 +52,7 @@ from typing import Any, Callable
 import yaml
 
 from r1lab.config import RECIPE_META, RunConfig, _build, _deep_merge, _suggest, apply_override, load_config, read_recipe
+from r1lab.domains import check_fields
 from r1lab.errors import ConfigError
 from r1lab.records import Problem, write_text_atomic
 
@@ -193,7 +194,7 @@ def plan_pipeline(recipe: str | Path, overrides: list[str] | tuple[str, ...] = (
         stage = _plan_stage(i, entry, data, run_dir, files, model if built else "")
         stages.append(stage)
         try:
-            stage.cfg = check_run_config(stage.cfg)
+            stage.cfg = check_run_config(stage.cfg, paths=False)  # its input files and model are written by earlier stages
         except ConfigError as e:
             raise ConfigError(f"{stage.label}: {e}") from None
         if stage.kind in TRAINING:
@@ -228,6 +229,7 @@ def _plan_stage(i: int, entry: Any, shared: dict[str, Any], run_dir: Path, files
             raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, [*fields, *own], '')}")
     try:
         cfg = _build(RunConfig, _deep_merge(shared, sections))
+        check_fields(cfg, paths=True)  # the files it names itself (those set below are written by earlier stages)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     cfg.name, cfg.out_dir, cfg.resume = f"{i:02d}-{kind}", str(run_dir), ""

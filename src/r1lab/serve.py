@@ -230,6 +230,10 @@ def make_server(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000) -> T
 
 def cmd_serve(args: Any) -> int:
     """CLI entry: load, bind (port 0 picks a free one), print the URL, serve until interrupted."""
+    from r1lab.domains import check_value
+
+    check_value(args.port, "--port", ge=0, le=65535)
+    check_value(args.checkpoint, "checkpoint", path="model", choices="r1lab.hub:REGISTRY")
     chat = ChatModel(args.checkpoint, getattr(args, "model_name", None))
     server = make_server(chat, args.host, args.port)
     host, port = server.server_address[:2]

@@ -28,24 +28,29 @@ from r1lab.tracking import make_tracker
 from r1lab.verify import check_gold, verify_batch
 
 
-def check_run_config(cfg: RunConfig) -> RunConfig:
-    """The checks every command makes of a loaded config before it writes anything: dtype and device,
-    the method's pieces and their settings, trackers, the trainer group, rollout and reward workers,
-    the rollout engine. Returns the config with the defaults that follow from other settings (the
-    off-policy correction of an asynchronous run), as the run then saves it."""
+def check_run_config(cfg: RunConfig, paths: bool = True) -> RunConfig:
+    """The checks every command makes of a loaded config before it writes anything: every setting
+    against its domain (again: a command may have changed some since it was read; with `paths`, the
+    files and directories it names must exist), dtype and device, the method's pieces and their
+    settings, trackers, the trainer group, rollout and reward workers, the rollout engine. Returns
+    the config with the defaults that follow from other settings (the off-policy correction of an
+    asynchronous run), as the run then saves it."""
     from r1lab.cluster import check_workers, with_off_policy_correction
+    from r1lab.domains import check_fields
     from r1lab.rollout import check_engine
     from r1lab.tracking import check_tracking
     from r1lab.train.distributed import check_cluster
-    from r1lab.train.methods import bind_method
+    from r1lab.train.methods import bind_method, check_method_settings
 
+    check_fields(cfg, paths=paths)
     torch_dtype(cfg.model.dtype)
     resolve_device(cfg.model.device)
     bind_method(cfg.algo)
-    check_tracking(cfg.tracking)  # an unknown tracker or a missing package
+    check_method_settings(cfg)
+    check_tracking(cfg.tracking)  # a missing package
     check_cluster(cfg)
     check_workers(cfg)
-    check_engine(cfg.rollout.engine)  # an unknown engine or a missing vLLM extra
+    check_engine(cfg.rollout.engine)  # a missing vLLM extra
     return with_off_policy_correction(cfg)
 
 
@@ -331,22 +336,13 @@ def health_section(cfg: RunConfig, run: RunDir) -> tuple[str, str]:
 
 
 def check_dpo_config(cfg: RunConfig) -> list | None:
-    """Reject a bad dpo section before anything is written; returns the pairs of dpo.pairs_path, if any."""
+    """Reject a bad dpo section before anything is written (the loss's own settings; the section's
+    domains were checked when it was read); returns the pairs of dpo.pairs_path, if any."""
     from r1lab.algos.preference import PREFERENCE_LOSSES
-    from r1lab.data.pairs import check_policies, load_pairs
+    from r1lab.data.pairs import load_pairs
 
     d = cfg.dpo
     PREFERENCE_LOSSES.bind(d.loss, d.loss_args, "dpo.loss_args")
-    check_policies(d.chosen, d.rejected, "dpo")
-    if d.rounds < 1:
-        raise ConfigError(f"dpo.rounds must be >= 1, got {d.rounds}")
-    if d.batch_size < 1 or d.micro_batch_size < 1 or d.epochs < 1 or d.pairs_per_problem < 1:
-        raise ConfigError("dpo.batch_size, dpo.micro_batch_size, dpo.epochs and dpo.pairs_per_problem must be >= 1")
-    if d.pairs_path and d.rounds > 1:
-        raise ConfigError("dpo.pairs_path is a fixed pairs file; iterative rounds (dpo.rounds > 1) sample their own pairs")
-    if d.samples_per_problem < 2 and not d.pairs_path:
-        raise ConfigError(f"dpo.samples_per_problem must be >= 2 to find a correct and a wrong response, "
-                          f"got {d.samples_per_problem}")
     return load_pairs(d.pairs_path) if d.pairs_path else None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from r1lab.algos.registry import Registry
+from r1lab.domains import Domain
 
 ADVANTAGES = Registry("advantage estimator", context=("values", "token_penalty", "gamma", "process_rewards"))
 register_advantage = ADVANTAGES.register
@@ -39,7 +40,7 @@ def group_stats(values: torch.Tensor, group_index: torch.Tensor, valid: torch.Te
     return mean[inv], std[inv], count[inv]
 
 
-@register_advantage("grpo")
+@register_advantage("grpo", needs_groups=True, domains={"std_eps": Domain(ge=0)})
 def grpo_advantage(rewards: torch.Tensor, response_mask: torch.Tensor, group_index: torch.Tensor, *,
                    std_eps: float = 1e-6) -> torch.Tensor:
     """GRPO outcome advantage, DeepSeekMath (Shao et al. 2024) Eq. 3 / Sec. 4.1.2:
@@ -65,7 +66,7 @@ def _group_centred(rewards, response_mask, group_index, std_eps: float, scale_by
     return adv.to(torch.float32).unsqueeze(-1) * response_mask.to(torch.float32)
 
 
-@register_advantage("dr_grpo")
+@register_advantage("dr_grpo", needs_groups=True)
 def dr_grpo_advantage(rewards, response_mask, group_index) -> torch.Tensor:
     """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", Sec. 3.1):
     A_i = r_i - mean(r_group) — the std division removed (it up-weights too-easy and too-hard
@@ -73,7 +74,7 @@ def dr_grpo_advantage(rewards, response_mask, group_index) -> torch.Tensor:
     return _group_centred(rewards, response_mask, group_index, 0.0, scale_by_std=False)
 
 
-@register_advantage("rloo")
+@register_advantage("rloo", needs_groups=True)
 def rloo_advantage(rewards, response_mask, group_index) -> torch.Tensor:
     """RLOO (Ahmadian et al. 2024): A_i = r_i - (1/(G-1)) sum_{j != i} r_j = G/(G-1) (r_i - mean).
     Groups of one (no leave-one-out baseline) and NaN rewards get 0."""
@@ -138,7 +139,7 @@ def reinforce_pp_advantage(rewards, response_mask, group_index, *, token_penalty
     return masked_whiten(returns, mask64).to(torch.float32)
 
 
-@register_advantage("reinforce_pp_baseline")
+@register_advantage("reinforce_pp_baseline", needs_groups=True)
 def reinforce_pp_baseline_advantage(rewards, response_mask, group_index, *, token_penalty: torch.Tensor | None = None,
                                     gamma: float = 1.0) -> torch.Tensor:
     """REINFORCE++-baseline: r' = r - mean_group(r) (no std), then REINFORCE++'s return and global
@@ -149,7 +150,7 @@ def reinforce_pp_baseline_advantage(rewards, response_mask, group_index, *, toke
     return reinforce_pp_advantage(centred, response_mask, group_index, token_penalty=token_penalty, gamma=gamma)
 
 
-@register_advantage("gpg")
+@register_advantage("gpg", needs_groups=True)
 def gpg_advantage(rewards, response_mask, group_index) -> torch.Tensor:
     """GPG (Chu et al. 2025, Eq. 8-9): A_i = alpha (r_i - mean_group(r)), alpha = B / (B - M) with
     M the number of samples in zero-variance groups: the gradient of the informative samples is
@@ -197,7 +198,8 @@ def vapo_lambda(response_mask: torch.Tensor, alpha: float = 0.05) -> torch.Tenso
     return (1.0 - 1.0 / (alpha * lengths)).clamp(min=0.0, max=1.0)
 
 
-@register_advantage("gae", needs_critic=True)
+@register_advantage("gae", needs_critic=True,
+                    domains={"lam_actor": Domain(ge=0, le=1), "length_adaptive_alpha": Domain(ge=0)})
 def gae_advantage(rewards, response_mask, group_index, *, values: torch.Tensor | None = None,
                   token_penalty: torch.Tensor | None = None, gamma: float = 1.0, lam_actor: float = 1.0,
                   length_adaptive_alpha: float = 0.0, whiten: bool = True) -> torch.Tensor:
@@ -214,7 +216,7 @@ def gae_advantage(rewards, response_mask, group_index, *, values: torch.Tensor |
     return masked_whiten(adv, response_mask) if whiten else adv
 
 
-@register_advantage("prime", needs_prm=True)
+@register_advantage("prime", needs_prm=True, needs_groups=True, domains={"process_coef": Domain(ge=0)})
 def prime_advantage(rewards, response_mask, group_index, *, process_rewards: torch.Tensor | None = None,
                     gamma: float = 1.0, process_coef: float = 1.0, whiten: bool = True) -> torch.Tensor:
     """PRIME (Cui et al. 2025, Eq. 5): leave-one-out baselines for the outcome reward and for the

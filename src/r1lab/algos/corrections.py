@@ -11,13 +11,14 @@ from __future__ import annotations
 import torch
 
 from r1lab.algos.registry import Registry
+from r1lab.domains import Domain
 
 CORRECTIONS = Registry("rollout correction")
 register_correction = CORRECTIONS.register
 get_correction = CORRECTIONS.get_or_raise
 
 
-@register_correction("tis")
+@register_correction("tis", domains={"cap": Domain(ge=1)})
 def truncated_is_weight(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor,
                         mask: torch.Tensor | None = None, *, cap: float = 2.0) -> torch.Tensor:
     """Truncated importance sampling (Yao et al. 2025, "Your Efficient RL Framework Secretly Brings
@@ -37,7 +38,7 @@ def truncated_is_weight(trainer_logprobs: torch.Tensor, engine_logprobs: torch.T
     return w
 
 
-@register_correction("masked_is")
+@register_correction("masked_is", domains={"cap": Domain(ge=1)})
 def masked_is_weight(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor,
                      mask: torch.Tensor | None = None, *, cap: float = 2.0) -> torch.Tensor:
     """Masked importance sampling (Yao et al. 2025, the token-level masked variant of the correction

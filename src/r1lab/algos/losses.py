@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from r1lab.algos.registry import Registry
+from r1lab.domains import Domain
 
 POLICY_LOSSES = Registry("policy loss", context=("response_mask",))
 register_policy_loss = POLICY_LOSSES.register
@@ -45,7 +46,7 @@ def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logprobs - ref_logprobs) ** 2
 
 
-@register_kl_estimator("k3")
+@register_kl_estimator("k3", domains={"clamp": Domain(gt=0), "max_value": Domain(gt=0)})
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, *, clamp: float = 20.0,
           max_value: float = 10.0) -> torch.Tensor:
     """k3 = exp(x) - x - 1 with x = log pi_ref - log pi_theta (>= 0, low variance).
@@ -63,7 +64,8 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, *, clamp: float = 
 # policy losses: return (per-token loss [B, T], stats of named [B, T] indicator/value tensors)
 
 
-@register_policy_loss("ppo_clip")
+@register_policy_loss("ppo_clip", domains={"clip_eps_low": Domain(ge=0, lt=1), "clip_eps_high": Domain(ge=0),
+                                          "dual_clip_c": Domain(gt=1, off=0.0)})
 def ppo_clip_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -103,7 +105,8 @@ def gpg_loss(logprobs, old_logprobs, advantages) -> tuple[torch.Tensor, dict[str
     return -logprobs * advantages, {"clip_frac": zeros, "clip_frac_high": zeros, "clip_frac_low": zeros, "ratio": ratio}
 
 
-@register_policy_loss("gspo", loss_agg="seq-mean-token-mean")
+@register_policy_loss("gspo", loss_agg="seq-mean-token-mean",
+                      domains={"clip_eps_low": Domain(ge=0, lt=1), "clip_eps_high": Domain(ge=0)})
 def gspo_loss(
     logprobs, old_logprobs, advantages, *, response_mask: torch.Tensor | None = None,
     clip_eps_low: float = 3e-4, clip_eps_high: float = 4e-4,

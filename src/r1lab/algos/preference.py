@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from r1lab.algos.registry import Registry
+from r1lab.domains import Domain
 
 # the policy's sums are positional; the reference's sums and the lengths are context the trainer
 # passes to the losses that declare them; every other keyword is the loss's own setting (dpo.loss_args).
@@ -31,7 +32,7 @@ def _implicit_rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, 
     return beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected)
 
 
-@register_preference_loss("dpo")
+@register_preference_loss("dpo", domains={"beta": Domain(gt=0)})
 def dpo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
@@ -46,7 +47,7 @@ def dpo_loss(
     return -F.logsigmoid(r_w - r_l), {"reward_chosen": r_w.detach(), "reward_rejected": r_l.detach()}
 
 
-@register_preference_loss("rpo")
+@register_preference_loss("rpo", domains={"beta": Domain(gt=0), "nll_coef": Domain(ge=0)})
 def rpo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
@@ -65,7 +66,7 @@ def rpo_loss(
     return dpo + nll_coef * nll, {**stats, "nll": nll.detach()}
 
 
-@register_preference_loss("ipo")
+@register_preference_loss("ipo", domains={"beta": Domain(gt=0)})
 def ipo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
@@ -82,7 +83,7 @@ def ipo_loss(
     return (h - 1.0 / (2.0 * beta)) ** 2, {"reward_chosen": r_w.detach(), "reward_rejected": r_l.detach()}
 
 
-@register_preference_loss("simpo", reference_free=True)
+@register_preference_loss("simpo", reference_free=True, domains={"beta": Domain(gt=0), "gamma": Domain(ge=0)})
 def simpo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,

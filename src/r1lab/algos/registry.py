@@ -6,12 +6,14 @@ A registered function's signature says what it takes:
 - positional parameters are the tensors every member of its table receives;
 - keyword-only parameters named in the table's `context` are inputs the trainer supplies when the
   function declares them (a critic's values, the KL penalty of the reward, the discount);
-- every other keyword-only parameter is a hyper-parameter of the method, with its default.
+- every other keyword-only parameter is a hyper-parameter of the method, with its default and,
+  where a value can be out of place, its domain (`domains={"clip_eps_low": Domain(ge=0, lt=1)}`).
 
 `bind` checks a config's settings against those hyper-parameters and fixes them once, so a setting
-the method does not take is an error naming it, never silently dropped. `traits` records what a
-method needs from the loop (a critic, old-policy log-probs, a fixed loss aggregation), so the loop
-reads flags instead of method names.
+the method does not take is an error naming it, never silently dropped, and a value out of its
+domain is an error naming it too. `traits` records what a method needs from the loop (a critic,
+old-policy log-probs, groups of samples per prompt, a fixed loss aggregation), so the loop and the
+config checks read flags instead of method names.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
+from r1lab.domains import Domain
 from r1lab.errors import ConfigError
 
 F = TypeVar("F", bound=Callable)
@@ -33,6 +36,7 @@ class Method:
     hparams: dict[str, Any]  # hyper-parameter -> default, from the signature
     context: tuple[str, ...]  # the table's context inputs this function declares
     traits: dict[str, Any] = field(default_factory=dict)
+    domains: dict[str, Domain] = field(default_factory=dict)  # hyper-parameter -> the values it may take
 
     def trait(self, key: str, default: Any = None) -> Any:
         return self.traits.get(key, default)
@@ -48,7 +52,7 @@ class Registry(dict):
         self.context = context
         self.methods: dict[str, Method] = {}
 
-    def register(self, name: str, **traits: Any) -> Callable[[F], F]:
+    def register(self, name: str, domains: Mapping[str, Domain] | None = None, **traits: Any) -> Callable[[F], F]:
         def deco(fn: F) -> F:
             if name in self:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
@@ -60,9 +64,12 @@ class Registry(dict):
             missing = [h for h, d in hparams.items() if d is inspect.Parameter.empty]
             if missing:
                 raise TypeError(f"{self.kind} '{name}': hyper-parameters need defaults: {', '.join(missing)}")
+            strays = sorted(set(domains or {}) - set(hparams))
+            if strays:
+                raise TypeError(f"{self.kind} '{name}': domains of settings it does not take: {', '.join(strays)}")
             context = tuple(p.name for p in kw_only if p.name in self.context)
             self[name] = fn
-            self.methods[name] = Method(name, fn, hparams, context, dict(traits))
+            self.methods[name] = Method(name, fn, hparams, context, dict(traits), dict(domains or {}))
             return fn
 
         return deco
@@ -87,8 +94,10 @@ class Registry(dict):
                               f"'{unknown[0]}' (it takes: {takes})")
         bound = {}
         for key, value in settings.items():
-            default = method.hparams[key]
-            bound[key] = _coerce_like(value, default, f"{where + '.' if where else ''}{key}")
+            here = f"{where + '.' if where else ''}{key}"
+            bound[key] = _coerce_like(value, method.hparams[key], here)
+            if key in method.domains:
+                method.domains[key].check(bound[key], here)
         return functools.partial(method.fn, **bound) if bound else method.fn
 
 

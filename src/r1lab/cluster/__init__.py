@@ -23,20 +23,9 @@ def uses_ray(cfg: RunConfig) -> bool:
 
 
 def check_workers(cfg: RunConfig) -> None:
-    """The rollout / reward worker and asynchronous settings, each error one line naming the field."""
+    """The rollout / reward worker settings together (each one's domain is checked when it is read),
+    each error one line naming the field."""
     c = cfg.cluster
-    for name in ("rollout_workers", "reward_workers"):
-        if getattr(c, name) < 0:
-            raise ConfigError(f"cluster.{name}={getattr(c, name)}: expected 0 (in the controller) or a number of Ray actors")
-    if c.placement not in PLACEMENTS:
-        raise ConfigError(f"cluster.placement={c.placement!r}: expected one of {', '.join(PLACEMENTS)}")
-    if c.off_policy_steps not in (0, 1):
-        raise ConfigError(f"cluster.off_policy_steps={c.off_policy_steps}: expected 0 (synchronous) or 1 (the next "
-                          "batch sampled while this one trains); more steps off-policy are not implemented")
-    if c.max_retries < 0:
-        raise ConfigError(f"cluster.max_retries={c.max_retries}: expected 0 or more retries of a failed worker call")
-    if c.timeout_s <= 0:
-        raise ConfigError(f"cluster.timeout_s={c.timeout_s}: expected a positive number of seconds")
     if uses_ray(cfg) and c.launcher == "ray":
         raise ConfigError("cluster.launcher=ray: the trainer group on Ray does not run beside Ray rollout or reward "
                           "workers yet; use cluster.launcher: local with them")

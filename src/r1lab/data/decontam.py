@@ -28,12 +28,13 @@ items that contain it. The training side streams.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from r1lab.data.dedup import mask, prompt_of, text_key, tokens
 from r1lab.data.io import BadRow, read_rows
+from r1lab.domains import check_fields, setting
 from r1lab.errors import ConfigError, DataError
 from r1lab.records import Problem
 
@@ -42,16 +43,20 @@ TEXT_FIELDS = ("prompt", "problem", "question")
 
 @dataclass
 class DecontamSettings:
-    benchmarks: list[str] = field(default_factory=list)  # benchmark files (JSONL/Parquet/CSV/HF dir)
-    ngram: int = 8  # word n-gram size
-    min_coverage: float = 0.7  # share of a benchmark item's n-grams a row must contain to hit it
-    min_overlap: int = 1  # and at least this many distinct shared n-grams
-    common_items: int = 3  # n-grams found in this many benchmark items are boilerplate and ignored (0 = keep all)
-    min_tokens: int = 3  # an item shorter than ngram hits a row that contains it whole when it has this many tokens
+    benchmarks: list[str] = setting([], path="exists")  # benchmark files (JSONL/Parquet/CSV/HF dir); at least one
+    ngram: int = setting(8, ge=1)  # word n-gram size
+    min_coverage: float = setting(0.7, gt=0, le=1)  # share of a benchmark item's n-grams a row must contain to hit it
+    min_overlap: int = setting(1, ge=1)  # and at least this many distinct shared n-grams
+    common_items: int = setting(3, ge=2, off=0)  # n-grams found in this many benchmark items are boilerplate and ignored (0 = keep all)
+    min_tokens: int = setting(3, ge=1)  # an item shorter than ngram hits a row that contains it whole when it has this many tokens
     exact: bool = True  # also match whole normalised texts
     mask_numbers: bool = False  # compare with every number replaced by one symbol (catches new-number rewrites)
-    action: str = "drop"  # drop | tag (keep the row, list its hits in metadata["contamination"])
+    action: str = setting("drop", choices=("drop", "tag"))  # drop | tag (keep the row, list its hits in metadata["contamination"])
     text_field: str = ""  # benchmark column holding the problem ("" = the first of prompt, problem, question)
+
+    def cross_check(self, where: str) -> None:
+        if not self.benchmarks:
+            raise ConfigError(f"{where}: no benchmark files (benchmarks: [math500.jsonl, ...])")
 
 
 @dataclass
@@ -205,21 +210,6 @@ class BenchmarkIndex:
         return hits
 
 
-def check_settings(s: DecontamSettings) -> None:
-    if not s.benchmarks:
-        raise ConfigError("decontaminate: no benchmark files (benchmarks: [math500.jsonl, ...])")
-    if s.ngram < 1 or s.min_overlap < 1:
-        raise ConfigError("decontaminate.ngram and decontaminate.min_overlap must be >= 1")
-    if not 0.0 < s.min_coverage <= 1.0:
-        raise ConfigError(f"decontaminate.min_coverage must be in (0, 1], got {s.min_coverage}")
-    if s.common_items < 0 or s.common_items == 1:
-        raise ConfigError(f"decontaminate.common_items must be 0 (off) or >= 2, got {s.common_items}")
-    if s.min_tokens < 1:
-        raise ConfigError("decontaminate.min_tokens must be >= 1")
-    if s.action not in ("drop", "tag"):
-        raise ConfigError(f"decontaminate.action must be drop or tag, got {s.action!r}")
-
-
 def decontaminate(
     rows: Iterable[Problem],
     s: DecontamSettings,
@@ -229,7 +219,7 @@ def decontaminate(
 ) -> Iterator[Problem]:
     """The rows that hit no benchmark (action drop) or all rows with hits listed (action tag).
     `on_hit` receives every hit; `drop(id, "contaminated", "file:benchmark_id")` every dropped row."""
-    check_settings(s)
+    check_fields(s, "decontaminate")
     index = index or BenchmarkIndex.from_settings(s)
     for p in rows:
         hits = index.match(p.id, prompt_of(p), s.exact, s.min_overlap, s.min_coverage)

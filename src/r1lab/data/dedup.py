@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from r1lab.errors import ConfigError, ModelError
+from r1lab.domains import check_fields, setting
+from r1lab.errors import ModelError
 from r1lab.records import Problem, prompt_text
 
 # LaTeX that changes spacing or sizing but not content, and text-mode wrappers whose argument is kept
@@ -79,28 +80,17 @@ def shingles(toks: list[str], n: int, kind: str = "word") -> set[bytes]:
 class DedupSettings:
     exact: bool = True  # drop rows whose normalised text equals an earlier row's
     minhash: bool = True  # drop near-duplicates found by MinHash LSH
-    threshold: float = 0.7  # estimated Jaccard similarity of the shingle sets that makes a near-duplicate
-    num_perm: int = 128  # MinHash permutations (more: sharper threshold, more memory)
-    ngram: int = 3  # shingle size: words (or characters with shingle: char)
-    shingle: str = "word"  # word | char
+    threshold: float = setting(0.7, gt=0, le=1)  # estimated Jaccard similarity of the shingle sets that makes a near-duplicate
+    num_perm: int = setting(128, ge=8)  # MinHash permutations (more: sharper threshold, more memory)
+    ngram: int = setting(3, ge=1)  # shingle size: words (or characters with shingle: char)
+    shingle: str = setting("word", choices=("word", "char"))  # word | char
     mask_numbers: bool = True  # numbers do not distinguish problems ("differs only in a number" = duplicate)
     verify: bool = True  # confirm each LSH candidate by its estimated Jaccard (fewer false merges, 4 bytes/perm/row)
     include_answer: bool = False  # compare prompt + answer (problems that differ in the answer stay apart)
-    embedding_model: str = ""  # local sentence-embedding model dir (e.g. all-MiniLM-L6-v2); "" = off
-    embedding_threshold: float = 0.95  # cosine similarity that makes an embedding duplicate
-    embedding_batch: int = 64
-    seed: int = 1  # MinHash permutation seed
-
-
-def check_settings(s: DedupSettings) -> None:
-    if not 0.0 < s.threshold <= 1.0:
-        raise ConfigError(f"dedup.threshold must be in (0, 1], got {s.threshold}")
-    if s.num_perm < 8 or s.ngram < 1:
-        raise ConfigError("dedup.num_perm must be >= 8 and dedup.ngram >= 1")
-    if s.shingle not in ("word", "char"):
-        raise ConfigError(f"dedup.shingle must be word or char, got {s.shingle!r}")
-    if s.embedding_model and not Path(s.embedding_model).is_dir():
-        raise ModelError(f"dedup.embedding_model: not a local model directory: {s.embedding_model}")
+    embedding_model: str = setting("", path="dir")  # local sentence-embedding model dir (e.g. all-MiniLM-L6-v2); "" = off
+    embedding_threshold: float = setting(0.95, gt=0, le=1)  # cosine similarity that makes an embedding duplicate
+    embedding_batch: int = setting(64, ge=1)
+    seed: int = setting(1, ge=0)  # MinHash permutation seed
 
 
 DropFn = Callable[[str, str, str], None]  # (row id, reason, detail)
@@ -196,7 +186,7 @@ def _text(p: Problem, include_answer: bool) -> str:
 def dedup(rows: Iterable[Problem], s: DedupSettings, drop: DropFn) -> Iterator[Problem]:
     """The rows that are not duplicates of an earlier row, in order, each with the ids it absorbed
     in metadata["absorbed"]; `drop(id, reason, kept_id)` is called for every removed row."""
-    check_settings(s)
+    check_fields(s, "dedup")
     absorbed: dict[str, list[str]] = {}
     seen: dict[bytes, str] = {}
     near = NearDupIndex(s) if s.minhash else None

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from r1lab.data.reject import SampleSettings, Sampler, record_pass_rate
 from r1lab.data.verify_traces import batched
+from r1lab.domains import check_fields, setting
 from r1lab.errors import ConfigError, DataError
 from r1lab.records import Problem
 
@@ -22,10 +23,14 @@ _EPS = 1e-9  # 15/16 computed as n_correct / k must pass a bound written as 0.93
 
 @dataclass
 class FilterSettings(SampleSettings):
-    min_pass: float = 0.0  # keep pass rate >= min_pass
-    max_pass: float = 1.0  # keep pass rate <= max_pass (< with max_exclusive: Light-R1's "below alpha")
+    min_pass: float = setting(0.0, ge=0, le=1)  # keep pass rate >= min_pass
+    max_pass: float = setting(1.0, ge=0, le=1)  # keep pass rate <= max_pass (< with max_exclusive: Light-R1's "below alpha")
     max_exclusive: bool = False
-    pass_field: str = "pass_rate"  # metadata key read (and written when a model computes it)
+    pass_field: str = setting("pass_rate", nonempty=True)  # metadata key read (and written when a model computes it)
+
+    def cross_check(self, where: str) -> None:
+        if self.min_pass > self.max_pass:
+            raise ConfigError(f"{where}.min_pass={self.min_pass:g}: expected at most {where}.max_pass={self.max_pass:g}")
 
 
 def in_window(rate: float, s: FilterSettings) -> str | None:
@@ -42,8 +47,7 @@ def difficulty_filter(
 ) -> Iterator[Problem]:
     """Rows inside the window. A row without a recorded pass rate is an error unless a model is
     given, in which case its pass rate is computed (k samples) and recorded."""
-    if not 0.0 <= s.min_pass <= s.max_pass <= 1.0:
-        raise ConfigError(f"filter needs 0 <= min_pass <= max_pass <= 1, got {s.min_pass}..{s.max_pass}")
+    check_fields(s, "filter")
     sampler: Sampler | None = None
     for chunk in batched(rows, s.chunk):
         missing = [p for p in chunk if not isinstance(p.metadata.get(s.pass_field), (int, float))]

@@ -20,17 +20,18 @@ from typing import Any, Iterable
 import numpy as np
 
 from r1lab.data.dedup import prompt_of, text_key, tokens
+from r1lab.domains import setting
 from r1lab.errors import ModelError
 from r1lab.records import Problem
 
 
 @dataclass
 class InspectSettings:
-    tokenizer: str = ""  # tokenizer (or model) directory for token counts; "" = count words
-    field: str = "prompt"  # prompt, or a metadata key holding a trace (a text or a list of texts)
-    overlap_ngram: int = 8  # word n-gram size for the overlap matrix; 0 = exact matches only
-    bins: int = 50
-    group_by: str = "source"  # in a pipeline: rows are split into datasets by this field (or metadata key)
+    tokenizer: str = setting("", path="dir")  # tokenizer (or model) directory for token counts; "" = count words
+    field: str = setting("prompt", nonempty=True)  # prompt, or a metadata key holding a trace (a text or a list of texts)
+    overlap_ngram: int = setting(8, ge=0)  # word n-gram size for the overlap matrix; 0 = exact matches only
+    bins: int = setting(50, ge=1)
+    group_by: str = setting("source", nonempty=True)  # in a pipeline: rows are split into datasets by this field (or metadata key)
 
 
 class _Lengths:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from r1lab.domains import setting
 from r1lab.errors import ConfigError, DataError
 from r1lab.records import Problem
 
@@ -26,15 +27,15 @@ FIELD_ALIASES = {"prompt": ("problem", "question"), "answer": ("final_answer", "
 
 @dataclass
 class ImportSettings:
-    paths: list[str] = field(default_factory=list)  # files (or saved HF dataset directories) to read
-    format: str = "auto"  # auto (from the extension) | jsonl | json | parquet | csv | hf
+    paths: list[str] = setting([], path="exists")  # files (or saved HF dataset directories) to read
+    format: str = setting("auto", choices=FORMATS)  # auto (from the extension) | jsonl | json | parquet | csv | hf
     mapping: dict[str, str] = field(default_factory=dict)  # source column -> Problem field or metadata.KEY
     source: str = ""  # Problem.source for rows without one (default: the file's stem)
     task: str = "math"  # Problem.task for rows without one
     id_prefix: str = ""  # prepended to every id (keeps ids unique when files number rows alike)
     split: str = ""  # which split of a saved DatasetDict
     lenient: bool = False  # skip and count unusable rows instead of stopping at the first
-    batch_rows: int = 2048  # Parquet rows per record batch
+    batch_rows: int = setting(2048, ge=1)  # Parquet rows per record batch
 
 
 @dataclass

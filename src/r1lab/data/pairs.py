@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from r1lab.data.reject import SampleSettings, Sampler, record_pass_rate
 from r1lab.data.verify_traces import batched
+from r1lab.domains import check_fields, setting
 from r1lab.errors import ConfigError, DataError
 from r1lab.records import Completion, Problem, Verdict, read_jsonl
 
@@ -32,9 +33,9 @@ REJECTABLE = ("wrong", "unparsable")
 
 @dataclass
 class PairSettings(SampleSettings):
-    chosen: str = "shortest"  # which correct response is chosen: shortest | random | confident (highest mean log-prob)
-    rejected: str = "confident"  # which wrong response is rejected: confident (highest mean log-prob) | random | longest
-    pairs_per_problem: int = 1  # pairs per problem, each with its own chosen and rejected response
+    chosen: str = setting("shortest", choices=CHOSEN_POLICIES)  # which correct response is chosen: shortest | random | confident (highest mean log-prob)
+    rejected: str = setting("confident", choices=REJECTED_POLICIES)  # which wrong response is rejected: confident (highest mean log-prob) | random | longest
+    pairs_per_problem: int = setting(1, ge=1)  # pairs per problem, each with its own chosen and rejected response
 
 
 @dataclass
@@ -124,9 +125,7 @@ def make_pairs(
     """Pair rows for every problem that has both a correct and a wrong sample; the others are
     dropped with the reason (their pass rate still goes to `on_rate`). `engine` is any Engine
     (the stage passes its own; by default `s.model` is loaded)."""
-    check_policies(s.chosen, s.rejected)
-    if s.pairs_per_problem < 1:
-        raise ConfigError(f"pairs_per_problem must be >= 1, got {s.pairs_per_problem}")
+    check_fields(s, "pairs")
     sampler = Sampler(s, engine)
     for chunk in batched(rows, s.chunk):
         for p, (comps, verdicts) in zip(chunk, sampler.sample(chunk)):

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Iterator
 import yaml
 
 from r1lab.config import _build, _suggest
+from r1lab.domains import check_fields
 from r1lab.data.decontam import DecontamSettings, decontaminate
 from r1lab.data.dedup import DedupSettings, dedup
 from r1lab.data.filter import FilterSettings, difficulty_filter
@@ -318,8 +319,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def check_steps(p: Pipeline) -> None:
+    """Before anything is written: every step's settings in their domains and the files and models
+    they name present (a step's settings were checked when read, its paths only now: a pipeline
+    stage's input is written by the stages before it)."""
+    for name, s in p.steps:
+        check_fields(s, name, paths=True)
+        if name in ("reject-sample", "pairs") and not s.model:
+            raise ConfigError(f"{name}: samples a model: give one (model: a local Hugging Face directory; --model)")
+
+
 def run_pipeline(p: Pipeline) -> dict[str, Any]:
     """Run every step, write the output and the manifest; returns the manifest."""
+    check_steps(p)
     out, manifest_path, reports = p.paths()
     logs = [StepLog(i, name, settings, reports) for i, (name, settings) in enumerate(p.steps)]
     rows: Iterable[Problem] = iter(())

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from r1lab.data.verify_traces import batched
+from r1lab.domains import check_fields, setting
 from r1lab.errors import ConfigError
 from r1lab.records import Completion, Problem, Verdict
 
@@ -20,23 +21,23 @@ POLICIES = ("all-correct", "best-of", "shortest-correct")
 
 @dataclass
 class SampleSettings:
-    model: str = ""  # local Hugging Face model directory that samples
-    k: int = 8  # samples per problem
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    seed: int = 0
-    chunk: int = 16  # problems per generation call (rows stream through in chunks)
-    batch_size: int = 64  # sequences decoded together
-    timeout: float = 5.0  # verifier seconds per response
-    workers: int = 2  # verifier processes (0 = in this process)
-    engine: str = "hf"  # rollout engine that samples: hf | fast (r1lab's CPU decode loop) | auto | vllm
+    model: str = setting("", path="model", choices="r1lab.hub:REGISTRY")  # local Hugging Face model directory (or prepared name) that samples
+    k: int = setting(8, ge=1)  # samples per problem
+    temperature: float = setting(1.0, ge=0)
+    top_p: float = setting(1.0, gt=0, le=1)
+    max_new_tokens: int = setting(512, ge=1)
+    seed: int = setting(0, ge=0)
+    chunk: int = setting(16, ge=1)  # problems per generation call (rows stream through in chunks)
+    batch_size: int = setting(64, ge=1)  # sequences decoded together
+    timeout: float = setting(5.0, gt=0)  # verifier seconds per response
+    workers: int = setting(2, ge=0)  # verifier processes (0 = in this process)
+    engine: str = setting("hf", choices="r1lab.rollout:ENGINES")  # rollout engine that samples: hf | fast (r1lab's CPU decode loop) | auto | vllm
 
 
 @dataclass
 class RejectSettings(SampleSettings):
-    policy: str = "all-correct"  # all-correct | best-of (most confident correct) | shortest-correct
-    field: str = "responses"  # metadata key that receives the kept responses (a list of texts)
+    policy: str = setting("all-correct", choices=POLICIES)  # all-correct | best-of (most confident correct) | shortest-correct
+    field: str = setting("responses", nonempty=True)  # metadata key that receives the kept responses (a list of texts)
     keep_unsolved: bool = False  # keep problems with no kept response (their pass rate is still recorded)
 
 
@@ -62,8 +63,6 @@ class Sampler:
     """k samples per problem from a model, with verdicts. `engine` may be injected (tests)."""
 
     def __init__(self, s: SampleSettings, engine: Any = None) -> None:
-        if s.k < 1:
-            raise ConfigError(f"k must be >= 1, got {s.k}")
         if engine is None:
             if not s.model:
                 raise ConfigError("sampling needs a model: model: PATH (a local Hugging Face directory)")
@@ -105,8 +104,7 @@ def reject_sample(
 ) -> Iterator[Problem]:
     """Rows with their kept responses in metadata[s.field] and their pass rate recorded (also
     passed to `on_rate`, for every row, kept or not)."""
-    if s.policy not in POLICIES:
-        raise ConfigError(f"unknown reject-sample policy {s.policy!r} (known: {', '.join(POLICIES)})")
+    check_fields(s, "reject-sample")
     sampler = Sampler(s, engine)
     for chunk in batched(rows, s.chunk):
         for p, (comps, verdicts) in zip(chunk, sampler.sample(chunk)):

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 from r1lab.data.dedup import DedupSettings, NearDupIndex, mask, prompt_of, tokens
 from r1lab.data.reject import SampleSettings, Sampler, record_pass_rate
 from r1lab.data.verify_traces import batched
+from r1lab.domains import check_fields, setting
 from r1lab.errors import ConfigError, DataError
 from r1lab.records import Problem
 from r1lab.tasks.base import TRACE_FORMAT
@@ -44,18 +45,23 @@ FORMATS = ("r1", "any")
 
 @dataclass
 class SelectSettings(SampleSettings):
-    n: int = 1000  # rows to keep
+    n: int = setting(1000, ge=1)  # rows to keep
     trace_field: str = "response"  # metadata key of the reasoning trace(s); "" = no trace required
-    trace_format: str = "r1"  # r1: <think>...</think>\n<answer>...</answer> | any
-    min_trace_words: int = 1  # trace length bounds in whitespace-separated words (0 = no bound)
-    max_trace_words: int = 0
-    pass_field: str = "pass_rate"  # metadata key of the pass rate under a reference model
-    max_pass: float = 1.0  # drop rows with a higher pass rate (too easy)
-    difficulty_weight: float = 1.0  # score weight of 1 - pass rate
-    length_weight: float = 0.0  # score weight of the trace's relative length
-    cluster_by: str = "task"  # task | source | a metadata key | minhash
-    cluster_threshold: float = 0.5  # minhash: estimated Jaccard similarity that joins a cluster
-    ngram: int = 3  # minhash: word shingle size (numbers masked)
+    trace_format: str = setting("r1", choices=FORMATS)  # r1: <think>...</think>\n<answer>...</answer> | any
+    min_trace_words: int = setting(1, ge=0)  # trace length bounds in whitespace-separated words (0 = no bound)
+    max_trace_words: int = setting(0, ge=0)
+    pass_field: str = setting("pass_rate", nonempty=True)  # metadata key of the pass rate under a reference model
+    max_pass: float = setting(1.0, ge=0, le=1)  # drop rows with a higher pass rate (too easy)
+    difficulty_weight: float = setting(1.0, ge=0)  # score weight of 1 - pass rate
+    length_weight: float = setting(0.0, ge=0)  # score weight of the trace's relative length
+    cluster_by: str = setting("task", nonempty=True)  # task | source | a metadata key | minhash
+    cluster_threshold: float = setting(0.5, gt=0, le=1)  # minhash: estimated Jaccard similarity that joins a cluster
+    ngram: int = setting(3, ge=1)  # minhash: word shingle size (numbers masked)
+
+    def cross_check(self, where: str) -> None:
+        if self.max_trace_words and self.max_trace_words < self.min_trace_words:
+            raise ConfigError(f"{where}.max_trace_words={self.max_trace_words}: expected at least "
+                              f"{where}.min_trace_words={self.min_trace_words} (or 0: no bound)")
 
 
 @dataclass
@@ -67,21 +73,6 @@ class Candidate:
     words: int
     score: float = 0.0
     tie: float = 0.0
-
-
-def check_settings(s: SelectSettings) -> None:
-    if s.n < 1:
-        raise ConfigError(f"select.n must be >= 1, got {s.n}")
-    if s.trace_format not in FORMATS:
-        raise ConfigError(f"select.trace_format must be one of {', '.join(FORMATS)}, got {s.trace_format!r}")
-    if not 0.0 <= s.max_pass <= 1.0:
-        raise ConfigError(f"select.max_pass must be in [0, 1], got {s.max_pass}")
-    if s.difficulty_weight < 0 or s.length_weight < 0:
-        raise ConfigError("select.difficulty_weight and select.length_weight must be >= 0")
-    if s.max_trace_words and s.max_trace_words < s.min_trace_words:
-        raise ConfigError(f"select.max_trace_words ({s.max_trace_words}) is below min_trace_words ({s.min_trace_words})")
-    if s.cluster_by == "minhash" and not 0.0 < s.cluster_threshold <= 1.0:
-        raise ConfigError(f"select.cluster_threshold must be in (0, 1], got {s.cluster_threshold}")
 
 
 def trace_problem(trace: str, verdict: Any, s: SelectSettings) -> str | None:
@@ -170,7 +161,7 @@ def select_examples(
     """The selected rows, in input order, each with metadata["selection"]; `drop(id, reason,
     detail)` for every other row; `on_selected` gets each selection record (rank order);
     `notes` receives the summary (clusters, coverage, mean pass rates before and after)."""
-    check_settings(s)
+    check_fields(s, "select")
     needs_rate = s.difficulty_weight > 0 or s.max_pass < 1.0
     index = NearDupIndex(DedupSettings(threshold=s.cluster_threshold, ngram=s.ngram)) if s.cluster_by == "minhash" else None
     sampler: Sampler | None = None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from r1lab.errors import ConfigError
+from r1lab.domains import check_fields, setting
 from r1lab.records import Problem
 
 T = TypeVar("T")
@@ -21,11 +21,11 @@ T = TypeVar("T")
 
 @dataclass
 class VerifySettings:
-    field: str = "response"  # metadata key holding the trace: a text, or a list of texts
-    action: str = "drop"  # drop: keep only verified traces (a row with none is dropped) | tag: keep all, add verdicts
-    timeout: float = 5.0  # seconds per trace in the verifier workers
-    workers: int = 2  # verifier processes (0 = in this process, no timeout)
-    chunk: int = 256  # rows verified per batch
+    field: str = setting("response", nonempty=True)  # metadata key holding the trace: a text, or a list of texts
+    action: str = setting("drop", choices=("drop", "tag"))  # drop: keep only verified traces (a row with none is dropped) | tag: keep all, add verdicts
+    timeout: float = setting(5.0, gt=0)  # seconds per trace in the verifier workers
+    workers: int = setting(2, ge=0)  # verifier processes (0 = in this process, no timeout)
+    chunk: int = setting(256, ge=1)  # rows verified per batch
 
 
 def batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
@@ -48,8 +48,7 @@ def verify_traces(rows: Iterable[Problem], s: VerifySettings, drop: Callable[[st
     With action tag, every row stays and metadata["trace_verdicts"] lists each trace's verdict."""
     from r1lab.verify import verify_batch
 
-    if s.action not in ("drop", "tag"):
-        raise ConfigError(f"verify.action must be drop or tag, got {s.action!r}")
+    check_fields(s, "verify")
     for chunk in batched(rows, s.chunk):
         traces = [_traces(p, s.field) for p in chunk]
         flat = [(p, t) for p, ts in zip(chunk, traces) for t in ts or []]

@@ -4,12 +4,15 @@ reference model). Every inconsistency is a ConfigError before anything runs."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 from r1lab.algos import ADVANTAGES, CORRECTIONS, KL_ESTIMATORS, POLICY_LOSSES
-from r1lab.config import CRITIC_SETTINGS, PRM_SETTINGS, AlgoConfig
+from r1lab.config import CRITIC_SETTINGS, PRM_SETTINGS, AlgoConfig, RunConfig
 from r1lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,8 @@ def bind_method(algo: AlgoConfig) -> BoundMethod:
                 raise ConfigError(f"algo.{name} is a critic setting, but algo.critic is false")
     needs_prm = bool(advantage.trait("needs_prm", False))
     if needs_prm:
-        for name in ("prm_beta", "prm_lr"):
-            if getattr(algo, name) <= 0:
-                raise ConfigError(f"algo.{name}={getattr(algo, name)}: must be positive")
-        if algo.prm_update not in ("before", "after"):
-            raise ConfigError(f"algo.prm_update={algo.prm_update!r}: expected 'before' or 'after'")
+        if algo.prm_beta <= 0:  # its domain allows 0, which under prime leaves the process reward at 0
+            raise ConfigError(f"algo.prm_beta={algo.prm_beta}: must be positive")
     else:
         defaults = AlgoConfig()
         for name in PRM_SETTINGS:
@@ -87,8 +87,30 @@ def bind_method(algo: AlgoConfig) -> BoundMethod:
     )
 
 
+def check_method_settings(cfg: RunConfig) -> None:
+    """The settings outside the algo section that a method's traits make meaningless: refused in
+    one line before anything is written (each setting's own domain was checked when it was read)."""
+    advantage = ADVANTAGES.method(cfg.algo.advantage)
+    t = cfg.train
+    if advantage.trait("needs_groups", False) and t.group_size < 2:
+        raise ConfigError(f"train.group_size={t.group_size}: advantage '{advantage.name}' compares each sample with "
+                          "the other samples of its prompt, so with one sample every advantage is 0; use group_size "
+                          ">= 2, or a batch-level advantage (reinforce_pp, gae)")
+    if t.dynamic_sampling and t.group_size < 2:
+        raise ConfigError(f"train.dynamic_sampling=true with train.group_size={t.group_size}: a group of one always "
+                          "has equal outcomes, so every group would be dropped")
+    if t.ppo_epochs * t.mini_batches > 1 and not POLICY_LOSSES.method(cfg.algo.policy_loss).trait("needs_old_logprobs", True):
+        log.warning("train.ppo_epochs=%d, train.mini_batches=%d: policy loss '%s' has no ratio to the sampling policy, "
+                    "so the later updates on the batch are off-policy and uncorrected", t.ppo_epochs, t.mini_batches,
+                    cfg.algo.policy_loss)
+    batch = t.prompts_per_step * t.group_size
+    if batch % t.mini_batches:
+        log.warning("train.mini_batches=%d does not divide the batch of %d sequences: the optimizer steps see "
+                    "mini-batches of unequal size", t.mini_batches, batch)
+
+
 def describe_methods() -> str:
-    """Every registered piece and the settings it takes (with defaults): `r1lab recipes --methods`."""
+    """Every registered piece and the settings it takes (with defaults and domains): `r1lab recipes --methods`."""
     lines = []
     for title, table, key in (("advantages", ADVANTAGES, "algo.advantage_args"),
                               ("policy losses", POLICY_LOSSES, "algo.policy_loss_args"),
@@ -96,7 +118,8 @@ def describe_methods() -> str:
                               ("rollout corrections", CORRECTIONS, "algo.correction_args")):
         lines.append(f"{title} ({key}):")
         for name, m in sorted(table.methods.items()):
-            settings = ", ".join(f"{k}={v}" for k, v in m.hparams.items()) or "no settings"
+            settings = ", ".join(f"{k}={v}" + (f" ({m.domains[k].describe(type(v) is int)})" if k in m.domains else "")
+                                 for k, v in m.hparams.items()) or "no settings"
             notes = [f"{k}={v}" for k, v in m.traits.items()] + ([f"uses {', '.join(m.context)}"] if m.context else [])
             lines.append(f"  {name:<24} {settings}" + (f"   [{'; '.join(notes)}]" if notes else ""))
     return "\n".join(lines)
