@@ -190,7 +190,7 @@ def test_score_and_update_order(tiny, order):
 @pytest.mark.parametrize("overrides,message", [
     (["algo.prm_lr=1e-5"], "algo.prm_lr is a process reward model setting, but advantage 'grpo' uses none"),
     (["algo.advantage=rloo", "algo.prm_beta=0.1"], "algo.prm_beta is a process reward model setting"),
-    (["algo.advantage=prime", "algo.prm_beta=0"], "algo.prm_beta=0.0: must be positive"),
+    (["algo.advantage=prime", "algo.prm_beta=0"], "algo.prm_beta=0.0: expected a number > 0"),
     (["algo.advantage=dr_grpo", "algo.prm_grad_clip=1"], "algo.prm_grad_clip is a process reward model setting"),
     (["algo.advantage=prime", "algo.prm_update=during"], "algo.prm_update='during': expected 'before' or 'after'"),
     (["algo.advantage=prime", "algo.advantage_args.std_eps=1e-6"], "advantage estimator 'prime' does not take 'std_eps'"),

@@ -156,7 +156,7 @@ class AlgoConfig:
     correction_args: dict[str, Any] = field(default_factory=dict)  # e.g. {cap: 2.0} (tis)
     # implicit process reward model (PRIME): a copy of the starting policy trained online on outcome
     # labels; the settings below need an advantage that uses it (prime)
-    prm_beta: float = setting(0.05, ge=0)  # process reward r_t = beta * log(pi_prm(y_t) / pi_ref(y_t)); > 0 under prime
+    prm_beta: float = setting(0.05, gt=0)  # process reward r_t = beta * log(pi_prm(y_t) / pi_ref(y_t)); 0 would leave it 0
     prm_lr: float = setting(1e-6, gt=0)  # the PRM's own AdamW learning rate
     prm_grad_clip: float = setting(10.0, ge=0)  # the PRM's gradient-norm clip (0 = none)
     prm_update: str = setting("before", choices=("before", "after"))  # "before": update the PRM on the batch, then score it; "after": score, then update

@@ -47,10 +47,7 @@ def bind_method(algo: AlgoConfig) -> BoundMethod:
             if getattr(algo, name) != getattr(defaults, name):
                 raise ConfigError(f"algo.{name} is a critic setting, but algo.critic is false")
     needs_prm = bool(advantage.trait("needs_prm", False))
-    if needs_prm:
-        if algo.prm_beta <= 0:  # its domain allows 0, which under prime leaves the process reward at 0
-            raise ConfigError(f"algo.prm_beta={algo.prm_beta}: must be positive")
-    else:
+    if not needs_prm:
         defaults = AlgoConfig()
         for name in PRM_SETTINGS:
             if getattr(algo, name) != getattr(defaults, name):
