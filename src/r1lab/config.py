@@ -540,3 +540,18 @@ def save_config(cfg: Any, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def flatten(value: Any, prefix: str = "", into_mappings: bool = False) -> dict[str, Any]:
+    """Dotted setting name -> value, through the nested config sections (`sft.lr`), and with
+    `into_mappings` through non-empty mappings too (`reward.terms.accuracy`, as trackers list them)."""
+    if dataclasses.is_dataclass(value):
+        items = [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+    elif into_mappings and isinstance(value, dict) and value:
+        items = list(value.items())
+    else:
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, v in items:
+        out.update(flatten(v, f"{prefix}.{key}" if prefix else str(key), into_mappings))
+    return out

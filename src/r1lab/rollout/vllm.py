@@ -45,7 +45,7 @@ import torch
 from r1lab.errors import EngineError
 from r1lab.models import stop_token_ids
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import SamplingParams, encode_prompts, stop_string_end
+from r1lab.rollout.base import Engine, SamplingParams, encode_prompts, stop_string_end
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def _retie_lm_head(model) -> None:
     head.quant_method.process_weights_after_loading(head)
 
 
-class VLLMEngine:
+class VLLMEngine(Engine):
     def __init__(self, model, tokenizer, batch_size: int = 256, dtype: str = "auto", kv_cache_gb: float = 4.0,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, tensor_parallel_size: int = 1,
                  enable_sleep_mode: bool = False, max_model_len: int | None = None, seed: int = 0):
@@ -141,6 +141,7 @@ class VLLMEngine:
 
         self.model = model
         self.tokenizer = tokenizer
+        self.batch_size = batch_size
         self.stop_ids = stop_token_ids(tokenizer)
         self.policy_version = 0
         self.tensor_parallel_size = tensor_parallel_size

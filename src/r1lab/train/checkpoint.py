@@ -56,11 +56,11 @@ def save_state(run_path: Path, step: int, state: dict[str, Any], keep: int, fold
                policy: Any = None) -> Path:
     """Write `state` (and the state of `policy`, a policy worker) as the checkpoint of `step`,
     atomically: written under a temporary name, renamed when complete. A worker group (one with
-    `save_shards`) makes the checkpoint a directory: each worker writes its own shards into
+    `sharded`) makes the checkpoint a directory: each worker writes its own shards into
     `model/`, the rest goes to `state.pt`. Keeps the newest `keep` checkpoints."""
     where = state_dir(run_path, folder)
     where.mkdir(parents=True, exist_ok=True)
-    sharded = hasattr(policy, "save_shards")
+    sharded = policy is not None and policy.sharded
     path = where / (f"step-{step:06d}" if sharded else f"step-{step:06d}.pt")
     tmp = where / f".{path.name}.tmp"
     remove_checkpoint(tmp)  # left by a run killed while writing it

@@ -613,6 +613,8 @@ class PolicyWorkerGroup:
     this machine, or Ray actors (cluster.launcher). `model` is the controller's copy of the policy:
     the workers start from it, and `engine_weights` brings it up to date with the trained weights."""
 
+    sharded = True  # a checkpoint is each worker's shards (save_shards) and the controller's state
+
     def __init__(self, cfg: RunConfig, model, method: BoundMethod, workers: int | None = None):
         check_cluster(cfg)
         self.cfg, self.model, self.method = cfg, model, method
