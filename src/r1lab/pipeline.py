@@ -51,8 +51,8 @@ from typing import Any, Callable
 import yaml
 
 from r1lab import runner
-from r1lab.config import (RECIPE_META, RunConfig, _build, _deep_merge, _suggest, apply_override, flatten,
-                          load_config, read_recipe)
+from r1lab.config import (RECIPE_META, RunConfig, apply_override, build_section, deep_merge, flatten, load_config,
+                          read_recipe, suggest_key)
 from r1lab.errors import ConfigError
 from r1lab.records import Problem, write_text_atomic
 from r1lab.runner import settings_of
@@ -174,7 +174,7 @@ def plan_pipeline(recipe: str | Path, overrides: list[str] | tuple[str, ...] = (
         raise ConfigError(f"evaluate_each: expected true/false, got {evaluate_each!r}")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{recipe}: 'stages' must be a non-empty list, e.g. [sft, rl, eval]")
-    shared = _build(RunConfig, data)
+    shared = build_section(RunConfig, data)
     shared = check_run_config(shared)
     if shared.train.curriculum:
         raise ConfigError("train.curriculum generates RL prompts per difficulty; a pipeline's RL stage reads a file "
@@ -213,7 +213,7 @@ def _plan_stage(i: int, entry: Any, shared: dict[str, Any], run_dir: Path, files
                           "e.g. {sft: {sft: {epochs: 2}}}")
     (kind, body), = entry.items()
     if kind not in KINDS:
-        raise ConfigError(f"stages[{i}]: unknown stage kind '{kind}'{_suggest(str(kind), list(KINDS), '')}")
+        raise ConfigError(f"stages[{i}]: unknown stage kind '{kind}'{suggest_key(str(kind), list(KINDS), '')}")
     where = f"stages[{i}] ({kind})"
     if body is None:
         body = {}
@@ -227,9 +227,9 @@ def _plan_stage(i: int, entry: Any, shared: dict[str, Any], run_dir: Path, files
         if key in SET_BY_PIPELINE:
             raise ConfigError(f"{where}: '{key}' is set by the pipeline ({SET_BY_PIPELINE[key]})")
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, [*fields, *own], '')}")
+            raise ConfigError(f"{where}: unknown key '{key}'{suggest_key(key, [*fields, *own], '')}")
     try:
-        cfg = _build(RunConfig, _deep_merge(shared, sections))
+        cfg = build_section(RunConfig, deep_merge(shared, sections))
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     cfg.name, cfg.out_dir, cfg.resume = f"{i:02d}-{kind}", str(run_dir), ""
