@@ -34,7 +34,7 @@ from r1lab.config import ClusterConfig, RunConfig, TinyModelConfig  # noqa: E402
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, merged_weights  # noqa: E402
 from r1lab.records import Problem  # noqa: E402
 from r1lab.rollout import FastEngine, SamplingParams  # noqa: E402
-from r1lab.train.rl import train_rl  # noqa: E402
+from r1lab.train.rl import rl_engine, train_rl  # noqa: E402
 
 CORPUS = ["<|im_start|>user\nCompute ((7 + 3) * 4) - 5.<|im_end|>\n<|im_start|>assistant\n",
           "<think>7 + 3 = 10\n10 * 4 = 40\n40 - 5 = 35</think>\n<answer>35</answer>"] * 20
@@ -103,7 +103,11 @@ def steps(model, tok, n_steps: int) -> None:
             cfg = cfg_with(rollout_workers=workers, off_policy_steps=off)
             cfg.train.steps = n_steps
             m = copy.deepcopy(model)
-            hist = train_rl(cfg, m, tok, FastEngine(m, tok, dtype="float32"), problems(16), show_progress=False)[1:]
+            engine = rl_engine(cfg, m, tok)  # the fast engine, or the Ray group of cluster.rollout_workers
+            try:
+                hist = train_rl(cfg, m, tok, engine, problems(16), show_progress=False)[1:]
+            finally:
+                engine.close()
             mean = lambda k: statistics.mean(h.get(k, 0.0) for h in hist)  # noqa: E731
             print(f"| {'2 Ray actors' if workers else 'fast engine in the controller'} | {'async' if off else 'sync'} | "
                   f"{mean('time/step'):.2f} | {mean('time/collect'):.2f} | {mean('time/step') - mean('time/collect'):.2f} | "

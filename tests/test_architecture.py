@@ -9,7 +9,8 @@ import of those packages too, except of the importer's own enclosing packages (a
 Names looked up from data at run time (a plugin list of module names) are not edges: they bind
 late by design.
 
-LAYERS is the table of the README's "Layers" paragraph; keep the two in step.
+LAYERS is the table of the README's "Layers" paragraph; keep the two in step. APART: packages of one
+layer that do not import one another (train, eval and data share only what lies below them).
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("signals", ("r1lab.verify", "r1lab.tasks", "r1lab.reward_registry", "r1lab.rewards", "r1lab.reward_shaping",
                  "r1lab.benchmarks")),
     ("engines", ("r1lab.models", "r1lab.hub", "r1lab.rollout", "r1lab.cluster")),
-    ("stages", ("r1lab.train", "r1lab.eval", "r1lab.data", "r1lab.stages", "r1lab.demo", "r1lab.report",
-                "r1lab.plots", "r1lab.runs", "r1lab.recipes", "r1lab.serve", "r1lab.health", "r1lab.tracking",
-                "r1lab.pipeline", "r1lab.rstar")),
+    ("observe", ("r1lab.runs", "r1lab.report", "r1lab.plots", "r1lab.health", "r1lab.tracking")),
+    ("work", ("r1lab.train", "r1lab.eval", "r1lab.data")),
+    ("orchestration", ("r1lab.runner", "r1lab.stages", "r1lab.demo", "r1lab.pipeline", "r1lab.rstar",
+                       "r1lab.recipes", "r1lab.serve")),
     ("top", ("r1lab.cli", "r1lab.__main__")),
 )
 # stricter than the layer rule: these may import only themselves and the listed modules
 ONLY: dict[str, tuple[str, ...]] = {"r1lab.algos": ("r1lab.errors", "r1lab.domains")}
+# side by side in one layer: none of these imports another (what two of them share lives below)
+APART: tuple[tuple[str, ...], ...] = (("r1lab.train", "r1lab.eval", "r1lab.data"),)
 
 
 # --- the graph --------------------------------------------------------------------------------
@@ -244,8 +248,9 @@ def layer_of(module: str, layers=LAYERS) -> tuple[int, str, str] | None:
 
 
 def find_upward(graph: dict[str, dict[str, int]], modules: dict[str, Path], layers=LAYERS,
-                only=ONLY) -> list[str]:
-    """One line per import that points up the layers, breaks an ONLY rule, or leaves a module unplaced."""
+                only=ONLY, apart=APART) -> list[str]:
+    """One line per import that points up the layers, breaks an ONLY or APART rule, or leaves a
+    module unplaced."""
     problems = [f"{m} ({_where(modules, m)}) is in no layer: add it to LAYERS and the README"
                 for m in sorted(graph) if layer_of(m, layers) is None]
     for a in sorted(graph):
@@ -259,6 +264,11 @@ def find_upward(graph: dict[str, dict[str, int]], modules: dict[str, Path], laye
             where = f"{_where(modules, a)}:{line}"
             if lb[0] > la[0]:
                 problems.append(f"{a} ({la[1]}) imports {b} ({lb[1]}), a higher layer, at {where}")
+            for group in apart:
+                mine = next((g for g in group if a == g or a.startswith(g + ".")), None)
+                theirs = next((g for g in group if b == g or b.startswith(g + ".")), None)
+                if mine and theirs and mine != theirs:
+                    problems.append(f"{a} imports {b} at {where}; {', '.join(group)} stay apart")
             for scope, allowed in only.items():
                 if (a == scope or a.startswith(scope + ".")) and not (b == scope or b.startswith(scope + ".")):
                     if not any(b == x or b.startswith(x + ".") for x in allowed):
@@ -399,15 +409,18 @@ def test_checker_finds_upward_and_unplaced_imports(tmp_path):
         "verify/__init__.py": "def f():\n    from r1lab.train.rl import step\n",
         "train/__init__.py": "",
         "train/rl.py": "from r1lab import algos, errors\n",
+        "eval/__init__.py": "",
+        "eval/scorers.py": "from r1lab.train.rl import step\n",
         "stray.py": "",
     })
     layers = (("base", ("r1lab", "r1lab.errors", "r1lab.config")), ("math", ("r1lab.algos",)),
-              ("signals", ("r1lab.verify",)), ("stages", ("r1lab.train",)))
+              ("signals", ("r1lab.verify",)), ("work", ("r1lab.train", "r1lab.eval")))
     modules, graph = import_graph(src, ROOT)
-    problems = find_upward(graph, modules, layers, {"r1lab.algos": ("r1lab.errors",)})
+    problems = find_upward(graph, modules, layers, {"r1lab.algos": ("r1lab.errors",)}, (("r1lab.train", "r1lab.eval"),))
     assert problems == [
         "r1lab.stray (r1lab/stray.py) is in no layer: add it to LAYERS and the README",
         "r1lab.algos.losses imports r1lab.config at r1lab/algos/losses.py:3; r1lab.algos may import only r1lab.errors",
-        "r1lab.verify (signals) imports r1lab.train.rl (stages), a higher layer, at r1lab/verify/__init__.py:2",
+        "r1lab.eval.scorers imports r1lab.train.rl at r1lab/eval/scorers.py:1; r1lab.train, r1lab.eval stay apart",
+        "r1lab.verify (signals) imports r1lab.train.rl (work), a higher layer, at r1lab/verify/__init__.py:2",
     ]
     assert find_cycles(graph, modules) == []

@@ -9,18 +9,20 @@ from r1lab.errors import ConfigError
 from r1lab.eval.budget import BudgetForcedEngine, BudgetForcing, force_budget
 from r1lab.records import Completion, Problem
 from r1lab.rollout import FastEngine, HFEngine, SamplingParams
-from r1lab.rollout.base import encode_prompts, stop_string_end
+from r1lab.rollout.base import Engine, encode_prompts, stop_string_end
 
 pytestmark = pytest.mark.numerics  # float comparisons across kernels, shapes, processes or float64: tests/numerics.py
 
 LINE = "1 + 1 = 2\n"
 
 
-class ScriptedEngine:
+class ScriptedEngine(Engine):
     """A model whose next text is a function of what the response holds so far: `lines` lines of
     thinking per turn (a turn starts at the prompt or after each "Wait"), then "</think>", then
     "\\n<answer>2</answer>" and its end of sequence. Honours max_new_tokens, stop strings and
     stop ids the way the real engines do, and records each call's max_new_tokens."""
+
+    continues_ids = True
 
     def __init__(self, tok, lines, close=True):
         self.tokenizer, self.lines, self.close = tok, lines, close
@@ -162,7 +164,7 @@ def test_settings_are_checked():
         with pytest.raises(ConfigError):
             BudgetForcing(**kw)
     with pytest.raises(ConfigError, match="endpoint"):
-        BudgetForcedEngine(object(), BudgetForcing(max_think=4))
+        BudgetForcedEngine(Engine(), BudgetForcing(max_think=4))  # an engine that cannot continue ids
 
 
 # -- the engines' continuation path, on the tiny model ------------------------------------------------

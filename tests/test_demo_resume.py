@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 
 from r1lab.cli import main
 from r1lab.config import load_config
-from r1lab.demo import StageMarks, resume_config, run_demo
+from r1lab.demo import demo_plan, run_demo
 from r1lab.errors import ConfigError
+from r1lab.runner import stage_status, write_marker
 from r1lab.runs import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,8 +111,7 @@ def test_demo_killed_during_rl_and_resumed_writes_the_uninterrupted_report(whole
     _same_run(whole, run)
     # resumed again: the demo had finished, nothing is run or rewritten
     before = (run / "report.md").stat().st_mtime_ns
-    cfg = resume_config(load_config(run / "config.yaml", [f"resume={run}"]))
-    summary = run_demo(cfg, show_progress=False, log=lambda *_: None)
+    summary = run_demo(load_config(run / "config.yaml", [f"resume={run}"]), show_progress=False, log=lambda *_: None)
     assert summary == json.loads((run / "summary.json").read_text())
     assert (run / "report.md").stat().st_mtime_ns == before
 
@@ -141,18 +141,26 @@ def test_demo_cut_during_sft_resumes_sft_from_its_checkpoint(whole, tmp_path):
 def test_demo_resume_refuses_a_changed_setting_and_a_marker_of_another_config(tmp_path, capsys):
     run = RunDir.create(load_config(None, [f"out_dir={tmp_path}", "name=demo", "train.lr=1e-3"])).path
     with pytest.raises(ConfigError, match=r"resume: train.lr differs from the run's \(0.001 -> 0.01\)"):
-        resume_config(load_config(run / "config.yaml", [f"resume={run}", "train.lr=1e-2"]))
-    resume_config(load_config(run / "config.yaml", [f"resume={run}", "train.save_every=3", "sft.save_every=5"]))
-    # a marker written under other settings is refused, naming the setting
-    cfg = load_config(run / "config.yaml", [f"resume={run}"])
-    StageMarks(RunDir(run), load_config(run / "config.yaml", ["sft.lr=0.5"])).mark("sft", {}, 1.0)
-    with pytest.raises(ConfigError, match=r"resume: sft.lr differs from the run's \(0.5 -> 0.002\)"):
-        StageMarks(RunDir(run), cfg).done("sft")
-    # a schedule's integer keys survive the marker
-    sched = load_config(run / "config.yaml", [f"resume={run}", "train.max_new_tokens_schedule={0: 8, 5: 16}"])
-    StageMarks(RunDir(run), sched).mark("rl", {}, 1.0)
-    assert StageMarks(RunDir(run), sched).done("rl")["stage"] == "rl"
+        demo_plan(load_config(run / "config.yaml", [f"resume={run}", "train.lr=1e-2"]))
+    demo_plan(load_config(run / "config.yaml", [f"resume={run}", "train.save_every=3", "sft.save_every=5"]))
+
+    def mark(plan, key):
+        write_marker(plan, next(s for s in plan.stages if s.key == key), {}, 1.0)
+
+    # a marker written under other settings is refused, naming the setting and the stage
+    other = demo_plan(load_config(None, [f"out_dir={tmp_path}", "name=demo", "train.lr=1e-3", "sft.lr=0.5"]))
+    for key in ("data", "model"):
+        mark(other, key)
+    with pytest.raises(ConfigError, match=r"data: sft.lr differs from the finished stage's \(0.5 -> 0.002\)"):
+        stage_status(demo_plan(load_config(run / "config.yaml", [f"resume={run}"])))
+    # a schedule's integer keys survive the marker; a changed checkpoint cadence leaves a stage done
+    sched = [f"out_dir={tmp_path}", "name=sched", "train.max_new_tokens_schedule={0: 8, 5: 16}"]
+    run = RunDir.create(load_config(None, sched)).path
+    for key in ("data", "model"):
+        mark(demo_plan(load_config(None, sched)), key)
+    status = stage_status(demo_plan(load_config(run / "config.yaml", [f"resume={run}", "train.save_every=7"])))
+    assert [status[k] for k in ("data", "model", "eval-untrained")] == ["done", "done", "new"]
     with pytest.raises(ConfigError, match="not a run directory"):
-        resume_config(load_config(None, [f"resume={tmp_path / 'nothing'}"]))
+        demo_plan(load_config(None, [f"resume={tmp_path / 'nothing'}"]))
     assert main(["demo", f"resume={tmp_path / 'nothing'}"]) == 2
     assert "is not a run directory (no config.yaml)" in capsys.readouterr().err

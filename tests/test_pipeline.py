@@ -172,7 +172,7 @@ def runs(tmp_path_factory):
 def test_an_uninterrupted_run_chains_the_stages(runs):
     tmp, _, whole = runs
     run = tmp / "whole"
-    done = {d.name: json.loads((d / "done.json").read_text()) for d in run.iterdir() if (d / "done.json").is_file()}
+    done = {p.stem: json.loads(p.read_text())["result"] for p in (run / "stages").glob("*.json")}
     assert sorted(done) == ["00-sft", "01-data", "02-rl", "03-eval", "prepare"]
     assert done["01-data"]["outputs"]["file"] == str(run.resolve() / "01-data" / "train.jsonl")
     rl_cfg = yaml.safe_load((run / "02-rl" / "config.yaml").read_text())
@@ -194,7 +194,7 @@ def test_a_resume_runs_only_what_did_not_finish_to_the_same_result(runs, monkeyp
 
     tmp, recipe, _ = runs
     cut = tmp / "cut"
-    assert not (cut / "02-rl" / "done.json").exists() and not (cut / "03-eval").exists()
+    assert not (cut / "stages" / "02-rl.json").exists() and not (cut / "03-eval").exists()
     plan = plan_pipeline(recipe, [f"resume={cut}"])
     assert check_resume(plan) == {"prepare": "done", "00-sft": "done", "01-data": "done", "02-rl": "resume",
                                   "03-eval": "new"}
@@ -217,18 +217,18 @@ def test_an_interrupted_stage_without_checkpoints_starts_again(runs):
     import shutil
 
     tmp, recipe, _ = runs
-    run = tmp / "copy"  # a copy of the whole run: done.json paths are relative to the run directory
+    run = tmp / "copy"  # a copy of the whole run: the markers' paths are relative to the run directory
     shutil.copytree(tmp / "whole", run)
-    (run / "03-eval" / "done.json").unlink()  # killed inside the eval stage
+    (run / "stages" / "03-eval.json").unlink()  # killed inside the eval stage
     (run / "03-eval" / "eval" / "results.jsonl").write_text('{"cut off mid-li')
     plan = plan_pipeline(recipe, [f"resume={run}"])
     assert check_resume(plan) == {"prepare": "done", "00-sft": "done", "01-data": "done", "02-rl": "done",
                                   "03-eval": "restart"}
     summary = run_pipeline(plan, show_progress=False, log=lambda *a: None)
-    assert (run / "03-eval" / "done.json").is_file()
+    assert (run / "stages" / "03-eval.json").is_file()
     assert summary["stages"]["03-eval"]["avg@2"] == summary["stages"]["02-rl"]["avg@2"]
     # a data stage that did not finish runs again, and so does every stage after it
-    (run / "01-data" / "done.json").unlink()
+    (run / "stages" / "01-data.json").unlink()
     assert check_resume(plan_pipeline(recipe, [f"resume={run}"])) == {
         "prepare": "done", "00-sft": "done", "01-data": "restart", "02-rl": "restart", "03-eval": "restart"}
 
@@ -308,7 +308,7 @@ def test_the_tiny_twins_run_end_to_end_each_stage_feeding_the_next(name, kinds, 
     files = {n: str(run / "prepare" / "data" / f"{n}.jsonl") for n in ("sft", "train", "eval")}
     model, models = "", []
     for s in plan.stages:  # what each stage read is what the stages before it wrote
-        done = json.loads((run / s.dirname / "done.json").read_text())
+        done = json.loads((run / "stages" / f"{s.dirname}.json").read_text())["result"]
         if s.kind == "data":
             manifest = json.loads(Path(done["outputs"]["file"]).with_suffix(".manifest.json").read_text())
             assert manifest["steps"][0]["settings"]["paths"] == [files[s.input]]
@@ -319,7 +319,7 @@ def test_the_tiny_twins_run_end_to_end_each_stage_feeding_the_next(name, kinds, 
             continue
         cfg = yaml.safe_load((run / s.dirname / "config.yaml").read_text())
         if s.kind == "eval":
-            rl = json.loads((run / plan.stages[-2].dirname / "done.json").read_text())["eval"]
+            rl = json.loads((run / "stages" / f"{plan.stages[-2].dirname}.json").read_text())["result"]["eval"]
             assert [done["eval"][k] for k in ("avg@4", "pass@4", "maj@4")] == [rl[k] for k in ("avg@4", "pass@4", "maj@4")]
             continue
         assert cfg["init_from"] == model  # "" for the first: the tiny model is built
@@ -387,7 +387,7 @@ def test_a_pipeline_killed_by_sigkill_resumes_to_the_same_result(runs):
                              "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     deadline = time.time() + 300
-    while not (run / "00-sft" / "done.json").exists() and proc.poll() is None and time.time() < deadline:
+    while not (run / "stages" / "00-sft.json").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL

@@ -11,6 +11,7 @@ import torch
 
 from r1lab.algos.mcts import backup, node_q, ppm_pairwise_loss, select_child, uct_score
 from r1lab.records import Completion, Problem
+from r1lab.rollout.base import Engine
 from r1lab.tasks import generate_splits
 from r1lab.tasks.steps import (
     STEP_END,
@@ -191,9 +192,11 @@ def test_hostile_step_code_is_contained_by_the_sandbox():
 # --- the search ----------------------------------------------------------------------------------------
 
 
-class ScriptedEngine:
+class ScriptedEngine(Engine):
     """For each prompt, the next text of the script keyed by the prompt's last result line (None
     before the first step), cycling through its options."""
+
+    continues_ids = True
 
     def __init__(self, tok, scripts):
         self.tok, self.scripts, self.calls = tok, scripts, 0
@@ -308,7 +311,6 @@ def test_ppm_load_names_what_is_wrong(tmp_path):
 @pytest.mark.slow
 def test_one_tiny_rstar_round_completes(tmp_path):
     from r1lab.config import load_config
-    from r1lab.runs import RunDir
     from r1lab.rstar import run_rstar
 
     cfg = load_config(RECIPE, [
@@ -317,7 +319,7 @@ def test_one_tiny_rstar_round_completes(tmp_path):
         "data.eval_size=4", "sft.epochs=10", "sft.batch_size=16", "eval.n=2", "eval.ks=[1,2]", "reward.verify_workers=1",
         "rstar.rounds=1", "rstar.problems_per_round=8", "rstar.rollouts=2", "rstar.candidates=3",
         "rstar.max_depth=2", "rstar.ppm_epochs=1", "rstar.sft_epochs=1", "rstar.ppm_heldout=0.25"])
-    history = run_rstar(cfg, RunDir.create(cfg), show_progress=False, log=lambda *_: None)
+    history = run_rstar(cfg, show_progress=False, log=lambda *_: None)
     assert [h["round"] for h in history] == [0, 1]
     r1 = history[1]
     assert r1["search/problems"] == 8 and r1["search/nodes"] >= 8 and r1["search/expansions"] >= 8

@@ -17,7 +17,7 @@ from r1lab.eval.scorers import (ImplicitPRMScorer, aggregate_prefix, load_scorer
 from r1lab.eval.search import (answer_groups, beam_search, beam_sizes, best_of_n, score_rows, selection_points,
                                selection_row, top_k, vote, vote_weight)
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import SamplingParams
+from r1lab.rollout.base import Engine, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,11 +147,13 @@ class CharTokenizer:
         return "".join("" if i == EOS else chr(i) for i in ids)
 
 
-class ScriptedEngine:
+class ScriptedEngine(Engine):
     """A model given as a tree of steps: `steps[prefix]` lists the next steps after the response text
     `prefix` ("$" ends the response). Row k of the rows with the same prefix in one call takes
     option k (modulo their number) at every node. Decodes a character at a time, honouring stop
     strings, the end of sequence and max_new_tokens as the real engines do."""
+
+    continues_ids = True
 
     def __init__(self, steps, prompt_len):
         self.steps, self.prompt_len = steps, prompt_len
@@ -274,7 +276,7 @@ def test_beam_sizes_and_top_k():
 
 
 def test_beam_search_refuses_an_engine_without_token_prefixes():
-    class Endpoint:
+    class Endpoint(Engine):  # continues_ids stays False
         tokenizer = CharTokenizer()
 
     with pytest.raises(ConfigError, match="local model"):

@@ -1,9 +1,6 @@
 """Generated task families: teacher traces are correct and well-formed, splits are disjoint and
-deterministic, and the countdown checker survives hostile answers.
-
-Typical character lengths (mean prompt / mean trace, max trace), from test_print_lengths (-s):
-  arithmetic  d=1: 14 / 44 (45)   d=2: 20 / 55 (59)   d=3: 26 / 67 (73)   d=4: 32 / 79 (87)
-  countdown   d=1: 20 / 49 (53)   d=2: 24 / 66 (72)   d=3: 27 / 83 (92)   d=4: 31 / 100 (114)
+deterministic, and the countdown checker survives hostile answers. LENGTHS holds their typical
+character lengths (what fits a small model's context), kept true by test_typical_lengths.
 """
 
 from __future__ import annotations
@@ -107,16 +104,24 @@ def test_traces_survive_a_jsonl_round_trip_and_missing_metadata() -> None:
     assert independent_eval(solve([2, 3, 4, 5], 100)) == 100
 
 
-def test_print_lengths() -> None:
-    """Not an assertion: the numbers in this module's docstring come from here (pytest -s)."""
+# family -> difficulty -> (mean prompt, mean trace, longest trace) in characters, over 300 problems
+LENGTHS = {
+    "arithmetic": {1: (14, 44, 45), 2: (20, 55, 59), 3: (26, 67, 73), 4: (32, 79, 87)},
+    "countdown": {1: (20, 49, 52), 2: (24, 66, 72), 3: (27, 83, 90), 4: (31, 100, 110)},
+    "knights": {1: (163, 157, 172), 2: (163, 157, 172), 3: (204, 222, 248), 4: (243, 286, 322)},
+}
+
+
+def test_typical_lengths() -> None:
+    measured = {}
     for name in sorted(TASKS):
+        measured[name] = {}
         for d in (1, 2, 3, 4):
             ps = sample(name, d, n=300)
             traces = [get_task(name).teacher_trace(p) for p in ps]
-            print(
-                f"{name:10s} d={d}: prompt {statistics.mean(len(p.prompt) for p in ps):5.1f}"
-                f"  trace {statistics.mean(map(len, traces)):5.1f} (max {max(map(len, traces))})"
-            )
+            measured[name][d] = (round(statistics.mean(len(p.prompt) for p in ps)),
+                                 round(statistics.mean(map(len, traces))), max(map(len, traces)))
+    assert measured == LENGTHS
 
 
 # --- registry and splits -----------------------------------------------------------------------

@@ -8,10 +8,10 @@ import struct
 
 import pytest
 
-from r1lab.config import load_config
+from r1lab.config import flatten, load_config
 from r1lab.errors import ConfigError
 from r1lab.runs import MetricsWriter
-from r1lab.tracking import BACKENDS, MultiTracker, Tracker, check_tracking, flatten, make_tracker, numeric
+from r1lab.tracking import BACKENDS, MultiTracker, Tracker, check_tracking, make_tracker, numeric
 
 STEPS = {-1: {"critic/value_loss": 0.9, "phase": "value_pretrain"},  # value pretraining logs negative steps
          1: {"reward/total": 0.25, "policy/entropy": 0.5, "response/length_correct": None, "accuracy": True},
@@ -64,8 +64,8 @@ def test_missing_package_fails_the_cli_before_a_run_directory(monkeypatch, tmp_p
 def test_numeric_and_flatten():
     assert numeric({"a": 1, "b": 0.5, "c": None, "d": "x", "e": math.inf, "f": math.nan, "g": False}) == \
         {"a": 1.0, "b": 0.5, "g": 0.0}
-    assert flatten({"train": {"lr": 3e-5, "lora": {"r": 0}}, "tracking": [], "reward": {"settings": {}}}) == \
-        {"train.lr": 3e-5, "train.lora.r": 0, "tracking": [], "reward.settings": {}}
+    assert flatten({"train": {"lr": 3e-5, "lora": {"r": 0}}, "tracking": [], "reward": {"settings": {}}},
+                   into_mappings=True) == {"train.lr": 3e-5, "train.lora.r": 0, "tracking": [], "reward.settings": {}}
 
 
 class Recorder(Tracker):

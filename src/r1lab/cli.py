@@ -1,7 +1,8 @@
-"""`r1lab`: one command, thin subcommands. Parse, load the config, call a stage.
+"""`r1lab`: one command, thin subcommands. Parse the arguments, load the config, and hand it to the
+runner (a plan of stages: r1lab.runner) or to an evaluation function (r1lab.eval).
 
     r1lab demo [RECIPE] [key.sub=value ...]
-    r1lab demo resume=RUN_DIR              (continue an interrupted demo; sft and rl take resume= too)
+    r1lab demo resume=RUN_DIR              (continue an interrupted demo; every command that runs stages takes it)
     r1lab sft RECIPE [key.sub=value ...]
     r1lab rl RECIPE [key.sub=value ...]
     r1lab dpo RECIPE [key.sub=value ...]       (dpo.rounds=3: iterative DPO; dpo.pairs_path=FILE: offline)
@@ -24,14 +25,12 @@ Errors in the user's input print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from r1lab.errors import EngineError, R1labError
+from r1lab.errors import R1labError
 
 
 def _quiet_libraries() -> None:
@@ -55,22 +54,8 @@ def _config(recipe: str | None, overrides: list[str]):
     return cfg
 
 
-@contextlib.contextmanager
-def _no_run_left_if_engine_fails(cfg):
-    """An engine that cannot run the model or does not start is found only once the model is loaded,
-    after the run directory was made: remove that directory again if this command created it."""
-    path = Path(cfg.out_dir) / cfg.name
-    fresh = not path.exists()
-    try:
-        yield
-    except EngineError:
-        if fresh:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
-
-
 def cmd_demo(args) -> int:
-    from r1lab.demo import resume_config, run_demo
+    from r1lab.demo import run_demo
 
     recipe = args.recipe
     overrides = list(args.overrides)
@@ -87,108 +72,18 @@ def cmd_demo(args) -> int:
 
         default = recipes_dir() / "tiny" / "demo.yaml"
         recipe = str(default) if default.is_file() else None
-    cfg = _config(recipe, overrides)
-    if cfg.resume:
-        cfg = resume_config(cfg)
-    if cfg.name == "run":
-        cfg.name = time.strftime("demo-%Y%m%d-%H%M%S")
-    with _no_run_left_if_engine_fails(cfg):
-        run_demo(cfg, show_progress=not args.quiet)
+    run_demo(_config(recipe, overrides), show_progress=not args.quiet)
     return 0
 
 
-def _stage_run(args, stage: str) -> int:
+def cmd_stage(args, stage: str) -> int:
+    """`r1lab sft | rl | dpo RECIPE`: a plan of one stage (resume=RUN_DIR continues it)."""
     cfg = _config(args.recipe, args.overrides)  # before the heavy imports: a typo fails fast
-    if cfg.name == "run":
-        cfg.name = time.strftime(f"{stage}-%Y%m%d-%H%M%S")
-    with _no_run_left_if_engine_fails(cfg):
-        return _stage_body(args, cfg, stage)
 
+    from r1lab.runner import run_plan
+    from r1lab.stages import stage_plan
 
-def _stage_body(args, cfg, stage: str) -> int:
-    from r1lab.report import stage_table, write_report
-    from r1lab.runs import RunDir
-    from r1lab.stages import health_section, load_policy, prepare_data, run_eval, run_rl, run_sft
-
-    if cfg.resume:
-        run = _resumed_run(cfg, stage)
-        print(f"r1lab {stage}: resuming {run.path}")
-    else:
-        run = RunDir.create(cfg)
-        print(f"r1lab {stage} -> {run.path}")
-    data = prepare_data(cfg, run)
-    model, tok = load_policy(cfg, data)
-    stages = {}
-    if stage == "sft":
-        run_sft(cfg, run, model, tok, data, show_progress=not args.quiet)
-    else:
-        if cfg.eval.at_start and not cfg.resume:  # a resumed run measured its start the first time
-            stages["start"] = run_eval(cfg, model, tok, data.eval, run.file("eval/start.jsonl"), "eval start",
-                                       not args.quiet).summary
-        run_rl(cfg, run, model, tok, data, show_progress=not args.quiet)
-    stages[stage] = run_eval(cfg, model, tok, data.eval, run.file(f"eval/{stage}.jsonl"), f"eval {stage}", not args.quiet).summary
-    table = stage_table(stages, cfg.eval.n, cfg.eval.ks)
-    sections = [("Held-out evaluation", table)] + ([health_section(cfg, run)] if stage == "rl" else [])
-    write_report(run.file("report.md"), f"r1lab {stage}: {run.path.name}", sections)
-    print(table)
-    print(f"checkpoint: {run.checkpoint(stage)}")
-    return 0
-
-
-def _resumed_run(cfg, stage: str):
-    """The run directory `resume=` names, checked to be the same run with a checkpoint to continue
-    from; its config.yaml is rewritten with the settings that may change (more RL steps, say)."""
-    from r1lab.config import load_config, save_config
-    from r1lab.runs import RunDir
-    from r1lab.train.checkpoint import (RESUMABLE_CHANGES, SFT_RESUMABLE_CHANGES, SFT_STATE_DIR, STATE_DIR,
-                                        check_resume_config, checkpoints)
-
-    folder, setting, allowed = ((SFT_STATE_DIR, "sft.save_every", SFT_RESUMABLE_CHANGES) if stage == "sft"
-                                else (STATE_DIR, "train.save_every", RESUMABLE_CHANGES))
-    path = Path(cfg.resume)
-    if not (path / "config.yaml").is_file():
-        raise R1labError(f"resume: {path} is not a run directory (no config.yaml)")
-    if not checkpoints(path, folder):
-        raise R1labError(f"resume: {path} has no resumable checkpoint (checkpoints/{folder}/step-*; "
-                         f"{setting} > 0 writes them)")
-    saved = load_config(path / "config.yaml")
-    cfg.name, cfg.out_dir = saved.name, saved.out_dir  # the run's own name, wherever it is resumed from
-    check_resume_config(saved, cfg, allowed)
-    save_config(cfg, path / "config.yaml")
-    return RunDir(path)
-
-
-def cmd_dpo(args) -> int:
-    """`r1lab dpo RECIPE`: preference optimisation from a pairs file or from verifier-labelled pairs
-    the stage samples itself, one or more rounds; held-out evaluation before and after."""
-    cfg = _config(args.recipe, args.overrides)
-
-    from r1lab.report import stage_table, write_report
-    from r1lab.runs import RunDir
-    from r1lab.stages import check_dpo_config, load_policy, prepare_data, run_dpo, run_eval
-
-    check_dpo_config(cfg)  # a bad loss name, policy or pairs file leaves no run directory behind
-
-    if cfg.name == "run":
-        cfg.name = time.strftime("dpo-%Y%m%d-%H%M%S")
-    run = RunDir.create(cfg)
-    print(f"r1lab dpo -> {run.path}")
-    data = prepare_data(cfg, run)
-    model, tok = load_policy(cfg, data)
-    stages = {}
-    if cfg.eval.at_start:
-        stages["start"] = run_eval(cfg, model, tok, data.eval, run.file("eval/start.jsonl"), "eval start",
-                                   not args.quiet).summary
-    history = run_dpo(cfg, run, model, tok, data, show_progress=not args.quiet)
-    stages["dpo"] = run_eval(cfg, model, tok, data.eval, run.file("eval/dpo.jsonl"), "eval dpo", not args.quiet).summary
-    table = stage_table(stages, cfg.eval.n, cfg.eval.ks)
-    shown = ("round/pass_rate", "round/pairs", "dpo/margin", "dpo/accuracy", "eval/avg")
-    rounds = "\n".join(f"- round {h['round']}: " + ", ".join(
-        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in h.items() if k in shown) for h in history)
-    write_report(run.file("report.md"), f"r1lab dpo: {run.path.name}",
-                 [("Held-out evaluation", table), ("Rounds", rounds), ("Training curves", "![dpo](plots/dpo.png)")])
-    print(table)
-    print(f"checkpoint: {run.checkpoint('dpo')}")
+    run_plan(stage_plan(cfg, stage, show_progress=not args.quiet))
     return 0
 
 
@@ -197,18 +92,12 @@ def cmd_rstar(args) -> int:
     a process preference model on step pairs), with a held-out evaluation of the policy each round."""
     cfg = _config(args.recipe, args.overrides)
 
-    from r1lab.runs import RunDir
-    from r1lab.rstar import check_rstar_config, rounds_table, run_rstar
+    from r1lab.rstar import rounds_table, run_rstar
 
-    check_rstar_config(cfg)  # before the run directory exists
-    if cfg.name == "run":
-        cfg.name = time.strftime("rstar-%Y%m%d-%H%M%S")
-    with _no_run_left_if_engine_fails(cfg):
-        run = RunDir.create(cfg)
-        print(f"r1lab rstar -> {run.path}")
-        history = run_rstar(cfg, run, show_progress=not args.quiet)
+    history = run_rstar(cfg, show_progress=not args.quiet)
+    run = Path(cfg.resume) if cfg.resume else Path(cfg.out_dir) / cfg.name
     print(rounds_table(history))
-    print(f"report: {run.file('report.md')}; policy and PPM checkpoints: {run.path / 'checkpoints'}")
+    print(f"report: {run / 'report.md'}; policy and PPM checkpoints: {run / 'checkpoints'}")
     return 0
 
 
@@ -240,10 +129,10 @@ def cmd_eval(args) -> int:
     cfg = _config(args.recipe, args.overrides)
 
     from r1lab.records import load_problems
-    from r1lab.report import stage_table
     from r1lab.rollout.openai import OpenAIEngine, is_endpoint
     from r1lab.runs import RunDir
-    from r1lab.stages import load_policy, prepare_data, run_eval
+    from r1lab.eval.sweeps import plain_eval, search_sweep, think_sweep
+    from r1lab.stages import load_policy, prepare_data
 
     cfg.eval.n = args.n if args.n is not None else cfg.eval.n
     cfg.eval.ks = [k for k in sorted(set(cfg.eval.ks + [cfg.eval.n])) if k <= cfg.eval.n]
@@ -287,7 +176,7 @@ def cmd_eval(args) -> int:
         model, tok = load_policy(cfg, path=args.model)
     model_id = _model_id(args.model)
     if benches is not None:
-        from r1lab.stages import evaluate_benchmarks
+        from r1lab.eval.stage import evaluate_benchmarks
 
         run = RunDir.create(cfg)
         _, report = evaluate_benchmarks(cfg, model, tok, benches, run.file("eval"), n=args.n, temperature=args.temperature,
@@ -301,20 +190,15 @@ def cmd_eval(args) -> int:
     problems = problems[: args.limit] if args.limit else problems
     run = RunDir.create(cfg)
     source = str(Path(args.data).resolve()) if args.data else "held-out split of the config"
-    if budgets:
-        return _think_sweep(args, cfg, model, tok, problems, run, budgets, model_id, source)
-    if scorer is not None:
-        return _search_sweep(args, cfg, model, tok, problems, run, model_id, source, scorer)
-    res = run_eval(cfg, model, tok, problems, run.file("eval/results.jsonl"), "eval", not args.quiet, engine=engine,
-                   resume=True, settings={"model": model_id, "benchmark": source})
-    from r1lab.benchmarks import write_summary_json
-
     label = Path(args.data).stem if args.data else "held-out"
-    write_summary_json(run.file("eval/summary.json"), {label: (cfg.eval.n, res.summary)}, {"model": model_id})
-    table = stage_table({Path(args.model).name: res.summary}, cfg.eval.n, cfg.eval.ks)
-    run.file("eval/summary.md").write_text(f"{label} ({source})\n\n{table}\n", encoding="utf-8")
-    print(table)
-    print(f"per-problem results and summary: {run.file('eval')}")
+    if budgets:
+        think_sweep(cfg, model, tok, problems, run, budgets, model_id, source, label, show_progress=not args.quiet)
+        return 0
+    if scorer is not None:
+        search_sweep(cfg, model, tok, problems, run, scorer, model_id, source, label, show_progress=not args.quiet)
+        return 0
+    plain_eval(cfg, model, tok, problems, run, model_id, source, label, Path(args.model).name, engine=engine,
+               show_progress=not args.quiet)
     return 0
 
 
@@ -346,43 +230,6 @@ def _think_settings(args, cfg) -> list[tuple[int, int]] | None:
     if b.min_think:
         raise R1labError("--think-min needs a maximum too (--think-max or --think-budgets)")
     return None
-
-
-def _think_sweep(args, cfg, model, tok, problems, run, budgets, model_id: str, source: str) -> int:
-    """Evaluate at each thinking budget (eval/think-MIN-MAX.jsonl, resumable), then the scaling
-    table (eval/scaling.md, .json) and the plot of accuracy against thinking tokens (plots/scaling.png)."""
-    import copy
-    import json
-
-    from r1lab.records import write_text_atomic
-    from r1lab.eval.budget import forced_engine, scaling_point, scaling_table
-    from r1lab.plots import plot_scaling
-    from r1lab.rollout import make_engine
-    from r1lab.stages import run_eval
-
-    base = make_engine(model, tok, cfg.rollout.engine, batch_size=cfg.eval.batch_size, dtype=cfg.rollout.dtype,
-                       kv_cache_gb=cfg.rollout.kv_cache_gb)
-    n, points = cfg.eval.n, []
-    for lo, hi in budgets:
-        c = copy.deepcopy(cfg)
-        c.eval.budget.min_think, c.eval.budget.max_think = lo, hi
-        engine = forced_engine(base, c.eval.budget)  # kept here for its counts of inserted Waits
-        res = run_eval(c, model, tok, problems, run.file(f"eval/think-{lo}-{hi}.jsonl"), f"think {lo}..{hi}",
-                       not args.quiet, engine=engine, resume=True, settings={"model": model_id, "benchmark": source})
-        waits = engine.stats["waits"] if res.summary["resumed_problems"] == 0 else None
-        points.append(scaling_point(res.rows, res.summary, n, (lo, hi), waits))
-    table = scaling_table(points, n)
-    label = Path(args.data).stem if args.data else "held-out"
-    head = (f"{label} ({source}), model {model_id}: {len(problems)} problems, {n} samples each at temperature "
-            f"{cfg.eval.temperature}; answer budget {cfg.eval.budget.answer_tokens} tokens after the thinking.")
-    write_text_atomic(run.file("eval/scaling.md"), f"{head}\n\n{table}\n")
-    write_text_atomic(run.file("eval/scaling.json"),
-                      json.dumps({"model": model_id, "data": source, "n": n, "points": points}, indent=1, default=float) + "\n")
-    title = f"test-time scaling: {'/'.join(Path(model_id).parts[-3:])} on {label}"
-    plot_scaling(points, run.file("plots/scaling.png"), title)
-    print(table)
-    print(f"per-budget results, table and plot: {run.file('eval')}, {run.file('plots/scaling.png')}")
-    return 0
 
 
 def _search_scorer(args, cfg):
@@ -420,66 +267,6 @@ def _search_scorer(args, cfg):
         if s.step_tokens < 1 or s.max_steps < 1:
             raise R1labError("eval.search.step_tokens and eval.search.max_steps must be >= 1")
     return load_scorer(s.prm, agg=s.agg, delimiter=s.delimiter)
-
-
-def _search_sweep(args, cfg, model, tok, problems, run, model_id: str, source: str, scorer) -> int:
-    """Test-time search with a step scorer: max(N) samples per problem (eval/search-samples.jsonl,
-    resumable), each scored; best-of-N, PRM-weighted and majority voting over the first N at each N
-    (eval/search.jsonl); with --search beam, a beam search per N (eval/beam-N.jsonl); the table
-    (eval/search.md, eval/summary.md), eval/search.json, the plain metrics of the samples
-    (eval/summary.json, as plain eval writes it) and the plot plots/search.png."""
-    import copy
-    import json
-
-    from r1lab.benchmarks import write_summary_json
-    from r1lab.eval.search import run_beams, score_rows, search_table, selection_points
-    from r1lab.plots import plot_search
-    from r1lab.records import write_jsonl, write_text_atomic
-    from r1lab.rollout import make_engine
-    from r1lab.stages import eval_params, run_eval
-
-    s = cfg.eval.search
-    c = copy.deepcopy(cfg)
-    c.eval.n = max(s.ns)
-    c.eval.ks = [c.eval.n]
-    label = Path(args.data).stem if args.data else "held-out"
-    res = run_eval(c, model, tok, problems, run.file("eval/search-samples.jsonl"), "search samples", not args.quiet,
-                   resume=True, settings={"model": model_id, "benchmark": source})
-    rows = score_rows(res.rows, problems, scorer, s.ns, cfg.reward.verify_timeout, cfg.reward.verify_workers)
-    write_jsonl(run.file("eval/search.jsonl"), rows)
-    points = selection_points(rows, s.ns)
-    if s.method == "beam":
-        engine = make_engine(model, tok, cfg.rollout.engine, batch_size=cfg.eval.batch_size, dtype=cfg.rollout.dtype,
-                             kv_cache_gb=cfg.rollout.kv_cache_gb)
-        try:
-            for point in points:
-                brows, bpoint = run_beams(engine, scorer, problems, eval_params(cfg), point["n"], s, seed=cfg.seed + 555,
-                                          timeout=cfg.reward.verify_timeout, workers=cfg.reward.verify_workers)
-                write_jsonl(run.file(f"eval/beam-{point['n']}.jsonl"), brows)
-                point.update(bpoint)
-                if not args.quiet:
-                    print(f"beam N={point['n']} ({bpoint['width']} x {bpoint['expand']}): {100 * bpoint['beam']:.1f}% "
-                          f"correct, {bpoint['beam_tokens_per_problem']:.0f} tokens per problem")
-        finally:
-            engine.close()
-    table = search_table(points)
-    head = (f"{label} ({source}), model {model_id}, scorer {Path(s.prm).resolve()}: {len(problems)} problems, "
-            f"temperature {cfg.eval.temperature}, method {s.method} (implicit-PRM score: {s.agg}). Accuracies in %, "
-            "compute in generated tokens per problem; majority voting at equal samples is the baseline.")
-    write_text_atomic(run.file("eval/search.md"), f"{head}\n\n{table}\n")
-    write_text_atomic(run.file("eval/summary.md"), f"{head}\n\n{table}\n")
-    # the plain metrics of the max(N) samples, as plain eval writes them (what --compare reads)
-    write_summary_json(run.file("eval/summary.json"), {label: (c.eval.n, res.summary)}, {"model": model_id})
-    write_text_atomic(run.file("eval/search.json"), json.dumps(
-        {"model": model_id, "data": source, "scorer": str(Path(s.prm).resolve()), "method": s.method,
-         "settings": {k: getattr(s, k) for k in ("ns", "beam_width", "beam_expand", "delimiter", "think_end",
-                                                 "step_tokens", "max_steps", "agg")},
-         "points": points}, indent=1, default=float) + "\n")
-    title = f"PRM search: {'/'.join(Path(model_id).parts[-3:])} on {label}"
-    plot_search(points, run.file("plots/search.png"), title)
-    print(table)
-    print(f"per-problem results, table and plot: {run.file('eval')}, {run.file('plots/search.png')}")
-    return 0
 
 
 def _compare(args) -> int:
@@ -530,17 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sft", "supervised fine-tuning on verified reasoning traces")
     p.add_argument("recipe", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
-    p.set_defaults(func=lambda a: _stage_run(a, "sft"))
+    p.set_defaults(func=lambda a: cmd_stage(a, "sft"))
 
     p = add("rl", "reinforcement learning from verifiable rewards (GRPO and friends)")
     p.add_argument("recipe", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
-    p.set_defaults(func=lambda a: _stage_run(a, "rl"))
+    p.set_defaults(func=lambda a: cmd_stage(a, "rl"))
 
     p = add("dpo", "preference optimisation (DPO, RPO, IPO, SimPO) on verifier-labelled pairs; dpo.rounds > 1 is iterative DPO")
     p.add_argument("recipe", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
-    p.set_defaults(func=cmd_dpo)
+    p.set_defaults(func=lambda a: cmd_stage(a, "dpo"))
 
     p = add("rstar", "rStar-Math: MCTS over code-augmented steps, self-evolving policy and process preference model")
     p.add_argument("recipe", help="recipe YAML")

@@ -463,7 +463,7 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _suggest(key: str, options: list[str], where: str) -> str:
+def suggest_key(key: str, options: list[str], where: str) -> str:
     prefix = f"{where}." if where else ""
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
     if close:
@@ -477,7 +477,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of fields, got {value!r}")
-        return _build(tp, value, where)
+        return build_section(tp, value, where)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -514,7 +514,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
+def build_section(cls: type, data: dict[str, Any], where: str = "") -> Any:
     types = _field_types(cls)
     obj = cls()
     for key, value in data.items():
@@ -522,7 +522,7 @@ def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
         if key not in types:
             if path in MOVED_KEYS:
                 raise ConfigError(f"config key '{path}' is now '{MOVED_KEYS[path]}' (the method's own settings)")
-            raise ConfigError(f"unknown config key '{path}'{_suggest(key, list(types), where)}")
+            raise ConfigError(f"unknown config key '{path}'{suggest_key(key, list(types), where)}")
         setattr(obj, key, _coerce(value, types[key], path))
     # the sections given were checked as they were built, the others are at their valid defaults
     check_fields(obj, where, nested=False)
@@ -535,7 +535,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """The RunConfig of a nested dict (to_dict's output), checked as a recipe is."""
-    return _build(RunConfig, data)
+    return build_section(RunConfig, data)
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -562,10 +562,10 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 RECIPE_META = ("description", "paper", "base")  # recipe keys that are not config fields
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -592,8 +592,8 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     merged: dict[str, Any] = {}
     for base in [bases] if isinstance(bases, str) else bases:  # later bases override earlier ones
         parent = read_recipe(path.parent / str(base), _seen + (path.resolve(),))
-        merged = _deep_merge(merged, {k: v for k, v in parent.items() if k not in RECIPE_META})
-    return _deep_merge(merged, loaded)
+        merged = deep_merge(merged, {k: v for k, v in parent.items() if k not in RECIPE_META})
+    return deep_merge(merged, loaded)
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -603,10 +603,25 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
         data = {k: v for k, v in read_recipe(recipe).items() if k not in RECIPE_META}
     for override in overrides:
         apply_override(data, override)
-    return _build(RunConfig, data)
+    return build_section(RunConfig, data)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def flatten(value: Any, prefix: str = "", into_mappings: bool = False) -> dict[str, Any]:
+    """Dotted setting name -> value, through the nested config sections (`sft.lr`), and with
+    `into_mappings` through non-empty mappings too (`reward.terms.accuracy`, as trackers list them)."""
+    if dataclasses.is_dataclass(value):
+        items = [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+    elif into_mappings and isinstance(value, dict) and value:
+        items = list(value.items())
+    else:
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, v in items:
+        out.update(flatten(v, f"{prefix}.{key}" if prefix else str(key), into_mappings))
+    return out

@@ -30,3 +30,9 @@ class EngineError(R1labError):
 class WorkerError(R1labError):
     """A worker process of the run died, failed or did not answer within its timeout: the run stops
     with one line naming the worker and what it was asked."""
+
+
+def one_line(e: BaseException, limit: int = 500) -> str:
+    """An exception as one line of text for a user-facing message: its type and message, whitespace
+    collapsed, at most `limit` characters."""
+    return " ".join(f"{type(e).__name__}: {e}".split())[:limit]

@@ -38,6 +38,12 @@ CHATML_TEMPLATE = (
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+# a step scorer is a model directory whose scorer.json names its kind (eval/scorers.py loads it)
+SCORER_FILE = "scorer.json"
+PRM_KIND = "implicit_prm"  # PRIME's implicit process reward model (train/prm.py)
+PPM_KIND = "rstar_ppm"  # rStar-Math's process preference model (train/ppm.py)
+
+
 def torch_dtype(name: str) -> torch.dtype:
     """float32 / bfloat16 by name; `auto` is bfloat16 where it is fast (a GPU, or a CPU with native
     bf16 matmuls) and float32 elsewhere."""
@@ -66,6 +72,56 @@ def resolve_device(name: str) -> torch.device:
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where a model's weights are (its first parameter's device: r1lab never splits a model)."""
     return next(model.parameters()).device
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    start: int = 0,
+    entropy_grad: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / T) of each next token: [B, L-1] (and the entropy of that distribution).
+
+    Right padding needs no position ids: causal attention never lets a real token see the pads
+    after it. Log-probs are computed in float32 whatever the model dtype (or autocast).
+    `start` > 0 skips the LM head and the softmax for positions before it (prompt tokens that carry
+    no loss): those entries come back 0. `entropy_grad=False` computes the entropy for logging only,
+    outside the autograd graph.
+
+    Batches live on the CPU; on a GPU model the ids go to its device and the [B, L-1] results come
+    back (autograd follows the copy), so the loss code is the same for every device.
+    """
+    home = input_ids.device
+    device = model_device(model)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    L = input_ids.shape[1]
+    start = min(max(start, 0), L - 1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                   logits_to_keep=L - start).logits[:, :-1]  # positions start .. L-2
+    logprobs, entropy = logprobs_of_targets(logits, input_ids[:, start + 1:], temperature, with_entropy, entropy_grad)
+    if start:
+        logprobs = torch.nn.functional.pad(logprobs, (start, 0))
+        entropy = None if entropy is None else torch.nn.functional.pad(entropy, (start, 0))
+    return logprobs.to(home), None if entropy is None else entropy.to(home)
+
+
+def logprobs_of_targets(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                        with_entropy: bool = False, entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / T) at `targets` ([..., V] logits, [...] ids), in float32 whatever the
+    logits' dtype, and the entropy of each distribution (outside the graph unless `entropy_grad`)."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprobs, entropy
 
 
 NATIVE_BF16_SWITCH = "R1LAB_NATIVE_BF16"  # "0": act as a CPU without native bf16 (what an AVX2 host picks)

@@ -30,10 +30,11 @@ Settings. A stage's mapping sets config sections over the shared ones, for that 
 (`sft: {epochs: 2}`); name, out_dir, init_from and the data section are the pipeline's. Overrides:
 `sft.lr=1e-4` (shared), `stages.2.sft.lr=1e-4` (one stage), `name=`, `out_dir=`, `resume=`.
 
-Run directory: pipeline.yaml (the recipe as resolved), prepare/, then NN-KIND/ per stage (a run
-directory of its own), each with done.json once it finished: the settings it ran with, its outputs
-and held-out scores (every training stage is scored; `evaluate_each: false` at the top turns that
-off); summary.json and report.md at the end.
+Running. The pipeline is a plan of r1lab.runner: `prepare`, then one stage per entry. Run directory:
+pipeline.yaml (the recipe as resolved), prepare/, then NN-KIND/ per stage (a run directory of its
+own); stages/<key>.json is a stage's done marker: the settings it ran with, its outputs and held-out
+scores (every training stage is scored; `evaluate_each: false` at the top turns that off);
+summary.json and report.md at the end.
 """
 
 from __future__ import annotations
@@ -41,9 +42,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import random
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +50,13 @@ from typing import Any, Callable
 
 import yaml
 
-from r1lab.config import RECIPE_META, RunConfig, _build, _deep_merge, _suggest, apply_override, load_config, read_recipe
+from r1lab import runner
+from r1lab.config import (RECIPE_META, RunConfig, apply_override, build_section, deep_merge, flatten, load_config,
+                          read_recipe, suggest_key)
 from r1lab.domains import check_fields
 from r1lab.errors import ConfigError
 from r1lab.records import Problem, write_text_atomic
+from r1lab.runner import settings_of
 
 KINDS = ("data", "sft", "dpo", "rl", "eval")
 TRAINING = ("sft", "dpo", "rl")
@@ -173,7 +175,7 @@ def plan_pipeline(recipe: str | Path, overrides: list[str] | tuple[str, ...] = (
         raise ConfigError(f"evaluate_each: expected true/false, got {evaluate_each!r}")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{recipe}: 'stages' must be a non-empty list, e.g. [sft, rl, eval]")
-    shared = _build(RunConfig, data)
+    shared = build_section(RunConfig, data)
     shared = check_run_config(shared)
     if shared.train.curriculum:
         raise ConfigError("train.curriculum generates RL prompts per difficulty; a pipeline's RL stage reads a file "
@@ -212,7 +214,7 @@ def _plan_stage(i: int, entry: Any, shared: dict[str, Any], run_dir: Path, files
                           "e.g. {sft: {sft: {epochs: 2}}}")
     (kind, body), = entry.items()
     if kind not in KINDS:
-        raise ConfigError(f"stages[{i}]: unknown stage kind '{kind}'{_suggest(str(kind), list(KINDS), '')}")
+        raise ConfigError(f"stages[{i}]: unknown stage kind '{kind}'{suggest_key(str(kind), list(KINDS), '')}")
     where = f"stages[{i}] ({kind})"
     if body is None:
         body = {}
@@ -226,9 +228,9 @@ def _plan_stage(i: int, entry: Any, shared: dict[str, Any], run_dir: Path, files
         if key in SET_BY_PIPELINE:
             raise ConfigError(f"{where}: '{key}' is set by the pipeline ({SET_BY_PIPELINE[key]})")
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, [*fields, *own], '')}")
+            raise ConfigError(f"{where}: unknown key '{key}'{suggest_key(key, [*fields, *own], '')}")
     try:
-        cfg = _build(RunConfig, _deep_merge(shared, sections))
+        cfg = build_section(RunConfig, deep_merge(shared, sections))
         check_fields(cfg, paths=True)  # the files it names itself (those set below are written by earlier stages)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
@@ -282,6 +284,7 @@ def _benchmark_file(entry: Any) -> Any:
 def _plan_data(stage: Stage, wiring: dict[str, Any], files: dict[str, FileRef], run_dir: Path, where: str) -> None:
     from r1lab.data.pipeline import STEPS, build_step
     from r1lab.data.reject import SampleSettings
+    from r1lab.rollout import engine_options
 
     entries = wiring.get("steps")
     if not isinstance(entries, list) or not entries:
@@ -305,7 +308,7 @@ def _plan_data(stage: Stage, wiring: dict[str, Any], files: dict[str, FileRef], 
             defaults = {"temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p,
                         "max_new_tokens": cfg.sampling.max_new_tokens, "seed": cfg.seed,
                         "timeout": cfg.reward.verify_timeout, "workers": cfg.reward.verify_workers,
-                        "engine": cfg.rollout.engine}
+                        "engine": cfg.rollout.engine, "rollout": engine_options(cfg.rollout)}
             if stage.model:
                 defaults["model"] = stage.model
             settings = {**defaults, **settings}
@@ -333,48 +336,20 @@ def _plan_data(stage: Stage, wiring: dict[str, Any], files: dict[str, FileRef], 
 
 
 # --------------------------------------------------------------------------------------------
-# what a stage ran with, recorded in done.json and compared on resume
+# what a stage ran with, recorded in its done marker and compared on resume
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if dataclasses.is_dataclass(value):
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(value):
-            out.update(_flatten(getattr(value, f.name), f"{prefix}.{f.name}" if prefix else f.name))
-        return out
-    return {prefix: value}
-
-
-def _portable(value: Any, run_dir: Path) -> Any:
-    """Paths inside the run directory written relative to it ($RUN/...), so a moved run still compares."""
-    text = json.dumps(value, default=str, sort_keys=True).replace(json.dumps(str(run_dir))[1:-1], "$RUN")
-    return json.loads(text)
-
-
-def stage_settings(kind: str, cfg: RunConfig | None, run_dir: Path, stage: Stage | None = None) -> dict[str, Any]:
+def stage_settings(kind: str, cfg: RunConfig | None, stage: Stage | None = None) -> dict[str, Any]:
     """The settings that decide a stage's result, flat (`sft.lr`): for prepare, the data section; for
     a data stage, its files and steps; for the others the config less the sections it does not read."""
     if kind == "prepare":
-        flat = _flatten(cfg.data, "data")
-    elif kind == "data":
+        return flatten(cfg.data, "data")
+    if kind == "data":
         flat = {"input": str(stage.input_path), "output": str(stage.output_path)}
         for j, (name, s) in enumerate(stage.steps):
             flat.update({f"steps[{j}].{name}.{k}": v for k, v in dataclasses.asdict(s).items()})
-    else:
-        skip = NEVER_COMPARED + NOT_READ[kind]
-        flat = {k: v for k, v in _flatten(cfg).items() if not any(k == s or k.startswith(s + ".") for s in skip)}
-    return _portable(flat, run_dir)
-
-
-def _first_change(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, Any, Any] | None:
-    for key in [*new, *(k for k in old if k not in new)]:
-        if old.get(key) != new.get(key):
-            return key, old.get(key), new.get(key)
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# resume: which stages are finished, which continue, which start (again)
+        return flat
+    return settings_of(cfg, NEVER_COMPARED + NOT_READ[kind])
 
 
 def _prepare_cfg(plan: Plan) -> RunConfig:
@@ -383,71 +358,58 @@ def _prepare_cfg(plan: Plan) -> RunConfig:
     return cfg
 
 
-def _read_done(path: Path) -> dict[str, Any] | None:
-    marker = path / "done.json"
-    if not marker.is_file():
-        return None
-    try:
-        return json.loads(marker.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None  # a marker is written atomically; an unreadable one counts as unfinished
+# --------------------------------------------------------------------------------------------
+# the pipeline as a plan of the runner: prepare, then each stage in its own directory
 
 
-def check_resume(plan: Plan) -> dict[str, str]:
-    """What each stage will do: "done" (finished with the same settings: skipped), "resume" (an
-    interrupted resumable stage with checkpoints), "restart" (interrupted, no checkpoints: run again
-    from its start) or "new". Refuses, before anything is written, a finished stage whose settings
-    changed and a run directory that is not this pipeline's."""
+def runner_plan(plan: Plan, show_progress: bool = True, log: Callable[..., None] = print) -> runner.Plan:
+    """The runner's plan of a pipeline: `prepare` and one stage per recipe stage (key NN-KIND), each
+    running in RUN/<key>/; an interrupted RL or SFT stage continues from its checkpoints."""
     from r1lab.train.checkpoint import (RESUMABLE_CHANGES, SFT_RESUMABLE_CHANGES, SFT_STATE_DIR, STATE_DIR,
-                                        check_resume_config, checkpoints)
+                                        check_resume_config)
 
-    # the kinds that continue an interrupted stage from its checkpoints (their stage function takes
-    # RunConfig.resume, the stage directory): the checkpoint folder each writes, the settings that may
-    # change across a resume. Any other kind restarts.
+    # the kinds that continue an interrupted stage: the checkpoint folder each writes, the settings
+    # that may change across a resume. Any other kind starts again.
     resumable = {"rl": (STATE_DIR, RESUMABLE_CHANGES), "sft": (SFT_STATE_DIR, SFT_RESUMABLE_CHANGES)}
+    prepare = _prepare_cfg(plan)
+    stages = [runner.Stage("prepare", lambda ctx: _prepare(prepare, log), stage_settings("prepare", prepare),
+                           directory=plan.run_dir / "prepare")]
+    for stage in plan.stages:
+        path = plan.run_dir / stage.dirname
+        folder, allowed = resumable.get(stage.kind, (None, ()))
 
+        def check(cfg=stage.cfg, path=path, allowed=allowed) -> None:
+            check_resume_config(load_config(path / "config.yaml"), dataclasses.replace(cfg, resume=str(path)), allowed)
+
+        stages.append(runner.Stage(stage.dirname, _runner(stage, plan, path, show_progress, log),
+                                   stage_settings(stage.kind, stage.cfg, stage), label=stage.label,
+                                   seed=stage.cfg.seed, checkpoints=(path, folder) if folder else None,
+                                   directory=path, check_resume=check if folder else None))
+
+    def start() -> None:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(plan.run_dir / "pipeline.yaml", yaml.safe_dump(plan.recipe, sort_keys=False))
+        log(f"r1lab pipeline -> {plan.run_dir}")
+
+    return runner.Plan("pipeline", plan.run_dir, stages, resume=plan.resume, start=start)
+
+
+def check_resume(plan: Plan, show_progress: bool = True, log: Callable[..., None] = print) -> dict[str, str]:
+    """What each stage will do (the runner's done | resume | restart | new). Refuses, before anything
+    is written, a run directory that is not this pipeline's and a finished stage whose settings changed."""
     run_dir = plan.run_dir
-    keys = ["prepare", *(s.dirname for s in plan.stages)]
     if not plan.resume:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ConfigError(f"{run_dir} already exists: resume={run_dir} continues it, name=NAME starts another run")
-        return dict.fromkeys(keys, "new")
-    if not (run_dir / "pipeline.yaml").is_file():
-        raise ConfigError(f"resume: {run_dir} is not a pipeline run directory (no pipeline.yaml)")
-    status: dict[str, str] = {}
-    finished = True  # every stage before this one finished; after an unfinished one, every stage runs again
-    for kind, key, stage, cfg in [("prepare", "prepare", None, _prepare_cfg(plan)),
-                                  *((s.kind, s.dirname, s, s.cfg) for s in plan.stages)]:
-        label = stage.label if stage else "prepare"
-        path = run_dir / key
-        if stage is not None:
-            other = [p.name for p in run_dir.glob(f"{stage.index:02d}-*") if p.name != key and p.is_dir()]
+    else:
+        if not (run_dir / "pipeline.yaml").is_file():
+            raise ConfigError(f"resume: {run_dir} is not a pipeline run directory (no pipeline.yaml)")
+        for stage in plan.stages:
+            other = [p.name for p in run_dir.glob(f"{stage.index:02d}-*") if p.name != stage.dirname and p.is_dir()]
             if other:
-                raise ConfigError(f"{label}: the run's stage {stage.index} is {other[0]}; a resumed pipeline keeps "
-                                  "its stages (start a new run to change them)")
-        done = _read_done(path)
-        if done is not None and finished:
-            change = _first_change(done.get("settings", {}), stage_settings(kind, cfg, run_dir, stage))
-            if change:
-                k, old, new = change
-                raise ConfigError(f"{label}: {k} differs from the finished stage's ({old!r} -> {new!r}); "
-                                  "a finished stage is not run again (start a new run to change it)")
-            status[key] = "done"
-            continue
-        first_unfinished, finished = finished, False
-        if not path.exists():
-            status[key] = "new"
-        elif (first_unfinished and kind in resumable and checkpoints(path, resumable[kind][0])
-              and (path / "config.yaml").is_file()):
-            try:
-                check_resume_config(load_config(path / "config.yaml"), dataclasses.replace(cfg, resume=str(path)),
-                                    resumable[kind][1])
-            except ConfigError as e:
-                raise ConfigError(f"{label}: {e}") from None
-            status[key] = "resume"
-        else:
-            status[key] = "restart"
-    return status
+                raise ConfigError(f"{stage.label}: the run's stage {stage.index} is {other[0]}; a resumed pipeline "
+                                  "keeps its stages (start a new run to change them)")
+    return runner.stage_status(runner_plan(plan, show_progress, log))
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,60 +418,30 @@ def check_resume(plan: Plan) -> dict[str, str]:
 
 def run_pipeline(plan: Plan, show_progress: bool = True, log: Callable[..., None] = print) -> dict[str, Any]:
     """Run (or resume) every stage in order; returns the summary (also summary.json, report.md)."""
-    status = check_resume(plan)
-    run_dir = plan.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "pipeline.yaml", yaml.safe_dump(plan.recipe, sort_keys=False))
-    log(f"r1lab pipeline -> {run_dir}")
+    status = check_resume(plan, show_progress, log)
     t0 = time.time()
-    _run_one(plan, "prepare", None, status["prepare"], show_progress, log)
-    for stage in plan.stages:
-        _run_one(plan, stage.dirname, stage, status[stage.dirname], show_progress, log)
+    runner.run_plan(runner_plan(plan, show_progress, log), log, status)
     return _summarise(plan, time.time() - t0, log)
 
 
-def _run_one(plan: Plan, key: str, stage: Stage | None, state: str, show_progress: bool, log) -> None:
-    label = stage.label if stage else "prepare"
-    path = plan.run_dir / key
-    if state == "done":
-        log(f"{label}: finished earlier, skipped")
-        return
-    if state == "restart":
-        log(f"{label}: interrupted without a checkpoint, starting it again")
-        shutil.rmtree(path)
-    elif state == "resume":
-        log(f"{label}: resuming from its last checkpoint")
-    else:
-        log(f"{label}: {stage.input if stage else 'the data section'} -> {path}")
-    t = time.time()
-    if stage is None:
-        cfg = _prepare_cfg(plan)
-        outputs, scores = _prepare(cfg, log), None
-    elif stage.kind == "data":
-        cfg = stage.cfg
-        outputs, scores = _data(stage, path, show_progress, log), None
-    elif stage.kind == "eval":
-        cfg = stage.cfg
-        outputs, scores = {}, _eval(stage, path, show_progress)
-    else:
-        cfg = dataclasses.replace(stage.cfg, resume=str(path)) if state == "resume" else stage.cfg
-        outputs, scores = _train(stage, cfg, plan, show_progress, log)
-    marker = {"stage": label, "kind": stage.kind if stage else "prepare", "seconds": round(time.time() - t, 2),
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs, "eval": scores,
-              "settings": stage_settings(stage.kind if stage else "prepare", cfg, plan.run_dir, stage)}
-    write_text_atomic(path / "done.json", json.dumps(marker, indent=1, default=float) + "\n")
-    if scores is not None:
-        n = stage.cfg.eval.n
-        log(f"{label}: held-out avg@{n} {100 * scores[f'avg@{n}']:.1f}%, {marker['seconds']:.0f} s")
-
-
-def _seed(cfg: RunConfig) -> None:
-    """Every stage starts from the same random state, whether it runs in the process that ran the
-    stages before it or in a resumed one."""
-    import torch
-
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+def _runner(stage: Stage, plan: Plan, path: Path, show_progress: bool, log) -> Callable[[runner.Context], Any]:
+    """The work of one recipe stage; its result (outputs, held-out scores) goes into its done marker."""
+    def run(ctx: runner.Context) -> dict[str, Any]:
+        if not ctx.resuming(stage.dirname):
+            log(f"{stage.label}: {stage.input} -> {path}")
+        t = time.time()
+        if stage.kind == "data":
+            outputs, scores = _data(stage, path, show_progress, log), None
+        elif stage.kind == "eval":
+            outputs, scores = {}, _eval(stage, show_progress)
+        else:
+            cfg = dataclasses.replace(stage.cfg, resume=str(path)) if ctx.resuming(stage.dirname) else stage.cfg
+            outputs, scores = _train(stage, cfg, plan, show_progress, log)
+        if scores is not None:
+            n = stage.cfg.eval.n
+            log(f"{stage.label}: held-out avg@{n} {100 * scores[f'avg@{n}']:.1f}%, {time.time() - t:.0f} s")
+        return {"outputs": outputs, "eval": scores}
+    return run
 
 
 def _prepare(cfg: RunConfig, log) -> dict[str, Any]:
@@ -542,7 +474,6 @@ def _data(stage: Stage, path: Path, show_progress: bool, log) -> dict[str, Any]:
     from r1lab.data.pipeline import Pipeline, run_pipeline as run_steps, summary_table
     from r1lab.records import load_problems, save_problems
 
-    _seed(stage.cfg)
     path.mkdir(parents=True, exist_ok=True)
     steps = stage.steps
     if stage.model and any(name in ("filter", "select") and s.model == stage.model for name, s in steps[1:]):
@@ -561,16 +492,16 @@ def _data(stage: Stage, path: Path, show_progress: bool, log) -> dict[str, Any]:
 def _scores(cfg: RunConfig, model_path: str, problems_path: str, out: Path, desc: str,
             show_progress: bool) -> dict[str, Any]:
     from r1lab.records import load_problems
-    from r1lab.stages import load_policy, run_eval
+    from r1lab.eval.stage import run_eval
+    from r1lab.stages import load_policy
 
     model, tok = load_policy(cfg, path=model_path)
     return run_eval(cfg, model, tok, load_problems(problems_path), out, desc, show_progress).summary
 
 
-def _eval(stage: Stage, path: Path, show_progress: bool) -> dict[str, Any]:
+def _eval(stage: Stage, show_progress: bool) -> dict[str, Any]:
     from r1lab.runs import RunDir
 
-    _seed(stage.cfg)
     run = RunDir.create(stage.cfg)
     return _scores(stage.cfg, stage.model, stage.cfg.data.eval_path, run.file("eval/results.jsonl"),
                    f"eval {stage.label}", show_progress)
@@ -580,7 +511,6 @@ def _train(stage: Stage, cfg: RunConfig, plan: Plan, show_progress: bool, log) -
     from r1lab.runs import RunDir
     from r1lab.stages import load_policy, prepare_data, run_dpo, run_rl, run_sft
 
-    _seed(cfg)
     run = RunDir.create(cfg)
     data = prepare_data(cfg, None, log=log)
     model, tok = load_policy(cfg, data)
@@ -588,8 +518,8 @@ def _train(stage: Stage, cfg: RunConfig, plan: Plan, show_progress: bool, log) -
     train(cfg, run, model, tok, data, show_progress=show_progress)
     out = str(run.checkpoint(stage.kind))
     scores = None
-    if plan.evaluate_each:  # the saved model, as the next stage loads it
-        _seed(cfg)
+    if plan.evaluate_each:  # the saved model, as the next stage loads it, from the stage's starting streams
+        runner.seed_all(cfg.seed)
         scores = _scores(cfg, out, cfg.data.eval_path, run.file(f"eval/{stage.kind}.jsonl"), f"eval {stage.label}",
                          show_progress)
     return {"model": out}, scores
@@ -601,10 +531,10 @@ def _summarise(plan: Plan, seconds: float, log) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     timing: dict[str, float] = {}
     for key in ["prepare", *(s.dirname for s in plan.stages)]:
-        done = _read_done(plan.run_dir / key) or {}
+        done = runner.read_marker(plan.run_dir, key) or {}
         timing[key] = done.get("seconds", 0.0)
-        if done.get("eval"):
-            rows[key] = {**done["eval"], "seconds": done.get("seconds")}
+        if (done.get("result") or {}).get("eval"):
+            rows[key] = {**done["result"]["eval"], "seconds": done.get("seconds")}
     n, ks = plan.shared.eval.n, plan.shared.eval.ks
     table = stage_table(rows, n, ks)
     final = [s for s in plan.stages if s.kind in TRAINING]
@@ -619,7 +549,7 @@ def _summarise(plan: Plan, seconds: float, log) -> dict[str, Any]:
         ("Time", "\n".join(f"- {k}: {v:.0f} s" for k, v in timing.items())
          + f"\n- total: {sum(timing.values()):.0f} s"),
         ("Files", "pipeline.yaml (the recipe as resolved), prepare/data/*.jsonl (the prepared files), NN-KIND/ "
-                  "(each stage's run directory and done.json), summary.json"),
+                  "(each stage's run directory), stages/*.json (done markers), summary.json"),
     ])
     log("")
     log(table)

@@ -8,6 +8,7 @@ each other over rounds.
              reached the answer vs Q < 0 that never did); evaluate the policy on the held-out set and
              PPM_r on the step pairs of problems it never trained on.
 
+The rounds are stages of a plan (r1lab.runner; resume=RUN_DIR goes on after the finished rounds).
 Each round writes a line to metrics.jsonl, checkpoints/policy-round<r> and checkpoints/ppm-round<r>;
 the run ends with plots/rstar.png and report.md.
 """
@@ -25,12 +26,14 @@ from tqdm.auto import tqdm
 
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError, DataError
+from r1lab.eval.stage import run_eval
 from r1lab.models import save_model
 from r1lab.plots import save_figure
-from r1lab.records import Problem, write_jsonl, write_text_atomic
-from r1lab.rollout import make_engine
-from r1lab.runs import MetricsWriter, RunDir
-from r1lab.stages import load_policy, prepare_data, run_eval
+from r1lab.records import Problem, read_jsonl, write_jsonl, write_text_atomic
+from r1lab.rollout import build_engine
+from r1lab.runner import Context, Plan, Stage, name_run, resumed_config, run_dir_of, run_plan, settings_of
+from r1lab.runs import MetricsWriter, RunDir, truncate_metrics
+from r1lab.stages import load_policy, prepare_data
 from r1lab.tasks.steps import StepRunner, step_trace
 from r1lab.train.mcts import MCTS, SearchSettings, Tree, best_trajectories, preference_pairs, tree_stats
 from r1lab.train.ppm import ProcessPreferenceModel, pairwise_accuracy, train_ppm
@@ -71,8 +74,7 @@ def sandboxed_accuracy(cfg: RunConfig, model, tok, problems: list[Problem], runn
     """Mean correctness of `eval.n` independent step-by-step samples per problem with the sandbox
     writing the result lines (a search of one rollout and one candidate per step, no PPM)."""
     r = cfg.rstar
-    engine = make_engine(model, tok, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
-                         dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
+    engine = build_engine(model, tok, cfg.rollout)
     settings = SearchSettings(rollouts=1, candidates=1, max_depth=r.max_depth, temperature=cfg.eval.temperature,
                               step_max_new_tokens=r.step_max_new_tokens,
                               max_positions=int(getattr(model.config, "max_position_embeddings", 0) or 0),
@@ -92,106 +94,180 @@ def _eval(cfg: RunConfig, model, tok, problems: list[Problem], run: RunDir, tag:
     return {"eval/avg": res.summary[f"avg@{n}"], f"eval/pass@{n}": res.summary.get(f"pass@{n}", float("nan"))}
 
 
-def run_rstar(cfg: RunConfig, run: RunDir, show_progress: bool = True, log=print) -> list[dict[str, Any]]:
-    check_rstar_config(cfg)
-    r = cfg.rstar
-    data = prepare_data(cfg, run, log=log)
-    warm = step_sft_pairs([p for p, _ in data.sft], cfg)
-    if r.warm_start and not warm:
-        raise DataError("rstar: no verified step-format teacher trace to warm-start the policy on")
-    data = replace(data, sft=warm)  # the tiny tokenizer learns the step format's text
-    model, tok = load_policy(cfg, data)
-    held = data.eval
-    history: list[dict[str, Any]] = []
-    runner = StepRunner(timeout=r.code_timeout, memory_mb=r.code_memory_mb, workers=r.sandbox_workers)
-    max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-    ppm: ProcessPreferenceModel | None = None
-    collected: dict[tuple[str, str], tuple[Problem, str]] = {}  # every round's SFT trajectories, in order
-    with MetricsWriter(run.file("metrics.jsonl")) as mw:
+class _Rounds:
+    """rStar's rounds over one run directory. The policy, the PPM and the SFT trajectories collected
+    so far carry from round to round: in memory, or read back from what a round finished in an
+    earlier run left (checkpoints/policy-round<r>, ppm-round<r>, data/sft-round<r>.jsonl)."""
+
+    def __init__(self, cfg: RunConfig, show_progress: bool, log):
+        r = cfg.rstar
+        self.cfg, self.show_progress, self.log = cfg, show_progress, log
+        self.path = run_dir_of(cfg)
+        self.run: RunDir  # made when the run starts
+        self.runner = StepRunner(timeout=r.code_timeout, memory_mb=r.code_memory_mb, workers=r.sandbox_workers)
+        self.data = None
+        self.model = self.tok = None
+        self.ppm: ProcessPreferenceModel | None = None
+        self.collected: dict[tuple[str, str], tuple[Problem, str]] = {}  # every round's SFT trajectories, in order
+
+    def start(self) -> None:
+        self.run = RunDir(self.path) if self.cfg.resume else RunDir.create(self.cfg)
+        if not self.cfg.resume:
+            self.log(f"r1lab rstar -> {self.path}")
+
+    def _state_before(self, rnd: int) -> None:
+        """The data, and the policy, PPM and trajectories round `rnd` starts from."""
+        cfg = self.cfg
+        if self.data is None:
+            data = prepare_data(cfg, self.run, log=self.log)
+            warm = step_sft_pairs([p for p, _ in data.sft], cfg)
+            if cfg.rstar.warm_start and not warm:
+                raise DataError("rstar: no verified step-format teacher trace to warm-start the policy on")
+            self.data = replace(data, sft=warm)  # the tiny tokenizer learns the step format's text
+        if self.model is not None:
+            return
+        if rnd == 0:
+            self.model, self.tok = load_policy(cfg, self.data)
+            return
+        self.model, self.tok = load_policy(cfg, path=str(self.run.checkpoint(f"policy-round{rnd - 1}")))
+        problems = {p.id: p for p in self.data.train}
+        for k in range(1, rnd):
+            for _, row in read_jsonl(self.run.file(f"data/sft-round{k}.jsonl")):
+                self.collected.setdefault((row["id"], row["response"]), (problems[row["id"]], row["response"]))
+            if self.run.checkpoint(f"ppm-round{k}").is_dir():
+                self.ppm = ProcessPreferenceModel.load(self.run.checkpoint(f"ppm-round{k}"))
+
+    def _write(self, rnd: int, row: dict[str, Any]) -> None:
+        """The round's line of metrics.jsonl (a round run again drops what it wrote before)."""
+        path = self.run.file("metrics.jsonl")
+        truncate_metrics(path, rnd - 1)
+        with MetricsWriter(path, append=rnd > 0) as mw:
+            mw.write(rnd, row)
+
+    def round0(self, ctx: Context) -> dict[str, Any]:
+        """Round 0: the warm-start SFT on the teacher's step-format traces, and its evaluation."""
+        cfg, r, log, show_progress = self.cfg, self.cfg.rstar, self.log, self.show_progress
+        self._state_before(0)
+        model, tok, warm = self.model, self.tok, self.data.sft
         row: dict[str, Any] = {"round": 0}
         if r.warm_start:
             t = time.time()
             s = _sft(cfg, model, tok, warm, cfg.sft.epochs, cfg.sft.lr, cfg.seed, show_progress)
             row.update({"sft/examples": len(warm), "sft/loss": s.get("sft/loss"), "sft/seconds": time.time() - t})
             log(f"rstar round 0: warm-start SFT on {len(warm)} step-format teacher traces")
-        row.update(_eval(cfg, model, tok, held, run, "round0", show_progress))
-        row["eval/sandbox_avg"] = sandboxed_accuracy(cfg, model, tok, held, runner, cfg.seed + 777)
+        row.update(_eval(cfg, model, tok, self.data.eval, self.run, "round0", show_progress))
+        row["eval/sandbox_avg"] = sandboxed_accuracy(cfg, model, tok, self.data.eval, self.runner, cfg.seed + 777)
         log(f"rstar round 0: held-out accuracy {100 * row['eval/avg']:.1f}% "
             f"({100 * row['eval/sandbox_avg']:.1f}% with the sandbox's results)")
-        mw.write(0, row)
-        history.append(row)
-        save_model(model, tok, run.checkpoint("policy-round0"))
+        self._write(0, row)
+        save_model(model, tok, self.run.checkpoint("policy-round0"))
+        return row
 
-        for rnd in range(1, r.rounds + 1):
-            row = {"round": rnd}
-            pool = list(data.train)
-            if r.problems_per_round and r.problems_per_round < len(pool):
-                pool = random.Random(cfg.seed * 1000 + rnd).sample(pool, r.problems_per_round)
-            n_held = int(round(r.ppm_heldout * len(pool)))
-            trees = [Tree(p) for p in pool]
-            guide = ppm if (r.ppm_guided and rnd >= 2) else None
-            settings = SearchSettings(rollouts=r.rollouts, candidates=r.candidates, max_depth=r.max_depth, c=r.uct_c,
-                                      prior_weight=r.prior_weight, temperature=r.temperature,
-                                      step_max_new_tokens=r.step_max_new_tokens, max_positions=max_positions,
-                                      verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
-                                      seed=cfg.seed * 1000 + rnd)
-            engine = make_engine(model, tok, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
-                                 dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
-            mcts = MCTS(engine, tok, runner, settings, ppm=guide)
+    def round(self, rnd: int):
+        def stage(ctx: Context) -> dict[str, Any]:
+            self._state_before(rnd)
+            return self._round(rnd)
+        return stage
+
+    def _round(self, rnd: int) -> dict[str, Any]:
+        """Round `rnd`: MCTS with the policy (and the PPM from round 2), SFT on the best trajectories, a
+        new PPM on the step pairs, evaluations."""
+        cfg, r, log, show_progress, run, runner = self.cfg, self.cfg.rstar, self.log, self.show_progress, self.run, self.runner
+        model, tok, held = self.model, self.tok, self.data.eval
+        max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        row: dict[str, Any] = {"round": rnd}
+        pool = list(self.data.train)
+        if r.problems_per_round and r.problems_per_round < len(pool):
+            pool = random.Random(cfg.seed * 1000 + rnd).sample(pool, r.problems_per_round)
+        n_held = int(round(r.ppm_heldout * len(pool)))
+        trees = [Tree(p) for p in pool]
+        guide = self.ppm if (r.ppm_guided and rnd >= 2) else None
+        settings = SearchSettings(rollouts=r.rollouts, candidates=r.candidates, max_depth=r.max_depth, c=r.uct_c,
+                                  prior_weight=r.prior_weight, temperature=r.temperature,
+                                  step_max_new_tokens=r.step_max_new_tokens, max_positions=max_positions,
+                                  verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
+                                  seed=cfg.seed * 1000 + rnd)
+        engine = build_engine(model, tok, cfg.rollout)
+        mcts = MCTS(engine, tok, runner, settings, ppm=guide)
+        t = time.time()
+        runs_before = runner.runs
+        with tqdm(total=r.rollouts, desc=f"mcts round {rnd}", unit="rollout", disable=not show_progress,
+                  dynamic_ncols=True) as bar:
+            try:
+                mcts.search(trees, on_rollout=bar.update)
+            finally:
+                engine.close()
+        row.update(tree_stats(trees))
+        row.update({f"search/{k}": v for k, v in mcts.stats.to_dict().items()})
+        row.update({"search/seconds": time.time() - t, "search/sandbox_runs": runner.runs - runs_before,
+                    "search/ppm_guided": guide is not None})
+        w = r.prior_weight if guide is not None else 0.0
+        train_trees, held_trees = trees[: len(trees) - n_held], trees[len(trees) - n_held:]
+        sft_pairs = [(tr.problem, text) for tr in train_trees for text, _ in best_trajectories(tr, r.sft_per_problem, w)]
+        pairs = [p for tr in train_trees for p in preference_pairs(tr, r.pairs_per_side, w)]
+        held_pairs = [p for tr in held_trees for p in preference_pairs(tr, r.pairs_per_side, w)]
+        write_jsonl(run.file(f"data/sft-round{rnd}.jsonl"), [{"id": p.id, "prompt": p.prompt, "response": x}
+                                                             for p, x in sft_pairs])
+        write_jsonl(run.file(f"data/pairs-round{rnd}.jsonl"), pairs + held_pairs)
+        row.update({"sft/examples": len(sft_pairs), "ppm/pairs_train": len(pairs), "ppm/pairs_heldout": len(held_pairs)})
+        log(f"rstar round {rnd}: {len(trees)} trees, {row['search/nodes']} nodes, terminal correct rate "
+            f"{100 * row['search/terminal_correct_rate']:.1f}%, solved {100 * row['search/solved_rate']:.1f}%, "
+            f"{len(sft_pairs)} SFT trajectories, {len(pairs)}+{len(held_pairs)} step pairs")
+        if guide is not None and held_pairs:  # the guiding PPM on the new policy's trees
+            row["ppm/prev_heldout_accuracy"] = pairwise_accuracy(guide, held_pairs)
+
+        for p, text in sft_pairs:
+            self.collected.setdefault((p.id, text), (p, text))
+        train_on = list(self.collected.values()) if r.sft_accumulate else sft_pairs
+        if train_on:
             t = time.time()
-            runs_before = runner.runs
-            with tqdm(total=r.rollouts, desc=f"mcts round {rnd}", unit="rollout", disable=not show_progress,
-                      dynamic_ncols=True) as bar:
-                try:
-                    mcts.search(trees, on_rollout=bar.update)
-                finally:
-                    engine.close()
-            row.update(tree_stats(trees))
-            row.update({f"search/{k}": v for k, v in mcts.stats.to_dict().items()})
-            row.update({"search/seconds": time.time() - t, "search/sandbox_runs": runner.runs - runs_before,
-                        "search/ppm_guided": guide is not None})
-            w = r.prior_weight if guide is not None else 0.0
-            train_trees, held_trees = trees[: len(trees) - n_held], trees[len(trees) - n_held:]
-            sft_pairs = [(tr.problem, text) for tr in train_trees for text, _ in best_trajectories(tr, r.sft_per_problem, w)]
-            pairs = [p for tr in train_trees for p in preference_pairs(tr, r.pairs_per_side, w)]
-            held_pairs = [p for tr in held_trees for p in preference_pairs(tr, r.pairs_per_side, w)]
-            write_jsonl(run.file(f"data/sft-round{rnd}.jsonl"), [{"id": p.id, "prompt": p.prompt, "response": x}
-                                                                 for p, x in sft_pairs])
-            write_jsonl(run.file(f"data/pairs-round{rnd}.jsonl"), pairs + held_pairs)
-            row.update({"sft/examples": len(sft_pairs), "ppm/pairs_train": len(pairs), "ppm/pairs_heldout": len(held_pairs)})
-            log(f"rstar round {rnd}: {len(trees)} trees, {row['search/nodes']} nodes, terminal correct rate "
-                f"{100 * row['search/terminal_correct_rate']:.1f}%, solved {100 * row['search/solved_rate']:.1f}%, "
-                f"{len(sft_pairs)} SFT trajectories, {len(pairs)}+{len(held_pairs)} step pairs")
-            if guide is not None and held_pairs:  # the guiding PPM on the new policy's trees
-                row["ppm/prev_heldout_accuracy"] = pairwise_accuracy(guide, held_pairs)
+            s = _sft(cfg, model, tok, train_on, r.sft_epochs, r.sft_lr, cfg.seed + rnd, show_progress)
+            row.update({"sft/trained_on": len(train_on), "sft/loss": s.get("sft/loss"),
+                        "sft/seconds": time.time() - t})
+        if pairs:
+            self.ppm = ProcessPreferenceModel.from_policy(model, tok)
+            row.update(train_ppm(self.ppm, pairs, r.ppm_lr, r.ppm_epochs, r.ppm_batch_size, cfg.sft.grad_clip,
+                                 seed=cfg.seed + rnd, show_progress=show_progress))
+            row["ppm/heldout_accuracy"] = pairwise_accuracy(self.ppm, held_pairs)
+            self.ppm.save(run.checkpoint(f"ppm-round{rnd}"))
+        row.update(_eval(cfg, model, tok, held, run, f"round{rnd}", show_progress))
+        row["eval/sandbox_avg"] = sandboxed_accuracy(cfg, model, tok, held, runner, cfg.seed + 777)
+        save_model(model, tok, run.checkpoint(f"policy-round{rnd}"))
+        log(f"rstar round {rnd}: held-out accuracy {100 * row['eval/avg']:.1f}% "
+            f"({100 * row['eval/sandbox_avg']:.1f}% with the sandbox's results), PPM held-out pair accuracy "
+            f"{_pct(row.get('ppm/heldout_accuracy'))}")
+        self._write(rnd, row)
+        return row
 
-            for p, text in sft_pairs:
-                collected.setdefault((p.id, text), (p, text))
-            train_on = list(collected.values()) if r.sft_accumulate else sft_pairs
-            if train_on:
-                t = time.time()
-                s = _sft(cfg, model, tok, train_on, r.sft_epochs, r.sft_lr, cfg.seed + rnd, show_progress)
-                row.update({"sft/trained_on": len(train_on), "sft/loss": s.get("sft/loss"),
-                            "sft/seconds": time.time() - t})
-            if pairs:
-                ppm = ProcessPreferenceModel.from_policy(model, tok)
-                row.update(train_ppm(ppm, pairs, r.ppm_lr, r.ppm_epochs, r.ppm_batch_size, cfg.sft.grad_clip,
-                                     seed=cfg.seed + rnd, show_progress=show_progress))
-                row["ppm/heldout_accuracy"] = pairwise_accuracy(ppm, held_pairs)
-                ppm.save(run.checkpoint(f"ppm-round{rnd}"))
-            row.update(_eval(cfg, model, tok, held, run, f"round{rnd}", show_progress))
-            row["eval/sandbox_avg"] = sandboxed_accuracy(cfg, model, tok, held, runner, cfg.seed + 777)
-            save_model(model, tok, run.checkpoint(f"policy-round{rnd}"))
-            log(f"rstar round {rnd}: held-out accuracy {100 * row['eval/avg']:.1f}% "
-                f"({100 * row['eval/sandbox_avg']:.1f}% with the sandbox's results), PPM held-out pair accuracy "
-                f"{_pct(row.get('ppm/heldout_accuracy'))}")
-            mw.write(rnd, row)
-            history.append(row)
+    def report(self, ctx: Context) -> list[dict[str, Any]]:
+        history = [ctx.results[f"round-{r}"] for r in range(self.cfg.rstar.rounds + 1)]
+        write_text_atomic(self.run.file("rounds.json"), json.dumps(history, indent=1, default=float) + "\n")
+        plot_rounds(history, self.run.file("plots/rstar.png"), f"rStar-Math self-evolution: {self.path.name}")
+        _report(self.cfg, self.run, history)
+        return history
 
-    write_text_atomic(run.file("rounds.json"), json.dumps(history, indent=1, default=float) + "\n")
-    plot_rounds(history, run.file("plots/rstar.png"), f"rStar-Math self-evolution: {run.path.name}")
-    _report(cfg, run, history)
-    return history
+
+def rstar_plan(cfg: RunConfig, show_progress: bool = True, log=print) -> Plan:
+    """rStar's rounds (round-0 .. round-R) and the report, in out_dir/name or in the run cfg.resume
+    names. A round does not reseed the random streams (the uninterrupted run is what it always was),
+    so a resumed run goes on from the finished rounds' checkpoints, not bit for bit."""
+    check_rstar_config(cfg)
+    cfg = resumed_config(cfg, ("resume", "tracking")) if cfg.resume else name_run(cfg, "rstar")
+    rounds = _Rounds(cfg, show_progress, log)
+    settings = settings_of(cfg, ("name", "out_dir", "resume", "tracking"))
+    stages = [Stage(f"round-{r}", rounds.round0 if r == 0 else rounds.round(r), settings)
+              for r in range(cfg.rstar.rounds + 1)]
+    stages.append(Stage("report", rounds.report, settings))
+    return Plan("rstar", rounds.path, stages, resume=bool(cfg.resume), start=rounds.start)
+
+
+def run_rstar(cfg: RunConfig, show_progress: bool = True, log=print) -> list[dict[str, Any]]:
+    """Run (or resume) the rounds; returns one row per round (also metrics.jsonl and rounds.json)."""
+    plan = rstar_plan(cfg, show_progress, log)
+    ctx = run_plan(plan, log)
+    if ctx.status["report"] == "done":
+        return json.loads((plan.run_dir / "rounds.json").read_text(encoding="utf-8"))
+    return ctx.results["report"]
 
 
 def _pct(v: Any) -> str:

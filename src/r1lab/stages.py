@@ -3,25 +3,22 @@ directory. The CLI and the demo are thin layers over these."""
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from r1lab.benchmarks import (Benchmark, breakdown, breakdown_table, load_benchmark, protocol, summary_table,
-                              write_summary_json)
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError, DataError, WorkerError
-from r1lab.eval.run import EvalResult, evaluate
+from r1lab.eval.stage import run_eval
 from r1lab.health import HealthMonitor, health_markdown, read_findings
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, resolve_device, save_model, torch_dtype
-from r1lab.plots import RL_PANELS, SFT_PANELS, plot_benchmark_accuracy, plot_breakdown, plot_curves
+from r1lab.plots import RL_PANELS, SFT_PANELS, plot_curves
 from r1lab.records import Problem, load_problems, prompt_messages, save_problems
-from r1lab.rollout import SamplingParams, engine_options, make_engine
+from r1lab.rollout import build_engine
 from r1lab.rollout.base import LiveModelEngine
+from r1lab.runner import Plan, Stage, name_run, read_marker, resumed_config, run_dir_of, settings_of
 from r1lab.runs import MetricsWriter, RunDir, read_metrics, truncate_metrics
 from r1lab.tasks import generate_splits, get_task
 from r1lab.tracking import make_tracker
@@ -177,77 +174,6 @@ def load_policy(cfg: RunConfig, data: Data | None = None, path: str | None = Non
     return model.to(resolve_device(cfg.model.device)), tok
 
 
-def eval_params(cfg: RunConfig) -> SamplingParams:
-    e = cfg.eval
-    return SamplingParams(temperature=e.temperature, top_p=e.top_p,
-                          max_new_tokens=e.max_new_tokens or cfg.sampling.max_new_tokens)
-
-
-def run_eval(cfg: RunConfig, model, tokenizer, problems: list[Problem], out_path: Path | None, desc: str,
-             show_progress: bool = True, engine=None, resume: bool = False, settings: dict[str, Any] | None = None,
-             on_progress=None) -> EvalResult:
-    """Evaluate with the config's eval settings. `engine` (e.g. an OpenAIEngine for a served model)
-    replaces the local HF engine of `model`; `resume`/`settings`/`on_progress` as in eval.run.evaluate."""
-    own = engine is None
-    if own:
-        engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.eval.batch_size,
-                             **engine_options(cfg.rollout))
-    if cfg.eval.budget.max_think > 0:
-        from r1lab.eval.budget import forced_engine
-
-        engine = forced_engine(engine, cfg.eval.budget)
-        b = cfg.eval.budget
-        settings = {**(settings or {}), "think_budget": [b.min_think, b.max_think, b.answer_tokens, b.end, b.wait, b.close]}
-    try:
-        return evaluate(engine, problems, eval_params(cfg), n=cfg.eval.n, ks=cfg.eval.ks, seed=cfg.seed + 777,
-                        verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
-                        out_path=out_path, desc=desc, show_progress=show_progress, resume=resume, settings=settings,
-                        on_progress=on_progress)
-    finally:
-        if own:  # an engine with memory of its own (vLLM) frees it
-            engine.close()
-
-
-def evaluate_benchmarks(cfg, model, tokenizer, benches: list[Benchmark], out_dir, n: int | None = None,
-                        temperature: float | None = None, limit: int | None = None,
-                        show_progress: bool = True, engine=None, model_id: str = "", prompt: str = "boxed",
-                        on_progress=None) -> tuple[dict[str, tuple[int, dict[str, float]]], str]:
-    """Score a model on each benchmark with its protocol: per-problem JSONL `out_dir/<name>.jsonl`
-    (resumed when it exists with the same settings), and a report (summary table, MATH500 by level
-    and subject) written to `out_dir/summary.md` and returned with the summaries, `summary.json`,
-    and plots under `out_dir/plots/`.
-
-    `engine` (e.g. an OpenAIEngine) replaces the local engine of `model`/`tokenizer`; `model_id`
-    names the model in the saved settings, so that a resume with another model is refused."""
-    out_dir = Path(out_dir)
-    results: dict[str, tuple[int, dict[str, float]]] = {}
-    sections: list[str] = []
-    plots: list[Path] = []
-    for bench in benches:
-        problems = load_benchmark(bench.name, limit, prompt)
-        c = copy.deepcopy(cfg)
-        c.eval.n, c.eval.temperature, c.eval.top_p = protocol(bench, n, temperature)
-        c.eval.ks = sorted({k for k in cfg.eval.ks if k <= c.eval.n} | {1, c.eval.n})
-        settings = {"model": model_id, "benchmark": bench.name, "prompt": prompt}
-        res = run_eval(c, model, tokenizer, problems, out_dir / f"{bench.name}.jsonl", bench.name, show_progress,
-                       engine=engine, resume=True, settings=settings, on_progress=on_progress)
-        res.summary.update(temperature=c.eval.temperature, top_p=c.eval.top_p)
-        results[bench.name] = (c.eval.n, res.summary)
-        for key in bench.breakdown:
-            groups = breakdown(res.rows, problems, key)
-            sections.append(breakdown_table(f"{bench.name} by {key}", groups))
-            p = plot_breakdown(groups, out_dir / "plots" / f"{bench.name}_by_{key}.png",
-                               f"{bench.name} accuracy by {key} (avg@{c.eval.n}, {model_id or 'model'})", key)
-            plots.append(p)
-    plots.insert(0, plot_benchmark_accuracy(results, out_dir / "plots" / "accuracy.png", model_id or "model"))
-    report = "\n\n".join([summary_table(results)] + sections)
-    report_md = report + "\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.md").write_text(report_md + "\n", encoding="utf-8")
-    write_summary_json(out_dir / "summary.json", results, {"model": model_id, "prompt": prompt})
-    return results, report
-
-
 def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True,
             resume: bool | None = None) -> dict[str, float]:
     """SFT on the data's verified traces, with resumable checkpoints (sft.save_every). `resume`
@@ -280,16 +206,10 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
     """The RL stage, with resumable checkpoints (train.save_every). `resume` (default: whether
     cfg.resume is set) continues from the run's last RL checkpoint; returns the steps run here."""
     from r1lab.train.lora import apply_lora, merge_lora
-    from r1lab.train.rl import train_rl
+    from r1lab.train.rl import rl_engine, train_rl
 
     lora = apply_lora(model, cfg.train.lora, "train.lora")  # adapters in place; None = full fine-tuning
-    if cfg.cluster.rollout_workers > 0:  # Ray actors sample; no engine in this process
-        from r1lab.cluster.rollout_group import RayRolloutGroup
-
-        engine = RayRolloutGroup(cfg, model, tokenizer)
-    else:
-        engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
-                             **engine_options(cfg.rollout))
+    engine = rl_engine(cfg, model, tokenizer)
 
     def on_eval(step: int) -> dict[str, float]:
         # an engine that holds its own weights (vLLM) also evaluates: it follows the policy, and a
@@ -374,8 +294,7 @@ def run_dpo(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
                 if d.prompts_per_round and d.prompts_per_round < len(pool):
                     problems = random.Random(cfg.seed * 1000 + r).sample(pool, d.prompts_per_round)
                 problems = [replace(p, metadata=dict(p.metadata)) for p in problems]  # pass rates go on copies
-                engine = make_engine(model, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
-                                     dtype=cfg.rollout.dtype, kv_cache_gb=cfg.rollout.kv_cache_gb)
+                engine = build_engine(model, tokenizer, cfg.rollout)
                 sampler_name = str(run.checkpoint(f"dpo-round{r - 1}")) if r > 1 else str(cfg.init_from or cfg.model.path)
                 s = PairSettings(model=sampler_name, k=d.samples_per_problem,
                                  temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
@@ -425,3 +344,82 @@ def run_dpo(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
     plot_curves(read_metrics(run.file("dpo_metrics.jsonl")), DPO_PANELS, run.file("plots/dpo.png"),
                 f"{d.loss.upper()} ({d.rounds} round{'s' if d.rounds > 1 else ''})")
     return history
+
+
+# --------------------------------------------------------------------------------------------
+# `r1lab sft | rl | dpo RECIPE`: a plan of one stage
+
+
+# the settings a resume may change, by stage; `train.steps` continues a finished RL run (Stage.extends)
+def _resumable_changes(kind: str) -> tuple[str, ...]:
+    from r1lab.train.checkpoint import RESUMABLE_CHANGES, SFT_RESUMABLE_CHANGES
+
+    return {"sft": SFT_RESUMABLE_CHANGES, "rl": RESUMABLE_CHANGES}.get(kind, ("resume", "tracking"))
+
+
+def stage_plan(cfg: RunConfig, kind: str, show_progress: bool = True, log=print) -> Plan:
+    """`r1lab sft | rl | dpo`: one stage in out_dir/name, or in the run cfg.resume names (checked to
+    be that run, with a checkpoint to continue from): the data, the policy, a held-out evaluation at
+    the start (eval.at_start, not for SFT nor on a resume), the training, a held-out evaluation of
+    the trained model, report.md."""
+    from r1lab.train.checkpoint import SFT_STATE_DIR, STATE_DIR, checkpoints
+
+    if kind == "dpo":
+        check_dpo_config(cfg)  # a bad loss name, policy or pairs file leaves no run directory behind
+    folder = {"sft": SFT_STATE_DIR, "rl": STATE_DIR}.get(kind)
+    allowed = _resumable_changes(kind)
+    if cfg.resume:
+        path = run_dir_of(cfg)
+        if not (path / "config.yaml").is_file():
+            raise ConfigError(f"resume: {path} is not a run directory (no config.yaml)")
+        if folder and not checkpoints(path, folder) and read_marker(path, kind) is None:
+            setting = "sft.save_every" if kind == "sft" else "train.save_every"
+            raise ConfigError(f"resume: {path} has no resumable checkpoint (checkpoints/{folder}/step-*; "
+                              f"{setting} > 0 writes them)")
+    cfg = resumed_config(cfg, allowed) if cfg.resume else name_run(cfg, kind)
+    path = run_dir_of(cfg)
+    extends = {"train.steps": cfg.train.steps} if kind == "rl" else {}
+
+    def start() -> None:
+        if cfg.resume:
+            RunDir(path)
+        else:
+            RunDir.create(cfg)
+            log(f"r1lab {kind} -> {path}")
+
+    stage = Stage(kind, lambda ctx: _train_and_evaluate(cfg, kind, RunDir(path), ctx.resuming(kind), show_progress, log),
+                  settings_of(cfg, ("name", "out_dir", *allowed, *extends)), extends=extends,
+                  checkpoints=(path, folder) if folder else None)
+    return Plan(kind, path, [stage], resume=bool(cfg.resume), start=start)
+
+
+def _train_and_evaluate(cfg: RunConfig, kind: str, run: RunDir, resuming: bool, show_progress: bool,
+                        log) -> dict[str, Any]:
+    """The one stage of `r1lab sft | rl | dpo`; returns the held-out summaries by stage."""
+    from r1lab.report import stage_table, write_report
+
+    data = prepare_data(cfg, run, log=log)
+    model, tok = load_policy(cfg, data)
+    stages = {}
+    if kind != "sft" and cfg.eval.at_start and not resuming:  # a resumed run measured its start the first time
+        stages["start"] = run_eval(cfg, model, tok, data.eval, run.file("eval/start.jsonl"), "eval start",
+                                   show_progress).summary
+    sections = []
+    if kind == "sft":
+        run_sft(cfg, run, model, tok, data, show_progress=show_progress, resume=resuming)
+    elif kind == "rl":
+        run_rl(cfg, run, model, tok, data, show_progress=show_progress, resume=resuming)
+        sections = [health_section(cfg, run)]
+    else:
+        history = run_dpo(cfg, run, model, tok, data, show_progress=show_progress, log=log)
+        shown = ("round/pass_rate", "round/pairs", "dpo/margin", "dpo/accuracy", "eval/avg")
+        rounds = "\n".join(f"- round {h['round']}: " + ", ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in h.items() if k in shown) for h in history)
+        sections = [("Rounds", rounds), ("Training curves", "![dpo](plots/dpo.png)")]
+    stages[kind] = run_eval(cfg, model, tok, data.eval, run.file(f"eval/{kind}.jsonl"), f"eval {kind}",
+                            show_progress).summary
+    table = stage_table(stages, cfg.eval.n, cfg.eval.ks)
+    write_report(run.file("report.md"), f"r1lab {kind}: {run.path.name}", [("Held-out evaluation", table), *sections])
+    log(table)
+    log(f"checkpoint: {run.checkpoint(kind)}")
+    return stages

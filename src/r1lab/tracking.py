@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from r1lab.config import flatten
 from r1lab.errors import ConfigError
 
 # tracker name -> (the module it imports, the extra that installs it)
@@ -44,18 +45,6 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     for k, v in metrics.items():
         if isinstance(v, (int, float)) and math.isfinite(float(v)):
             out[k] = float(v)
-    return out
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train": {"lr": 3e-5}} -> {"train.lr": 3e-5}."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
     return out
 
 
@@ -104,7 +93,7 @@ class MLflowTracker(Tracker):
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
             experiment, artifact_location=(db.parent / "mlartifacts").as_uri())
         self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
-        params = [Param(k, str(v)[:500]) for k, v in flatten(config).items()]
+        params = [Param(k, str(v)[:500]) for k, v in flatten(config, into_mappings=True).items()]
         for i in range(0, len(params), 100):  # the store takes at most 100 parameters per batch
             self.client.log_batch(self.run_id, params=params[i : i + 100])
 

@@ -25,7 +25,7 @@ import torch
 from r1lab.cluster.runtime import ActorGroup, ensure_ray, get, shares
 from r1lab.config import RunConfig
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import SamplingParams
+from r1lab.rollout.base import Engine, SamplingParams
 
 log = logging.getLogger("r1lab.cluster")
 
@@ -78,7 +78,7 @@ class RolloutWorker:
         self.engine.close()
 
 
-class RayRolloutGroup(ActorGroup):
+class RayRolloutGroup(ActorGroup, Engine):
     """cluster.rollout_workers actors sampling shares of each call (see the module's docstring)."""
 
     retry_metric = "cluster/rollout_retries"

@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from r1lab.config import _build
+    from r1lab.config import build_section
     from r1lab.domains import check_fields
     from r1lab.data.inspect import InspectSettings, inspect_datasets
     from r1lab.data.io import read_problems
@@ -103,7 +103,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from r1lab.data.io import parse_mapping
 
     _split_inputs(args)
-    settings = _build(InspectSettings, _settings_from(args.overrides, {}), "inspect")
+    settings = build_section(InspectSettings, _settings_from(args.overrides, {}), "inspect")
     check_fields(settings, "inspect", paths=True)
     names = [Path(p).stem for p in args.inputs]
     if len(set(names)) < len(names):

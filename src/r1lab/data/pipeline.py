@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from r1lab.config import _build, _suggest
+from r1lab.config import build_section, suggest_key
 from r1lab.domains import check_fields
 from r1lab.data.decontam import DecontamSettings, decontaminate
 from r1lab.data.dedup import DedupSettings, dedup
@@ -229,12 +229,12 @@ TOP_KEYS = ("output", "manifest", "reports", "lenient", "steps", "description")
 
 def build_step(name: str, settings: Any, where: str) -> tuple[str, Any]:
     if name not in STEPS:
-        raise ConfigError(f"{where}: unknown step '{name}'{_suggest(name, list(STEPS), '')}")
+        raise ConfigError(f"{where}: unknown step '{name}'{suggest_key(name, list(STEPS), '')}")
     if settings is None:
         settings = {}
     if not isinstance(settings, dict):
         raise ConfigError(f"{where}: settings of step '{name}' must be a mapping, got {settings!r}")
-    return name, _build(STEPS[name].settings, settings, name)
+    return name, build_section(STEPS[name].settings, settings, name)
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:
@@ -267,7 +267,7 @@ def parse_pipeline(data: Any, where: str, overrides: Iterable[str] = ()) -> Pipe
         _apply_override(data, o)
     for key in data:
         if key not in TOP_KEYS:
-            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, list(TOP_KEYS), '')}")
+            raise ConfigError(f"{where}: unknown key '{key}'{suggest_key(key, list(TOP_KEYS), '')}")
     if not data.get("output"):
         raise ConfigError(f"{where}: no 'output' (the curated JSONL to write)")
     entries = data.get("steps")

@@ -8,11 +8,12 @@ and their verdicts (`select`), so it is tested without a model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from r1lab.config import RolloutConfig
 from r1lab.data.verify_traces import batched
-from r1lab.domains import check_fields, setting
+from r1lab.domains import Domain, check_fields, setting
 from r1lab.errors import ConfigError
 from r1lab.records import Completion, Problem, Verdict
 
@@ -32,6 +33,8 @@ class SampleSettings:
     timeout: float = setting(5.0, gt=0)  # verifier seconds per response
     workers: int = setting(2, ge=0)  # verifier processes (0 = in this process)
     engine: str = setting("hf", choices="r1lab.rollout:ENGINES")  # rollout engine that samples: hf | fast (r1lab's CPU decode loop) | auto | vllm
+    # the engine's other rollout settings (dtype, kv_cache_gb, vLLM's: rollout.* names); {} = their defaults
+    rollout: dict[str, Any] = setting({}, keys=Domain(choices=tuple(f.name for f in fields(RolloutConfig))))
 
 
 @dataclass
@@ -67,10 +70,10 @@ class Sampler:
             if not s.model:
                 raise ConfigError("sampling needs a model: model: PATH (a local Hugging Face directory)")
             from r1lab.models import load_model
-            from r1lab.rollout import make_engine
+            from r1lab.rollout import build_engine
 
             model, tok = load_model(s.model)
-            engine = make_engine(model, tok, s.engine, batch_size=s.batch_size)
+            engine = build_engine(model, tok, _rollout_config(s), batch_size=s.batch_size)
         from r1lab.rollout import SamplingParams
 
         self.s, self.engine, self.calls = s, engine, 0
@@ -86,6 +89,14 @@ class Sampler:
         verdicts = verify_batch([p for p in problems for _ in range(k)], [c.text for c in comps],
                                 timeout=self.s.timeout, workers=self.s.workers)
         return [(comps[i * k : (i + 1) * k], verdicts[i * k : (i + 1) * k]) for i in range(len(problems))]
+
+
+def _rollout_config(s: SampleSettings) -> RolloutConfig:
+    try:
+        return replace(RolloutConfig(), engine=s.engine, **s.rollout)
+    except TypeError:
+        known = [f.name for f in fields(RolloutConfig) if f.name not in ("engine", "batch_size")]
+        raise ConfigError(f"rollout: {sorted(s.rollout)} holds an unknown engine setting (known: {', '.join(known)})") from None
 
 
 def record_pass_rate(p: Problem, verdicts: Sequence[Verdict], model: str) -> float:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from r1lab.errors import ConfigError
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import SamplingParams, encode_prompts
+from r1lab.rollout.base import Engine, SamplingParams, encode_prompts
 
 ROUND_SEED_STRIDE = 104_729  # decoding round r of a call samples with seed + r * stride
 
@@ -94,7 +94,7 @@ def _tokens_before(tokenizer, ids: list[int], chars: int) -> int:
     return k
 
 
-def force_budget(engine: Any, tokenizer, jobs: list[tuple[list[int], str, str]], params: SamplingParams,
+def force_budget(engine: Engine, tokenizer, jobs: list[tuple[list[int], str, str]], params: SamplingParams,
                  f: BudgetForcing, seed: int | None = None) -> tuple[list[Completion], list[tuple[int, bool]]]:
     """Sample one budget-forced response for each (prompt ids, template prefill, problem id).
 
@@ -109,7 +109,7 @@ def force_budget(engine: Any, tokenizer, jobs: list[tuple[list[int], str, str]],
     if not wait_ids or not close_ids:
         raise ConfigError("budget forcing: 'wait' and 'close' must encode to at least one token")
     state = [_Job(list(p), prefill, pid) for p, prefill, pid in jobs]
-    stop_ids = set(getattr(engine, "stop_ids", []) or []) | set(params.stop_token_ids)
+    stop_ids = set(engine.stop_ids) | set(params.stop_token_ids)
     rnd = 0
     while active := [j for j in state if j.state == "think"]:
         for j in [j for j in active if len(j.ids) >= f.max_think]:  # a Wait filled the budget
@@ -175,16 +175,16 @@ def _think_step(j: _Job, c: Completion, f: BudgetForcing, tokenizer, wait_ids: l
     j.finish, j.state = c.finish_reason, "done"
 
 
-class BudgetForcedEngine:
+class BudgetForcedEngine(Engine):
     """An engine (same `generate` contract as the others) whose samples are budget-forced.
     `stats` accumulates over calls: samples, thinking tokens, waits inserted, forced closes."""
 
-    def __init__(self, engine: Any, forcing: BudgetForcing):
-        if not hasattr(engine, "generate_ids"):
+    def __init__(self, engine: Engine, forcing: BudgetForcing):
+        if not engine.continues_ids:
             raise ConfigError("budget forcing needs a local model (an engine that continues token-id prefixes); "
                               "an endpoint cannot be forced")
         self.engine, self.forcing, self.tokenizer = engine, forcing, engine.tokenizer
-        self.batch_size = getattr(engine, "batch_size", 64)
+        self.batch_size = engine.batch_size
         self.stats = {"samples": 0, "think_tokens": 0, "waits": 0, "forced_close": 0}
 
     def generate(self, problems: list[Problem], params: SamplingParams, n: int = 1, seed: int | None = None,
@@ -201,7 +201,7 @@ class BudgetForcedEngine:
         return comps
 
 
-def forced_engine(engine: Any, budget: Any) -> BudgetForcedEngine:
+def forced_engine(engine: Engine, budget: Any) -> BudgetForcedEngine:
     """`engine` budget-forced as the config's eval.budget section says (an engine already forced
     that way is returned as it is)."""
     f = BudgetForcing(max_think=budget.max_think, min_think=budget.min_think, answer_tokens=budget.answer_tokens,

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from r1lab.errors import DataError, R1labError
 from r1lab.eval.metrics import avg_at_k, majority_at_k, pass_at_k
 from r1lab.records import Problem
-from r1lab.rollout.base import SamplingParams
+from r1lab.rollout.base import Engine, SamplingParams
 from r1lab.verify import verify_batch
 
 
@@ -138,7 +138,7 @@ def _rows_for(problems: list[Problem], n: int, completions, verdicts) -> list[di
 
 
 def evaluate(
-    engine,
+    engine: Engine,
     problems: list[Problem],
     params: SamplingParams,
     n: int = 8,
@@ -175,7 +175,7 @@ def evaluate(
         else:
             _start_file(out, settings)
     if chunk_size is None:
-        chunk_size = max(1, getattr(engine, "batch_size", 16 * n) // n)
+        chunk_size = max(1, engine.batch_size // n)
     total = len(problems)
     bar = tqdm(total=total * n, initial=len(done) * n, desc=desc, unit="sample", disable=not show_progress,
                dynamic_ncols=True)

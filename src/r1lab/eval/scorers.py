@@ -32,10 +32,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from r1lab.errors import ConfigError, ModelError
-from r1lab.models import load_model, render_prompt
-from r1lab.train.common import token_logprobs
-from r1lab.train.prm import PRM_KIND, SCORER_FILE
-from r1lab.train.ppm import PPM_KIND
+from r1lab.models import PPM_KIND, PRM_KIND, SCORER_FILE, load_model, render_prompt, token_logprobs
 
 
 @runtime_checkable

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 from r1lab.errors import ConfigError
 from r1lab.records import Problem, prompt_text
-from r1lab.rollout.base import SamplingParams, encode_prompts
+from r1lab.rollout.base import Engine, SamplingParams, encode_prompts
 from r1lab.verify import verify_batch
 from r1lab.verify.registry import entry
 
@@ -195,13 +195,13 @@ def top_k(scores: Sequence[float], k: int) -> list[int]:
     return sorted(range(len(scores)), key=key)[:k]
 
 
-def beam_search(engine: Any, scorer: Any, problems: list[Problem], params: SamplingParams, width: int, expand: int,
+def beam_search(engine: Engine, scorer: Any, problems: list[Problem], params: SamplingParams, width: int, expand: int,
                 delimiter: str = "\n", think_end: str = "</think>", step_tokens: int = 48, max_steps: int = 32,
                 seed: int | None = None, on_round: Callable[[int], None] | None = None) -> list[BeamResult]:
     """Beam search for each problem at once (all problems' candidates in one engine call per round
     and budget); see the module's docstring. `params.max_new_tokens` bounds each beam's response.
     The engine must continue token-id prefixes (`generate_ids`) and have a `tokenizer`."""
-    if not hasattr(engine, "generate_ids"):
+    if not engine.continues_ids:
         raise ConfigError("beam search needs a local model (an engine that continues token-id prefixes), not an endpoint")
     if width < 1 or expand < 1 or step_tokens < 1 or max_steps < 1:
         raise ConfigError(f"beam search needs width, expand, step_tokens and max_steps >= 1 "
@@ -209,7 +209,7 @@ def beam_search(engine: Any, scorer: Any, problems: list[Problem], params: Sampl
     tok = engine.tokenizer
     enc = encode_prompts(tok, problems)
     texts = [prompt_text(p.prompt, "all") for p in problems]
-    stop_ids = set(getattr(engine, "stop_ids", []) or []) | set(params.stop_token_ids)
+    stop_ids = set(engine.stop_ids) | set(params.stop_token_ids)
     budget = params.max_new_tokens
     results = [BeamResult([], None) for _ in problems]
     active: list[list[Beam]] = [[Beam()] for _ in problems]
@@ -306,7 +306,7 @@ def beam_rows(problems: list[Problem], results: list[BeamResult], verdicts: list
     return rows
 
 
-def run_beams(engine: Any, scorer: Any, problems: list[Problem], params: SamplingParams, n: int, settings: Any,
+def run_beams(engine: Engine, scorer: Any, problems: list[Problem], params: SamplingParams, n: int, settings: Any,
               seed: int | None = None, timeout: float = 5.0, workers: int = 2) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Beam search at budget n with the eval.search settings (`settings`: W, E from beam_sizes, the
     delimiter, step and round budgets), its finished beams verified: the rows and the point."""

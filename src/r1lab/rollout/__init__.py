@@ -6,12 +6,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 
+from r1lab.config import RolloutConfig
 from r1lab.rollout.base import Engine, SamplingParams, encode_prompts
 from r1lab.rollout.fast import FastEngine, unsupported_reason
 from r1lab.rollout.hf import HFEngine
 
-__all__ = ["Engine", "FastEngine", "HFEngine", "SamplingParams", "check_engine", "choose_engine", "encode_prompts",
-           "make_engine"]
+__all__ = ["Engine", "FastEngine", "HFEngine", "SamplingParams", "build_engine", "check_engine", "choose_engine",
+           "encode_prompts", "make_engine"]
 
 ENGINES = ("auto", "fast", "hf", "vllm")
 VLLM_OPTIONS = ("gpu_memory_utilization", "enforce_eager", "tensor_parallel_size", "enable_sleep_mode", "max_model_len")
@@ -91,7 +92,14 @@ def make_engine(model, tokenizer, engine: str = "fast", batch_size: int = 256, d
     return HFEngine(model, tokenizer, batch_size=batch_size)
 
 
-def engine_options(rollout_cfg) -> dict:
+def build_engine(model, tokenizer, rollout: RolloutConfig, batch_size: int | None = None) -> Engine:
+    """The engine the rollout config describes, for `model`: the one place a command builds an engine,
+    so every `rollout.*` setting reaches it. `batch_size` replaces rollout.batch_size (eval's own)."""
+    return make_engine(model, tokenizer, rollout.engine, batch_size=batch_size or rollout.batch_size,
+                       **engine_options(rollout))
+
+
+def engine_options(rollout_cfg: RolloutConfig) -> dict:
     """The keyword arguments of `make_engine` that a `RolloutConfig` sets (besides the batch size)."""
     return {"dtype": rollout_cfg.dtype, "kv_cache_gb": rollout_cfg.kv_cache_gb,
             **{k: getattr(rollout_cfg, k) for k in VLLM_OPTIONS}}

@@ -4,49 +4,67 @@ and the sampler."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from r1lab.errors import EngineError
 from r1lab.models import render_prompt, response_prefill
 from r1lab.records import Completion, Problem
 
 
-@runtime_checkable
-class Engine(Protocol):
-    """What the RL loop, eval and the data steps need of a rollout engine.
+class Engine:
+    """What the RL loop, eval and the data steps need of a rollout engine; every engine subclasses it.
 
     `generate` returns len(problems) * n completions, the n samples of problem i at positions
     i*n .. i*n+n-1, each with prompt and response token ids, the per-token log-probs of the sampled
     tokens at the sampling temperature (before top-k / top-p truncation: what the trainer recomputes),
     its finish reason ("stop" | "length"), and stop strings / stop ids / max_new_tokens / seed honoured.
+    Sample k of problem i is number first_sample + i*n + k of the call; its random draws depend on the
+    seed and that number alone, so a call split in parts (each with the first_sample of its first
+    problem) samples what the whole call does.
     After `load_weights(weights, version)` every sample comes from those weights and the engine
     reports `policy_version == version`; `weights` is a lazily produced iterator of (Hugging Face
-    parameter name, tensor), adapters merged, that an engine sampling the live model never reads."""
+    parameter name, tensor), adapters merged, that an engine sampling the live model never reads.
 
-    policy_version: int
+    `generate_ids` continues prompts given as token ids (budget forcing and beam search build such
+    prefixes); an engine that cannot (an endpoint) says so with `continues_ids = False`."""
+
+    policy_version: int = 0
+    batch_size: int = 64  # sequences decoded together: callers size their calls by it
+    stop_ids: Sequence[int] = ()  # ids that end every response (EOS, end of turn), besides params.stop_token_ids
+    stats: Mapping[str, float] = MappingProxyType({})  # what the last call measured (an engine's own keys)
+    continues_ids: bool = False  # whether generate_ids works
+    tokenizer = None  # an engine of a local model: its tokenizer
 
     def generate(self, problems: list[Problem], params: "SamplingParams", n: int = 1, seed: int | None = None,
-                 on_batch: Callable[[int], None] | None = None) -> list[Completion]: ...
+                 on_batch: Callable[[int], None] | None = None, first_sample: int = 0) -> list[Completion]:
+        raise NotImplementedError
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None: ...
+    def generate_ids(self, prompts: list[list[int]], params: "SamplingParams", seed: int | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> list[Completion]:
+        """One completion per prompt given as token ids, used as they are (no chat template); the
+        completions' problem_id is the prompt's index as text."""
+        raise EngineError(f"{type(self).__name__} cannot continue token-id prefixes (a local model's engine can)")
 
-    def close(self) -> None: ...
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
 
 
-class LiveModelEngine:
+class LiveModelEngine(Engine):
     """The weight handling of an engine that samples the trainer's own model object (fast, hf): the
     weights it samples are always the current ones, so loading a version only records it (the fast
     engine repacks its copy when the model's weights version changes)."""
 
-    policy_version: int = 0
+    continues_ids = True
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         self.policy_version = version
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)

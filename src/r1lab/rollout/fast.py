@@ -189,7 +189,7 @@ def _effective_weight(m) -> torch.Tensor:
     return w
 
 
-def _version_key(model) -> tuple:
+def version_key(model) -> tuple:
     """Changes whenever any parameter is replaced or modified in place, so packed weights are rebuilt
     exactly when the policy changed: autograd's version counters catch in-place ops, and
     `_r1lab_weights_version` the optimizers r1lab makes (fused AdamW's kernel does not bump the
@@ -230,7 +230,7 @@ class FastEngine(LiveModelEngine):
     # -- weights and rope tables --------------------------------------------------------------------
 
     def _weights(self) -> _Packed:
-        key = _version_key(self.model)
+        key = version_key(self.model)
         if self._packed is None or key != self._packed_key:
             with torch.no_grad():
                 self._packed = _Packed(self.model, self.dtype)

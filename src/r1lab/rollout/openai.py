@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from r1lab.errors import R1labError
 from r1lab.records import Completion, Problem, prompt_messages
-from r1lab.rollout.base import SamplingParams
+from r1lab.rollout.base import Engine, SamplingParams
 
 
 class EndpointError(R1labError):
@@ -30,7 +30,7 @@ def is_endpoint(model: str) -> bool:
     return model.startswith(("http://", "https://"))
 
 
-class OpenAIEngine:
+class OpenAIEngine(Engine):
     """`generate(problems, params, n, seed, on_batch)` like HFEngine, over HTTP.
 
     base_url is the API root, e.g. http://127.0.0.1:8000/v1 (a trailing /v1 is added when missing).
@@ -129,9 +129,10 @@ class OpenAIEngine:
         n: int = 1,
         seed: int | None = None,
         on_batch: Callable[[int], None] | None = None,
+        first_sample: int = 0,
     ) -> list[Completion]:
         """len(problems) * n completions, the n samples of problem i at positions i*n .. i*n+n-1.
-        Sample j of problem i is requested with seed `seed + i*n + j` (when a seed is given)."""
+        Sample j of problem i is requested with seed `seed + first_sample + i*n + j` (when a seed is given)."""
         if self.model is None:
             self.check()
         jobs = [(p, j) for p in problems for j in range(n)]
@@ -140,7 +141,7 @@ class OpenAIEngine:
         def one(k: int) -> None:
             p, _ = jobs[k]
             messages = prompt_messages(p.prompt)
-            text, finish, tokens = self._complete(messages, params, None if seed is None else seed + k)
+            text, finish, tokens = self._complete(messages, params, None if seed is None else seed + first_sample + k)
             results[k] = Completion(problem_id=p.id, prompt_ids=[], response_ids=[], text=text, logprobs=[],
                                     finish_reason=finish, token_count=tokens)
 

@@ -12,7 +12,7 @@ from r1lab.records import Completion, Problem
 from r1lab.rollout.base import Engine, SamplingParams
 
 
-class SnapshotEngine:
+class SnapshotEngine(Engine):
     """`make(copy)` builds the engine that samples the copy; `load_weights` copies the live model's
     current parameters into it (the live model is the policy the trainer updates, or the
     controller's copy a trainer group loads before handing out its weights), so samples come from
@@ -23,7 +23,13 @@ class SnapshotEngine:
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
         self.engine = make(self.model)
-        self.policy_version = getattr(self.engine, "policy_version", 0)
+        self.policy_version = self.engine.policy_version
+        self.tokenizer, self.batch_size, self.stop_ids = self.engine.tokenizer, self.engine.batch_size, self.engine.stop_ids
+        self.continues_ids = self.engine.continues_ids
+
+    @property
+    def stats(self):
+        return self.engine.stats
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         with torch.no_grad():
@@ -33,8 +39,12 @@ class SnapshotEngine:
         self.policy_version = version
 
     def generate(self, problems: list[Problem], params: SamplingParams, n: int = 1, seed: int | None = None,
-                 on_batch=None) -> list[Completion]:
-        return self.engine.generate(problems, params, n=n, seed=seed, on_batch=on_batch)
+                 on_batch=None, first_sample: int = 0) -> list[Completion]:
+        return self.engine.generate(problems, params, n=n, seed=seed, on_batch=on_batch, first_sample=first_sample)
+
+    def generate_ids(self, prompts: list[list[int]], params: SamplingParams, seed: int | None = None,
+                     on_batch=None) -> list[Completion]:
+        return self.engine.generate_ids(prompts, params, seed=seed, on_batch=on_batch)
 
     def close(self) -> None:
         self.engine.close()

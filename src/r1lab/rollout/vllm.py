@@ -42,10 +42,10 @@ from typing import Iterable
 
 import torch
 
-from r1lab.errors import EngineError
+from r1lab.errors import EngineError, one_line
 from r1lab.models import stop_token_ids
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import SamplingParams, encode_prompts, stop_string_end
+from r1lab.rollout.base import Engine, SamplingParams, encode_prompts, stop_string_end
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,10 @@ def vllm_unavailable_reason() -> str | None:
     except ImportError as e:
         if getattr(e, "name", None) == "vllm":
             return f"rollout.engine=vllm: vLLM is not installed; {INSTALL_HINT}"
-        return f"rollout.engine=vllm: vLLM is installed but does not import ({_one_line(e)}); {INSTALL_HINT}"
+        return f"rollout.engine=vllm: vLLM is installed but does not import ({one_line(e)}); {INSTALL_HINT}"
     except Exception as e:  # e.g. torchvision built for another torch: "operator torchvision::nms does not exist"
-        return f"rollout.engine=vllm: vLLM does not import ({_one_line(e)}); {INSTALL_HINT}"
+        return f"rollout.engine=vllm: vLLM does not import ({one_line(e)}); {INSTALL_HINT}"
     return None
-
-
-def _one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:400]
 
 
 def architectures(model) -> list[str]:
@@ -128,7 +124,7 @@ def _retie_lm_head(model) -> None:
     head.quant_method.process_weights_after_loading(head)
 
 
-class VLLMEngine:
+class VLLMEngine(Engine):
     def __init__(self, model, tokenizer, batch_size: int = 256, dtype: str = "auto", kv_cache_gb: float = 4.0,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, tensor_parallel_size: int = 1,
                  enable_sleep_mode: bool = False, max_model_len: int | None = None, seed: int = 0):
@@ -141,6 +137,7 @@ class VLLMEngine:
 
         self.model = model
         self.tokenizer = tokenizer
+        self.batch_size = batch_size
         self.stop_ids = stop_token_ids(tokenizer)
         self.policy_version = 0
         self.tensor_parallel_size = tensor_parallel_size
@@ -175,7 +172,7 @@ class VLLMEngine:
             self.llm = LLM(**kwargs)
         except Exception as e:
             shutil.rmtree(self._dir, ignore_errors=True)
-            raise EngineError(f"rollout.engine=vllm: the vLLM engine did not start ({_one_line(e)}); "
+            raise EngineError(f"rollout.engine=vllm: the vLLM engine did not start ({one_line(e)}); "
                               "check rollout.kv_cache_gb / rollout.gpu_memory_utilization and the model, "
                               "or use rollout.engine=fast") from e
         self.stats["start_s"] = time.perf_counter() - t0
@@ -187,7 +184,7 @@ class VLLMEngine:
         """Sample from `weights` from now on: (HF parameter name, tensor) pairs, LoRA already
         merged, produced lazily. The prefix cache is reset, so no K/V of older weights is reused.
         The weights are taken to be the current ones of the policy this engine was built from."""
-        from r1lab.rollout.fast import _version_key
+        from r1lab.rollout.fast import version_key
 
         t0 = time.perf_counter()
         if self._asleep:
@@ -203,16 +200,16 @@ class VLLMEngine:
             self._asleep = False
         self.llm.reset_prefix_cache()
         self.policy_version = version
-        self._synced_key = _version_key(self.model)
+        self._synced_key = version_key(self.model)
         self.stats["sync_s"] = time.perf_counter() - t0
         self.stats["syncs"] = self.stats.get("syncs", 0) + 1
 
     def _sync_from_model(self, force: bool = False) -> None:
         """Load the policy's weights if they changed since the last load (or `force`)."""
-        from r1lab.rollout.fast import _version_key
+        from r1lab.rollout.fast import version_key
         from r1lab.models import merged_weights
 
-        if force or _version_key(self.model) != self._synced_key:
+        if force or version_key(self.model) != self._synced_key:
             self.load_weights(merged_weights(self.model), self.policy_version + (0 if force else 1))
 
     # -- sampling -----------------------------------------------------------------------------------
@@ -274,7 +271,7 @@ class VLLMEngine:
             try:
                 llm.llm_engine.engine_core.shutdown()
             except Exception as e:  # the process goes on; a failed shutdown only leaks memory
-                log.warning("vllm: engine shutdown failed: %s", _one_line(e))
+                log.warning("vllm: engine shutdown failed: %s", one_line(e))
             del llm
             import gc
 

@@ -106,7 +106,7 @@ def solve(numbers: list[int], target: int) -> str | None:
     return search([(Fraction(n), str(n), _ATOM) for n in numbers])
 
 
-def _numbers_and_target(problem: Problem) -> tuple[list[int], int]:
+def numbers_and_target(problem: Problem) -> tuple[list[int], int]:
     """metadata["numbers"] and the answer; either falls back to the prompt. ValueError if neither works."""
     m = _PROMPT.search(prompt_text(problem.prompt))
     numbers = problem.metadata.get("numbers")
@@ -152,12 +152,12 @@ class Countdown(TaskFamily):
 
     def dedupe_key(self, problem: Problem) -> str:
         """The numbers in any order make the same problem."""
-        numbers, target = _numbers_and_target(problem)
+        numbers, target = numbers_and_target(problem)
         return f"countdown {sorted(numbers)} -> {target}"
 
     def teacher_trace(self, problem: Problem) -> str:
         """The solution worked innermost-left first, then the expression itself as the answer."""
-        numbers, target = _numbers_and_target(problem)
+        numbers, target = numbers_and_target(problem)
         solution = problem.metadata.get("solution")
         if not (isinstance(solution, str) and _check(format_trace([], solution), problem).correct):
             solution = solve(numbers, target)
@@ -180,7 +180,7 @@ def check_countdown(response_text: str, problem: Problem) -> Verdict:
 
 def _check(response_text: str, problem: Problem) -> Verdict:
     try:
-        numbers, target = _numbers_and_target(problem)
+        numbers, target = numbers_and_target(problem)
     except ValueError as e:
         return Verdict("error", f"bad countdown problem: {e}")
     if not isinstance(response_text, str):

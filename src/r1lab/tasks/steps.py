@@ -192,9 +192,9 @@ def step_trace(problem: Problem) -> str:
         steps = _expression_steps(node, full_expressions=False)
         answer = steps[-1][2] if steps else ast.unparse(node)
     elif family == "countdown":
-        from r1lab.tasks.countdown import _numbers_and_target, solve
+        from r1lab.tasks.countdown import numbers_and_target, solve
 
-        numbers, target = _numbers_and_target(problem)
+        numbers, target = numbers_and_target(problem)
         solution = problem.metadata.get("solution")
         if not isinstance(solution, str):
             solution = solve(numbers, target)

@@ -22,7 +22,6 @@ an SFT checkpoint holds is listed in train/sft.py.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import re
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 
+from r1lab.config import flatten
 from r1lab.errors import ConfigError
 
 STATE_DIR = "state"
@@ -56,11 +56,11 @@ def save_state(run_path: Path, step: int, state: dict[str, Any], keep: int, fold
                policy: Any = None) -> Path:
     """Write `state` (and the state of `policy`, a policy worker) as the checkpoint of `step`,
     atomically: written under a temporary name, renamed when complete. A worker group (one with
-    `save_shards`) makes the checkpoint a directory: each worker writes its own shards into
+    `sharded`) makes the checkpoint a directory: each worker writes its own shards into
     `model/`, the rest goes to `state.pt`. Keeps the newest `keep` checkpoints."""
     where = state_dir(run_path, folder)
     where.mkdir(parents=True, exist_ok=True)
-    sharded = hasattr(policy, "save_shards")
+    sharded = policy is not None and policy.sharded
     path = where / (f"step-{step:06d}" if sharded else f"step-{step:06d}.pt")
     tmp = where / f".{path.name}.tmp"
     remove_checkpoint(tmp)  # left by a run killed while writing it
@@ -136,7 +136,7 @@ def load_sharded_weights(model: torch.nn.Module, checkpoint: Path) -> None:
 def check_resume_config(saved: Any, new: Any, allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> None:
     """A resumed run must be the same run (two RunConfigs): refuse any changed setting but those that
     may change across a resume (`allowed`, dotted names or section prefixes)."""
-    flat_saved, flat_new = _flatten(saved), _flatten(new)
+    flat_saved, flat_new = flatten(saved), flatten(new)
     for key in flat_new:
         if any(key == k or key.startswith(k + ".") for k in allowed):
             continue
@@ -149,13 +149,3 @@ def check_resume_config(saved: Any, new: Any, allowed: tuple[str, ...] = RESUMAB
         if flat_saved.get(key) != flat_new[key]:
             raise ConfigError(f"resume: {key} differs from the run's ({flat_saved.get(key)!r} -> {flat_new[key]!r}); "
                               f"only {', '.join(k for k in allowed if k != 'resume')} may change across a resume")
-
-
-def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted setting name -> value, through the nested config sections."""
-    if not dataclasses.is_dataclass(cfg):
-        return {prefix: cfg}
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        out.update(_flatten(getattr(cfg, f.name), f"{prefix}.{f.name}" if prefix else f.name))
-    return out

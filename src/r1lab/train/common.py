@@ -1,4 +1,5 @@
-"""What SFT and RL share: batching token sequences, log-probs under the model, the optimizer."""
+"""What SFT and RL share: batching token sequences, the optimizer and its schedules (log-probs under the
+model: models.token_logprobs)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Sequence
 
 import torch
 
-from r1lab.models import model_device
+# tests and benchmarks read the log-probs of a model's own tokens from here; they live with the model
+from r1lab.models import logprobs_of_targets, token_logprobs  # noqa: F401
 
 
 def pad_sequences(
@@ -39,40 +41,6 @@ def scatter_response_values(values: Sequence[Sequence[float]], response_mask: to
         pos = response_mask[i].nonzero().squeeze(-1)
         out[i, pos] = torch.tensor(list(v), dtype=out.dtype)[: len(pos)]
     return out
-
-
-def token_logprobs(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    start: int = 0,
-    entropy_grad: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log softmax(logits / T) of each next token: [B, L-1] (and the entropy of that distribution).
-
-    Right padding needs no position ids: causal attention never lets a real token see the pads
-    after it. Log-probs are computed in float32 whatever the model dtype (or autocast).
-    `start` > 0 skips the LM head and the softmax for positions before it (prompt tokens that carry
-    no loss): those entries come back 0. `entropy_grad=False` computes the entropy for logging only,
-    outside the autograd graph.
-
-    Batches live on the CPU; on a GPU model the ids go to its device and the [B, L-1] results come
-    back (autograd follows the copy), so the loss code is the same for every device.
-    """
-    home = input_ids.device
-    device = model_device(model)
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    L = input_ids.shape[1]
-    start = min(max(start, 0), L - 1)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                   logits_to_keep=L - start).logits[:, :-1]  # positions start .. L-2
-    logprobs, entropy = logprobs_of_targets(logits, input_ids[:, start + 1:], temperature, with_entropy, entropy_grad)
-    if start:
-        logprobs = torch.nn.functional.pad(logprobs, (start, 0))
-        entropy = None if entropy is None else torch.nn.functional.pad(entropy, (start, 0))
-    return logprobs.to(home), None if entropy is None else entropy.to(home)
 
 
 class EmbeddingGradInPlace:
@@ -126,22 +94,6 @@ class _EmbeddingIntoGrad(torch.autograd.Function):
             weight.grad = torch.zeros_like(weight)
         weight.grad.index_add_(0, rows, g.to(weight.grad.dtype))
         return None, None, None
-
-
-def logprobs_of_targets(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                        with_entropy: bool = False, entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log softmax(logits / T) at `targets` ([..., V] logits, [...] ids), in float32 whatever the
-    logits' dtype, and the entropy of each distribution (outside the graph unless `entropy_grad`)."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logprobs, entropy
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:

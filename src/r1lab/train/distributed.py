@@ -48,7 +48,7 @@ from typing import Any, Iterator
 import torch
 
 from r1lab.config import RunConfig
-from r1lab.errors import ConfigError, WorkerError
+from r1lab.errors import ConfigError, WorkerError, one_line
 from r1lab.train.batch import RolloutBatch
 from r1lab.train.common import EmbeddingGradInPlace, make_optimizer, note_weights_changed, warmup_constant
 from r1lab.train.methods import BoundMethod, bind_method
@@ -290,10 +290,6 @@ class ShardedPolicyWorker(LocalPolicyWorker):
 # -- the worker processes ---------------------------------------------------------------------------
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())[:500]
-
-
 def _start_worker(rank: int, world: int, init_method: str, cfg: RunConfig, model, timeout_s: float,
                   cuda_index: int) -> ShardedPolicyWorker:
     """This process's worker of the group: joins the process group, shards its copy of the model."""
@@ -326,7 +322,7 @@ def _answer(worker: ShardedPolicyWorker, name: str, args: tuple) -> tuple:
         return "ok", result, worker.version, time.perf_counter() - t
     except BaseException as e:
         print(f"r1lab trainer worker {worker.rank} in {name!r}:\n{traceback.format_exc()}", file=sys.stderr)
-        return "error", _one_line(e), worker.version, 0.0
+        return "error", one_line(e), worker.version, 0.0
 
 
 def _start_answer(rank: int, start) -> tuple[Any, tuple]:
@@ -337,7 +333,7 @@ def _start_answer(rank: int, start) -> tuple[Any, tuple]:
         return worker, ("ok", None, worker.version, 0.0)
     except BaseException as e:
         print(f"r1lab trainer worker {rank}:\n{traceback.format_exc()}", file=sys.stderr)
-        return None, ("error", _one_line(e), 0, 0.0)
+        return None, ("error", one_line(e), 0, 0.0)
 
 
 def _model_bytes(model) -> bytes:
@@ -604,6 +600,8 @@ class PolicyWorkerGroup:
     """The `PolicyWorker` methods over cfg.cluster.trainer_workers sharded workers: processes of
     this machine, or Ray actors (cluster.launcher). `model` is the controller's copy of the policy:
     the workers start from it, and `engine_weights` brings it up to date with the trained weights."""
+
+    sharded = True  # a checkpoint is each worker's shards (save_shards) and the controller's state
 
     def __init__(self, cfg: RunConfig, model, method: BoundMethod, workers: int | None = None):
         check_cluster(cfg)

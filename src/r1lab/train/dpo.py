@@ -23,7 +23,8 @@ from r1lab.errors import ConfigError
 from r1lab.records import Problem
 from r1lab.runs import MetricsWriter
 from r1lab.train.attention import trainer_attention, use_cpu_training_attention
-from r1lab.train.common import grad_norm_clip, make_optimizer, pad_sequences, token_logprobs, warmup_cosine
+from r1lab.models import token_logprobs
+from r1lab.train.common import grad_norm_clip, make_optimizer, pad_sequences, warmup_cosine
 from r1lab.train.sft import sft_examples
 
 Example = tuple[list[int], list[int], list[int]]  # prompt ids, chosen ids, rejected ids (each response + eos)

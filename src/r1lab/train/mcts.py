@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 
 from r1lab.algos.mcts import backup, node_q, select_child
 from r1lab.records import Problem, prompt_text
-from r1lab.rollout.base import SamplingParams, encode_prompts
+from r1lab.rollout.base import Engine, SamplingParams, encode_prompts
 from r1lab.tasks.steps import STOP_STRINGS, THINK_OPEN, StepRunner, parse_step, result_line
 from r1lab.verify import verify_batch
 
@@ -103,8 +103,9 @@ class MCTS:
     """Runs the rollouts of a batch of trees with one policy engine (needs `generate_ids`), one
     sandbox runner and, optionally, a PPM that scores new nodes."""
 
-    def __init__(self, engine, tokenizer, runner: StepRunner, settings: SearchSettings, ppm: Scorer | None = None):
-        if not hasattr(engine, "generate_ids"):
+    def __init__(self, engine: Engine, tokenizer, runner: StepRunner, settings: SearchSettings,
+                 ppm: Scorer | None = None):
+        if not engine.continues_ids:
             raise ValueError(f"MCTS needs an engine that continues token-id prefixes (generate_ids); "
                              f"{type(engine).__name__} has none")
         self.engine, self.tok, self.runner, self.s, self.ppm = engine, tokenizer, runner, settings, ppm

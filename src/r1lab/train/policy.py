@@ -12,6 +12,7 @@ by the counts of the whole mini-batch (`aggregate`), so micro-batching never cha
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
@@ -20,10 +21,10 @@ from r1lab.algos import aggregate
 from r1lab.algos.losses import adaptive_entropy_coef, positive_nll, value_loss
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError
-from r1lab.models import model_device
+from r1lab.models import model_device, token_logprobs
 from r1lab.train.attention import trainer_attention, use_cpu_training_attention
 from r1lab.train.batch import RolloutBatch, first_response_col
-from r1lab.train.common import EmbeddingGradInPlace, grad_norm_clip, make_optimizer, token_logprobs, warmup_constant
+from r1lab.train.common import EmbeddingGradInPlace, grad_norm_clip, make_optimizer, warmup_constant
 from r1lab.train.methods import BoundMethod
 from r1lab.train.prefix import SharedPrefix
 
@@ -34,6 +35,7 @@ class PolicyWorker(Protocol):
     version: int  # optimizer steps taken by the policy: the version an engine samples from
     has_reference: bool
     has_critic: bool
+    sharded: bool  # its checkpoints are shards each worker writes (save_shards), not one state_dict
 
     def logprobs(self, batch: RolloutBatch, model: str = "policy") -> torch.Tensor:
         """[B, L-1] log-probs of the batch's tokens, no gradient: model 'policy' or 'reference'."""
@@ -54,8 +56,14 @@ class PolicyWorker(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def save_shards(self, folder: str | Path) -> dict[str, Any]:
+        """A sharded worker: each worker writes its shards of the models and optimizers into `folder`;
+        returns the rest of the state (what load_state_dict reads back with the shards)."""
+
 
 class LocalPolicyWorker:
+    sharded = False  # one process: state_dict() holds everything
+
     def __init__(self, cfg: RunConfig, model, method: BoundMethod):
         self.cfg = cfg
         self.model = model
@@ -311,3 +319,6 @@ class LocalPolicyWorker:
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+
+    def save_shards(self, folder: str | Path) -> dict[str, Any]:
+        raise NotImplementedError("a one-process worker is not sharded: state_dict() holds its whole state")

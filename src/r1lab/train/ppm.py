@@ -24,13 +24,11 @@ from tqdm.auto import tqdm
 
 from r1lab.algos.mcts import ppm_pairwise_loss
 from r1lab.errors import ModelError
-from r1lab.models import load_model, model_device, render_prompt, save_model
+from r1lab.models import PPM_KIND, SCORER_FILE, load_model, model_device, render_prompt, save_model
 from r1lab.train.attention import trainer_attention
 from r1lab.train.common import grad_norm_clip, make_optimizer
-from r1lab.train.prm import SCORER_FILE
 
 FORMAT = "r1lab-ppm/1"
-PPM_KIND = "rstar_ppm"  # the scorer kind eval's registry loads this directory with
 
 
 class ProcessPreferenceModel(nn.Module):

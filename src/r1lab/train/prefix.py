@@ -25,8 +25,7 @@ import inspect
 
 import torch
 
-from r1lab.models import model_device
-from r1lab.train.common import logprobs_of_targets
+from r1lab.models import logprobs_of_targets, model_device
 
 MASKED_ATTENTION = ("sdpa", "r1lab_cpu")
 

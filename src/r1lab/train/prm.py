@@ -29,14 +29,12 @@ import torch
 
 from r1lab.algos.prm import implicit_outcome_logits, implicit_process_rewards, outcome_hits, prm_ce_loss
 from r1lab.config import RunConfig
-from r1lab.models import merged_weights, model_device
+from r1lab.models import PRM_KIND, SCORER_FILE, merged_weights, model_device, token_logprobs
 from r1lab.train.attention import trainer_attention
 from r1lab.train.batch import RolloutBatch, first_response_col
-from r1lab.train.common import grad_norm_clip, make_optimizer, token_logprobs
+from r1lab.train.common import grad_norm_clip, make_optimizer
 
 
-PRM_KIND = "implicit_prm"  # the scorer kind eval's registry loads this directory with
-SCORER_FILE = "scorer.json"  # what kind of step scorer a directory holds, and its settings
 
 
 class ImplicitPRM:

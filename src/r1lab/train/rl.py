@@ -35,8 +35,10 @@ from tqdm.auto import tqdm
 
 from r1lab.algos.advantages import gae, last_token_rewards
 from r1lab.config import RunConfig
+from r1lab.errors import ConfigError
 from r1lab.health import HealthMonitor
 from r1lab.records import Completion, Problem
+from r1lab.rollout import build_engine
 from r1lab.rollout.base import Engine, LiveModelEngine, SamplingParams
 from r1lab.runs import MetricsWriter
 from r1lab.train.batch import RolloutBatch, rollout_batch, update_plan
@@ -61,16 +63,13 @@ class RLTrainer:
         self.method = bind_method(cfg.algo)
         self._owned: list[Any] = []  # workers this trainer started, closed by close()
         if cfg.cluster.rollout_workers > 0 and not _is_rollout_group(engine):
-            from r1lab.cluster.rollout_group import RayRolloutGroup
-
-            engine = RayRolloutGroup(cfg, model, tokenizer)
-            self._owned.append(engine)
-        elif cfg.cluster.off_policy_steps > 0 and isinstance(engine, LiveModelEngine):
-            from r1lab.rollout import engine_options, make_engine
+            raise ConfigError("cluster.rollout_workers > 0: the engine must be the Ray rollout group "
+                              "(r1lab.train.rl.rl_engine builds it)")
+        if cfg.cluster.off_policy_steps > 0 and isinstance(engine, LiveModelEngine):
             from r1lab.rollout.snapshot import SnapshotEngine
 
-            engine = SnapshotEngine(model, lambda m: make_engine(m, tokenizer, cfg.rollout.engine, batch_size=cfg.rollout.batch_size,
-                                                                 **engine_options(cfg.rollout)))
+            # the background sampler must not see the update change the weights under it
+            engine = SnapshotEngine(model, lambda m: build_engine(m, tokenizer, cfg.rollout))
             self._owned.append(engine)
         self.engine = engine
         self.score = None  # compute_rewards in this process
@@ -208,7 +207,7 @@ class RLTrainer:
             "staleness": max(staleness),  # policy versions between the trainer and the oldest sample
             "staleness/mean": sum(staleness) / len(staleness),
             "time/collect": t1 - t0,  # the controller's wait for this step's batch (0 when prefetched)
-            **{k: v for k, v in getattr(self.engine, "stats", {}).items() if k.startswith("cluster/")},
+            **{k: v for k, v in self.engine.stats.items() if k.startswith("cluster/")},
             **({k: v for k, v in self.score.stats.items()} if self.score is not None else {}),
             "time/reference": t2 - t1,  # old-policy, reference and critic forwards
             "time/train": t3 - t2,
@@ -311,6 +310,16 @@ def _train(trainer: RLTrainer, model, tokenizer, train_problems, metrics, sample
         start = cfg.init_from or cfg.model.path
         trainer.prm.save(Path(run_path) / "prm", tokenizer, start if Path(start).is_dir() else None)
     return history
+
+
+def rl_engine(cfg: RunConfig, model, tokenizer) -> Engine:
+    """The engine an RL run samples with, chosen here only: Ray rollout actors when
+    cluster.rollout_workers > 0, else the rollout config's engine in this process."""
+    if cfg.cluster.rollout_workers > 0:
+        from r1lab.cluster.rollout_group import RayRolloutGroup
+
+        return RayRolloutGroup(cfg, model, tokenizer)
+    return build_engine(model, tokenizer, cfg.rollout)
 
 
 def _is_rollout_group(engine: Engine) -> bool:

@@ -20,12 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from r1lab.config import SFTConfig
+from r1lab.models import token_logprobs
 from r1lab.records import Problem
 from r1lab.rollout.base import encode_prompts
 from r1lab.runs import MetricsWriter
 from r1lab.train.attention import trainer_attention, use_cpu_training_attention
 from r1lab.train.checkpoint import SFT_STATE_DIR, save_state
-from r1lab.train.common import grad_norm_clip, make_optimizer, pad_sequences, token_logprobs, warmup_cosine
+from r1lab.train.common import grad_norm_clip, make_optimizer, pad_sequences, warmup_cosine
 
 
 def sft_examples(tokenizer, pairs: Sequence[tuple[Problem, str]]) -> list[tuple[list[int], list[int]]]:
