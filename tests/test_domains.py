@@ -58,6 +58,7 @@ def world(tmp_path, monkeypatch):
     import r1lab.data.pipeline
     import r1lab.demo
     import r1lab.pipeline
+    import r1lab.rstar  # imported before the patches: it binds stages.load_policy when first imported
     import r1lab.runs
     import r1lab.serve
     import r1lab.stages
@@ -262,6 +263,8 @@ def draws(tp: Any, d: Domain, rng: random.Random) -> tuple[list[Any], list[Any]]
     if origin is dict:
         key_tp, value_tp = typing.get_args(tp)
         key_in, key_out = draws(key_tp, d.keys, rng) if d.keys is not None else (["a"], [])
+        if value_tp is typing.Any:  # values of several kinds, checked where they are used: draw the keys only
+            return [{}], [{k: None} for k in key_out]
         inside, outside = draws(value_tp, dataclasses.replace(d, keys=None, nonempty=False), rng)
         return ([{key_in[0]: v} for v in inside] + ([] if d.nonempty else [{}]),
                 [{key_in[0]: v} for v in outside] + [{k: inside[0]} for k in key_out] + ([{}] if d.nonempty else []))
