@@ -76,7 +76,9 @@ def test_compute_rewards_writes_into_completions():
 def test_compute_rewards_unscorable_samples_get_zero_accuracy():
     problems = [Problem("a", "q", "1", task="slow"), Problem("b", "q", "1", task="boom"), Problem("c", "q", "5")]
     cs = [completion("hang"), completion("x"), completion("<answer>five</answer>")]
-    out = compute_rewards(problems, cs, {"accuracy": 1.0}, timeout=0.5, workers=2)
+    # 2 s, not less: the wrong answer's math check takes milliseconds, but under a loaded 2-core
+    # host (two test workers and their runs) a worker may wait that long to be scheduled at all
+    out = compute_rewards(problems, cs, {"accuracy": 1.0}, timeout=2.0, workers=2)
     assert out == {"accuracy": [0.0, 0.0, 0.0], "total": [0.0, 0.0, 0.0]}
     assert [c.verdict.status for c in cs] == ["timeout", "error", "wrong"]
 
