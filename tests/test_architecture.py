@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("r1lab", "r1lab.errors", "r1lab.records", "r1lab.config")),
     ("math", ("r1lab.algos",)),
     ("signals", ("r1lab.verify", "r1lab.tasks", "r1lab.reward_registry", "r1lab.rewards", "r1lab.reward_shaping",
-                 "r1lab.benchmarks")),
+                 "r1lab.benchmarks", "r1lab.envs")),
     ("engines", ("r1lab.models", "r1lab.hub", "r1lab.rollout", "r1lab.cluster")),
     ("stages", ("r1lab.train", "r1lab.eval", "r1lab.data", "r1lab.stages", "r1lab.demo", "r1lab.report",
                 "r1lab.plots", "r1lab.runs", "r1lab.recipes", "r1lab.serve", "r1lab.health", "r1lab.tracking",
@@ -300,7 +300,7 @@ def test_imports_point_down_the_layers(project):
 def test_registries_are_leaves(project):
     """A registry imports nothing of the project but errors and records, so anything may import it."""
     modules, graph = project
-    for leaf in ("r1lab.algos.registry", "r1lab.verify.registry", "r1lab.reward_registry"):
+    for leaf in ("r1lab.algos.registry", "r1lab.verify.registry", "r1lab.reward_registry", "r1lab.envs.base"):
         assert leaf in modules, leaf
         assert set(graph[leaf]) <= {"r1lab.errors", "r1lab.records"}, (leaf, sorted(graph[leaf]))
 
