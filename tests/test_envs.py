@@ -231,3 +231,41 @@ def test_observation_renderer_strips_only_an_end_of_turn_the_model_sampled(tiny)
     assert r.text(msg, eos) == "\n<|im_start|>tool\n7<|im_end|>\n<|im_start|>assistant\n"
     assert r.text(msg, tok("x", add_special_tokens=False)["input_ids"][0]) == (
         "<|im_end|>\n<|im_start|>tool\n7<|im_end|>\n<|im_start|>assistant\n")
+
+
+class Recording:
+    """An engine that remembers what it sampled for each prompt, to rebuild episodes from."""
+
+    def __init__(self, engine):
+        self.engine, self.tokenizer, self.sampled = engine, engine.tokenizer, []
+
+    def generate_ids(self, prompts, params, seed=None, on_batch=None):
+        out = self.engine.generate_ids(prompts, params, seed=seed)
+        self.sampled.append([c.response_ids for c in out])
+        return out
+
+
+def test_smollm2_template_round_trip(prepared):
+    """SmolLM2's own chat template and tokenizer: a scripted 3-turn episode is the scripted ids
+    plus the template's tool turn; a greedy episode of the real model is what it sampled plus the
+    observations, turn by turn."""
+    model, tok, _ = prepared
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    script = three_turns(tok, [eos])
+    ep = run_episodes(ScriptedEngine(tok, script, [eos]), [Problem("q", "Add 2 and 3.", "5")],
+                      SamplingParams(temperature=0, max_new_tokens=64), env=lambda p: ToolScriptEnv("4"),
+                      limits=EpisodeLimits(max_turns=5, max_tokens=400))[0]
+    obs = tok("<|im_end|>\n<|im_start|>tool\n4<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    assert ep.ids == script[0] + obs + script[1] + obs + script[2] and ep.finish_reason == "stop"
+
+    engine = Recording(FastEngine(model, tok))
+    eps = run_episodes(engine, [Problem("q", "What is 2 + 3? Answer briefly.", "5")],
+                       SamplingParams(temperature=0, max_new_tokens=12), env=lambda p: Feedback("messages"),
+                       limits=EpisodeLimits(max_turns=3, max_tokens=200))
+    ep, renderer = eps[0], ObservationRenderer(tok)
+    rebuilt = []
+    for k, turn in enumerate(engine.sampled):
+        rebuilt += turn[0]
+        if k < len(engine.sampled) - 1:
+            rebuilt += renderer.ids(renderer.text([{"role": "user", "content": "Again."}], turn[0][-1]))
+    assert len(ep.turns) == 3 and ep.ids == rebuilt and ep.finish_reason == "max_turns"
