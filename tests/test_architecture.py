@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("r1lab", "r1lab.errors", "r1lab.domains", "r1lab.records", "r1lab.config")),
     ("math", ("r1lab.algos",)),
     ("signals", ("r1lab.verify", "r1lab.tasks", "r1lab.reward_registry", "r1lab.rewards", "r1lab.reward_shaping",
-                 "r1lab.benchmarks")),
+                 "r1lab.benchmarks", "r1lab.envs")),
     ("engines", ("r1lab.models", "r1lab.hub", "r1lab.rollout", "r1lab.cluster")),
     ("observe", ("r1lab.runs", "r1lab.report", "r1lab.plots", "r1lab.health", "r1lab.tracking")),
     ("work", ("r1lab.train", "r1lab.eval", "r1lab.data")),
@@ -311,7 +311,8 @@ def test_registries_are_leaves(project):
     """A registry imports nothing of the project but errors, records and domains (the leaf its
     methods declare the domains of their settings with), so anything may import it."""
     modules, graph = project
-    for leaf in ("r1lab.algos.registry", "r1lab.verify.registry", "r1lab.reward_registry", "r1lab.domains"):
+    for leaf in ("r1lab.algos.registry", "r1lab.verify.registry", "r1lab.reward_registry", "r1lab.domains",
+                 "r1lab.envs.base"):
         assert leaf in modules, leaf
         assert set(graph[leaf]) <= {"r1lab.errors", "r1lab.records", "r1lab.domains"}, (leaf, sorted(graph[leaf]))
 

@@ -115,6 +115,10 @@ class Completion:
     token_count: int | None = None  # response length in tokens where response_ids are unknown (endpoints)
     policy_version: int = 0  # the policy weights' version (optimizer steps) the engine sampled with
     think_tokens: int | None = None  # thinking tokens, where budget forcing counted them (eval/budget.py)
+    # per response token: 1 = sampled by the model (carries loss), 0 = inserted by an environment (a
+    # tool's output, a chat template's turn markers; its `logprobs` entry is 0.0). None: every token
+    # is the model's (every one-turn rollout)
+    loss_mask: list[int] | None = None
 
     @property
     def num_tokens(self) -> int | None:

@@ -57,16 +57,21 @@ class RolloutBatch:
 def rollout_batch(completions: list[Completion], pad_id: int, *, overlong_filter: bool, temperature: float,
                   max_new_tokens: int, plan: UpdatePlan) -> RolloutBatch:
     """The completions right-padded into one batch. Under `overlong_filter` (DAPO) a truncated
-    response carries no loss: it is no evidence either way."""
+    response carries no loss: it is no evidence either way. A completion's `loss_mask` (multi-turn
+    episodes) takes the environment's tokens out of the response mask, so only the model's own
+    tokens carry loss, KL and advantage."""
     t = pad_sequences([c.prompt_ids for c in completions], [c.response_ids for c in completions], pad_id)
     mask = t["response_mask"]
+    engine_logprobs = scatter_response_values([c.logprobs for c in completions], mask)
+    if any(c.loss_mask is not None for c in completions):
+        model_tokens = [c.loss_mask if c.loss_mask is not None else [1] * len(c.response_ids) for c in completions]
+        mask = mask * scatter_response_values(model_tokens, mask)
     loss_mask = mask
     if overlong_filter:
         keep = torch.tensor([not c.truncated for c in completions], dtype=mask.dtype)
         loss_mask = mask * keep.unsqueeze(-1)
     return RolloutBatch(
-        t["input_ids"], t["attention_mask"], mask, loss_mask, torch.zeros_like(mask),
-        scatter_response_values([c.logprobs for c in completions], mask),
+        t["input_ids"], t["attention_mask"], mask, loss_mask, torch.zeros_like(mask), engine_logprobs,
         temperature=temperature, max_new_tokens=max_new_tokens,
         correct=torch.tensor([bool(c.verdict and c.verdict.correct) for c in completions]), plan=plan,
     )

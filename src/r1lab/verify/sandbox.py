@@ -133,13 +133,16 @@ def run_python(
     max_open_files: int = 64,
     max_processes: int = 32,
     audit: bool = True,
+    confine_reads: bool = False,
 ) -> SandboxResult:
     """Run `code` (then `after`, test code, in the same namespace) with `stdin`; never raises on bad code.
 
     `timeout` is wall-clock seconds for the program (plus STARTUP_GRACE_S for the interpreter);
     CPU time is limited to the same, rounded up. `max_output` caps stdout and stderr bytes each
     (beyond it the run is killed: "output_limit"). `audit=False` drops layer 5 (for testing the
-    other layers). Status "ok" means the harness confirmed that everything ran to completion.
+    other layers). `confine_reads=True` also refuses reading files outside the working directory
+    and the standard library (layer 5: /etc/passwd, the trainer's files; for tools, whose output the
+    model reads). Status "ok" means the harness confirmed that everything ran to completion.
     """
     interpreter, drop_uid = sandbox_interpreter()
     uid = secrets.randbelow(_UID_RANGE[1] - _UID_RANGE[0]) + _UID_RANGE[0] if drop_uid else None
@@ -155,7 +158,7 @@ def run_python(
             "RLIMIT_NOFILE": max_open_files, "RLIMIT_NPROC": max_processes, "RLIMIT_CORE": 0,
         }
         cfg = {"nonce": nonce, "rlimits": limits, "uid": uid, "cwd": workdir, "code": code, "after": after, "audit": audit,
-               "stack_mb": min(256, memory_mb // 4)}
+               "stack_mb": min(256, memory_mb // 4), "confine_reads": confine_reads}
         return _run(interpreter, cfg, stdin, timeout + STARTUP_GRACE_S, max_output, uid, start)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

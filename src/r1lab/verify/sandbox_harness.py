@@ -58,7 +58,7 @@ def _main(setup_fd, result_fd):
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write raises OSError instead
     cwd = os.path.realpath(cfg["cwd"])
     if cfg["audit"]:
-        _install_audit_hook(cwd)
+        _install_audit_hook(cwd, cfg.get("confine_reads", False))
         layers.append("audit")
     report("setup", layers=layers)
 
@@ -166,7 +166,7 @@ def _run_in_thread(threading, source, where, ns, exit_ok, report):
     return False
 
 
-def _install_audit_hook(cwd):
+def _install_audit_hook(cwd, confine_reads=False):
     import os, sys
     realpath, fspath, join, getcwd = os.path.realpath, os.fspath, os.path.join, os.getcwd
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
@@ -181,6 +181,19 @@ def _install_audit_hook(cwd):
     inside = cwd + "/"
     allowed_outside = ("/dev/null",)
     proc_ok = ("/proc/self/status", "/proc/meminfo", "/proc/cpuinfo", "/proc/self/fd")
+
+    # what a program may read when reads are confined: its directory, the standard library (imports)
+    readable = (inside, os.path.realpath(os.path.dirname(os.__file__)) + "/")
+    readable_files = ("/dev/null", "/dev/urandom", "/dev/zero")
+
+    def ok_read(p):
+        if isinstance(p, int):
+            return True
+        p = fspath(p)
+        if isinstance(p, bytes):
+            p = p.decode("utf-8", "replace")
+        full = realpath(join(getcwd(), p))
+        return full == cwd or full.startswith(readable) or full in readable_files or full.startswith(proc_ok)
 
     def ok_path(p):
         if isinstance(p, int):
@@ -204,6 +217,11 @@ def _install_audit_hook(cwd):
                     raise PermissionError("sandbox: /proc is not readable here")
             if writing and not ok_path(path):
                 raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {path!r}")
+            if confine_reads and not writing and path is not None and not ok_read(path):
+                raise PermissionError(f"sandbox: reading outside the working directory is not allowed: {path!r}")
+        elif confine_reads and event in ("os.listdir", "os.scandir") and args and args[0] is not None:
+            if not ok_read(args[0]):
+                raise PermissionError(f"sandbox: listing outside the working directory is not allowed")
         elif event in path_events:
             for a in args[:2]:
                 if isinstance(a, (str, bytes, os.PathLike)) and not ok_path(a):

@@ -1,0 +1,277 @@
+"""Multi-turn episodes, token in, token out: the model samples, an environment answers, repeat.
+
+Every turn continues each live episode's ids with `engine.generate_ids` (FastEngine, HFEngine),
+stopping at the model's end of turn or at a string the environment listed (a tool call's closing
+tag). The environment's answer is turned into ids once and appended:
+
+- a text observation (`<output>...</output>`) is encoded as it is, inside the model's own turn;
+- chat messages (a tool turn) become the tokens that close the assistant turn, the tool turn and
+  open the next assistant turn, read off the chat template rendered on a two-message stand-in
+  conversation (`ObservationRenderer`). The episode's earlier turns are never re-rendered, and no
+  sampled id is ever decoded and encoded again (docs/pitfalls.md, "Multi-turn tokenization drift").
+
+The record is a `Completion`: response_ids are every id after the prompt, loss_mask marks the
+model's (1) and the environment's (0) tokens, logprobs are the sampler's for the model's tokens
+and 0.0 for the others. A collect step calls `run_episodes(engine, problems, params, n, seed)`
+and then `score_episodes`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from r1lab.envs import Environment, StepResult, make_env
+from r1lab.errors import ConfigError
+from r1lab.records import Completion, Problem, prompt_text
+from r1lab.reward_registry import REWARDS
+from r1lab.rewards import compute_rewards
+from r1lab.rollout.base import SamplingParams, encode_prompts
+
+TURN_SEED_STRIDE = 104_729  # turn t of a call samples with seed + t * stride (each turn its own draws)
+
+
+@dataclass(frozen=True)
+class EpisodeLimits:
+    max_turns: int = 4  # model turns per episode
+    max_tokens: int = 1024  # ids after the prompt (model and environment tokens together)
+
+    def __post_init__(self) -> None:
+        if self.max_turns < 1 or self.max_tokens < 1:
+            raise ConfigError(f"episode limits must be >= 1, got max_turns={self.max_turns}, max_tokens={self.max_tokens}")
+
+
+@dataclass
+class Turn:
+    """One model turn and the environment's answer to it."""
+
+    model_tokens: int
+    env_tokens: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    env_seconds: float = 0.0
+
+
+@dataclass
+class Episode:
+    problem: Problem
+    env: Environment
+    prompt_ids: list[int]
+    prefill: str  # text the chat template put in the assistant turn; part of the first turn's text
+    ids: list[int] = field(default_factory=list)  # every id after the prompt
+    mask: list[int] = field(default_factory=list)  # per id: 1 = sampled by the model, 0 = environment
+    logprobs: list[float] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # model turns and observations, in order (for reading)
+    turns: list[Turn] = field(default_factory=list)
+    env_rewards: dict[str, float] = field(default_factory=dict)
+    finish_reason: str = ""  # empty while running; then one of envs.FINISH_REASONS
+    answer: str = ""  # what the verifier scores
+    completion: Completion | None = None
+
+    @property
+    def done(self) -> bool:
+        return bool(self.finish_reason)
+
+
+class ObservationRenderer:
+    """Observation -> ids, appended after a model turn. Chat messages are rendered by the template
+    on a stand-in conversation (a user message and an assistant message holding a marker): the text
+    after the marker is exactly what the template puts between the end of an assistant turn's
+    content and the start of the next assistant turn, whatever the earlier turns held."""
+
+    MARK = "R1LAB_TURN_MARK"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        # control tokens (EOS, <|im_start|>...) that a tool's output must not smuggle in as such
+        special = {i: str(t) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
+        special.update(zip(tokenizer.all_special_ids, tokenizer.all_special_tokens))
+        self.special_ids = set(special)
+        self.special = sorted({t for t in special.values() if t}, key=len, reverse=True)
+
+    def text(self, observation: str | list[dict[str, str]], last_id: int | None) -> str:
+        if isinstance(observation, str):
+            return self.defuse(observation)
+        messages = [{**m, "content": self.defuse(str(m.get("content", "")))} for m in observation]
+        if not getattr(self.tokenizer, "chat_template", None):
+            return prompt_text(messages, which="all") + "\n"
+        tail = self._after_mark(messages)
+        if last_id is not None:  # the model already sampled the template's end-of-turn token
+            sampled = self.tokenizer.decode([last_id], skip_special_tokens=False)
+            if sampled and last_id in self.special_ids and tail.startswith(sampled):
+                tail = tail[len(sampled):]
+        return tail
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def defuse(self, text: str) -> str:
+        """Break every special-token string in environment text with a zero-width space, so it is
+        encoded as ordinary text, never as a turn marker."""
+        for s in self.special:
+            if s in text:
+                text = text.replace(s, s[0] + "\u200b" + s[1:])
+        return text
+
+    def _after_mark(self, messages: list[dict[str, str]]) -> str:
+        base = [{"role": "user", "content": "R1LAB_USER"}, {"role": "assistant", "content": self.MARK}]
+        before = self.tokenizer.apply_chat_template(base, tokenize=False)
+        after = self.tokenizer.apply_chat_template(base + messages, tokenize=False, add_generation_prompt=True)
+        at = before.rfind(self.MARK)
+        if at < 0 or after[: at + len(self.MARK)] != before[: at + len(self.MARK)]:
+            raise ConfigError("the chat template renders an assistant turn differently once a tool turn follows it; "
+                              "it cannot be used for token-exact episodes")
+        return after[at + len(self.MARK):]
+
+
+def _factory(env: str | Callable[[Problem], Environment], settings: dict[str, Any] | None):
+    if callable(env):
+        return env
+    make_env(env, **(settings or {}))  # a bad name or settings fail here, before any sampling
+    return lambda problem: make_env(env, **(settings or {}))
+
+
+def run_episodes(engine: Any, problems: list[Problem], params: SamplingParams, n: int = 1, seed: int | None = None,
+                 *, env: str | Callable[[Problem], Environment] = "one_turn", env_settings: dict[str, Any] | None = None,
+                 limits: EpisodeLimits = EpisodeLimits()) -> list[Episode]:
+    """n episodes per problem (problem i's at positions i*n .. i*n+n-1), each with its Completion.
+
+    `env` is a registered environment's name (built with `env_settings` for every episode) or a
+    function problem -> Environment. `params.max_new_tokens` bounds each model turn; `limits` the
+    episode. Turn t samples with seed + t * TURN_SEED_STRIDE, so the first turn draws what
+    `engine.generate(problems, params, n, seed)` draws."""
+    if not engine.continues_ids:
+        raise ConfigError("multi-turn episodes need an engine that continues token ids (fast or hf)")
+    tokenizer = engine.tokenizer
+    make = _factory(env, env_settings)
+    renderer = ObservationRenderer(tokenizer)
+    episodes = []
+    for p in problems:
+        for _ in range(n):
+            e = make(p)
+            messages = e.reset(p)
+            enc = encode_prompts(tokenizer, [replace(p, prompt=messages)])[0]
+            episodes.append(Episode(p, e, enc.ids, enc.prefill))
+    turn = 0
+    while live := [ep for ep in episodes if not ep.done]:
+        by_stop: dict[tuple[str, ...], list[Episode]] = defaultdict(list)
+        for ep in live:
+            by_stop[tuple(ep.env.stop)].append(ep)
+        for stop, group in by_stop.items():
+            room = max(limits.max_tokens - len(ep.ids) for ep in group)
+            p = replace(params, max_new_tokens=min(params.max_new_tokens, room), stop=tuple(params.stop) + stop)
+            comps = engine.generate_ids([ep.prompt_ids + ep.ids for ep in group], p,
+                                        seed=None if seed is None else seed + turn * TURN_SEED_STRIDE)
+            for ep, c in zip(group, comps):
+                _advance(ep, c, turn, limits, renderer, tokenizer)
+        turn += 1
+    for ep in episodes:
+        ep.completion = _completion(ep)
+    return episodes
+
+
+def _advance(ep: Episode, c: Completion, turn: int, limits: EpisodeLimits, renderer: ObservationRenderer,
+             tokenizer) -> None:
+    """Fold one sampled turn into the episode and, unless it ends here, append the environment's answer."""
+    room = limits.max_tokens - len(ep.ids)
+    new, lps = c.response_ids, c.logprobs
+    text = (ep.prefill if turn == 0 else "") + c.text
+    if len(new) > room:  # sampled with a larger group's room: keep what this episode may hold
+        new, lps = new[:room], lps[:room]
+        text = (ep.prefill if turn == 0 else "") + tokenizer.decode(new, skip_special_tokens=False)
+    ep.ids += new
+    ep.mask += [1] * len(new)
+    ep.logprobs += list(lps)
+    ep.texts.append(text)
+    record = Turn(model_tokens=len(new))
+    ep.turns.append(record)
+    ep.answer = text
+    if len(c.response_ids) > room or (c.finish_reason == "length" and len(ep.ids) >= limits.max_tokens):
+        ep.finish_reason = "max_tokens"
+        return
+    if c.finish_reason == "length":  # the turn hit max_new_tokens without ending
+        ep.finish_reason = "length"
+        return
+    t0 = time.perf_counter()
+    result: StepResult = ep.env.step(text)
+    record.env_seconds = time.perf_counter() - t0
+    record.tool_calls = int(result.info.get("tool_calls", 0))
+    record.tool_errors = int(result.info.get("tool_errors", 0))
+    for name, value in result.rewards.items():
+        ep.env_rewards[name] = ep.env_rewards.get(name, 0.0) + float(value)
+    if result.done or result.observation is None:
+        ep.finish_reason = result.finish_reason or "stop"
+        if result.answer is not None:
+            ep.answer = result.answer
+        return
+    if turn + 1 >= limits.max_turns:
+        ep.finish_reason = "max_turns"
+        return
+    obs_text = renderer.text(result.observation, new[-1] if new else None)
+    obs_ids = renderer.ids(obs_text)
+    if len(ep.ids) + len(obs_ids) >= limits.max_tokens:  # no room left for the model to read it and answer
+        ep.finish_reason = "max_tokens"
+        return
+    ep.ids += obs_ids
+    ep.mask += [0] * len(obs_ids)
+    ep.logprobs += [0.0] * len(obs_ids)
+    ep.texts.append(obs_text)
+    record.env_tokens = len(obs_ids)
+
+
+def _completion(ep: Episode) -> Completion:
+    # finished by the model or the environment: "stop"; cut by a limit: "length" (truncated, as the
+    # overlong filter and the metrics read it); the episode keeps the precise reason
+    return Completion(
+        problem_id=ep.problem.id, prompt_ids=list(ep.prompt_ids), response_ids=list(ep.ids), text="".join(ep.texts),
+        logprobs=list(ep.logprobs), finish_reason="stop" if ep.finish_reason == "stop" else "length",
+        loss_mask=None if all(ep.mask) else list(ep.mask),
+    )
+
+
+def score_episodes(episodes: list[Episode], terms: dict[str, float], timeout: float = 5.0, workers: int = 2,
+                   settings: dict[str, float] | None = None) -> dict[str, list[float]]:
+    """The task's reward terms on each episode's answer (the verifier reads `answer`, not the tool
+    outputs), plus the environment's own terms, weighted by `terms` like the others. Writes
+    verdict, rewards and reward into each episode's Completion; returns {term: values} and "total"."""
+    env_terms = {k: w for k, w in terms.items() if k not in REWARDS}
+    produced = {k for ep in episodes for k in ep.env_rewards}
+    if unknown := sorted(set(env_terms) - produced):
+        raise ConfigError(f"reward terms {unknown} are neither registered terms nor produced by the environment; "
+                          f"known terms: {', '.join(sorted(REWARDS))}")
+    scored = [dataclasses.replace(ep.completion, text=ep.answer, rewards={}) for ep in episodes]
+    out = compute_rewards([ep.problem for ep in episodes], scored, {k: w for k, w in terms.items() if k in REWARDS},
+                          timeout=timeout, workers=workers, settings=settings)
+    for name in env_terms:
+        out[name] = [ep.env_rewards.get(name, 0.0) for ep in episodes]
+    for i, (ep, s) in enumerate(zip(episodes, scored)):
+        c = ep.completion
+        c.verdict, c.rewards = s.verdict, dict(s.rewards)
+        c.rewards.update({name: out[name][i] for name in env_terms})
+        c.reward = s.reward + sum(w * out[name][i] for name, w in env_terms.items())
+        out["total"][i] = c.reward
+    return out
+
+
+def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
+    """Per-episode means (turns, tool calls and errors, environment seconds), tokens per turn of the
+    model and of the environment, and the share of each finish reason."""
+    if not episodes:
+        return {}
+    turns = [t for ep in episodes for t in ep.turns]
+    E, T = len(episodes), max(1, len(turns))
+    out = {
+        "env/turns": len(turns) / E,
+        "env/tool_calls": sum(t.tool_calls for t in turns) / E,
+        "env/tool_errors": sum(t.tool_errors for t in turns) / E,
+        "env/model_tokens_per_turn": sum(t.model_tokens for t in turns) / T,
+        "env/env_tokens_per_turn": sum(t.env_tokens for t in turns) / T,
+        "env/env_seconds": sum(t.env_seconds for t in turns) / E,
+    }
+    for ep in episodes:
+        key = f"env/finish/{ep.finish_reason}"
+        out[key] = out.get(key, 0.0) + 1 / E
+    return out

@@ -1,0 +1,47 @@
+"""A scripted model for episode tests: exact ids per turn, the engines' stop rules."""
+
+from __future__ import annotations
+
+from r1lab.records import Completion
+from r1lab.rollout.base import stop_string_end
+
+
+class ScriptedEngine:
+    """A model whose turn t is the id list script[t] (the same for every episode), honouring
+    max_new_tokens, stop strings and stop ids as the real engines do, with log-prob -0.1*(k+1) for
+    its k-th token. Records each call's prompts."""
+
+    def __init__(self, tok, script, stop_ids):
+        self.tokenizer, self.script, self.stop_ids = tok, script, list(stop_ids)
+        self.calls = []
+
+    def generate_ids(self, prompts, params, seed=None, on_batch=None):
+        turn = len(self.calls)
+        self.calls.append([list(p) for p in prompts])
+        out = []
+        for i, ids in enumerate(prompts):
+            toks, finish, cut = [], "length", None
+            for t in self.script[min(turn, len(self.script) - 1)]:
+                toks.append(t)
+                if t in self.stop_ids + list(params.stop_token_ids):
+                    finish = "stop"
+                    break
+                if (cut := stop_string_end(self.tokenizer, toks, params.stop)) is not None:
+                    finish = "stop"
+                    break
+                if len(toks) >= params.max_new_tokens:
+                    break
+            text = self.tokenizer.decode(toks, skip_special_tokens=False)
+            text = text[:cut] if cut is not None else text[:-len(self.tokenizer.decode(toks[-1:]))] if finish == "stop" else text
+            out.append(Completion(str(i), list(ids), toks, text, [-0.1 * (k + 1) for k in range(len(toks))], finish))
+        return out
+
+
+def spelled(tok, text):
+    """`text` as ids one character-piece at a time: a tokenization BPE would never produce, so any
+    decode-and-re-encode of a sampled turn changes the ids."""
+    ids = []
+    for ch in text:
+        ids += tok(ch, add_special_tokens=False)["input_ids"]
+    assert ids != tok(text, add_special_tokens=False)["input_ids"]
+    return ids
