@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from r1lab.records import Completion
-from r1lab.rollout.base import stop_string_end
+from r1lab.rollout.base import Engine, stop_string_end
 
 
-class ScriptedEngine:
+class ScriptedEngine(Engine):
     """A model whose turn t is the id list script[t] (the same for every episode), honouring
     max_new_tokens, stop strings and stop ids as the real engines do, with log-prob -0.1*(k+1) for
     its k-th token. Records each call's prompts."""
+
+    continues_ids = True
 
     def __init__(self, tok, script, stop_ids):
         self.tokenizer, self.script, self.stop_ids = tok, script, list(stop_ids)
