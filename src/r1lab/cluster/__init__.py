@@ -37,9 +37,6 @@ def check_workers(cfg: RunConfig) -> None:
         raise ConfigError(f"cluster.max_retries={c.max_retries}: expected 0 or more retries of a failed worker call")
     if c.timeout_s <= 0:
         raise ConfigError(f"cluster.timeout_s={c.timeout_s}: expected a positive number of seconds")
-    if uses_ray(cfg) and c.launcher == "ray":
-        raise ConfigError("cluster.launcher=ray: the trainer group on Ray does not run beside Ray rollout or reward "
-                          "workers yet; use cluster.launcher: local with them")
     if c.ray_address and not (uses_ray(cfg) or c.launcher == "ray"):
         raise ConfigError(f"cluster.ray_address={c.ray_address!r}: nothing runs on Ray; set cluster.rollout_workers, "
                           "cluster.reward_workers or cluster.launcher: ray")

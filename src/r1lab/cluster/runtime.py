@@ -12,15 +12,27 @@ from r1lab.config import ClusterConfig
 log = logging.getLogger("r1lab.cluster")
 
 
+def ray_actors(cluster: ClusterConfig) -> int:
+    """The Ray actors a run asks for, one CPU each: rollout and reward workers, and the trainer's
+    workers with `launcher: ray`."""
+    trainer = cluster.trainer_workers if cluster.launcher == "ray" else 0
+    return cluster.rollout_workers + cluster.reward_workers + trainer
+
+
 def ensure_ray(cluster: ClusterConfig) -> None:
-    """Connect to the cluster at cluster.ray_address, or, when it is empty, start a local one sized
-    for every actor the run asks for, one CPU each: rollout and reward workers (no dashboard, workers' output not copied to this terminal). A Ray already
-    started in this process (a test's shared cluster, a user's own ray.init) is used as it is."""
+    """Connect to the cluster at cluster.ray_address, or, when it is empty, start a local one with
+    one CPU for every actor of the run (`ray_actors`; no dashboard, workers' output not copied to
+    this terminal). The first role to start calls it for all: its `cluster` must count every role.
+    A Ray already started in this process (a test's shared cluster, a user's own ray.init) is used
+    as it is.
+
+    The sizing is what the trainer group's gloo rendezvous needs: an actor that finds no free CPU
+    stays pending, and the group's other workers wait for it until cluster.timeout_s."""
     import ray
 
     if ray.is_initialized():
         return
-    actors = cluster.rollout_workers + cluster.reward_workers
+    actors = ray_actors(cluster)
     env = {"env_vars": {k: os.environ[k] for k in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}}
     if cluster.ray_address:
         log.warning("cluster: joining the Ray cluster at %s", cluster.ray_address)
@@ -74,7 +86,7 @@ def shares(n: int, parts: int, unit: int = 1) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-__all__ = ["ensure_ray", "get", "shares", "worker_lost"]
+__all__ = ["ensure_ray", "get", "ray_actors", "shares", "worker_lost"]
 
 
 class ActorGroup:

@@ -34,6 +34,7 @@ by the group: it runs whole rows (the same gradient).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 import os
@@ -47,6 +48,7 @@ from typing import Any, Iterator
 
 import torch
 
+from r1lab.cluster.runtime import ensure_ray
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError, WorkerError
 from r1lab.train.batch import RolloutBatch
@@ -543,10 +545,9 @@ class _RayActors:
     def __init__(self, cfg: RunConfig, model, world: int, timeout_s: float):
         ray = _ray()
         self.world, self.timeout_s = world, timeout_s
-        # Ray's default start, not cluster/runtime.ensure_ray: under that start's runtime_env the
-        # actors' gloo group never forms (cause not found), so the two are not combined (check_workers)
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, log_to_driver=True)
+        # the run's one Ray start-up; this group's own size counts when it starts the local cluster
+        # (a caller may give `world` apart from cluster.trainer_workers)
+        ensure_ray(dataclasses.replace(cfg.cluster, trainer_workers=world))
         actor = ray.remote(num_cpus=1, num_gpus=1 if cfg.cluster.backend == "nccl" else 0, max_restarts=0)(_RayWorker)
         self.actors = [actor.remote() for _ in range(world)]
         self._finalizer = weakref.finalize(self, _kill_actors, self.actors)
