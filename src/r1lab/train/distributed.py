@@ -50,7 +50,7 @@ from r1lab.cluster.workers import ProcessWorkers, RayWorkers, WorkerFailed, Work
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError, WorkerError
 from r1lab.train.batch import RolloutBatch
-from r1lab.train.common import EmbeddingGradInPlace, make_optimizer, note_weights_changed, warmup_constant
+from r1lab.train.common import note_weights_changed
 from r1lab.train.methods import BoundMethod, bind_method
 from r1lab.train.policy import LocalPolicyWorker
 
@@ -82,20 +82,14 @@ def _full_options():
 
 
 class ShardedPolicyWorker(LocalPolicyWorker):
-    """One worker of the group, inside its own process: the local worker's losses and statistics
-    over FSDP2-sharded models, on its share of each mini-batch."""
+    """One worker of the group, inside its own process: the local worker's passes and update loops
+    over FSDP2-sharded models, on its share of each mini-batch (the hooks below)."""
+
+    embedding_grad_in_place = False  # FSDP2's sharded parameters take their gradient from autograd
 
     def __init__(self, cfg: RunConfig, model, method: BoundMethod, rank: int, world: int):
-        super().__init__(cfg, model, method)  # the reference and critic copies are made from the full model
         self.rank, self.world = rank, world
-        for m in (self.model, self.ref_model, self.critic):
-            if m is not None:
-                _shard(m)
-        # the optimizers over the sharded parameters: each worker updates (and keeps Adam's moments of) its shard
-        self.optimizer = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
-        self.scheduler = warmup_constant(self.optimizer, cfg.train.warmup_steps)
-        if self.critic is not None:
-            self.critic_optimizer = make_optimizer(self.critic, cfg.algo.critic_lr, cfg.train.weight_decay)
+        super().__init__(cfg, model, method)  # the reference and critic copies are made from the full model
 
     def logprobs(self, batch: RolloutBatch, model: str = "policy") -> torch.Tensor:
         return super().logprobs(batch, model).cpu()  # the controller's device (from a GPU with nccl)
@@ -103,27 +97,21 @@ class ShardedPolicyWorker(LocalPolicyWorker):
     def values(self, batch: RolloutBatch) -> torch.Tensor:
         return super().values(batch).cpu()
 
+    def _place_models(self) -> None:
+        for m in (self.model, self.ref_model, self.critic):
+            if m is not None:
+                _shard(m)
+
     def _shared_prefix(self, model, batch, rows):
         return None  # the group runs whole rows (train.shared_prefix is not applied here)
 
-    # -- forwards ---------------------------------------------------------------------------------
+    def _share(self, micro: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
+        return share(micro, self.rank, self.world)
 
-    @torch.no_grad()
-    def _first_pass(self, fn, batch: RolloutBatch, prefix_model=None) -> torch.Tensor:
-        """This worker's rows of the pass over the plan's first epoch (the others stay 0)."""
-        out = torch.zeros_like(batch.response_mask)
-        for micro in batch.plan[0]:
-            mine, pads = share(micro, self.rank, self.world)
-            for idx in mine:
-                v = fn(batch.rows(idx), idx, None)
-                out[idx, : v.shape[1]] = v.to(out.device)
-            for _ in range(pads):
-                fn(batch.rows(micro[0]), micro[0], None)
-        return out * batch.response_mask
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss * self.world).backward()  # the reduce-scatter averages: N x the share sums to it
 
-    # -- updates ----------------------------------------------------------------------------------
-
-    def _grad_norm_clip(self, model, max_norm: float) -> float:
+    def _clip_grads(self, model, max_norm: float) -> float:
         """The global gradient norm over all shards (and clipping to max_norm, as clip_grad_norm_ does)."""
         import torch.distributed as dist
 
@@ -141,7 +129,7 @@ class ShardedPolicyWorker(LocalPolicyWorker):
     def _comm_device(self) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device()) if self.cfg.cluster.backend == "nccl" else torch.device("cpu")
 
-    def _merge(self, sums: dict[str, float], tokens: float) -> tuple[dict[str, float], float]:
+    def _sum_over_workers(self, sums: dict[str, float], tokens: float) -> tuple[dict[str, float], float]:
         """Every worker's sums added up (maxima for *_max, the global grad norms as they are)."""
         import torch.distributed as dist
 
@@ -157,62 +145,6 @@ class ShardedPolicyWorker(LocalPolicyWorker):
                 else:
                     merged[k] = merged.get(k, 0.0) + v
         return merged, sum(t for _, t in parts)
-
-    def update_policy(self, batch: RolloutBatch) -> dict[str, float]:
-        algo, train = self.cfg.algo, self.cfg.train
-        norm_len = algo.loss_agg_norm or float(batch.max_new_tokens)
-        entropy_on = self.entropy_coef > 0 and (not algo.entropy_control or self.last_entropy < algo.entropy_target)
-        sums: dict[str, float] = {}
-        add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + float(v))  # noqa: E731
-        scratch: dict[str, float] = {}
-        drop = lambda k, v: None  # noqa: E731
-        tokens_total = 0.0
-        self.model.train()
-        for epoch in batch.plan:
-            for micro in epoch:
-                mb = torch.cat(micro)
-                num_seqs, num_tokens = len(mb), int(batch.loss_mask[mb].sum())
-                mine, pads = share(micro, self.rank, self.world)
-                self.optimizer.zero_grad(set_to_none=True)
-                with self.autocast(), EmbeddingGradInPlace(self.model, enabled=False):
-                    for idx in mine:
-                        sub = batch.rows(idx)
-                        loss = self._policy_loss(sub, idx, None, num_seqs, num_tokens, norm_len, entropy_on, add, sums)
-                        (loss * self.world).backward()  # the reduce-scatter averages: N x the share sums to it
-                        tokens_total += float(sub.loss_mask.sum())
-                    for _ in range(pads):
-                        sub = batch.rows(micro[0])
-                        loss = self._policy_loss(sub, micro[0], None, num_seqs, num_tokens, norm_len, entropy_on,
-                                                 drop, scratch)
-                        (loss * 0).backward()
-                add("grad_norm", self._grad_norm_clip(self.model, train.grad_clip))
-                self.optimizer.step()
-                self.version += 1
-        self.scheduler.step()
-        sums, tokens_total = self._merge(sums, tokens_total)
-        return self._policy_stats(batch, sums, max(tokens_total, 1.0), entropy_on)
-
-    def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
-        sums: dict[str, float] = {}
-        add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + float(v))  # noqa: E731
-        tokens_total = 0.0
-        for epoch in batch.plan:
-            for micro in epoch:
-                mb = torch.cat(micro)
-                num_seqs, num_tokens = len(mb), int(batch.response_mask[mb].sum())
-                mine, pads = share(micro, self.rank, self.world)
-                self.critic_optimizer.zero_grad(set_to_none=True)
-                for i, idx in enumerate(mine + [micro[0]] * pads):
-                    padding = i >= len(mine)
-                    sub = batch.rows(idx)
-                    vl = self._critic_loss(sub, num_seqs, num_tokens, None if padding else add)
-                    (vl * (0 if padding else self.world)).backward()
-                    if not padding:
-                        tokens_total += float(sub.response_mask.sum())
-                add("critic_grad_norm", self._grad_norm_clip(self.critic, self.cfg.train.grad_clip))
-                self.critic_optimizer.step()
-        sums, tokens_total = self._merge(sums, tokens_total)
-        return self._critic_stats(batch, sums, tokens_total)
 
     # -- weights and state ------------------------------------------------------------------------
 
