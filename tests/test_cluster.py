@@ -90,15 +90,6 @@ def test_bad_worker_settings_are_refused_naming_the_field(field, value, message)
     assert "\n" not in str(e.value)
 
 
-def test_the_ray_launcher_beside_ray_rollout_workers_is_refused():
-    from r1lab.cluster import check_workers
-
-    cfg = RunConfig()
-    cfg.cluster.launcher, cfg.cluster.rollout_workers = "ray", 2
-    with pytest.raises(ConfigError, match=r"cluster\.launcher=ray: the trainer group on Ray does not run beside"):
-        check_workers(cfg)
-
-
 def test_a_ray_address_is_taken_when_something_runs_on_ray():
     from r1lab.cluster import check_workers
 
@@ -305,6 +296,48 @@ def test_the_grpo_recipe_with_trainer_and_rollout_workers_samples_what_one_proce
     assert first("one") == first("many") and len(first("one")) == 8
     assert [r["step"] for r in rows("many", "metrics.jsonl")] == [1, 2]
     assert (tmp_path / "many" / "checkpoints" / "rl" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_the_grpo_recipe_with_every_role_on_one_ray_cluster_matches_one_process(tmp_path):
+    """recipes/tiny/grpo.yaml with the trainer's two workers, two rollout and one reward worker all
+    Ray actors, run by the `r1lab` command in a fresh interpreter: its one Ray start-up sizes the
+    local cluster for all five (a trainer actor left without a CPU kept the group's gloo rendezvous
+    waiting until cluster.timeout_s). Against the same recipe in one process: the same first-step
+    samples and rewards, the first update's statistics within the group bound (test_distributed)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from r1lab.cli import main
+
+    pytest.importorskip("ray")
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "grpo.yaml")
+    # the group runs whole rows: the one-process run too, for the same kernels
+    args = [recipe, f"out_dir={tmp_path}", *SMALL, "train.shared_prefix=false"]
+    assert main(["rl", *args, "name=one"]) == 0
+    t = time.time()
+    out = subprocess.run([sys.executable, "-m", "r1lab", "rl", *args, "name=ray", "cluster.launcher=ray",
+                          "cluster.trainer_workers=2", "cluster.rollout_workers=2", "cluster.reward_workers=1",
+                          "cluster.timeout_s=120"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    print(f"all roles on Ray, 2 steps: {time.time() - t:.1f} s")
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def rows(name, file):
+        return [json.loads(line) for line in (tmp_path / name / file).read_text().splitlines()]
+
+    first = lambda name: [(r["problem_id"], r["text"], r["reward"]) for r in rows(name, "samples.jsonl") if r["step"] == 1]  # noqa: E731
+    assert first("one") == first("ray") and len(first("one")) == 8
+    one, many = rows("one", "metrics.jsonl"), rows("ray", "metrics.jsonl")
+    assert [r["step"] for r in many] == [1, 2]
+    keys = [k for k in one[0] if k.startswith(("loss/", "policy/"))]
+    assert keys and max(abs(one[0][k] - many[0][k]) for k in keys) < 1e-5
+    assert "cluster/rollout_retries" in many[0] and "cluster/reward_retries" in many[0]
+    assert (tmp_path / "ray" / "checkpoints" / "rl" / "model.safetensors").is_file()
 
 
 @pytest.mark.slow

@@ -419,7 +419,7 @@ class ClusterConfig:
     while this one trains."""
 
     trainer_workers: int = setting(0, ge=0)  # processes of the sharded trainer; 0 = the local trainer
-    backend: str = setting("gloo", choices="r1lab.train.distributed:BACKENDS")  # torch.distributed backend of the group: gloo (CPU) | nccl (one GPU per worker)
+    backend: str = setting("gloo", choices="r1lab.cluster:BACKENDS")  # torch.distributed backend of the group: gloo (CPU) | nccl (one GPU per worker)
     rollout_workers: int = setting(0, ge=0)  # Ray actors that sample; 0 = the engine in the controller's process
     reward_workers: int = setting(0, ge=0)  # Ray actors that verify and score; 0 = the verifier pools of the controller
     placement: str = setting("colocated", choices="r1lab.cluster:PLACEMENTS")  # colocated | split: whether rollout actors share GPUs with the trainer
@@ -427,7 +427,7 @@ class ClusterConfig:
     off_policy_steps: int = setting(0, ge=0, le=1)  # 0 = synchronous; 1 = sample batch t+1 while batch t trains (more is not implemented)
     max_retries: int = setting(2, ge=0)  # a failed rollout / reward call: its actor replaced and the call run again, this often
     timeout_s: float = setting(600.0, gt=0)  # longest wait on a worker (start-up or one call) before the run stops
-    launcher: str = setting("local", choices="r1lab.train.distributed:LAUNCHERS")  # how the trainer workers start: local (processes of this machine) | ray (Ray actors)
+    launcher: str = setting("local", choices="r1lab.cluster:LAUNCHERS")  # how the trainer workers start: local (processes of this machine) | ray (Ray actors)
 
 
 @dataclass

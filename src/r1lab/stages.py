@@ -32,11 +32,10 @@ def check_run_config(cfg: RunConfig, paths: bool = True) -> RunConfig:
     settings, trackers, the trainer group, rollout and reward workers, the rollout engine. Returns
     the config with the defaults that follow from other settings (the off-policy correction of an
     asynchronous run), as the run then saves it."""
-    from r1lab.cluster import check_workers, with_off_policy_correction
+    from r1lab.cluster import check_cluster, with_off_policy_correction
     from r1lab.domains import check_fields
     from r1lab.rollout import check_engine
     from r1lab.tracking import check_tracking
-    from r1lab.train.distributed import check_cluster
     from r1lab.train.methods import bind_method, check_method_settings
 
     check_fields(cfg, paths=paths)
@@ -46,7 +45,6 @@ def check_run_config(cfg: RunConfig, paths: bool = True) -> RunConfig:
     check_method_settings(cfg)
     check_tracking(cfg.tracking)  # a missing package
     check_cluster(cfg)
-    check_workers(cfg)
     check_engine(cfg.rollout.engine)  # a missing vLLM extra
     return with_off_policy_correction(cfg)
 

@@ -1,6 +1,8 @@
-"""Rollout and reward workers beyond the controller's process: Ray actors behind the `Engine`
-interface (rollout_group.py) and behind `compute_rewards` (reward_group.py), the Ray start-up and
-bounded waits they share (runtime.py), and the checks of the cluster settings they read.
+"""The roles beyond the controller's process, each a worker group (workers.py: processes of this
+machine or Ray actors, typed calls, bounded waits): rollout actors behind the `Engine` interface
+(rollout_group.py), reward actors behind `compute_rewards` (reward_group.py), the trainer's shards
+(train/distributed.py); the run's one Ray start-up (runtime.py); and the one check of the cluster
+settings.
 
 Ray is an optional extra (`pip install 'r1lab[ray]'`); nothing here imports it until a Ray worker is
 asked for."""
@@ -15,6 +17,8 @@ from r1lab.config import RunConfig
 from r1lab.errors import ConfigError
 
 PLACEMENTS = ("colocated", "split")
+BACKENDS = ("gloo", "nccl")
+LAUNCHERS = ("local", "ray")
 log = logging.getLogger("r1lab.cluster")
 
 
@@ -22,16 +26,15 @@ def uses_ray(cfg: RunConfig) -> bool:
     return cfg.cluster.rollout_workers > 0 or cfg.cluster.reward_workers > 0
 
 
-def check_workers(cfg: RunConfig) -> None:
-    """The rollout / reward worker settings together (each one's domain is checked when it is read),
-    each error one line naming the field."""
+def check_cluster(cfg: RunConfig) -> None:
+    """The cluster settings together (trainer group, rollout and reward workers, Ray; each one's
+    range is its domain, checked when it is read), each error one line naming the field."""
     c = cfg.cluster
-    if uses_ray(cfg) and c.launcher == "ray":
-        raise ConfigError("cluster.launcher=ray: the trainer group on Ray does not run beside Ray rollout or reward "
-                          "workers yet; use cluster.launcher: local with them")
     if c.ray_address and not (uses_ray(cfg) or c.launcher == "ray"):
         raise ConfigError(f"cluster.ray_address={c.ray_address!r}: nothing runs on Ray; set cluster.rollout_workers, "
                           "cluster.reward_workers or cluster.launcher: ray")
+    if c.launcher == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("cluster.launcher=ray needs Ray: pip install 'r1lab[ray]'")
     if uses_ray(cfg) and importlib.util.find_spec("ray") is None:
         field = "rollout_workers" if c.rollout_workers > 0 else "reward_workers"
         raise ConfigError(f"cluster.{field}={getattr(c, field)}: Ray is not installed (pip install 'r1lab[ray]')")
@@ -52,4 +55,4 @@ def with_off_policy_correction(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, correction="tis"))
 
 
-__all__ = ["PLACEMENTS", "check_workers", "uses_ray", "with_off_policy_correction"]
+__all__ = ["BACKENDS", "LAUNCHERS", "PLACEMENTS", "check_cluster", "uses_ray", "with_off_policy_correction"]

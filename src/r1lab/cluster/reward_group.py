@@ -9,14 +9,13 @@ cluster.max_retries times per call; each replacement is logged and counted (`sta
 
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
-from r1lab.cluster.runtime import ActorGroup, ensure_ray, get, shares
+from r1lab.cluster.runtime import shares
+from r1lab.cluster.workers import RayWorkers
 from r1lab.config import RunConfig
 from r1lab.records import Completion, Problem, Verdict
 
-log = logging.getLogger("r1lab.cluster")
 
 
 class RewardWorker:
@@ -29,29 +28,24 @@ class RewardWorker:
         compute_rewards(problems, completions, terms, timeout=timeout, workers=workers, settings=settings)
         return [(c.verdict, dict(c.rewards), c.reward) for c in completions]
 
-    def ready(self) -> bool:
-        return True
 
 
-class RayRewardGroup(ActorGroup):
+class RayRewardGroup:
     """cluster.reward_workers actors scoring shares of each batch (see the module's docstring)."""
 
-    retry_metric = "cluster/reward_retries"
-
     def __init__(self, cfg: RunConfig):
-        import ray
-
         c = cfg.cluster
-        self.size, self.timeout_s, self.max_retries = c.reward_workers, c.timeout_s, c.max_retries
+        self.size, self.max_retries = c.reward_workers, c.max_retries
         if self.size < 1:
             raise ValueError("RayRewardGroup needs cluster.reward_workers >= 1")
         self.unit = max(1, cfg.train.group_size)
-        ensure_ray(c)
-        self._actor_class = ray.remote(num_cpus=1, max_restarts=0)(RewardWorker)
-        self.actors = [self._new_actor() for _ in range(self.size)]
+        self.workers = RayWorkers(RewardWorker, "reward worker", self.size, c)
+        self.workers.start([()] * self.size)
         self.stats: dict[str, float] = {"cluster/reward_retries": 0}
-        for i, a in enumerate(self.actors):
-            get(a.ready.remote(), self.timeout_s, f"reward worker {i} start-up")
+
+    @property
+    def actors(self) -> list:
+        return self.workers.actors
 
     def __call__(self, problems: Sequence[Problem], completions: Sequence[Completion], terms: dict[str, float],
                  timeout: float = 5.0, workers: int = 2, settings: dict | None = None) -> dict[str, list[float]]:
@@ -63,13 +57,14 @@ class RayRewardGroup(ActorGroup):
 
         def submit(k: int):
             a, b = parts[k]
-            return self.actors[k].score.remote(problems[a:b], completions[a:b], terms, timeout, workers, settings)
+            return self.workers.submit(k, RewardWorker.score, problems[a:b], completions[a:b], terms, timeout, workers,
+                                       settings)
 
-        refs = [submit(k) for k in range(len(parts))]
+        pending = [submit(k) for k in range(len(parts))]
         scored = []
-        for k, ref in enumerate(refs):
-            scored.extend(self._result(k, ref, lambda k=k: submit(k), f"reward worker {k} scoring completions "
-                                                                      f"{parts[k][0]}..{parts[k][1] - 1}"))
+        for k, p in enumerate(pending):
+            scored.extend(self.workers.result_retrying(p, f"scoring completions {parts[k][0]}..{parts[k][1] - 1}",
+                                                       lambda k=k: submit(k), self.max_retries, self._replaced))
         out: dict[str, list[float]] = {name: [] for name in terms}
         for c, (verdict, rewards, total) in zip(completions, scored):
             c.verdict = verdict
@@ -80,8 +75,11 @@ class RayRewardGroup(ActorGroup):
         out["total"] = [c.reward for c in completions]
         return out
 
-    def _new_actor(self):
-        return self._actor_class.remote()
+    def _replaced(self, k: int) -> None:
+        self.stats["cluster/reward_retries"] += 1
+
+    def close(self) -> None:
+        self.workers.close()
 
 
 __all__ = ["RayRewardGroup", "RewardWorker"]

@@ -16,18 +16,17 @@ each replacement is logged and counted (`stats`)."""
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Callable, Iterable
 
 import torch
 
-from r1lab.cluster.runtime import ActorGroup, ensure_ray, get, shares
+from r1lab.cluster.runtime import ensure_ray, shares
+from r1lab.cluster.workers import RayWorkers
 from r1lab.config import RunConfig
 from r1lab.records import Completion, Problem
 from r1lab.rollout.base import Engine, SamplingParams
 
-log = logging.getLogger("r1lab.cluster")
 
 
 class RolloutWorker:
@@ -78,10 +77,8 @@ class RolloutWorker:
         self.engine.close()
 
 
-class RayRolloutGroup(ActorGroup, Engine):
+class RayRolloutGroup(Engine):
     """cluster.rollout_workers actors sampling shares of each call (see the module's docstring)."""
-
-    retry_metric = "cluster/rollout_retries"
 
     def __init__(self, cfg: RunConfig, model, tokenizer, engine: str | None = None, batch_size: int | None = None):
         import ray
@@ -90,27 +87,36 @@ class RayRolloutGroup(ActorGroup, Engine):
         from r1lab.rollout import engine_options
 
         c = cfg.cluster
-        self.size, self.timeout_s, self.max_retries = c.rollout_workers, c.timeout_s, c.max_retries
+        self.size, self.max_retries = c.rollout_workers, c.max_retries
         if self.size < 1:
             raise ValueError("RayRolloutGroup needs cluster.rollout_workers >= 1")
-        ensure_ray(c)
+        ensure_ray(c)  # before asking the cluster whether it has GPUs
         gpus = 0.0
         if ray.cluster_resources().get("GPU", 0) > 0:
             gpus = 1.0 if c.placement == "split" else 0.5
-        self._actor_class = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(RolloutWorker)
+        self.workers = RayWorkers(RolloutWorker, "rollout worker", self.size, c, gpus=gpus)
         dtype = next(model.parameters()).dtype
         kwargs = {"batch_size": batch_size or cfg.rollout.batch_size, **engine_options(cfg.rollout)}
-        self._spec = ray.put((type(model), model.config, dtype, tokenizer, engine or cfg.rollout.engine, kwargs))
+        spec = ray.put((type(model), model.config, dtype, tokenizer, engine or cfg.rollout.engine, kwargs))
         self.stats: dict[str, float] = {"cluster/rollout_retries": 0, "cluster/weights_put_s": 0.0}
         self.policy_version = 0
         self._weights_ref = None
-        self.actors = [self._new_actor() for _ in range(self.size)]
+        self.workers.start([(spec,)] * self.size)
         self.load_weights(merged_weights(model), 0)
-        for i, a in enumerate(self.actors):  # every actor started and holding the weights before the first call
-            get(a.version_held.remote(), self.timeout_s, f"rollout worker {i} start-up")
+        # every actor holding the weights before the first call
+        self.workers.results(self.workers.broadcast(RolloutWorker.version_held), "loading the weights")
 
-    def _new_actor(self):
-        return self._actor_class.remote(self._spec)
+    @property
+    def actors(self) -> list:
+        return self.workers.actors
+
+    @property
+    def timeout_s(self) -> float:
+        return self.workers.timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, seconds: float) -> None:
+        self.workers.timeout_s = seconds
 
     # -- the Engine interface --------------------------------------------------------------------
 
@@ -122,8 +128,7 @@ class RayRolloutGroup(ActorGroup, Engine):
         t0 = time.perf_counter()
         self._weights_ref = ray.put({n: t.detach().to("cpu").contiguous() for n, t in weights})
         self.stats["cluster/weights_put_s"] = time.perf_counter() - t0
-        for a in self.actors:
-            a.load_weights.remote(self._weights_ref, version)
+        self.workers.broadcast(RolloutWorker.load_weights, self._weights_ref, version)
         self.policy_version = version
 
     def generate(self, problems: list[Problem], params: SamplingParams, n: int = 1, seed: int | None = None,
@@ -136,16 +141,16 @@ class RayRolloutGroup(ActorGroup, Engine):
 
         def submit(k: int):
             a, b = parts[k]
-            return self.actors[k].generate.remote(problems[a:b], params, n, seed, a * n, version)
+            return self.workers.submit(k, RolloutWorker.generate, problems[a:b], params, n, seed, a * n, version)
 
         t0 = time.perf_counter()
-        refs = [submit(k) for k in range(len(parts))]
+        pending = [submit(k) for k in range(len(parts))]
         out: list[Completion] = []
         slowest = 0.0
         for k in range(len(parts)):
-            share, secs = self._result(k, refs[k], lambda k=k: submit(k),
-                                       f"rollout worker {k} sampling problems {parts[k][0]}..{parts[k][1] - 1} "
-                                       f"with policy version {version}")
+            share, secs = self.workers.result_retrying(
+                pending[k], f"sampling problems {parts[k][0]}..{parts[k][1] - 1} with policy version {version}",
+                lambda k=k: submit(k), self.max_retries, self._replaced)
             out.extend(share)
             slowest = max(slowest, secs)
         # the call's wall time = the slowest actor's sampling + the rest (shipping prompts and
@@ -156,9 +161,12 @@ class RayRolloutGroup(ActorGroup, Engine):
             on_batch(len(out))
         return out
 
-    def _replace(self, k: int, why: str) -> None:
-        super()._replace(k, why)
-        self.actors[k].load_weights.remote(self._weights_ref, self.policy_version)  # the fresh actor holds no weights
+    def _replaced(self, k: int) -> None:
+        self.stats["cluster/rollout_retries"] += 1
+        self.workers.submit(k, RolloutWorker.load_weights, self._weights_ref, self.policy_version)  # it holds none
+
+    def close(self) -> None:
+        self.workers.close()
 
 
 __all__ = ["RayRolloutGroup", "RolloutWorker"]

@@ -21,47 +21,41 @@ Checkpoints: each worker saves and loads its own shards of the models and optimi
 torch.distributed.checkpoint (`save_shards`, `load_state_dict` of a sharded state); train/checkpoint.py
 puts them beside the controller's state.
 
-The workers are processes of this machine (cluster.launcher local: torch.multiprocessing, driven
-over pipes) or Ray actors (ray: the same worker code, actor calls instead of pipes). The
-controller's wait for the workers' answers to a call is bounded by cluster.timeout_s (one deadline
-for all of them), their collectives by the process group's timeout (the same), and a worker that
-dies, fails or stays silent stops the group with a WorkerError naming it and the call. A worker
-process between calls waits for the controller for as long as the controller samples, and exits when
-the controller's end of its pipe closes. The prompts' shared K/V (train.shared_prefix) is not used
-by the group: it runs whole rows (the same gradient).
+The workers are a worker group of cluster/workers.py: processes of this machine (cluster.launcher
+local) or Ray actors of the run's one Ray cluster (ray), driven by typed calls of the
+ShardedPolicyWorker methods. The controller's wait for the workers' answers to a call is bounded by
+cluster.timeout_s (one deadline for all of them), their collectives by the process group's timeout
+(the same), and a worker that dies, fails or stays silent stops the group with a WorkerError naming
+it and the call. A worker process between calls waits for the controller for as long as the
+controller samples, and exits when the controller's end of its pipe closes. The prompts' shared K/V
+(train.shared_prefix) is not used by the group: it runs whole rows (the same gradient).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 import os
-import socket
 import time
-import traceback
-import weakref
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
 import torch
 
+from r1lab.cluster import check_cluster
+from r1lab.cluster.workers import ProcessWorkers, RayWorkers, WorkerFailed, WorkerGroup, WorkerLost, WorkerTimeout
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError, WorkerError, one_line
 from r1lab.train.batch import RolloutBatch
-from r1lab.train.common import EmbeddingGradInPlace, make_optimizer, note_weights_changed, warmup_constant
+from r1lab.train.common import note_weights_changed
 from r1lab.train.methods import BoundMethod, bind_method
 from r1lab.train.policy import LocalPolicyWorker
 
-BACKENDS = ("gloo", "nccl")
-
-
-def check_cluster(cfg: RunConfig) -> None:
-    """What the trainer group needs beyond its settings' domains: Ray, for the ray launcher."""
-    if cfg.cluster.launcher == "ray":
-        _ray()
-
+P = ParamSpec("P")
+R = TypeVar("R")
 
 def share(micro: list[torch.Tensor], rank: int, world: int) -> tuple[list[torch.Tensor], int]:
     """Worker `rank`'s micro-batches of one mini-batch (every world-th, from its rank) and how many
@@ -88,42 +82,36 @@ def _full_options():
 
 
 class ShardedPolicyWorker(LocalPolicyWorker):
-    """One worker of the group, inside its own process: the local worker's losses and statistics
-    over FSDP2-sharded models, on its share of each mini-batch."""
+    """One worker of the group, inside its own process: the local worker's passes and update loops
+    over FSDP2-sharded models, on its share of each mini-batch (the hooks below)."""
+
+    embedding_grad_in_place = False  # FSDP2's sharded parameters take their gradient from autograd
 
     def __init__(self, cfg: RunConfig, model, method: BoundMethod, rank: int, world: int):
-        super().__init__(cfg, model, method)  # the reference and critic copies are made from the full model
         self.rank, self.world = rank, world
+        super().__init__(cfg, model, method)  # the reference and critic copies are made from the full model
+
+    def logprobs(self, batch: RolloutBatch, model: str = "policy") -> torch.Tensor:
+        return super().logprobs(batch, model).cpu()  # the controller's device (from a GPU with nccl)
+
+    def values(self, batch: RolloutBatch) -> torch.Tensor:
+        return super().values(batch).cpu()
+
+    def _place_models(self) -> None:
         for m in (self.model, self.ref_model, self.critic):
             if m is not None:
                 _shard(m)
-        # the optimizers over the sharded parameters: each worker updates (and keeps Adam's moments of) its shard
-        self.optimizer = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
-        self.scheduler = warmup_constant(self.optimizer, cfg.train.warmup_steps)
-        if self.critic is not None:
-            self.critic_optimizer = make_optimizer(self.critic, cfg.algo.critic_lr, cfg.train.weight_decay)
 
     def _shared_prefix(self, model, batch, rows):
         return None  # the group runs whole rows (train.shared_prefix is not applied here)
 
-    # -- forwards ---------------------------------------------------------------------------------
+    def _share(self, micro: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
+        return share(micro, self.rank, self.world)
 
-    @torch.no_grad()
-    def _first_pass(self, fn, batch: RolloutBatch, prefix_model=None) -> torch.Tensor:
-        """This worker's rows of the pass over the plan's first epoch (the others stay 0)."""
-        out = torch.zeros_like(batch.response_mask)
-        for micro in batch.plan[0]:
-            mine, pads = share(micro, self.rank, self.world)
-            for idx in mine:
-                v = fn(batch.rows(idx), idx, None)
-                out[idx, : v.shape[1]] = v.to(out.device)
-            for _ in range(pads):
-                fn(batch.rows(micro[0]), micro[0], None)
-        return out * batch.response_mask
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss * self.world).backward()  # the reduce-scatter averages: N x the share sums to it
 
-    # -- updates ----------------------------------------------------------------------------------
-
-    def _grad_norm_clip(self, model, max_norm: float) -> float:
+    def _clip_grads(self, model, max_norm: float) -> float:
         """The global gradient norm over all shards (and clipping to max_norm, as clip_grad_norm_ does)."""
         import torch.distributed as dist
 
@@ -141,7 +129,7 @@ class ShardedPolicyWorker(LocalPolicyWorker):
     def _comm_device(self) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device()) if self.cfg.cluster.backend == "nccl" else torch.device("cpu")
 
-    def _merge(self, sums: dict[str, float], tokens: float) -> tuple[dict[str, float], float]:
+    def _sum_over_workers(self, sums: dict[str, float], tokens: float) -> tuple[dict[str, float], float]:
         """Every worker's sums added up (maxima for *_max, the global grad norms as they are)."""
         import torch.distributed as dist
 
@@ -157,62 +145,6 @@ class ShardedPolicyWorker(LocalPolicyWorker):
                 else:
                     merged[k] = merged.get(k, 0.0) + v
         return merged, sum(t for _, t in parts)
-
-    def update_policy(self, batch: RolloutBatch) -> dict[str, float]:
-        algo, train = self.cfg.algo, self.cfg.train
-        norm_len = algo.loss_agg_norm or float(batch.max_new_tokens)
-        entropy_on = self.entropy_coef > 0 and (not algo.entropy_control or self.last_entropy < algo.entropy_target)
-        sums: dict[str, float] = {}
-        add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + float(v))  # noqa: E731
-        scratch: dict[str, float] = {}
-        drop = lambda k, v: None  # noqa: E731
-        tokens_total = 0.0
-        self.model.train()
-        for epoch in batch.plan:
-            for micro in epoch:
-                mb = torch.cat(micro)
-                num_seqs, num_tokens = len(mb), int(batch.loss_mask[mb].sum())
-                mine, pads = share(micro, self.rank, self.world)
-                self.optimizer.zero_grad(set_to_none=True)
-                with self.autocast(), EmbeddingGradInPlace(self.model, enabled=False):
-                    for idx in mine:
-                        sub = batch.rows(idx)
-                        loss = self._policy_loss(sub, idx, None, num_seqs, num_tokens, norm_len, entropy_on, add, sums)
-                        (loss * self.world).backward()  # the reduce-scatter averages: N x the share sums to it
-                        tokens_total += float(sub.loss_mask.sum())
-                    for _ in range(pads):
-                        sub = batch.rows(micro[0])
-                        loss = self._policy_loss(sub, micro[0], None, num_seqs, num_tokens, norm_len, entropy_on,
-                                                 drop, scratch)
-                        (loss * 0).backward()
-                add("grad_norm", self._grad_norm_clip(self.model, train.grad_clip))
-                self.optimizer.step()
-                self.version += 1
-        self.scheduler.step()
-        sums, tokens_total = self._merge(sums, tokens_total)
-        return self._policy_stats(batch, sums, max(tokens_total, 1.0), entropy_on)
-
-    def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
-        sums: dict[str, float] = {}
-        add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + float(v))  # noqa: E731
-        tokens_total = 0.0
-        for epoch in batch.plan:
-            for micro in epoch:
-                mb = torch.cat(micro)
-                num_seqs, num_tokens = len(mb), int(batch.response_mask[mb].sum())
-                mine, pads = share(micro, self.rank, self.world)
-                self.critic_optimizer.zero_grad(set_to_none=True)
-                for i, idx in enumerate(mine + [micro[0]] * pads):
-                    padding = i >= len(mine)
-                    sub = batch.rows(idx)
-                    vl = self._critic_loss(sub, num_seqs, num_tokens, None if padding else add)
-                    (vl * (0 if padding else self.world)).backward()
-                    if not padding:
-                        tokens_total += float(sub.response_mask.sum())
-                add("critic_grad_norm", self._grad_norm_clip(self.critic, self.cfg.train.grad_clip))
-                self.critic_optimizer.step()
-        sums, tokens_total = self._merge(sums, tokens_total)
-        return self._critic_stats(batch, sums, tokens_total)
 
     # -- weights and state ------------------------------------------------------------------------
 
@@ -286,17 +218,25 @@ class ShardedPolicyWorker(LocalPolicyWorker):
             set_state_dict(self.critic, self.critic_optimizer, model_state_dict=state["critic"],
                            optim_state_dict=state["critic_optimizer"], options=options)
 
+    def close(self) -> None:
+        import torch.distributed as dist
 
-# -- the worker processes ---------------------------------------------------------------------------
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def _start_worker(rank: int, world: int, init_method: str, cfg: RunConfig, model, timeout_s: float,
+# -- the group ----------------------------------------------------------------------------------------
+
+
+def _start_worker(rank: int, world: int, init_method: str, cfg: RunConfig, model_bytes: bytes, timeout_s: float,
                   cuda_index: int) -> ShardedPolicyWorker:
-    """This process's worker of the group: joins the process group, shards its copy of the model."""
+    """Worker `rank` of the group, in its process or actor: its own copy of the model, the process
+    group joined, the models sharded."""
     import warnings
 
     import torch.distributed as dist
 
+    model = torch.load(io.BytesIO(model_bytes), weights_only=False)
     # the value model returns a view ([B, L-1] squeezed from [B, L-1, 1]) that no code changes in place
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPValueModel\) returned a view tensor")
     if "OMP_NUM_THREADS" not in os.environ:  # the workers share the machine's cores
@@ -309,291 +249,12 @@ def _start_worker(rank: int, world: int, init_method: str, cfg: RunConfig, model
     return ShardedPolicyWorker(cfg, model, bind_method(cfg.algo), rank, world)
 
 
-def _answer(worker: ShardedPolicyWorker, name: str, args: tuple) -> tuple:
-    """One call on the worker, as the controller receives it: ("ok", result, version, seconds), or
-    ("error", one line, version, 0.0) with the traceback printed on the run's stderr."""
-    import sys
-
-    try:
-        t = time.perf_counter()
-        result = getattr(worker, name)(*args)
-        if isinstance(result, torch.Tensor):
-            result = result.cpu()
-        return "ok", result, worker.version, time.perf_counter() - t
-    except BaseException as e:
-        print(f"r1lab trainer worker {worker.rank} in {name!r}:\n{traceback.format_exc()}", file=sys.stderr)
-        return "error", one_line(e), worker.version, 0.0
-
-
-def _start_answer(rank: int, start) -> tuple[Any, tuple]:
-    import sys
-
-    try:
-        worker = start()
-        return worker, ("ok", None, worker.version, 0.0)
-    except BaseException as e:
-        print(f"r1lab trainer worker {rank}:\n{traceback.format_exc()}", file=sys.stderr)
-        return None, ("error", one_line(e), 0, 0.0)
-
-
 def _model_bytes(model) -> bytes:
-    """The model serialised: what a worker process starts from. Passed as shared tensors, a model
-    of more tensors than the forkserver passes file descriptors (256) could not start a worker."""
+    """The model serialised: what a worker starts from. Passed as shared tensors, a model of more
+    tensors than the forkserver passes file descriptors (256) could not start a worker process."""
     buf = io.BytesIO()
     torch.save(model, buf)
     return buf.getvalue()
-
-
-def _worker_main(rank: int, world: int, port: int, conn, cfg: RunConfig, blob: bytes, timeout_s: float) -> None:
-    import torch.distributed as dist
-
-    model = torch.load(io.BytesIO(blob), weights_only=False)  # this worker's own copy
-    del blob
-    worker, answer = _start_answer(rank, lambda: _start_worker(rank, world, f"tcp://127.0.0.1:{port}", cfg, model,
-                                                               timeout_s, rank))
-    conn.send(answer)
-    if worker is None:
-        return
-    while True:
-        try:
-            name, args = conn.recv()  # between calls: until the controller asks, or exits (EOF)
-        except (EOFError, OSError):
-            break
-        if name == "close":
-            break
-        answer = _answer(worker, name, args)
-        try:
-            conn.send(answer)
-        except OSError:
-            break
-        if answer[0] == "error":
-            break
-    dist.destroy_process_group()
-
-
-def _context():
-    """Workers fork from a forkserver that imported torch, transformers and r1lab once: a group
-    after the first starts without importing them again. The server never runs torch itself, so
-    forking it is safe (no threads, no CUDA context)."""
-    import multiprocessing
-
-    ctx = torch.multiprocessing.get_context("forkserver")
-    multiprocessing.set_forkserver_preload([__name__])
-    return ctx
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(procs, conns) -> None:
-    for c in conns:
-        try:
-            c.send(("close", ()))
-        except (OSError, ValueError):
-            pass
-    for p in procs:
-        p.join(timeout=10)
-        if p.is_alive():
-            p.terminate()
-            p.join(timeout=5)
-
-
-class _Processes:
-    """The group's workers as processes of this machine (torch.multiprocessing), driven over pipes.
-    `send` and `collect` raise a WorkerError naming a worker that died, failed or stayed silent,
-    after stopping them all."""
-
-    def __init__(self, cfg: RunConfig, model, world: int, timeout_s: float):
-        self.world, self.timeout_s = world, timeout_s
-        ctx = _context()
-        port = _free_port()
-        blob = _model_bytes(model)
-        self.conns, self.procs = [], []
-        for rank in range(world):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker_main, args=(rank, world, port, child, cfg, blob, timeout_s),
-                            daemon=True, name=f"r1lab-trainer-{rank}")
-            p.start()
-            self.conns.append(parent)
-            self.procs.append(p)
-        self._finalizer = weakref.finalize(self, _stop, self.procs, self.conns)
-
-    def send(self, name: str, args: tuple) -> None:
-        for rank, conn in enumerate(self.conns):
-            try:
-                conn.send((name, args))
-            except OSError:  # its end of the pipe is closed: the worker is gone
-                self._fail(self._death(rank, name))
-
-    def collect(self, what: str) -> dict[int, tuple]:
-        """Every worker's answer to `what`, all within cluster.timeout_s."""
-        from multiprocessing.connection import wait
-
-        answers: dict[int, tuple] = {}
-        pending = dict(enumerate(self.conns))
-        deadline = time.monotonic() + self.timeout_s
-        while pending:
-            ready = wait(list(pending.values()) + [self.procs[r].sentinel for r in pending],
-                         timeout=max(deadline - time.monotonic(), 0.0))
-            if not ready:
-                rank = min(pending)
-                self._fail(f"trainer worker {rank} did not answer '{what}' within cluster.timeout_s="
-                           f"{self.timeout_s:g} s (alive: {self.procs[rank].is_alive()})")
-            for rank, conn in list(pending.items()):
-                if conn.poll():
-                    try:
-                        answers[rank] = conn.recv()
-                    except (EOFError, OSError):  # closed, or reset by a worker killed mid-message
-                        self._fail(self._death(rank, what))
-                    del pending[rank]
-                    if answers[rank][0] == "error":
-                        self._fail(self._death_among_others(rank, what)
-                                   or f"trainer worker {rank} failed in '{what}': {answers[rank][1]}")
-                elif not self.procs[rank].is_alive():
-                    self._fail(self._death(rank, what))
-        return answers
-
-    def _death(self, rank: int, what: str) -> str:
-        proc = self.procs[rank]
-        proc.join(timeout=5)
-        code = proc.exitcode
-        how = "still running" if code is None else f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        return f"trainer worker {rank} (pid {proc.pid}) died during '{what}' ({how})"
-
-    def _death_among_others(self, failed: int, what: str) -> str | None:
-        """When one worker fails, the death of another is the likelier cause (a collective lost its
-        peer): that worker's death, if one of them died."""
-        from multiprocessing.connection import wait
-
-        wait([p.sentinel for r, p in enumerate(self.procs) if r != failed], timeout=1.0)
-        # a worker that reported its own failure exits with 0 after it
-        dead = [r for r, p in enumerate(self.procs) if r != failed and not p.is_alive() and p.exitcode != 0]
-        return self._death(dead[0], what) if dead else None
-
-    def _fail(self, message: str) -> None:
-        self.close()
-        raise WorkerError(message)
-
-    def close(self) -> None:
-        self._finalizer()
-
-
-# -- the workers as Ray actors (cluster.launcher: ray) ------------------------------------------------
-
-
-class _RayWorker:
-    """One worker of the group inside a Ray actor: the same start and calls as a process's, the
-    pipe replaced by actor method calls."""
-
-    def address(self) -> str:
-        import ray
-
-        ip = ray.util.get_node_ip_address()
-        with socket.socket() as s:
-            s.bind((ip, 0))
-            return f"tcp://{ip}:{s.getsockname()[1]}"
-
-    def start(self, rank: int, world: int, init_method: str, cfg: RunConfig, model, timeout_s: float) -> tuple:
-        # Ray shows each actor only its own GPU: cuda:0
-        self.worker, answer = _start_answer(rank, lambda: _start_worker(rank, world, init_method, cfg, model,
-                                                                        timeout_s, 0))
-        return answer
-
-    def call(self, name: str, args: tuple) -> tuple:
-        return _answer(self.worker, name, args)
-
-
-def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("cluster.launcher=ray needs Ray: pip install 'r1lab[ray]'") from None
-    return ray
-
-
-def _kill_actors(actors) -> None:
-    ray = _ray()
-    for a in actors:
-        try:
-            ray.kill(a)
-        except Exception:  # the actor or the Ray runtime is already gone
-            pass
-
-
-class _RayActors:
-    """The group's workers as Ray actors (one CPU each, or one GPU each with nccl), on the Ray
-    cluster this process is connected to, or a local one started here. Calls and answers as for
-    `_Processes`; the batch of a call is put in Ray's object store once for all workers."""
-
-    def __init__(self, cfg: RunConfig, model, world: int, timeout_s: float):
-        ray = _ray()
-        self.world, self.timeout_s = world, timeout_s
-        # Ray's default start, not cluster/runtime.ensure_ray: under that start's runtime_env the
-        # actors' gloo group never forms (cause not found), so the two are not combined (check_workers)
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, log_to_driver=True)
-        actor = ray.remote(num_cpus=1, num_gpus=1 if cfg.cluster.backend == "nccl" else 0, max_restarts=0)(_RayWorker)
-        self.actors = [actor.remote() for _ in range(world)]
-        self._finalizer = weakref.finalize(self, _kill_actors, self.actors)
-        self._refs: dict[Any, int] = {self.actors[0].address.remote(): 0}
-        init_method = self.collect("its address (Ray could not place the first worker)", raw=True)[0]
-        model_ref = ray.put(model)  # each actor deserialises its own copy
-        self._refs = {a.start.remote(rank, world, init_method, cfg, model_ref, timeout_s): rank
-                      for rank, a in enumerate(self.actors)}
-
-    def send(self, name: str, args: tuple) -> None:
-        ray = _ray()
-        args_ref = ray.put(args)
-        self._refs = {a.call.remote(name, args_ref): rank for rank, a in enumerate(self.actors)}
-
-    def collect(self, what: str, raw: bool = False) -> dict[int, Any]:
-        ray = _ray()
-        from ray.exceptions import RayActorError
-
-        answers: dict[int, Any] = {}
-        pending = dict(self._refs)
-        deadline = time.monotonic() + self.timeout_s
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
-            if not ready:
-                self._fail(f"trainer worker {min(pending.values())} did not answer '{what}' within "
-                           f"cluster.timeout_s={self.timeout_s:g} s (a Ray actor; one that the "
-                           f"cluster cannot place, lacking a free CPU, or GPU with nccl, per worker, never starts)")
-            for ref in ready:
-                rank = pending.pop(ref)
-                try:
-                    answers[rank] = ray.get(ref)
-                except RayActorError:
-                    self._fail(f"trainer worker {rank} (Ray actor) died during '{what}'")
-                if not raw and answers[rank][0] == "error":
-                    self._fail(self._death_among_others(pending, what)
-                               or f"trainer worker {rank} failed in '{what}': {answers[rank][1]}")
-        return answers
-
-    def _death_among_others(self, pending: dict, what: str) -> str | None:
-        ray = _ray()
-        from ray.exceptions import RayActorError
-
-        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=1.0)
-        for ref in ready:
-            try:
-                ray.get(ref)
-            except RayActorError:
-                return f"trainer worker {pending[ref]} (Ray actor) died during '{what}'"
-        return None
-
-    def _fail(self, message: str) -> None:
-        self.close()
-        raise WorkerError(message)
-
-    def close(self) -> None:
-        self._finalizer()
-
-
-LAUNCHERS = {"local": _Processes, "ray": _RayActors}
 
 
 class PolicyWorkerGroup:
@@ -614,21 +275,67 @@ class PolicyWorkerGroup:
         self.has_critic = bool(cfg.algo.critic)
         self.version = 0
         self.last_call: tuple = ("", 0.0)  # (call, slowest worker's seconds in it[, round-trip seconds])
-        self._workers = LAUNCHERS[cfg.cluster.launcher](cfg, model, self.world, self.timeout_s)
-        self._collect("start-up (process group and FSDP2 sharding)")
+        self._workers = self._launch(model)
 
-    def _collect(self, what: str) -> list[Any]:
-        answers = self._workers.collect(what)
-        self.version = answers[0][2]
-        self.last_call = (what, max(a[3] for a in answers.values()))
-        return [answers[r][1] for r in range(self.world)]
+    def _launch(self, model) -> WorkerGroup[ShardedPolicyWorker]:
+        c = self.cfg.cluster
+        what = "start-up (process group and FSDP2 sharding)"
+        if c.launcher == "ray":
+            import ray
 
-    def _call(self, name: str, *args) -> list[Any]:
+            # this group's own size counts when it starts the local cluster (a caller may give `workers`)
+            cluster = dataclasses.replace(c, trainer_workers=self.world)
+            group: WorkerGroup[ShardedPolicyWorker] = RayWorkers(ShardedPolicyWorker, "trainer worker", self.world,
+                                                                 cluster, gpus=1 if c.backend == "nccl" else 0)
+            blob: Any = ray.put(_model_bytes(model))  # in the object store once for all the actors
+            cuda = [0] * self.world  # Ray shows each actor only its own GPU
+        else:
+            group = ProcessWorkers(ShardedPolicyWorker, "trainer worker", self.world, self.timeout_s)
+            blob, cuda = _model_bytes(model), list(range(self.world))
+        self._workers = group
+        self._stopping_on_error(what, lambda: self._start(group, blob, cuda))
+        self.last_call = (what, max(group.last_seconds))
+        return group
+
+    def _start(self, group: WorkerGroup[ShardedPolicyWorker], blob: Any, cuda: list[int]) -> None:
+        init_method = group.rendezvous()
+        group.start([(rank, self.world, init_method, self.cfg, blob, self.timeout_s, cuda[rank])
+                     for rank in range(self.world)], factory=_start_worker)
+
+    def _stopping_on_error(self, what: str, run: Callable[[], Any], pending: list | None = None) -> Any:
+        """run(); a worker that died, failed or stayed silent stops the whole group (every
+        collective needs every worker), with one line naming it and `what` it was asked."""
+        try:
+            return run()
+        except WorkerFailed as e:
+            lost = self._workers.dead_other_than(e.rank, pending or [], f"'{what}'")
+            message = self._lost_line(lost, what) if lost else f"trainer worker {e.rank} failed in '{what}': {e.cause}"
+        except WorkerLost as e:
+            message = self._lost_line(e, what)
+        except WorkerTimeout as e:
+            message = (f"trainer worker {e.rank} did not answer '{what}' within cluster.timeout_s={self.timeout_s:g} s "
+                       f"({e.detail})")
+        self._workers.close()
+        raise WorkerError(message)
+
+    @staticmethod
+    def _lost_line(e: WorkerLost, what: str) -> str:
+        pid = f" (pid {e.pid})" if e.pid is not None else ""
+        return f"trainer worker {e.rank}{pid} died during '{what}' ({e.how})"
+
+    def _call(self, method: Callable[Concatenate[ShardedPolicyWorker, P], R], *args: P.args) -> list[R]:
+        """method(*args) on every worker; their results in rank order."""
         t = time.perf_counter()
-        self._workers.send(name, args)
-        results = self._collect(name)
+        what = method.__name__
+        pending: list = []
+
+        def run():
+            pending.extend(self._workers.broadcast(method, *args))
+            return self._workers.results(pending, f"in '{what}'")
+
+        results = self._stopping_on_error(what, run, pending)
         # the slowest worker's time inside the call, and the whole round trip seen from here
-        self.last_call = (name, self.last_call[1], time.perf_counter() - t)
+        self.last_call = (what, max(self._workers.last_seconds), time.perf_counter() - t)
         return results
 
     def close(self) -> None:
@@ -639,23 +346,26 @@ class PolicyWorkerGroup:
     def logprobs(self, batch: RolloutBatch, model: str = "policy") -> torch.Tensor:
         if model not in ("policy", "reference") or (model == "reference" and not self.has_reference):
             raise ValueError(f"no {model} model in this run")
-        return torch.stack(self._call("logprobs", batch, model)).sum(0)  # disjoint rows: the sum is exact
+        # disjoint rows: the sum is exact
+        return torch.stack(self._call(ShardedPolicyWorker.logprobs, batch, model)).sum(0)
 
     def values(self, batch: RolloutBatch) -> torch.Tensor:
-        return torch.stack(self._call("values", batch)).sum(0)
+        return torch.stack(self._call(ShardedPolicyWorker.values, batch)).sum(0)
 
     def update_policy(self, batch: RolloutBatch) -> dict[str, float]:
-        return self._call("update_policy", batch)[0]
+        stats = self._call(ShardedPolicyWorker.update_policy, batch)[0]
+        self.version += sum(len(epoch) for epoch in batch.plan)  # one optimizer step per mini-batch, as the workers
+        return stats
 
     def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
-        return self._call("update_critic", batch)[0]
+        return self._call(ShardedPolicyWorker.update_critic, batch)[0]
 
     def engine_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The gathered full weights, loaded into the controller's copy (the model the HF and fast
         engines sample), then as LocalPolicyWorker gives them: adapters merged."""
         from r1lab.train.lora import merged_weights
 
-        full = self._call("full_weights")[0]
+        full = self._call(ShardedPolicyWorker.full_weights)[0]
         with torch.no_grad():
             self.model.load_state_dict(full)
         note_weights_changed(self.model)
@@ -664,21 +374,22 @@ class PolicyWorkerGroup:
     def state_dict(self) -> dict[str, Any]:
         """The full states, gathered. Copied: tensors that come through a pipe share the worker's
         memory, and a replicated one (Adam's step count) is the worker's own live tensor."""
-        return copy.deepcopy(self._call("state_dict")[0])
+        return copy.deepcopy(self._call(ShardedPolicyWorker.state_dict)[0])
 
     def save_shards(self, folder: Path) -> dict[str, Any]:
         """Each worker writes its shards of the models and optimizers into `folder` (DCP); returns
         the rest of the policy state (scheduler, entropy coefficient, version, number of workers)."""
-        return self._call("save_shards", str(Path(folder).resolve()))[0]
+        return self._call(ShardedPolicyWorker.save_shards, str(Path(folder).resolve()))[0]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """A full state (`state_dict`), or the state `save_shards` returned with "shards", the
         folder the shards are in: each worker reads its part of them, whatever number of workers
         wrote them (torch.distributed.checkpoint reshards)."""
         if "shards" not in state:
-            self._call("load_state_dict", state)
-            return
-        self._call("load_shards", state["shards"], {k: v for k, v in state.items() if k != "shards"})
+            self._call(ShardedPolicyWorker.load_state_dict, state)
+        else:
+            self._call(ShardedPolicyWorker.load_shards, state["shards"], {k: v for k, v in state.items() if k != "shards"})
+        self.version = state["version"]
 
 
-__all__ = ["PolicyWorkerGroup", "ShardedPolicyWorker", "check_cluster", "share"]
+__all__ = ["PolicyWorkerGroup", "ShardedPolicyWorker", "share"]

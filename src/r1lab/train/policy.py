@@ -63,6 +63,7 @@ class PolicyWorker(Protocol):
 
 class LocalPolicyWorker:
     sharded = False  # one process: state_dict() holds everything
+    embedding_grad_in_place = True  # EmbeddingGradInPlace for the input embedding's gradient
 
     def __init__(self, cfg: RunConfig, model, method: BoundMethod):
         self.cfg = cfg
@@ -80,6 +81,9 @@ class LocalPolicyWorker:
             from r1lab.train.critic import ValueModel
 
             self.critic = ValueModel(model)
+        self._place_models()
+        # the optimizers over the parameters as placed (a sharded worker's: its shards)
+        if self.critic is not None:
             self.critic_optimizer = make_optimizer(self.critic, algo.critic_lr, cfg.train.weight_decay)
         self.optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
         self.scheduler = warmup_constant(self.optimizer, cfg.train.warmup_steps)
@@ -90,6 +94,28 @@ class LocalPolicyWorker:
             from r1lab.models import warn_if_emulated_bf16
 
             warn_if_emulated_bf16("train.bf16")
+
+    # -- what a worker of a sharded group changes (train/distributed.py) ---------------------------
+
+    def _place_models(self) -> None:
+        """Put the models where this worker trains them, before their optimizers are made."""
+
+    def _share(self, micro: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
+        """This worker's micro-batches of a mini-batch, and how many padding micro-batches (weight
+        0) it runs so that every worker of a group runs as many: all of them, none."""
+        return micro, 0
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch's share of the mini-batch loss."""
+        loss.backward()
+
+    def _clip_grads(self, model, max_norm: float) -> float:
+        """The gradient norm of `model`, clipped to max_norm."""
+        return grad_norm_clip(model, max_norm)
+
+    def _sum_over_workers(self, sums: dict[str, float], tokens: float) -> tuple[dict[str, float], float]:
+        """An update's statistic sums and token count, over every worker of the group."""
+        return sums, tokens
 
     @property
     def has_reference(self) -> bool:
@@ -132,9 +158,12 @@ class LocalPolicyWorker:
         out = torch.zeros_like(batch.response_mask)
         for micro in batch.plan[0]:
             prefix = self._shared_prefix(prefix_model, batch, torch.cat(micro)) if prefix_model is not None else None
-            for idx in micro:
+            mine, pads = self._share(micro)
+            for idx in mine:
                 v = fn(batch.rows(idx), idx, prefix)
-                out[idx, : v.shape[1]] = v
+                out[idx, : v.shape[1]] = v.to(out.device)
+            for _ in range(pads):
+                fn(batch.rows(micro[0]), micro[0], None)
         return out * batch.response_mask
 
     def logprobs(self, batch: RolloutBatch, model: str = "policy") -> torch.Tensor:
@@ -160,29 +189,37 @@ class LocalPolicyWorker:
         entropy_on = self.entropy_coef > 0 and (not algo.entropy_control or self.last_entropy < algo.entropy_target)
         sums: dict[str, float] = {}
         add = lambda k, v: sums.__setitem__(k, sums.get(k, 0.0) + float(v))  # noqa: E731
+        scratch: dict[str, float] = {}  # a padding micro-batch's statistics, dropped
+        drop = lambda k, v: None  # noqa: E731
         tokens_total = 0.0
         self.model.train()
         for epoch in batch.plan:
             for micro in epoch:
                 mb = torch.cat(micro)
                 num_seqs, num_tokens = len(mb), int(batch.loss_mask[mb].sum())
+                mine, pads = self._share(micro)
                 self.optimizer.zero_grad(set_to_none=True)
                 # one autocast context per optimizer step: each weight is cast to bf16 once for all
                 # its micro-batches (the cache lives until the outermost context exits), not once each
-                with self.autocast(), EmbeddingGradInPlace(self.model):
+                with self.autocast(), EmbeddingGradInPlace(self.model, enabled=self.embedding_grad_in_place):
                     # each prompt of the mini-batch once, its K/V shared by its rows' micro-batches
                     prefix = self._shared_prefix(self.model, batch, mb)
-                    for idx in micro:
+                    for idx in mine:
                         sub = batch.rows(idx)
                         loss = self._policy_loss(sub, idx, prefix, num_seqs, num_tokens, norm_len, entropy_on, add, sums)
-                        loss.backward()
+                        self._backward(loss)
                         tokens_total += float(sub.loss_mask.sum())
+                    for _ in range(pads):
+                        loss = self._policy_loss(batch.rows(micro[0]), micro[0], None, num_seqs, num_tokens, norm_len,
+                                                 entropy_on, drop, scratch)
+                        (loss * 0).backward()
                 if prefix is not None:  # the prompts' share of the gradient, once for all micro-batches
                     prefix.backward()
-                add("grad_norm", grad_norm_clip(self.model, train.grad_clip))
+                add("grad_norm", self._clip_grads(self.model, train.grad_clip))
                 self.optimizer.step()
                 self.version += 1
         self.scheduler.step()
+        sums, tokens_total = self._sum_over_workers(sums, tokens_total)
         return self._policy_stats(batch, sums, max(tokens_total, 1.0), entropy_on)
 
     def _policy_loss(self, sub: RolloutBatch, idx, prefix, num_seqs: int, num_tokens: int, norm_len: float,
@@ -269,13 +306,17 @@ class LocalPolicyWorker:
             for micro in epoch:
                 mb = torch.cat(micro)
                 num_seqs, num_tokens = len(mb), int(batch.response_mask[mb].sum())
+                mine, pads = self._share(micro)
                 self.critic_optimizer.zero_grad(set_to_none=True)
-                for idx in micro:
+                for idx in mine:
                     sub = batch.rows(idx)
-                    self._critic_loss(sub, num_seqs, num_tokens, add).backward()
+                    self._backward(self._critic_loss(sub, num_seqs, num_tokens, add))
                     tokens_total += float(sub.response_mask.sum())
-                add("critic_grad_norm", grad_norm_clip(self.critic, self.cfg.train.grad_clip))
+                for _ in range(pads):
+                    (self._critic_loss(batch.rows(micro[0]), num_seqs, num_tokens) * 0).backward()
+                add("critic_grad_norm", self._clip_grads(self.critic, self.cfg.train.grad_clip))
                 self.critic_optimizer.step()
+        sums, tokens_total = self._sum_over_workers(sums, tokens_total)
         return self._critic_stats(batch, sums, tokens_total)
 
     def _critic_loss(self, sub: RolloutBatch, num_seqs: int, num_tokens: int, add=None) -> torch.Tensor:

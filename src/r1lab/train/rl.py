@@ -55,9 +55,9 @@ class RLTrainer:
     """The RL loop over an engine and a policy worker."""
 
     def __init__(self, cfg: RunConfig, model, tokenizer, engine: Engine, policy: PolicyWorker | None = None):
-        from r1lab.cluster import check_workers, with_off_policy_correction
+        from r1lab.cluster import check_cluster, with_off_policy_correction
 
-        check_workers(cfg)
+        check_cluster(cfg)
         cfg = with_off_policy_correction(cfg)  # the behaviour-policy correction on by default when off-policy
         self.cfg = cfg
         self.method = bind_method(cfg.algo)
