@@ -77,6 +77,14 @@ def test_a_changed_setting_of_a_finished_stage_is_refused_and_more_steps_continu
     assert stage_status(plan_of(tmp_path, [], resume=True, extends=more)) == {"a": "done", "b": "resume", "c": "new"}
 
 
+def test_a_marker_without_settings_counts_as_unfinished(tmp_path):
+    """An older r1lab's demo marker (the config as YAML, no settings): the stage runs again."""
+    run_plan(plan_of(tmp_path, []), log=lambda *_: None)
+    marker_path(tmp_path / "run", "b").write_text(json.dumps({"stage": "b", "seconds": 1.0, "result": {},
+                                                              "config": "train: {lr: 1.0}\n"}))
+    assert stage_status(plan_of(tmp_path, [], resume=True)) == {"a": "done", "b": "new", "c": "new"}
+
+
 def test_a_moved_run_still_compares(tmp_path):
     run_plan(plan_of(tmp_path, []), log=lambda *_: None)
     (tmp_path / "run").rename(tmp_path / "moved")

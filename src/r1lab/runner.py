@@ -97,9 +97,11 @@ def read_marker(run_dir: Path, key: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        marker = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None  # a marker is written atomically; an unreadable one counts as unfinished
+    # a marker of an r1lab before this runner records no settings to compare: its stage runs again
+    return marker if isinstance(marker, dict) and "settings" in marker else None
 
 
 def portable(value: Any, run_dir: Path) -> Any:
