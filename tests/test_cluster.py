@@ -23,6 +23,8 @@ def problems(k=5):
 def cluster():
     """One local Ray cluster for the module: 2 rollout + 2 reward actors at most at once."""
     ray = pytest.importorskip("ray")
+    if ray.is_initialized():  # a run of an earlier test module started one (every role shares ensure_ray's)
+        ray.shutdown()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
