@@ -93,27 +93,27 @@ def test_bad_worker_settings_are_refused_naming_the_field(field, value, message)
 
 
 def test_a_ray_address_is_taken_when_something_runs_on_ray():
-    from r1lab.cluster import check_workers
+    from r1lab.cluster import check_cluster
 
     for field, value in (("rollout_workers", 2), ("reward_workers", 1), ("launcher", "ray")):
         cfg = RunConfig()
         cfg.cluster.ray_address = "ray://head:10001"
         setattr(cfg.cluster, field, value)
-        check_workers(cfg)
+        check_cluster(cfg)
 
 
 def test_ray_workers_without_ray_installed_are_one_line_naming_the_extra(monkeypatch):
     import importlib.util
 
-    from r1lab.cluster import check_workers
+    from r1lab.cluster import check_cluster
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     cfg = RunConfig()
-    check_workers(cfg)  # no Ray worker asked for: nothing to install
+    check_cluster(cfg)  # no Ray worker asked for: nothing to install
     cfg.cluster.reward_workers = 2
     with pytest.raises(ConfigError, match=r"cluster\.reward_workers=2: Ray is not installed \(pip install 'r1lab\[ray\]'\)"):
-        check_workers(cfg)
+        check_cluster(cfg)
 
 
 def test_off_policy_turns_the_tis_correction_on_and_says_so(caplog):
