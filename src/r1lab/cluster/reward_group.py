@@ -60,11 +60,10 @@ class RayRewardGroup:
             return self.workers.submit(k, RewardWorker.score, problems[a:b], completions[a:b], terms, timeout, workers,
                                        settings)
 
-        pending = [submit(k) for k in range(len(parts))]
-        scored = []
-        for k, p in enumerate(pending):
-            scored.extend(self.workers.result_retrying(p, f"scoring completions {parts[k][0]}..{parts[k][1] - 1}",
-                                                       lambda k=k: submit(k), self.max_retries, self._replaced))
+        answers = self.workers.results_retrying([submit(k) for k in range(len(parts))],
+                                                lambda k: f"scoring completions {parts[k][0]}..{parts[k][1] - 1}",
+                                                submit, self.max_retries, self._replaced)
+        scored = [x for share in answers for x in share]
         out: dict[str, list[float]] = {name: [] for name in terms}
         for c, (verdict, rewards, total) in zip(completions, scored):
             c.verdict = verdict

@@ -144,15 +144,12 @@ class RayRolloutGroup(Engine):
             return self.workers.submit(k, RolloutWorker.generate, problems[a:b], params, n, seed, a * n, version)
 
         t0 = time.perf_counter()
-        pending = [submit(k) for k in range(len(parts))]
-        out: list[Completion] = []
-        slowest = 0.0
-        for k in range(len(parts)):
-            share, secs = self.workers.result_retrying(
-                pending[k], f"sampling problems {parts[k][0]}..{parts[k][1] - 1} with policy version {version}",
-                lambda k=k: submit(k), self.max_retries, self._replaced)
-            out.extend(share)
-            slowest = max(slowest, secs)
+        answers = self.workers.results_retrying(
+            [submit(k) for k in range(len(parts))],
+            lambda k: f"sampling problems {parts[k][0]}..{parts[k][1] - 1} with policy version {version}",
+            submit, self.max_retries, self._replaced)
+        out = [c for share, _ in answers for c in share]
+        slowest = max(secs for _, secs in answers)
         # the call's wall time = the slowest actor's sampling + the rest (shipping prompts and
         # completions, scheduling, waiting behind a weights load)
         self.stats["cluster/generate_s"] = time.perf_counter() - t0

@@ -118,7 +118,8 @@ class WorkerGroup(Generic[W]):
         raise NotImplementedError
 
     def results(self, pending: Sequence[Pending[R]], what: str) -> list[R]:
-        """The answers of `pending`, in order, all within timeout_s of the first one's sending; the
+        """The answers of `pending`, in order, all within timeout_s of the first one's sending (once
+        that has passed, the first worker still silent is named, whatever came in meanwhile); the
         first failure is raised as soon as it arrives (the others may wait for the failed worker in
         a collective). `what` (the call, as an error names it) follows the worker's name:
         "rollout worker 0 {what}: ..."."""
@@ -127,23 +128,33 @@ class WorkerGroup(Generic[W]):
     def result(self, pending: Pending[R], what: str) -> R:
         return self.results([pending], what)[0]
 
-    def result_retrying(self, pending: Pending[R], what: str, resubmit: Callable[[], Pending[R]], max_retries: int,
-                        replaced: Callable[[int], None] = lambda rank: None) -> R:
-        """result(pending, what); when its worker is lost or silent, a fresh one takes its place,
-        `replaced(rank)` brings it up to date, and `resubmit()` runs the call again on it, at most
-        max_retries times. A failure of the call itself is raised at once."""
-        tries = 0
-        while True:
-            try:
-                return self.result(pending, what)
-            except (WorkerLost, WorkerTimeout) as e:
-                if tries >= max_retries:
-                    raise
-                tries += 1
-                log.warning("cluster: replacing %s; retry %d of cluster.max_retries=%d", e, tries, max_retries)
-                self.restart(pending.rank)
-                replaced(pending.rank)
-                pending = resubmit()
+    def results_retrying(self, pending: Sequence[Pending[R]], what: Callable[[int], str],
+                         resubmit: Callable[[int], Pending[R]], max_retries: int,
+                         replaced: Callable[[int], None] = lambda rank: None) -> list[R]:
+        """The results of `pending` (call i described by what(i)); when the worker of call i is lost
+        or silent, a fresh one takes its place, `replaced(rank)` brings it up to date and
+        `resubmit(i)` runs the call again on it, at most max_retries times per call. A failure of
+        the call itself is raised at once."""
+        pending = list(pending)
+        out: list[R] = []
+        for i in range(len(pending)):
+            tries = 0
+            while True:
+                try:
+                    out.append(self.result(pending[i], what(i)))
+                    break
+                except (WorkerLost, WorkerTimeout) as e:
+                    if tries >= max_retries:
+                        raise
+                    tries += 1
+                    log.warning("cluster: replacing %s; retry %d of cluster.max_retries=%d", e, tries, max_retries)
+                    self.restart(pending[i].rank)
+                    replaced(pending[i].rank)
+                    pending[i] = resubmit(i)
+                    # the calls still to wait for get their time again: the replacement took some of it
+                    now = time.monotonic()
+                    pending[i + 1:] = [dataclasses.replace(p, since=now) for p in pending[i + 1:]]
+        return out
 
     def dead_other_than(self, rank: int, pending: Sequence[Pending], what: str) -> WorkerLost | None:
         """When worker `rank` failed in a call of the whole group, the death of another is the
@@ -285,10 +296,9 @@ class ProcessWorkers(WorkerGroup[W]):
                 return [answers[i] for i in range(len(pending))]
             ranks = sorted({p.rank for p in left.values()})
             remaining = deadline - time.monotonic()
-            # past the deadline, an answer already there is still taken
-            if not wait([self.conns[r] for r in ranks] + [self.procs[r].sentinel for r in ranks],
-                        timeout=max(remaining, 0.0)):
+            if remaining <= 0:
                 raise self._timeout(ranks[0], what, f"alive: {self.procs[ranks[0]].is_alive()}")
+            wait([self.conns[r] for r in ranks] + [self.procs[r].sentinel for r in ranks], timeout=remaining)
             for r in ranks:
                 if self.conns[r].poll():
                     try:
@@ -310,7 +320,8 @@ class ProcessWorkers(WorkerGroup[W]):
         from multiprocessing.connection import wait
 
         wait([p.sentinel for r, p in enumerate(self.procs) if r != rank], timeout=1.0)
-        dead = [r for r, p in enumerate(self.procs) if r != rank and not p.is_alive()]
+        # a worker whose start-up failed answers so and exits with 0: not a death
+        dead = [r for r, p in enumerate(self.procs) if r != rank and not p.is_alive() and p.exitcode != 0]
         return self._death(dead[0], what) if dead else None
 
     def restart(self, rank: int) -> None:
@@ -410,8 +421,8 @@ class RayWorkers(WorkerGroup[W]):
         answers: dict[int, Any] = {}
         left = {p.handle: i for i, p in enumerate(pending)}
         while left:
-            # past the deadline, an answer already there is still taken
-            ready, _ = ray.wait(list(left), num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
+            remaining = deadline - time.monotonic()
+            ready = ray.wait(list(left), num_returns=1, timeout=remaining)[0] if remaining > 0 else []
             if not ready:
                 rank = min(pending[i].rank for i in left.values())
                 raise self._timeout(rank, what, f"a Ray actor; one that the cluster cannot place, lacking {self._asks()} "
