@@ -11,6 +11,7 @@ from r1lab.errors import ConfigError
 from r1lab.records import Problem
 from r1lab.rewards import compute_rewards
 from r1lab.rollout import FastEngine, HFEngine, SamplingParams
+from r1lab.rollout.base import Engine
 from r1lab.rollout.episodes import (EpisodeLimits, ObservationRenderer, episode_metrics, run_episodes,
                                     score_episodes)
 
@@ -233,8 +234,10 @@ def test_observation_renderer_strips_only_an_end_of_turn_the_model_sampled(tiny)
         "<|im_end|>\n<|im_start|>tool\n7<|im_end|>\n<|im_start|>assistant\n")
 
 
-class Recording:
+class Recording(Engine):
     """An engine that remembers what it sampled for each prompt, to rebuild episodes from."""
+
+    continues_ids = True
 
     def __init__(self, engine):
         self.engine, self.tokenizer, self.sampled = engine, engine.tokenizer, []
