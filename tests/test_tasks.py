@@ -107,6 +107,7 @@ def test_traces_survive_a_jsonl_round_trip_and_missing_metadata() -> None:
 # family -> difficulty -> (mean prompt, mean trace, longest trace) in characters, over 300 problems
 LENGTHS = {
     "code_repair": {1: (170, 152, 192), 2: (180, 162, 252), 3: (182, 164, 247), 4: (179, 164, 252)},
+    "sorting": {1: (163, 307, 366), 2: (171, 313, 366), 3: (179, 312, 366), 4: (187, 316, 366)},
     "arithmetic": {1: (14, 44, 45), 2: (20, 55, 59), 3: (26, 67, 73), 4: (32, 79, 87)},
     "countdown": {1: (20, 49, 52), 2: (24, 66, 72), 3: (27, 83, 90), 4: (31, 100, 110)},
     "knights": {1: (163, 157, 172), 2: (163, 157, 172), 3: (204, 222, 248), 4: (243, 286, 322)},

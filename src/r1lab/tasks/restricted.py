@@ -18,7 +18,7 @@ MAX_SOURCE_CHARS = 4000
 FORBIDDEN_NAMES = frozenset({
     "__import__", "__builtins__", "breakpoint", "compile", "delattr", "dir", "eval", "exec", "exit", "getattr",
     "globals", "hasattr", "help", "input", "locals", "memoryview", "object", "open", "print", "quit", "setattr",
-    "super", "type", "vars", "id", "classmethod", "staticmethod", "property",
+    "super", "type", "vars", "id", "hash", "classmethod", "staticmethod", "property",
 })
 _FORBIDDEN_NODES = (ast.Import, ast.ImportFrom, ast.Global, ast.Nonlocal, ast.ClassDef, ast.AsyncFunctionDef,
                     ast.Await, ast.Yield, ast.YieldFrom, ast.Try, ast.With, ast.Raise, ast.Delete)
