@@ -142,7 +142,8 @@ class Sorting(TaskFamily):
         example = [rng.randint(0, 99) for _ in range(2 + difficulty)]
         prompt = (f"Write {name}(xs, less) returning xs in ascending order. Compare items only with less(a, b). "
                   f"Fewer calls to less score higher. Example: {example} -> {sorted(example)}")
-        return Problem(id="", prompt=prompt, answer="", task=self.task, metadata={"function": name})
+        reference = TEACHER["insertion sort, about n*n/4 comparisons"].replace("{f}", name)  # never shown to the model
+        return Problem(id="", prompt=prompt, answer=reference, task=self.task, metadata={"function": name})
 
     def teacher_trace(self, problem: Problem) -> str:
         """One of the four sorts, chosen by the prompt (so the SFT data mixes their costs)."""
