@@ -170,7 +170,7 @@ class Poem(TaskFamily):
         meta = problem.metadata or {}
         word, k, scheme = str(meta["acrostic"]), meta.get("syllables"), str(meta.get("rhyme") or "")
         rng = random.Random(f"r1lab/poem/{problem.prompt}")
-        groups = {letter: rng.sample(rng.choice(RHYMES), 2) for letter in set(scheme)}
+        groups = {letter: rng.sample(rng.choice(RHYMES), 2) for letter in sorted(set(scheme))}  # sorted: set order varies per process
         used: dict[str, int] = {}
         for _ in range(100):
             lines = [self._line(rng, c, k, groups, scheme, i, used) for i, c in enumerate(word)]
