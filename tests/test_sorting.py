@@ -47,6 +47,7 @@ HOSTILE = {
     "compares the items directly": "def sort(xs, less):\n    return sorted(xs)",
     "orders by identity": "def sort(xs, less):\n    return sorted(xs, key=id)",
     "orders by hash": "def sort(xs, less):\n    return sorted(xs, key=hash)",
+    "orders by the printed address": "def sort(xs, less):\n    return sorted(xs, key=str)",
     "hard-codes the visible example": "def sort(xs, less):\n    return [xs[1], xs[2], xs[0]]",
     "resets the counter in the closure": "def sort(xs, less):\n    less.__closure__[0].cell_contents[0] = -10**6\n    return xs",
     "reads the caller's frame": "def sort(xs, less):\n    import sys\n    return sys._getframe(1).f_locals['want']",
