@@ -210,3 +210,17 @@ def test_tool_episode_through_the_runner(tiny, call_format):
     assert ep.completion.verdict.correct and ep.completion.reward == 1.0
     m = episode_metrics([ep])
     assert m["env/tool_calls"] == 2 and m["env/tool_errors"] == 0 and m["env/env_tokens_per_turn"] > 0
+
+
+def test_the_search_tool_loads_no_numba_so_vllm_can_start_in_the_same_process():
+    """vLLM's start-up scans every loaded module and crashes on llvmlite's wrappers (which bm25s's
+    numba backend loads): the search tool keeps bm25s on numpy."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom r1lab.envs.tools import SearchIndex\n"
+            "SearchIndex(['a cat sat', 'a dog ran']).search('cat', 1)\n"
+            "print('numba' in sys.modules, 'llvmlite' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False"]

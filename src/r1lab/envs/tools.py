@@ -214,12 +214,30 @@ class CalculatorTool(Tool):
 # --- search ----------------------------------------------------------------------------------------
 
 
+def _bm25s():
+    """bm25s on its numpy backend. Where numba is installed (vLLM needs it) bm25s imports it, and
+    with it llvmlite, whose function wrappers crash vLLM's engine start-up (it scans every loaded
+    module for kernels) later in the same process; the numpy backend is fast enough for a local
+    corpus."""
+    import sys
+
+    if "bm25s" not in sys.modules and "numba" not in sys.modules:
+        sys.modules["numba"] = None  # type: ignore[assignment]  # makes bm25s's `from numba import njit` fail
+        try:
+            import bm25s
+        finally:
+            del sys.modules["numba"]
+        return bm25s
+    import bm25s
+
+    return bm25s
+
+
 class SearchIndex:
     """BM25 over a list of documents (text, or dicts with "text" and an optional "title")."""
 
     def __init__(self, documents: list[str | dict[str, str]]):
-        import bm25s
-
+        bm25s = _bm25s()
         self.documents = [d if isinstance(d, dict) else {"text": str(d)} for d in documents]
         if not self.documents:
             raise ConfigError("search: the corpus has no documents")
