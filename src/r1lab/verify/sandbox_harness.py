@@ -186,23 +186,22 @@ def _install_audit_hook(cwd, confine_reads=False):
     readable = (inside, os.path.realpath(os.path.dirname(os.__file__)) + "/")
     readable_files = ("/dev/null", "/dev/urandom", "/dev/zero")
 
-    def ok_read(p):
+    def resolved(p):
+        """The real absolute path of `p`, or None for a file descriptor (already open: allowed)."""
         if isinstance(p, int):
-            return True
+            return None
         p = fspath(p)
         if isinstance(p, bytes):
             p = p.decode("utf-8", "replace")
-        full = realpath(join(getcwd(), p))
-        return full == cwd or full.startswith(readable) or full in readable_files or full.startswith(proc_ok)
+        return realpath(join(getcwd(), p))
+
+    def ok_read(p):
+        full = resolved(p)
+        return full is None or full == cwd or full.startswith(readable) or full in readable_files or full.startswith(proc_ok)
 
     def ok_path(p):
-        if isinstance(p, int):
-            return True
-        p = fspath(p)
-        if isinstance(p, bytes):
-            p = p.decode("utf-8", "replace")
-        full = realpath(join(getcwd(), p))
-        return full == cwd or full.startswith(inside) or full in allowed_outside
+        full = resolved(p)
+        return full is None or full == cwd or full.startswith(inside) or full in allowed_outside
 
     def hook(event, args):
         if event in blocked or event.startswith("ctypes."):
