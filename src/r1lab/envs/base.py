@@ -18,10 +18,12 @@ A registry leaf: imports only errors and records, so anything may import it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
 from r1lab.errors import ConfigError
 from r1lab.records import Problem, prompt_messages
+
+T = TypeVar("T")
 
 Messages = list[dict[str, str]]
 
@@ -70,31 +72,34 @@ class OneTurnEnvironment(Environment):
         return StepResult(None, done=True, finish_reason="stop", answer=turn_text)
 
 
-_ENVS: dict[str, Callable[..., Environment]] = {}
+class Factories(Generic[T]):
+    """Named factories of one kind (environments, tools): register one with a decorator, build one
+    by name with its settings; an unknown name or a setting the factory does not take is a one-line
+    ConfigError."""
+
+    def __init__(self, kind: str, factories: dict[str, Callable[..., T]] | None = None):
+        self.kind, self.factories = kind, dict(factories or {})
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def deco(factory: Callable[..., T]) -> Callable[..., T]:
+            self.factories[name] = factory
+            return factory
+
+        return deco
+
+    def known(self) -> list[str]:
+        return sorted(self.factories)
+
+    def make(self, name: str, **settings: Any) -> T:
+        if name not in self.factories:
+            raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self.known())}")
+        try:
+            return self.factories[name](**settings)
+        except TypeError as e:
+            raise ConfigError(f"{self.kind} {name!r}: bad settings {sorted(settings)} ({e})") from None
 
 
-def register_env(name: str) -> Callable[[Callable[..., Environment]], Callable[..., Environment]]:
-    """Decorator: `make_env(name, **settings)` builds one episode's environment with this factory."""
-
-    def deco(factory: Callable[..., Environment]) -> Callable[..., Environment]:
-        _ENVS[name] = factory
-        return factory
-
-    return deco
-
-
-register_env("one_turn")(OneTurnEnvironment)
-
-
-def known_envs() -> list[str]:
-    return sorted(_ENVS)
-
-
-def make_env(name: str, **settings: Any) -> Environment:
-    """A fresh environment for one episode; a ConfigError naming the known ones if `name` is not."""
-    if name not in _ENVS:
-        raise ConfigError(f"unknown environment {name!r}; known: {', '.join(known_envs())}")
-    try:
-        return _ENVS[name](**settings)
-    except TypeError as e:
-        raise ConfigError(f"environment {name!r}: bad settings {sorted(settings)} ({e})") from None
+ENVS: Factories[Environment] = Factories("environment", {"one_turn": OneTurnEnvironment})
+register_env = ENVS.register  # decorator: make_env(name, **settings) builds one episode's environment with it
+known_envs = ENVS.known
+make_env = ENVS.make  # a fresh environment for one episode

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
+from r1lab.envs.base import Factories
 from r1lab.errors import ConfigError
 
 TOOL_STATUSES = ("ok", "error", "timeout", "output_limit", "memory", "killed")
@@ -299,25 +300,7 @@ class SearchTool(Tool):
 
 # --- the registry ----------------------------------------------------------------------------------
 
-_TOOLS: dict[str, Callable[..., Tool]] = {"python": PythonTool, "calculator": CalculatorTool, "search": SearchTool}
-
-
-def register_tool(name: str) -> Callable[[Callable[..., Tool]], Callable[..., Tool]]:
-    def deco(factory: Callable[..., Tool]) -> Callable[..., Tool]:
-        _TOOLS[name] = factory
-        return factory
-
-    return deco
-
-
-def known_tools() -> list[str]:
-    return sorted(_TOOLS)
-
-
-def make_tool(name: str, **settings: Any) -> Tool:
-    if name not in _TOOLS:
-        raise ConfigError(f"unknown tool {name!r}; known: {', '.join(known_tools())}")
-    try:
-        return _TOOLS[name](**settings)
-    except TypeError as e:
-        raise ConfigError(f"tool {name!r}: bad settings {sorted(settings)} ({e})") from None
+TOOLS: Factories[Tool] = Factories("tool", {"python": PythonTool, "calculator": CalculatorTool, "search": SearchTool})
+register_tool = TOOLS.register
+known_tools = TOOLS.known
+make_tool = TOOLS.make
