@@ -38,7 +38,8 @@ FREE_TEXT = {"data.system_prompt", "data.response_prefix", "model.device", "clus
              "decontaminate.text_field", "select.trace_field"}
 # dict[str, Any] settings of a registered method: their domains are the method's own (see below)
 METHOD_ARGS = {"algo.advantage_args", "algo.policy_loss_args", "algo.kl_args", "algo.correction_args", "dpo.loss_args",
-               "import.mapping"}
+               "import.mapping",
+               "env.settings"}  # the environment factory checks its own settings (envs.Factories.make)
 SET_BY_PIPELINE = ("name", "out_dir", "resume", "init_from", "data.")
 
 

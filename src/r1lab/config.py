@@ -431,6 +431,18 @@ class ClusterConfig:
 
 
 @dataclass
+class EnvConfig:
+    """The environment every rollout is an episode of (r1lab.envs). At the default, one_turn, a
+    rollout is one prompt and one answer, exactly as a run without this section."""
+
+    name: str = setting("one_turn", choices="r1lab.envs:ENVS")  # a registered environment: one_turn | tools | ...
+    # the environment's own settings, passed to its factory (tools: tools, call_format, max_tool_calls, tool_timeout_s, ...)
+    settings: dict[str, Any] = field(default_factory=dict)
+    max_turns: int = setting(4, ge=1)  # model turns per episode
+    max_tokens: int = setting(1024, ge=1)  # ids after the prompt per episode, the model's and the environment's together
+
+
+@dataclass
 class RunConfig:
     name: str = setting("run", nonempty=True)
     seed: int = setting(0, ge=0)
@@ -450,6 +462,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     health: HealthConfig = field(default_factory=HealthConfig)  # the run-health monitor of RL runs
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # one process, or a sharded trainer group
+    env: EnvConfig = field(default_factory=EnvConfig)  # multi-turn episodes and tools; default: one prompt, one answer
     # extra trackers: tensorboard | mlflow | wandb (offline); [] = files only
     tracking: list[str] = setting([], choices="r1lab.tracking:BACKENDS")
 

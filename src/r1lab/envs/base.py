@@ -90,6 +90,9 @@ class Factories(Generic[T]):
     def known(self) -> list[str]:
         return sorted(self.factories)
 
+    def __iter__(self):  # the names, so a config domain can list them (`choices="r1lab.envs:ENVS"`)
+        return iter(self.known())
+
     def make(self, name: str, **settings: Any) -> T:
         if name not in self.factories:
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self.known())}")
