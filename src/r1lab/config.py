@@ -428,6 +428,11 @@ class ClusterConfig:
     max_retries: int = setting(2, ge=0)  # a failed rollout / reward call: its actor replaced and the call run again, this often
     timeout_s: float = setting(600.0, gt=0)  # longest wait on a worker (start-up or one call) before the run stops
     launcher: str = setting("local", choices="r1lab.cluster:LAUNCHERS")  # how the trainer workers start: local (processes of this machine) | ray (Ray actors)
+    # Ray only: custom resources each actor of a role asks for besides its CPU, e.g. {trainer_node: 1}: the role
+    # is placed only on nodes that offer them (`ray start --resources='{"trainer_node": 2}'`); {} = any node
+    trainer_resources: dict[str, float] = setting({}, ge=0)
+    rollout_resources: dict[str, float] = setting({}, ge=0)
+    reward_resources: dict[str, float] = setting({}, ge=0)
 
 
 @dataclass

@@ -35,6 +35,15 @@ def check_cluster(cfg: RunConfig) -> None:
                           "cluster.reward_workers or cluster.launcher: ray")
     if c.launcher == "ray" and importlib.util.find_spec("ray") is None:
         raise ConfigError("cluster.launcher=ray needs Ray: pip install 'r1lab[ray]'")
+    for role, on_ray in (("trainer", c.launcher == "ray" and c.trainer_workers > 0), ("rollout", c.rollout_workers > 0),
+                         ("reward", c.reward_workers > 0)):
+        asks = getattr(c, f"{role}_resources")
+        if asks and not on_ray:
+            needs = "cluster.launcher: ray and cluster.trainer_workers > 0" if role == "trainer" else f"cluster.{role}_workers > 0"
+            raise ConfigError(f"cluster.{role}_resources={asks}: no {role} worker runs on Ray (needs {needs})")
+        if builtin := sorted(set(asks) & {"CPU", "GPU", "memory", "object_store_memory"}):
+            raise ConfigError(f"cluster.{role}_resources: {builtin[0]!r} is Ray's own resource, which r1lab sets "
+                              "(custom resources only, e.g. {trainer_node: 1})")
     if uses_ray(cfg) and importlib.util.find_spec("ray") is None:
         field = "rollout_workers" if c.rollout_workers > 0 else "reward_workers"
         raise ConfigError(f"cluster.{field}={getattr(c, field)}: Ray is not installed (pip install 'r1lab[ray]')")

@@ -39,7 +39,7 @@ class RayRewardGroup:
         if self.size < 1:
             raise ValueError("RayRewardGroup needs cluster.reward_workers >= 1")
         self.unit = max(1, cfg.train.group_size)
-        self.workers = RayWorkers(RewardWorker, "reward worker", self.size, c)
+        self.workers = RayWorkers(RewardWorker, "reward worker", self.size, c, resources=c.reward_resources)
         self.workers.start([()] * self.size)
         self.stats: dict[str, float] = {"cluster/reward_retries": 0}
 

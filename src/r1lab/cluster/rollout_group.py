@@ -94,7 +94,8 @@ class RayRolloutGroup(Engine):
         gpus = 0.0
         if ray.cluster_resources().get("GPU", 0) > 0:
             gpus = 1.0 if c.placement == "split" else 0.5
-        self.workers = RayWorkers(RolloutWorker, "rollout worker", self.size, c, gpus=gpus)
+        self.workers = RayWorkers(RolloutWorker, "rollout worker", self.size, c, gpus=gpus,
+                                  resources=c.rollout_resources)
         dtype = next(model.parameters()).dtype
         kwargs = {"batch_size": batch_size or cfg.rollout.batch_size, **engine_options(cfg.rollout)}
         spec = ray.put((type(model), model.config, dtype, tokenizer, engine or cfg.rollout.engine, kwargs))

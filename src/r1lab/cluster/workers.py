@@ -378,17 +378,19 @@ class RayWorkers(WorkerGroup[W]):
     or a local cluster sized for every Ray worker of the run), `cpus` and `gpus` each."""
 
     def __init__(self, worker_class: type[W], role: str, size: int, cluster: ClusterConfig, cpus: float = 1,
-                 gpus: float = 0):
+                 gpus: float = 0, resources: dict[str, float] | None = None):
         import ray
 
         super().__init__(worker_class, role, size, cluster.timeout_s)
         ensure_ray(cluster)
-        self.cpus, self.gpus = cpus, gpus
+        self.cpus, self.gpus, self.resources = cpus, gpus, dict(resources or {})
         have = ray.cluster_resources().get("CPU", 0)
         if have < cpus * size:
             log.warning("cluster: %d %ss of %g CPU each ask more than the Ray cluster's %g CPUs: those left over "
                         "wait for a free CPU, up to cluster.timeout_s", size, role, cpus, have)
-        self._actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0)(_RayHost)
+        # custom resources place the role on the nodes that offer them (cluster.*_resources)
+        self._actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, resources=self.resources or None,
+                                       max_restarts=0)(_RayHost)
         self.actors = [self._actor_class.remote() for _ in range(size)]
         self._finalizer = weakref.finalize(self, _kill, self.actors)
 
@@ -451,7 +453,8 @@ class RayWorkers(WorkerGroup[W]):
         return None
 
     def _asks(self) -> str:
-        return f"{self.cpus:g} CPU" + (f" and {self.gpus:g} GPU" if self.gpus else "")
+        custom = "".join(f" and {v:g} {k}" for k, v in sorted(self.resources.items()))
+        return f"{self.cpus:g} CPU" + (f" and {self.gpus:g} GPU" if self.gpus else "") + custom
 
     def restart(self, rank: int) -> None:
         _kill([self.actors[rank]])

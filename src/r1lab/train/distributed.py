@@ -284,7 +284,8 @@ class PolicyWorkerGroup:
             # this group's own size counts when it starts the local cluster (a caller may give `workers`)
             cluster = dataclasses.replace(c, trainer_workers=self.world)
             group: WorkerGroup[ShardedPolicyWorker] = RayWorkers(ShardedPolicyWorker, "trainer worker", self.world,
-                                                                 cluster, gpus=1 if c.backend == "nccl" else 0)
+                                                                 cluster, gpus=1 if c.backend == "nccl" else 0,
+                                                                 resources=c.trainer_resources)
             blob: Any = ray.put(_model_bytes(model))  # in the object store once for all the actors
             cuda = [0] * self.world  # Ray shows each actor only its own GPU
         else:
