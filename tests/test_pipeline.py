@@ -71,6 +71,8 @@ def with_stages(stages, **shared) -> dict:
     ([{"sft": {}}, {"data": {"steps": ["pairs"]}}, {"dpo": {"dpo": {"rounds": 2}}}],
      r"stages\[2\] \(dpo\): dpo.rounds: iterative rounds sample their own pairs"),
     ([{"sft": {}}, {"dpo": {"input": "train", "dpo": {"loss": "dpoo"}}}], r"stages\[1\] \(dpo\): dpo.loss='dpoo': expected one of 'dpo'"),
+    # an empty mapping set on a mapping field empties it (and is refused), it does not merge as nothing
+    ([{"sft": {}}, {"rl": {"reward": {"terms": {}}}}], r"stages\[1\] \(rl\): reward.terms=\{\}: expected a non-empty mapping"),
 ])
 def test_a_bad_stage_is_named_by_index_and_field(tmp_path, stages, message):
     with pytest.raises(ConfigError, match=message):

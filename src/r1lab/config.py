@@ -580,10 +580,19 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 RECIPE_META = ("description", "paper", "base")  # recipe keys that are not config fields
 
 
-def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any], schema: type | None = None) -> dict[str, Any]:
+    """`top`'s keys over `base`'s, mappings merged key by key. Given the config `schema` (a section's
+    dataclass), an empty mapping set on a mapping-valued field (`reward.terms: {}`) replaces it, as
+    it says, instead of merging as nothing; an empty section (`reward: {}`) still changes nothing."""
+    types = _field_types(schema) if schema is not None else {}
     out = dict(base)
     for k, v in top.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        sub = types.get(k)
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and not (v == {} and sub is not None
+                                                                          and not dataclasses.is_dataclass(sub)):
+            out[k] = deep_merge(out[k], v, sub if dataclasses.is_dataclass(sub) else None)
+        else:
+            out[k] = v
     return out
 
 

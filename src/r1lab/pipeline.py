@@ -230,7 +230,7 @@ def _plan_stage(i: int, entry: Any, shared: dict[str, Any], run_dir: Path, files
         if key not in fields:
             raise ConfigError(f"{where}: unknown key '{key}'{suggest_key(key, [*fields, *own], '')}")
     try:
-        cfg = build_section(RunConfig, deep_merge(shared, sections))
+        cfg = build_section(RunConfig, deep_merge(shared, sections, RunConfig))
         check_fields(cfg, paths=True)  # the files it names itself (those set below are written by earlier stages)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
