@@ -133,9 +133,9 @@ def test_kimi_length_groups_by_the_batch_group_not_the_problem():
     from r1lab.reward_shaping import kimi_length
 
     p = Problem(id="p", prompt="q", answer="1")
-    C = namedtuple("C", "response_ids")
+    C = namedtuple("C", "response_ids model_tokens")  # model_tokens: what the length terms count
     lengths = [10, 20, 100, 200]  # group 0: lengths 10, 20; group 1: 100, 200
-    comps = [C([0] * n) for n in lengths]
+    comps = [C([0] * n, n) for n in lengths]
     verdicts = [Verdict("correct")] * 4
     got = kimi_length([p] * 4, [""] * 4, verdicts, comps, group_size=2)
     assert got == [0.5, -0.5, 0.5, -0.5]  # each group from its own min and max
