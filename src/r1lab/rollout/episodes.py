@@ -65,6 +65,7 @@ class Episode:
     mask: list[int] = field(default_factory=list)  # per id: 1 = sampled by the model, 0 = environment
     logprobs: list[float] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)  # model turns and observations, in order (for reading)
+    who: list[str] = field(default_factory=list)  # per text: "model" or "env"
     turns: list[Turn] = field(default_factory=list)
     env_rewards: dict[str, float] = field(default_factory=dict)
     finish_reason: str = ""  # empty while running; then one of envs.FINISH_REASONS
@@ -186,6 +187,7 @@ def _advance(ep: Episode, c: Completion, turn: int, limits: EpisodeLimits, rende
     ep.mask += [1] * len(new)
     ep.logprobs += list(lps)
     ep.texts.append(text)
+    ep.who.append("model")
     record = Turn(model_tokens=len(new))
     ep.turns.append(record)
     ep.answer = text
@@ -219,6 +221,7 @@ def _advance(ep: Episode, c: Completion, turn: int, limits: EpisodeLimits, rende
     ep.mask += [0] * len(obs_ids)
     ep.logprobs += [0.0] * len(obs_ids)
     ep.texts.append(obs_text)
+    ep.who.append("env")
     record.env_tokens = len(obs_ids)
 
 
@@ -228,23 +231,26 @@ def _completion(ep: Episode) -> Completion:
     return Completion(
         problem_id=ep.problem.id, prompt_ids=list(ep.prompt_ids), response_ids=list(ep.ids), text="".join(ep.texts),
         logprobs=list(ep.logprobs), finish_reason="stop" if ep.finish_reason == "stop" else "length",
-        loss_mask=None if all(ep.mask) else list(ep.mask),
+        loss_mask=None if all(ep.mask) else list(ep.mask), transcript=list(zip(ep.who, ep.texts)),
     )
 
 
 def score_episodes(episodes: list[Episode], terms: dict[str, float], timeout: float = 5.0, workers: int = 2,
-                   settings: dict[str, float] | None = None) -> dict[str, list[float]]:
+                   settings: dict[str, float] | None = None, score: Callable[..., Any] | None = None
+                   ) -> dict[str, list[float]]:
     """The task's reward terms on each episode's answer (the verifier reads `answer`, not the tool
     outputs), plus the environment's own terms, weighted by `terms` like the others. Writes
-    verdict, rewards and reward into each episode's Completion; returns {term: values} and "total"."""
+    verdict, rewards and reward into each episode's Completion; returns {term: values} and "total".
+    `score` (compute_rewards' signature, the default) scores the answers: a Ray reward group may."""
     env_terms = {k: w for k, w in terms.items() if k not in REWARDS}
     produced = {k for ep in episodes for k in ep.env_rewards}
     if unknown := sorted(set(env_terms) - produced):
         raise ConfigError(f"reward terms {unknown} are neither registered terms nor produced by the environment; "
                           f"known terms: {', '.join(sorted(REWARDS))}")
     scored = [dataclasses.replace(ep.completion, text=ep.answer, rewards={}) for ep in episodes]
-    out = compute_rewards([ep.problem for ep in episodes], scored, {k: w for k, w in terms.items() if k in REWARDS},
-                          timeout=timeout, workers=workers, settings=settings)
+    score = score if score is not None else compute_rewards
+    out = score([ep.problem for ep in episodes], scored, {k: w for k, w in terms.items() if k in REWARDS},
+                timeout=timeout, workers=workers, settings=settings)
     for name in env_terms:
         out[name] = [ep.env_rewards.get(name, 0.0) for ep in episodes]
     for i, (ep, s) in enumerate(zip(episodes, scored)):
