@@ -69,7 +69,9 @@ class Episode:
     turns: list[Turn] = field(default_factory=list)
     env_rewards: dict[str, float] = field(default_factory=dict)
     finish_reason: str = ""  # empty while running; then one of envs.FINISH_REASONS
-    answer: str = ""  # what the verifier scores
+    # what the verifier and the reward terms score: the model's turns joined, never an observation
+    # (a tool's output cannot put an <answer> in the model's mouth; the format term sees every turn)
+    answer: str = ""
     completion: Completion | None = None
 
     @property
@@ -190,7 +192,7 @@ def _advance(ep: Episode, c: Completion, turn: int, limits: EpisodeLimits, rende
     ep.who.append("model")
     record = Turn(model_tokens=len(new))
     ep.turns.append(record)
-    ep.answer = text
+    ep.answer = "".join(t for who, t in zip(ep.who, ep.texts) if who == "model")
     if len(c.response_ids) > room or (c.finish_reason == "length" and len(ep.ids) >= limits.max_tokens):
         ep.finish_reason = "max_tokens"
         return

@@ -92,8 +92,20 @@ def check_env(cfg: RunConfig, engine: Engine | None = None) -> None:
         return
     if not isinstance(cfg.env.settings, dict):
         raise ConfigError(f"env.settings must be a mapping of the environment's settings, got {cfg.env.settings!r}")
-    env = make_env(cfg.env.name, **cfg.env.settings)
-    tools = sorted(env.tools) if isinstance(env, ToolEnvironment) else []
+    named = cfg.env.settings.get("tools")
+    if isinstance(named, (list, tuple)):  # before building: a refused tool may also fail to build (search without a corpus)
+        _check_allowed(cfg, [str(t) for t in named])
+    try:
+        env = make_env(cfg.env.name, **cfg.env.settings)
+    except ConfigError as e:  # name the config section the bad setting came from
+        raise ConfigError(f"env.settings of env.name={cfg.env.name}: {e}") from None
+    _check_allowed(cfg, sorted(env.tools) if isinstance(env, ToolEnvironment) else [])
+    if engine is not None and not engine.continues_ids:
+        raise ConfigError(f"env.name={cfg.env.name}: multi-turn episodes need an engine that continues token ids "
+                          f"(fast, hf, vllm); {type(engine).__name__} cannot")
+
+
+def _check_allowed(cfg: RunConfig, tools: list[str]) -> None:
     for family in cfg.data.tasks:
         allowed = getattr(TASKS.get(family), "tools", None)
         if allowed is None:
@@ -101,6 +113,3 @@ def check_env(cfg: RunConfig, engine: Engine | None = None) -> None:
         if refused := [t for t in tools if t not in allowed]:
             raise ConfigError(f"env.settings.tools: task family {family!r} does not allow {', '.join(refused)} "
                               f"(it allows: {', '.join(sorted(allowed)) or 'no tools'})")
-    if engine is not None and not engine.continues_ids:
-        raise ConfigError(f"env.name={cfg.env.name}: multi-turn episodes need an engine that continues token ids "
-                          f"(fast, hf, vllm); {type(engine).__name__} cannot")
