@@ -175,3 +175,51 @@ def test_the_rollout_batch_of_an_episode_masks_the_observation_everywhere():
     assert b.response_mask[0].tolist() == [0, 0, 1, 1, 0, 0, 0, 1]
     assert torch.equal(b.loss_mask, b.response_mask)
     assert prompt_lengths(b.attention_mask, b.response_mask).tolist() == [3]
+
+
+@pytest.mark.slow
+def test_a_multi_turn_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
+    """SIGKILL after a checkpoint, resume from the run directory: every logged number of every
+    step (env/* included) and the final weights equal the uninterrupted run's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from helpers_runs import run_and_kill_at
+
+    root = Path(__file__).resolve().parents[1]
+    # the CLI, with the test environment registered first
+    boot = (f"import sys; sys.path.insert(0, {str(root / 'tests')!r}); import helpers_episodes; "
+            "from r1lab.cli import main; sys.exit(main(sys.argv[1:]))")
+    args = ["model.tiny.hidden_size=64", "model.tiny.num_layers=2", "model.tiny.intermediate_size=128",
+            "data.train_size=120", "data.sft_size=10", "data.eval_size=4", "reward.verify_workers=1",
+            "reward.terms={accuracy: 1.0, cosine_length: 1.0, chatter_turns: 0.1}", "env.name=chatter",
+            "env.max_turns=3", "env.max_tokens=64", "train.steps=6", "train.prompts_per_step=2", "train.group_size=4",
+            "train.micro_batch_size=4", "train.mini_batches=2", "train.eval_every=0", "train.save_every=1",
+            "sampling.max_new_tokens=12", "eval.at_start=false", "eval.n=1", "eval.ks=[1]", "train.lr=1e-3"]
+
+    def rl(*extra):
+        return [sys.executable, "-c", boot, "rl", str(root / "recipes" / "tiny" / "grpo.yaml"), f"out_dir={tmp_path}",
+                "--quiet", *args, *extra]
+
+    def rows(run):
+        out = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not k.startswith(("time", "throughput/"))} for r in out]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(rl("name=whole"), check=True, env=env, capture_output=True)
+    state = tmp_path / "killed" / "checkpoints" / "state"
+    run_and_kill_at(rl("name=killed"), env, state / "step-000003.pt")
+    assert 3 <= len(rows(tmp_path / "killed")) < 6
+    out = subprocess.run(rl(f"resume={tmp_path / 'killed'}"), env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    whole, resumed = rows(tmp_path / "whole"), rows(tmp_path / "killed")
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    assert all(r["env/turns"] > 1 for r in whole)
+    assert resumed == whole
+    a = load_file(tmp_path / "whole" / "checkpoints" / "rl" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "checkpoints" / "rl" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
