@@ -223,3 +223,19 @@ def test_a_multi_turn_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_pa
     a = load_file(tmp_path / "whole" / "checkpoints" / "rl" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "checkpoints" / "rl" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_discounted_returns_cross_an_observation_span_with_one_gamma_in_float64():
+    """REINFORCE++ / PRIME returns-to-go count the model's tokens only, as GAE does: gamma once
+    across the observation, whatever its length; a reward inside the span is not read."""
+    from r1lab.algos.advantages import discounted_returns
+
+    mask = torch.tensor([[1, 1, 0, 0, 0, 1, 1, 0]], dtype=torch.float64)
+    r = torch.tensor([[0.5, 0.0, 7.0, 7.0, 7.0, 0.25, 1.0, 0.0]], dtype=torch.float64)
+    g = 0.9
+    want = [0.5 + g * 0.0 + g**2 * 0.25 + g**3 * 1.0, 0.0 + g * 0.25 + g**2 * 1.0, 0, 0, 0, 0.25 + g * 1.0, 1.0, 0]
+    assert discounted_returns(r, mask, g).tolist()[0] == pytest.approx(want, abs=1e-15)
+    # without holes the result is the plain return-to-go
+    full = torch.ones(1, 4, dtype=torch.float64)
+    assert discounted_returns(torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64), full, 0.5).tolist()[0] == \
+        pytest.approx([1 + 0.5 * 2 + 0.25 * 3 + 0.125 * 4, 2 + 0.5 * 3 + 0.25 * 4, 3 + 0.5 * 4, 4.0], abs=1e-15)
