@@ -239,3 +239,30 @@ def test_discounted_returns_cross_an_observation_span_with_one_gamma_in_float64(
     full = torch.ones(1, 4, dtype=torch.float64)
     assert discounted_returns(torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64), full, 0.5).tolist()[0] == \
         pytest.approx([1 + 0.5 * 2 + 0.25 * 3 + 0.125 * 4, 2 + 0.5 * 3 + 0.25 * 4, 3 + 0.5 * 4, 4.0], abs=1e-15)
+
+
+def test_the_tool_recipe_runs_rl_steps_on_calculator_episodes(tmp_path):
+    """recipes/tiny/tool_calc.yaml, shrunk: its data, its environment and its checks hold; a few
+    GRPO steps on episodes give finite losses and env/* metrics (the learning run is
+    benchmarks/tool_use.py)."""
+    import math
+    from pathlib import Path
+
+    from r1lab.config import load_config
+    from r1lab.rollout import HFEngine
+    from r1lab.stages import check_run_config, load_policy, prepare_data
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "tool_calc.yaml"
+    cfg = check_run_config(load_config(recipe, [
+        "model.tiny.hidden_size=64", "model.tiny.num_layers=2", "model.tiny.intermediate_size=128",
+        "data.train_size=100", "data.sft_size=20", "data.eval_size=4", "reward.verify_workers=1", "train.steps=2",
+        "train.prompts_per_step=2", "train.group_size=4", "train.eval_every=0", f"out_dir={tmp_path}"]))
+    assert cfg.env.name == "tools" and cfg.data.tasks == ["multiply"]
+    data = prepare_data(cfg, None, log=lambda *_: None)
+    tool_traces = [r for _, r in data.sft if "<calc>" in r]
+    assert 0 < len(tool_traces) < len(data.sft)  # both habits in the SFT data, every trace verified
+    model, tok = load_policy(cfg, data)
+    history = train_rl(cfg, model, tok, HFEngine(model, tok), data.rl_prompts, show_progress=False)
+    for h in history:
+        assert all(math.isfinite(h[k]) for k in ("loss/total", "policy/entropy", "reward/total"))
+        assert h["env/turns"] >= 1 and "env/tool_calls" in h
