@@ -1,4 +1,5 @@
-"""Tool use on the tiny model: recipes/tiny/tool_calc.yaml (3-digit multiplication with a calculator),
+"""Tool use on the tiny model: recipes/tiny/tool_calc.yaml (2-digit by 2-digit multiplication, 4-digit
+products, with a calculator),
 SFT on verified traces (half call the calculator, half answer from memory), then GRPO over
 multi-turn episodes; two seeds. Held-out episodes (eval.n samples per problem at eval.temperature)
 after SFT (step 0), every train.eval_every steps and at the end: accuracy and the share of episodes
@@ -74,7 +75,7 @@ def plot(runs: list[dict], path: Path) -> None:
     for ax in axes:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.suptitle("tool_calc: 3-digit multiplication with a calculator, tiny model, SFT then GRPO")
+    fig.suptitle("tool_calc: 2-digit x 2-digit multiplication with a calculator, tiny model, SFT then GRPO")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -84,10 +85,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     ap.add_argument("--out", default="/tmp/r1lab-tool-use")
+    ap.add_argument("--replot", action="store_true", help="only redraw the figure from results.json")
     ap.add_argument("overrides", nargs="*", help="key.sub=value settings on top of the recipe")
     args = ap.parse_args()
     results_dir = ROOT / "benchmarks" / "results" / "tool_use"
     results_dir.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        plot(json.loads((results_dir / "results.json").read_text())["runs"], results_dir / "tool_use.png")
+        return
     runs = [run(seed, Path(args.out), args.overrides) for seed in args.seeds]
     (results_dir / "results.json").write_text(json.dumps({"overrides": args.overrides, "runs": runs}, indent=1) + "\n")
     plot(runs, results_dir / "tool_use.png")
