@@ -8,7 +8,7 @@ from r1lab.cli import main
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError
 from r1lab.rollout.openai import OpenAIEngine
-from r1lab.train.episodes import check_env
+from r1lab.train.episodes import check_episode_engine
 
 BAD = [
     (["env.name=nope"], "env.name='nope': expected "),
@@ -44,6 +44,6 @@ def test_an_engine_that_cannot_continue_token_ids_is_refused_for_episodes():
     assert not engine.continues_ids
     with pytest.raises(ConfigError, match=r"^env.name=tools: multi-turn episodes need an engine that continues token "
                                           r"ids \(fast, hf, vllm\); OpenAIEngine cannot$"):
-        check_env(cfg, engine)
+        check_episode_engine(cfg, engine)
     cfg.env.name = "one_turn"
-    check_env(cfg, engine)  # a one-turn run asks nothing of the engine
+    check_episode_engine(cfg, engine)  # a one-turn run asks nothing of the engine

@@ -39,6 +39,8 @@ def chatter_cfg(steps=2, **cluster) -> RunConfig:
     cfg.reward.terms = {"accuracy": 1.0, "cosine_length": 1.0, "chatter_turns": 0.1}
     for k, v in cluster.items():
         setattr(cfg.cluster, k, v)
+    if cfg.cluster.off_policy_steps:  # what check_run_config would set for a direct train_rl call
+        cfg.algo.correction = "tis"
     return cfg
 
 

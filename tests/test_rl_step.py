@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from r1lab.algos import aggregate, get_correction
-from r1lab.algos.corrections import masked_is_weight, truncated_is_weight
+from r1lab.algos.corrections import icepop_weight, masked_is_weight, sequence_masked_is_weight, truncated_is_weight
 from r1lab.config import RunConfig
 from r1lab.records import Problem
 from r1lab.rollout import FastEngine, HFEngine
@@ -165,6 +165,52 @@ def test_masked_is_weight_against_hand_computed_float64():
     assert masked_is_weight(torch.tensor([0.0, -1000.0]), torch.tensor([-1000.0, 0.0]), cap=2.0).tolist() == [0.0, 0.0]
     with pytest.raises(ValueError):
         masked_is_weight(trainer_lp, engine_lp, cap=1.0)
+
+
+def test_icepop_weight_against_hand_computed_float64():
+    trainer_lp = torch.tensor([[-1.0, -2.0, -0.5, -0.1, -3.0, -1.0, 0.0]], dtype=torch.float64)
+    engine_lp = torch.tensor([[-1.5, -1.0, -0.5, -1.3, -0.2, -1.69, -1.7]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 1, 1]], dtype=torch.float64)
+    w = icepop_weight(trainer_lp, engine_lp, mask)  # band [0.5, 5]
+    # exp(0.5) kept; exp(-1) = 0.368 < 0.5 dropped; 1 kept; exp(1.2) = 3.320 kept (masked_is at C=2 drops it);
+    # masked; exp(0.69) kept; exp(1.7) = 5.474 > 5 dropped
+    expected = [1.6487212707001282, 0.0, 1.0, 3.3201169227365472, 0.0, 1.9937155332430823, 0.0]
+    assert w[0].tolist() == pytest.approx(expected, abs=1e-12)
+    assert get_correction("icepop") is icepop_weight
+    assert icepop_weight(trainer_lp, engine_lp, mask, low=0.3, high=2.0)[0, 1].item() == pytest.approx(math.exp(-1.0), abs=1e-15)
+    assert not icepop_weight(trainer_lp.clone().requires_grad_(True), engine_lp).requires_grad
+    assert icepop_weight(torch.tensor([0.0, -1000.0]), torch.tensor([-1000.0, 0.0])).tolist() == [0.0, 0.0]
+    for low, high in ((1.0, 5.0), (0.5, 1.0), (0.0, 5.0)):
+        with pytest.raises(ValueError):
+            icepop_weight(trainer_lp, engine_lp, low=low, high=high)
+
+
+def test_sequence_masked_is_weight_against_hand_computed_float64():
+    # row 0: log ratios 0.5, -1, 0, 1.2, (masked 2.8), 0.69 -> sum 1.39, rho = exp(1.39) = 4.0149
+    # row 1: 0.1, -0.3, 0.05 -> sum -0.15, rho = 0.8607 (kept: one-sided); row 2: padding only
+    trainer_lp = torch.tensor([[-1.0, -2.0, -0.5, -0.1, -3.0, -1.0],
+                               [-1.0, -1.3, -0.95, 0.0, 0.0, 0.0],
+                               [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    engine_lp = torch.tensor([[-1.5, -1.0, -0.5, -1.3, -5.8, -1.69],
+                              [-1.1, -1.0, -1.0, 0.0, 0.0, 0.0],
+                              [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 1], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.float64)
+    rho0, rho1 = math.exp(1.39), math.exp(-0.15)
+    w = sequence_masked_is_weight(trainer_lp, engine_lp, mask, cap=5.0)
+    f64 = lambda rows: torch.tensor(rows, dtype=torch.float64)  # noqa: E731
+    # float64: a five-term sum and one exp, each within a few ulps of 4 (1e-15): 1e-12 is loose
+    torch.testing.assert_close(w, f64([[rho0, rho0, rho0, rho0, 0.0, rho0], [rho1] * 3 + [0.0] * 3, [0.0] * 6]),
+                               rtol=0, atol=1e-12)
+    w = sequence_masked_is_weight(trainer_lp, engine_lp, mask, cap=2.0)  # rho0 > 2: the whole response dropped
+    torch.testing.assert_close(w, f64([[0.0] * 6, [rho1] * 3 + [0.0] * 3, [0.0] * 6]), rtol=0, atol=1e-12)
+    assert get_correction("seq_masked_is") is sequence_masked_is_weight
+    # a long response whose tiny per-token gaps multiply past exp's range: dropped, never inf or nan
+    long_t, long_e = torch.zeros(1, 4000, dtype=torch.float64), torch.full((1, 4000), -0.5, dtype=torch.float64)
+    assert float(sequence_masked_is_weight(long_t, long_e, cap=2.0).abs().sum()) == 0.0
+    assert float(sequence_masked_is_weight(long_e, long_t, cap=2.0)[0, 0]) == 0.0  # exp(-2000) underflows to 0
+    assert not sequence_masked_is_weight(trainer_lp.clone().requires_grad_(True), engine_lp).requires_grad
+    with pytest.raises(ValueError):
+        sequence_masked_is_weight(trainer_lp, engine_lp, cap=1.0)
 
 
 def test_masked_correction_drops_out_of_bound_tokens_from_the_loss(tiny):

@@ -83,11 +83,10 @@ def episode_eval(cfg: RunConfig, engine: Engine, problems: list[Problem], seed: 
             "eval/used_tool": mean(any(t.tool_calls for t in ep.turns) for ep in episodes)}
 
 
-def check_env(cfg: RunConfig, engine: Engine | None = None) -> None:
+def check_env(cfg: RunConfig) -> None:
     """Build the environment once from env.name and env.settings, so a bad name or setting (an
     unknown tool, a bad call format, a limit out of range) is a one-line ConfigError before anything
-    is written; then check its tools against what each task family of data.tasks allows, and, given
-    the engine, that it can continue token ids."""
+    is written; then check its tools against what each task family of data.tasks allows."""
     if not is_episodic(cfg):
         return
     if not isinstance(cfg.env.settings, dict):
@@ -100,7 +99,11 @@ def check_env(cfg: RunConfig, engine: Engine | None = None) -> None:
     except ConfigError as e:  # name the config section the bad setting came from
         raise ConfigError(f"env.settings of env.name={cfg.env.name}: {e}") from None
     _check_allowed(cfg, sorted(env.tools) if isinstance(env, ToolEnvironment) else [])
-    if engine is not None and not engine.continues_ids:
+
+
+def check_episode_engine(cfg: RunConfig, engine: Engine) -> None:
+    """Episodes continue token ids: an engine that cannot (an endpoint) is refused in one line."""
+    if is_episodic(cfg) and not engine.continues_ids:
         raise ConfigError(f"env.name={cfg.env.name}: multi-turn episodes need an engine that continues token ids "
                           f"(fast, hf, vllm); {type(engine).__name__} cannot")
 

@@ -44,7 +44,7 @@ from r1lab.runs import MetricsWriter
 from r1lab.train.batch import RolloutBatch, rollout_batch, update_plan
 from r1lab.train.checkpoint import save_state
 from r1lab.train.collect import Collected, collect
-from r1lab.train.episodes import EpisodeRollout, check_env, is_episodic, response_budget
+from r1lab.train.episodes import EpisodeRollout, check_episode_engine, is_episodic, response_budget
 from r1lab.train.methods import bind_method
 from r1lab.train.policy import LocalPolicyWorker, PolicyWorker
 from r1lab.train.prm import ImplicitPRM
@@ -56,11 +56,12 @@ class RLTrainer:
     """The RL loop over an engine and a policy worker."""
 
     def __init__(self, cfg: RunConfig, model, tokenizer, engine: Engine, policy: PolicyWorker | None = None):
-        from r1lab.cluster import check_cluster, with_off_policy_correction
-
-        check_cluster(cfg)
-        check_env(cfg, engine)
-        cfg = with_off_policy_correction(cfg)  # the behaviour-policy correction on by default when off-policy
+        # the config comes checked and resolved (stages.check_run_config): the trainer decides nothing
+        # about it again, it only refuses a combination it cannot train correctly
+        if cfg.cluster.off_policy_steps > 0 and not cfg.algo.correction:
+            raise ConfigError(f"cluster.off_policy_steps={cfg.cluster.off_policy_steps} needs an off-policy correction "
+                              "(algo.correction); stages.check_run_config sets tis when none is chosen")
+        check_episode_engine(cfg, engine)
         self.cfg = cfg
         self.method = bind_method(cfg.algo)
         self._owned: list[Any] = []  # workers this trainer started, closed by close()
