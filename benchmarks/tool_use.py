@@ -55,6 +55,36 @@ def run(seed: int, out: Path, overrides: list[str]) -> dict:
                                             "env/tool_errors", "response/length")} for r in rows]}
 
 
+def split_by_tool(run_dir: Path) -> dict:
+    """The held-out episodes of a finished run's SFT and GRPO checkpoints (the recipe's eval
+    settings), split by whether the episode called a tool: how many, and how many were right."""
+    from statistics import mean
+
+    from r1lab.config import load_config
+    from r1lab.models import load_model
+    from r1lab.records import load_problems
+    from r1lab.rollout import build_engine
+    from r1lab.rollout.episodes import run_episodes, score_episodes
+    from r1lab.rollout.base import SamplingParams
+    from r1lab.train.episodes import limits_of
+
+    cfg = load_config(str(run_dir / "config.yaml"))
+    problems = load_problems(run_dir / "data" / "eval.jsonl")
+    out = {}
+    for ck in ("sft", "rl"):
+        model, tok = load_model(str(run_dir / "checkpoints" / ck), "float32")
+        params = SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.sampling.max_new_tokens)
+        eps = run_episodes(build_engine(model, tok, cfg.rollout), problems, params, n=cfg.eval.n, seed=0,
+                           env=cfg.env.name, env_settings=cfg.env.settings, limits=limits_of(cfg))
+        score_episodes(eps, {"accuracy": 1.0}, workers=1)
+        calls = [ep.completion.verdict.correct for ep in eps if any(t.tool_calls for t in ep.turns)]
+        none = [ep.completion.verdict.correct for ep in eps if not any(t.tool_calls for t in ep.turns)]
+        out[ck] = {"with_call": len(calls), "acc_with_call": mean(calls) if calls else None,
+                   "without": len(none), "acc_without": mean(none) if none else None}
+        print(run_dir.name, ck, out[ck], flush=True)
+    return out
+
+
 def plot(runs: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -86,10 +116,16 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     ap.add_argument("--out", default="/tmp/r1lab-tool-use")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure from results.json")
+    ap.add_argument("--split", nargs="*", type=Path, default=[],
+                    help="finished run directories: held-out accuracy with and without a tool call, SFT and GRPO")
     ap.add_argument("overrides", nargs="*", help="key.sub=value settings on top of the recipe")
     args = ap.parse_args()
     results_dir = ROOT / "benchmarks" / "results" / "tool_use"
     results_dir.mkdir(parents=True, exist_ok=True)
+    if args.split:
+        for run_dir in args.split:
+            split_by_tool(run_dir)
+        return
     if args.replot:
         plot(json.loads((results_dir / "results.json").read_text())["runs"], results_dir / "tool_use.png")
         return

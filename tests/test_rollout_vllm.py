@@ -326,6 +326,9 @@ def test_generate_ids_and_greedy_episodes_equal_the_hf_engines(qwen):
     from r1lab.rollout.episodes import EpisodeLimits, run_episodes
 
     model, tok, engine = qwen
+    model = copy.deepcopy(model)  # the fixture's engine serves this copy (earlier tests changed the one it held)
+    engine.model = model
+    engine.load_weights(merged_weights(model), 0)
     prompts = [list(c.prompt_ids) + list(c.response_ids[:3]) for c in HFEngine(model, tok).generate(
         problems(), SamplingParams(temperature=0.0, max_new_tokens=6))]
     greedy = SamplingParams(temperature=0.0, max_new_tokens=16)
