@@ -37,7 +37,7 @@ def check_run_config(cfg: RunConfig, paths: bool = True) -> RunConfig:
     from r1lab.domains import check_fields
     from r1lab.rollout import check_engine
     from r1lab.tracking import check_tracking
-    from r1lab.train.episodes import check_env
+    from r1lab.rollout.episodes import check_env
     from r1lab.train.methods import bind_method, check_method_settings
 
     check_fields(cfg, paths=paths)
@@ -207,7 +207,8 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
     """The RL stage, with resumable checkpoints (train.save_every). `resume` (default: whether
     cfg.resume is set) continues from the run's last RL checkpoint; returns the steps run here."""
     from r1lab.train.lora import apply_lora, merge_lora
-    from r1lab.train.episodes import episode_eval, is_episodic
+    from r1lab.rollout.episodes import is_episodic
+    from r1lab.train.episodes import episode_eval
     from r1lab.train.rl import rl_engine, train_rl
 
     lora = apply_lora(model, cfg.train.lora, "train.lora")  # adapters in place; None = full fine-tuning

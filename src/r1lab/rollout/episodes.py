@@ -24,12 +24,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from r1lab.envs import Environment, StepResult, make_env
+from r1lab.config import RunConfig
+from r1lab.envs import Environment, StepResult, ToolEnvironment, make_env
 from r1lab.errors import ConfigError
 from r1lab.records import Completion, Problem, prompt_text
 from r1lab.reward_registry import REWARDS
 from r1lab.rewards import compute_rewards
 from r1lab.rollout.base import SamplingParams, encode_prompts
+from r1lab.tasks import TASKS
 
 TURN_SEED_STRIDE = 104_729  # turn t of a call samples with seed + t * stride (each turn its own draws)
 
@@ -283,3 +285,43 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
         key = f"env/finish/{ep.finish_reason}"
         out[key] = out.get(key, 0.0) + 1 / E
     return out
+
+
+# --- the env section of a run config ---------------------------------------------------------------
+
+
+def is_episodic(cfg: RunConfig) -> bool:
+    return cfg.env.name != "one_turn"
+
+
+def limits_of(cfg: RunConfig) -> EpisodeLimits:
+    """env.max_turns and env.max_tokens as the runner's limits."""
+    return EpisodeLimits(max_turns=cfg.env.max_turns, max_tokens=cfg.env.max_tokens)
+
+
+def check_env(cfg: RunConfig) -> None:
+    """Build the environment once from env.name and env.settings, so a bad name or setting (an
+    unknown tool, a bad call format, a limit out of range) is a one-line ConfigError before anything
+    is written; then check its tools against what each task family of data.tasks allows."""
+    if not is_episodic(cfg):
+        return
+    if not isinstance(cfg.env.settings, dict):
+        raise ConfigError(f"env.settings must be a mapping of the environment's settings, got {cfg.env.settings!r}")
+    named = cfg.env.settings.get("tools")
+    if isinstance(named, (list, tuple)):  # before building: a refused tool may also fail to build (search without a corpus)
+        _check_allowed(cfg, [str(t) for t in named])
+    try:
+        env = make_env(cfg.env.name, **cfg.env.settings)
+    except ConfigError as e:  # name the config section the bad setting came from
+        raise ConfigError(f"env.settings of env.name={cfg.env.name}: {e}") from None
+    _check_allowed(cfg, sorted(env.tools) if isinstance(env, ToolEnvironment) else [])
+
+
+def _check_allowed(cfg: RunConfig, tools: list[str]) -> None:
+    for family in cfg.data.tasks:
+        allowed = getattr(TASKS.get(family), "tools", None)
+        if allowed is None:
+            continue
+        if refused := [t for t in tools if t not in allowed]:
+            raise ConfigError(f"env.settings.tools: task family {family!r} does not allow {', '.join(refused)} "
+                              f"(it allows: {', '.join(sorted(allowed)) or 'no tools'})")

@@ -4,7 +4,9 @@
 seed, score)`): its `rollout` runs the episodes (rollout/episodes.run_episodes over the engine's
 `generate_ids`), its `score` scores them with `score_episodes` (the task's verifier on the answer,
 the environment's own reward terms beside it), and `metrics` reports the step's env/* numbers.
-One is made per collection, so a background (off-policy) collection holds its own.
+One is made per collection, so a background (off-policy) collection holds its own. The env
+section's checks (check_env) and limits (limits_of) live in rollout/episodes.py, where evaluation
+can use them too.
 
 A one-turn run never comes here: its rollouts are `engine.generate`, exactly as before.
 """
@@ -15,20 +17,10 @@ from statistics import mean
 from typing import Any, Callable
 
 from r1lab.config import RunConfig
-from r1lab.envs import ToolEnvironment, make_env
 from r1lab.errors import ConfigError
 from r1lab.records import Completion, Problem
 from r1lab.rollout.base import Engine, SamplingParams
-from r1lab.rollout.episodes import Episode, EpisodeLimits, episode_metrics, run_episodes, score_episodes
-from r1lab.tasks import TASKS
-
-
-def is_episodic(cfg: RunConfig) -> bool:
-    return cfg.env.name != "one_turn"
-
-
-def limits_of(cfg: RunConfig) -> EpisodeLimits:
-    return EpisodeLimits(max_turns=cfg.env.max_turns, max_tokens=cfg.env.max_tokens)
+from r1lab.rollout.episodes import Episode, episode_metrics, is_episodic, limits_of, run_episodes, score_episodes
 
 
 def response_budget(cfg: RunConfig, max_new_tokens: int) -> int:
@@ -83,36 +75,8 @@ def episode_eval(cfg: RunConfig, engine: Engine, problems: list[Problem], seed: 
             "eval/used_tool": mean(any(t.tool_calls for t in ep.turns) for ep in episodes)}
 
 
-def check_env(cfg: RunConfig) -> None:
-    """Build the environment once from env.name and env.settings, so a bad name or setting (an
-    unknown tool, a bad call format, a limit out of range) is a one-line ConfigError before anything
-    is written; then check its tools against what each task family of data.tasks allows."""
-    if not is_episodic(cfg):
-        return
-    if not isinstance(cfg.env.settings, dict):
-        raise ConfigError(f"env.settings must be a mapping of the environment's settings, got {cfg.env.settings!r}")
-    named = cfg.env.settings.get("tools")
-    if isinstance(named, (list, tuple)):  # before building: a refused tool may also fail to build (search without a corpus)
-        _check_allowed(cfg, [str(t) for t in named])
-    try:
-        env = make_env(cfg.env.name, **cfg.env.settings)
-    except ConfigError as e:  # name the config section the bad setting came from
-        raise ConfigError(f"env.settings of env.name={cfg.env.name}: {e}") from None
-    _check_allowed(cfg, sorted(env.tools) if isinstance(env, ToolEnvironment) else [])
-
-
 def check_episode_engine(cfg: RunConfig, engine: Engine) -> None:
     """Episodes continue token ids: an engine that cannot (an endpoint) is refused in one line."""
     if is_episodic(cfg) and not engine.continues_ids:
         raise ConfigError(f"env.name={cfg.env.name}: multi-turn episodes need an engine that continues token ids "
                           f"(fast, hf, vllm); {type(engine).__name__} cannot")
-
-
-def _check_allowed(cfg: RunConfig, tools: list[str]) -> None:
-    for family in cfg.data.tasks:
-        allowed = getattr(TASKS.get(family), "tools", None)
-        if allowed is None:
-            continue
-        if refused := [t for t in tools if t not in allowed]:
-            raise ConfigError(f"env.settings.tools: task family {family!r} does not allow {', '.join(refused)} "
-                              f"(it allows: {', '.join(sorted(allowed)) or 'no tools'})")
