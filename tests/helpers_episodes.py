@@ -59,6 +59,7 @@ class ChatterEnvironment(Environment):
 
     name = "chatter"
     stop = tuple("aeiont<")
+    reward_terms = ("chatter_turns",)
 
     def __init__(self, reply: str = "<output>ok</output>"):
         self.reply = reply

@@ -394,6 +394,7 @@ def test_two_rollout_workers_run_the_episodes_one_engine_runs(cluster, lively):
             remote = run_episodes(group, problems(3), params, n=2, seed=seed, env="chatter", limits=limits)
             assert any(len(ep.turns) > 1 for ep in local)
             assert [(ep.ids, ep.mask, ep.finish_reason) for ep in remote] == [(ep.ids, ep.mask, ep.finish_reason) for ep in local]
-            assert [x for ep in remote for x in ep.logprobs] == pytest.approx([x for ep in local for x in ep.logprobs], abs=1e-5)
+            # fp32 sums over other batch shapes (actor shares, live rows per turn): ~1e-5 apart
+            assert [x for ep in remote for x in ep.logprobs] == pytest.approx([x for ep in local for x in ep.logprobs], abs=1e-4)
     finally:
         group.close()

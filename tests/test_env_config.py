@@ -25,6 +25,8 @@ BAD = [
     (["env.name=tools", "env.settings={hammer: 1}"], "environment 'tools': bad settings ['hammer']"),
     (["env.name=tools", "env.settings={tool_settings: {calculator: {nope: 1}}}"], "tool 'calculator': bad settings ['nope']"),
     (["env.name=tools", "env.settings=3"], "env.settings: expected a mapping, got 3"),
+    (["reward.terms={accuracy: 1.0, tool_errors: 0.5}"],
+     "reward.terms: tool_errors is not a term env.name=one_turn produces (it produces: none)"),
 ]
 
 
@@ -47,3 +49,13 @@ def test_an_engine_that_cannot_continue_token_ids_is_refused_for_episodes():
         check_episode_engine(cfg, engine)
     cfg.env.name = "one_turn"
     check_episode_engine(cfg, engine)  # a one-turn run asks nothing of the engine
+
+
+def test_environment_reward_terms_pass_the_config_domain_when_the_environment_produces_them():
+    from r1lab.config import load_config
+    from r1lab.stages import check_run_config
+
+    cfg = load_config("recipes/tiny/tool_calc.yaml", ["reward.terms={accuracy: 1.0, tool_calls: 0.1, tool_errors: 0.5}"])
+    check_run_config(cfg)
+    with pytest.raises(ConfigError, match="key 'tool_callz': expected one of"):
+        load_config("recipes/tiny/tool_calc.yaml", ["reward.terms={accuracy: 1.0, tool_callz: 0.1}"])

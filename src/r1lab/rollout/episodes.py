@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from r1lab.config import RunConfig
-from r1lab.envs import Environment, StepResult, ToolEnvironment, make_env
+from r1lab.envs import ENVS, Environment, StepResult, ToolEnvironment, make_env
 from r1lab.errors import ConfigError
 from r1lab.records import Completion, Problem, prompt_text
 from r1lab.reward_registry import REWARDS
@@ -302,7 +302,12 @@ def limits_of(cfg: RunConfig) -> EpisodeLimits:
 def check_env(cfg: RunConfig) -> None:
     """Build the environment once from env.name and env.settings, so a bad name or setting (an
     unknown tool, a bad call format, a limit out of range) is a one-line ConfigError before anything
-    is written; then check its tools against what each task family of data.tasks allows."""
+    is written; then check its tools against what each task family of data.tasks allows, and that
+    every environment term reward.terms weighs is one this environment produces."""
+    declared = getattr(ENVS.factories.get(cfg.env.name), "reward_terms", ())
+    if foreign := [t for t in cfg.reward.terms if t not in REWARDS and t not in declared]:
+        raise ConfigError(f"reward.terms: {', '.join(foreign)} is not a term env.name={cfg.env.name} produces "
+                          f"(it produces: {', '.join(declared) or 'none'})")
     if not is_episodic(cfg):
         return
     if not isinstance(cfg.env.settings, dict):
