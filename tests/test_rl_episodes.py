@@ -209,7 +209,8 @@ def test_a_multi_turn_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_pa
 
     def rows(run):
         out = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if not k.startswith(("time", "throughput/"))} for r in out]
+        # timings differ run to run: time/*, throughput/*, and the seconds spent in the environment
+        return [{k: v for k, v in r.items() if not k.startswith(("time", "throughput/", "env/env_seconds"))} for r in out]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(rl("name=whole"), check=True, env=env, capture_output=True)
@@ -221,6 +222,7 @@ def test_a_multi_turn_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_pa
     whole, resumed = rows(tmp_path / "whole"), rows(tmp_path / "killed")
     assert [r["step"] for r in resumed] == list(range(1, 7))
     assert all(r["env/turns"] > 1 for r in whole)
+    assert [{k: v for k, v in r.items() if w.get(k) != v} for r, w in zip(resumed, whole)] == [{}] * 6
     assert resumed == whole
     a = load_file(tmp_path / "whole" / "checkpoints" / "rl" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "checkpoints" / "rl" / "model.safetensors")
