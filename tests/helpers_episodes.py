@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from r1lab.envs import Environment, StepResult, register_env
 from r1lab.records import Completion
 from r1lab.rollout.base import Engine, stop_string_end
 
@@ -47,3 +48,23 @@ def spelled(tok, text):
         ids += tok(ch, add_special_tokens=False)["input_ids"]
     assert ids != tok(text, add_special_tokens=False)["input_ids"]
     return ids
+
+
+@register_env("chatter")
+class ChatterEnvironment(Environment):
+    """A multi-turn environment a random model plays: every model turn ends at a common letter or
+    "<" (a random tiny model writes one within a few tokens) and is answered with the same observation, until
+    max_turns or the model's end of sequence. Each answered turn counts one tool call; a turn that
+    holds a digit counts one tool error as well (so both metrics vary)."""
+
+    name = "chatter"
+    stop = tuple("aeiont<")
+    reward_terms = ("chatter_turns",)
+
+    def __init__(self, reply: str = "<output>ok</output>"):
+        self.reply = reply
+
+    def step(self, turn_text):
+        errors = int(any(ch.isdigit() for ch in turn_text))
+        return StepResult(self.reply, done=False, rewards={"chatter_turns": 1.0},
+                          info={"tool_calls": 1, "tool_errors": errors})

@@ -373,3 +373,28 @@ def test_ensure_ray_starts_a_local_cluster_whose_workers_import_this_r1lab(tmp_p
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["3", r1lab.__file__, "1"]
+
+
+@pytest.mark.slow
+def test_two_rollout_workers_run_the_episodes_one_engine_runs(cluster, lively):
+    """Episodes through the Ray rollout group: each model turn's id prompts are split across the
+    actors with their sample numbers; greedy and sampled multi-turn episodes equal one engine's."""
+    import helpers_episodes  # noqa: F401  (registers "chatter")
+    from r1lab.cluster.rollout_group import RayRolloutGroup
+    from r1lab.rollout.episodes import EpisodeLimits, run_episodes
+
+    model, tok = lively
+    limits = EpisodeLimits(max_turns=3, max_tokens=64)
+    group = RayRolloutGroup(cfg_with(rollout_workers=2), model, tok)
+    try:
+        for params, seed in ((SamplingParams(temperature=0.0, max_new_tokens=12), None),
+                             (SamplingParams(temperature=1.0, max_new_tokens=12), 11)):
+            local = run_episodes(FastEngine(model, tok, dtype="float32"), problems(3), params, n=2, seed=seed,
+                                 env="chatter", limits=limits)
+            remote = run_episodes(group, problems(3), params, n=2, seed=seed, env="chatter", limits=limits)
+            assert any(len(ep.turns) > 1 for ep in local)
+            assert [(ep.ids, ep.mask, ep.finish_reason) for ep in remote] == [(ep.ids, ep.mask, ep.finish_reason) for ep in local]
+            # fp32 sums over other batch shapes (actor shares, live rows per turn): ~1e-5 apart
+            assert [x for ep in remote for x in ep.logprobs] == pytest.approx([x for ep in local for x in ep.logprobs], abs=1e-4)
+    finally:
+        group.close()

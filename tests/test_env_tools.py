@@ -203,7 +203,7 @@ def test_tool_episode_through_the_runner(tiny, call_format):
                       limits=EpisodeLimits(max_turns=4, max_tokens=2000))[0]
     assert ep.finish_reason == "stop" and len(ep.turns) == 3
     obs_texts = ep.texts[1::2][:2]
-    assert ("5\n" in obs_texts[0] and "21\n" in obs_texts[1]) and ep.answer == "<answer>21</answer>"
+    assert ("5\n" in obs_texts[0] and "21\n" in obs_texts[1]) and ep.answer == "".join(turns) + "<answer>21</answer>"
     sampled = [i for i, m in zip(ep.ids, ep.mask) if m]
     assert sampled == [t for s in script for t in s]
     score_episodes([ep], {"accuracy": 1.0, "tool_errors": -0.5}, workers=0)

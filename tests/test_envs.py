@@ -134,7 +134,9 @@ def test_three_turn_episode_is_the_sampled_ids_plus_the_observation_ids(tiny, qw
     # each turn continued the previous turn's ids exactly
     assert engine.calls[1][0] == ep.prompt_ids + script[0] + obs
     assert engine.calls[2][0] == ep.prompt_ids + script[0] + obs + script[1] + obs
-    assert ep.answer == "<think>c</think><answer>5</answer>" and ep.env_rewards == {"calls": 2.0}
+    # the verifier reads the model's turns joined, none of the observations
+    assert ep.answer == "<think>a</think>ab <call>x</call><think>b</think>2 <call>y</call><think>c</think><answer>5</answer>"
+    assert ep.env_rewards == {"calls": 2.0}
     assert [(t.model_tokens, t.env_tokens, t.tool_calls) for t in ep.turns] == [
         (len(script[0]), len(obs), 1), (len(script[1]), len(obs), 1), (len(script[2]), 0, 0)]
     # re-rendering the conversation would not give these ids (the Qwen-style template drops the

@@ -245,6 +245,38 @@ def test_grpo_steps_with_the_vllm_engine_never_sample_stale_weights(qwen):
         _same_as_hf(model, tok, engine, greedy)
 
 
+def test_generate_ids_and_greedy_episodes_equal_the_hf_engines(qwen):
+    """(Before the tests that start and close engines of their own: closing one tears down vLLM's
+    process-wide parallel state, which the module's shared engine needs.)
+    Token ids in, token ids and log-probs out: continuations of id prompts equal the HF engine's
+    (greedy), a call split with first_sample samples what the whole call does, and greedy
+    multi-turn episodes (the test environment "chatter") are the HF engine's, id for id."""
+    import helpers_episodes  # noqa: F401  (registers "chatter")
+    from r1lab.rollout.episodes import EpisodeLimits, run_episodes
+
+    model, tok, engine = qwen
+    model = copy.deepcopy(model)  # the fixture's engine serves this copy (earlier tests changed the one it held)
+    engine.model = model
+    engine.load_weights(merged_weights(model), 0)
+    prompts = [list(c.prompt_ids) + list(c.response_ids[:3]) for c in HFEngine(model, tok).generate(
+        problems(), SamplingParams(temperature=0.0, max_new_tokens=6))]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=16)
+    ref, got = HFEngine(model, tok).generate_ids(prompts, greedy), engine.generate_ids(prompts, greedy)
+    assert [(c.problem_id, c.response_ids, c.text, c.finish_reason) for c in got] == \
+        [(c.problem_id, c.response_ids, c.text, c.finish_reason) for c in ref]
+    assert [x for c in got for x in c.logprobs] == pytest.approx([x for c in ref for x in c.logprobs], abs=LOGPROB_BOUND)
+    sampled = SamplingParams(temperature=1.0, max_new_tokens=16)
+    whole = engine.generate_ids(prompts, sampled, seed=4)
+    tail = engine.generate_ids(prompts[2:], sampled, seed=4, first_sample=2)
+    assert [c.response_ids for c in tail] == [c.response_ids for c in whole[2:]]
+    limits = EpisodeLimits(max_turns=3, max_tokens=64)
+    a = run_episodes(HFEngine(model, tok), problems(), greedy, env="chatter", limits=limits)
+    b = run_episodes(engine, problems(), greedy, env="chatter", limits=limits)
+    assert any(len(ep.turns) > 1 for ep in a)
+    assert [(ep.ids, ep.mask, ep.finish_reason) for ep in b] == [(ep.ids, ep.mask, ep.finish_reason) for ep in a]
+    assert [x for ep in b for x in ep.logprobs] == pytest.approx([x for ep in a for x in ep.logprobs], abs=LOGPROB_BOUND)
+
+
 def test_rl_command_runs_grpo_with_the_vllm_engine(tmp_path):
     pytest.importorskip("vllm")
     tiny = ["model.tiny.hidden_size=64", "model.tiny.num_layers=2", "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1",

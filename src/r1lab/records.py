@@ -119,6 +119,14 @@ class Completion:
     # tool's output, a chat template's turn markers; its `logprobs` entry is 0.0). None: every token
     # is the model's (every one-turn rollout)
     loss_mask: list[int] | None = None
+    # a multi-turn episode, for reading: (who, text) per part in order, who "model" or "env"; None otherwise
+    transcript: list[tuple[str, str]] | None = None
+
+    @property
+    def model_tokens(self) -> int:
+        """The tokens the model sampled: the response minus what an environment inserted. Length
+        rewards, length metrics and per-token normalisations count these."""
+        return sum(self.loss_mask) if self.loss_mask is not None else len(self.response_ids)
 
     @property
     def num_tokens(self) -> int | None:

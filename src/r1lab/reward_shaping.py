@@ -14,7 +14,14 @@ from r1lab.reward_registry import register_reward
 
 
 def _length(c) -> int:
-    return len(c.response_ids)
+    # the model's own tokens: a multi-turn episode's tool outputs are not length the model wrote
+    return c.model_tokens
+
+
+def _model_ids(c) -> list[int]:
+    if c.loss_mask is None:
+        return list(c.response_ids)
+    return [t for t, m in zip(c.response_ids, c.loss_mask) if m]
 
 
 def soft_overlong_value(length: int, max_len: float, cache: float) -> float:
@@ -101,7 +108,8 @@ def repeated_ngram_tokens(ids: list[int], n: int) -> int:
 @register_reward("repetition")
 def repetition(problems, texts, verdicts, completions, **settings) -> list[float]:
     """Repetition penalty ("Demystifying Long CoT", Sec. 3.3): -penalty per token inside a repeated
-    n-gram (n = 40, penalty 0.05 in the paper; `repetition_ngram`, `repetition_penalty`)."""
+    n-gram (n = 40, penalty 0.05 in the paper; `repetition_ngram`, `repetition_penalty`), over the
+    model's own tokens (an episode's observations may repeat; the model did not write them)."""
     n = int(settings.get("repetition_ngram") or 40)
     penalty = float(settings.get("repetition_penalty") or 0.05)
-    return [-penalty * repeated_ngram_tokens(list(c.response_ids), n) for c in completions]
+    return [-penalty * repeated_ngram_tokens(_model_ids(c), n) for c in completions]

@@ -29,13 +29,15 @@ def check_run_config(cfg: RunConfig, paths: bool = True) -> RunConfig:
     """The checks every command makes of a loaded config before it writes anything: every setting
     against its domain (again: a command may have changed some since it was read; with `paths`, the
     files and directories it names must exist), dtype and device, the method's pieces and their
-    settings, trackers, the trainer group, rollout and reward workers, the rollout engine. Returns
+    settings, trackers, the trainer group, rollout and reward workers, the rollout engine, the
+    environment (built once from env.settings; its tools allowed by the task families). Returns
     the config with the defaults that follow from other settings (the off-policy correction of an
     asynchronous run), as the run then saves it."""
     from r1lab.cluster import check_cluster, with_off_policy_correction
     from r1lab.domains import check_fields
     from r1lab.rollout import check_engine
     from r1lab.tracking import check_tracking
+    from r1lab.rollout.episodes import check_env
     from r1lab.train.methods import bind_method, check_method_settings
 
     check_fields(cfg, paths=paths)
@@ -46,6 +48,7 @@ def check_run_config(cfg: RunConfig, paths: bool = True) -> RunConfig:
     check_tracking(cfg.tracking)  # a missing package
     check_cluster(cfg)
     check_engine(cfg.rollout.engine)  # a missing vLLM extra
+    check_env(cfg)
     return with_off_policy_correction(cfg)
 
 
@@ -204,6 +207,8 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
     """The RL stage, with resumable checkpoints (train.save_every). `resume` (default: whether
     cfg.resume is set) continues from the run's last RL checkpoint; returns the steps run here."""
     from r1lab.train.lora import apply_lora, merge_lora
+    from r1lab.rollout.episodes import is_episodic
+    from r1lab.train.episodes import episode_eval
     from r1lab.train.rl import rl_engine, train_rl
 
     lora = apply_lora(model, cfg.train.lora, "train.lora")  # adapters in place; None = full fine-tuning
@@ -213,6 +218,8 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
         # an engine that holds its own weights (vLLM) also evaluates: it follows the policy, and a
         # second copy of it would not fit next to the trainer
         shared = None if isinstance(engine, LiveModelEngine) else engine
+        if is_episodic(cfg):  # a tool-using policy is scored in its environment, as it is trained
+            return episode_eval(cfg, shared or build_engine(model, tokenizer, cfg.rollout), data.eval, seed=cfg.seed)
         res = run_eval(cfg, model, tokenizer, data.eval, None, f"eval@{step}", show_progress=False, engine=shared)
         return {"eval/avg": res.summary[f"avg@{cfg.eval.n}"]}
 

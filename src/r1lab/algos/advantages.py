@@ -100,12 +100,14 @@ def last_token_rewards(rewards: torch.Tensor, response_mask: torch.Tensor,
 
 def discounted_returns(token_rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
     """Return-to-go G_t = sum_{s >= t} gamma^(s-t) r_s over the response tokens, [B, T], in the
-    dtype of `token_rewards`."""
+    dtype of `token_rewards`. s and t count the tokens inside the mask only: a hole in the mask (an
+    episode's observation) is not a step, so the return crosses it with one gamma, as `gae` does,
+    and a reward placed inside it is not read."""
     mask = response_mask.to(token_rewards.dtype)
     out = torch.zeros_like(mask)
     running = torch.zeros(mask.shape[0], dtype=token_rewards.dtype)
     for t in range(mask.shape[1] - 1, -1, -1):
-        running = token_rewards[:, t] + gamma * running
+        running = torch.where(mask[:, t] > 0, token_rewards[:, t] + gamma * running, running)
         out[:, t] = running
     return out * mask
 

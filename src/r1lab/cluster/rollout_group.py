@@ -8,7 +8,10 @@ actor the same reference; each actor copies them into its model and records the 
 policy version it must be sampled with (an actor holding another version refuses it) and the
 number of its first sample, so each sample draws exactly the random numbers it would draw in one
 engine (`FastEngine.generate`'s first_sample): the completions, concatenated in order, are those
-of a single engine given the whole call.
+of a single engine given the whole call. `generate_ids` (one turn of multi-turn episodes) is split
+the same way, by prompt rows with their sample numbers: the episodes run in the controller (the
+environment's tools there, each call in its own sandbox process) and only the model's turns go to
+the actors, so the episode code is the one every engine runs and greedy episodes equal one engine's.
 
 An actor that dies or does not answer within cluster.timeout_s is killed, replaced by a fresh one
 loaded with the current weights, and its share run again, up to cluster.max_retries times per call;
@@ -70,6 +73,17 @@ class RolloutWorker:
             c.policy_version = version
         return out, time.perf_counter() - t0
 
+    def generate_ids(self, prompts: list[list[int]], params: SamplingParams, seed: int, first_sample: int,
+                     version: int) -> tuple[list[Completion], float]:
+        """The share's continuations of token-id prompts and the seconds the engine took for them."""
+        if version != self.version:
+            raise RuntimeError(f"rollout worker holds policy version {self.version}, asked to sample with version {version}")
+        t0 = time.perf_counter()
+        out = self.engine.generate_ids(prompts, params, seed=seed, first_sample=first_sample)
+        for c in out:
+            c.policy_version = version
+        return out, time.perf_counter() - t0
+
     def version_held(self) -> int | None:
         return self.version
 
@@ -87,6 +101,8 @@ class RayRolloutGroup(Engine):
         from r1lab.rollout import engine_options
 
         c = cfg.cluster
+        self.tokenizer = tokenizer  # episodes render observations with it in the controller
+        self.continues_ids = True  # every engine an actor builds (fast, hf, vllm) continues token ids
         self.size, self.max_retries = c.rollout_workers, c.max_retries
         if self.size < 1:
             raise ValueError("RayRolloutGroup needs cluster.rollout_workers >= 1")
@@ -155,6 +171,35 @@ class RayRolloutGroup(Engine):
         # completions, scheduling, waiting behind a weights load)
         self.stats["cluster/generate_s"] = time.perf_counter() - t0
         self.stats["cluster/generate_actor_s"] = slowest
+        if on_batch:
+            on_batch(len(out))
+        return out
+
+    def generate_ids(self, prompts: list[list[int]], params: SamplingParams, seed: int | None = None,
+                     on_batch: Callable[[int], None] | None = None, first_sample: int = 0) -> list[Completion]:
+        """Contiguous shares of the prompt rows, one per actor, each with the number of its first
+        sample: the completions, in order, are those of one engine given the whole call."""
+        if not prompts:
+            return []
+        seed = int(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
+        version = self.policy_version
+        parts = shares(len(prompts), self.size)
+
+        def submit(k: int):
+            a, b = parts[k]
+            return self.workers.submit(k, RolloutWorker.generate_ids, prompts[a:b], params, seed, first_sample + a,
+                                       version)
+
+        t0 = time.perf_counter()
+        answers = self.workers.results_retrying(
+            [submit(k) for k in range(len(parts))],
+            lambda k: f"continuing prompts {parts[k][0]}..{parts[k][1] - 1} with policy version {version}",
+            submit, self.max_retries, self._replaced)
+        out = [c for share, _ in answers for c in share]
+        for i, c in enumerate(out):  # problem_id is the row's index in the whole call, as one engine numbers it
+            c.problem_id = str(i)
+        self.stats["cluster/generate_s"] = time.perf_counter() - t0
+        self.stats["cluster/generate_actor_s"] = max(secs for _, secs in answers)
         if on_batch:
             on_batch(len(out))
         return out

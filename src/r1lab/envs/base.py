@@ -53,6 +53,7 @@ class Environment:
 
     name = ""
     stop: tuple[str, ...] = ()
+    reward_terms: tuple[str, ...] = ()  # the names of the StepResult.rewards it produces (reward.terms may weight them)
 
     def reset(self, problem: Problem) -> Messages:
         self.problem = problem
@@ -106,3 +107,4 @@ ENVS: Factories[Environment] = Factories("environment", {"one_turn": OneTurnEnvi
 register_env = ENVS.register  # decorator: make_env(name, **settings) builds one episode's environment with it
 known_envs = ENVS.known
 make_env = ENVS.make  # a fresh environment for one episode
+

@@ -75,6 +75,7 @@ def parse_tool_call(turn_text: str, call_format: str, tools: dict[str, Tool]) ->
 
 class ToolEnvironment(Environment):
     name = "tools"
+    reward_terms = ("tool_calls", "tool_errors")
 
     def __init__(self, tools: tuple[str, ...] | list[str] = ("python", "calculator"), call_format: str = "hermes",
                  max_tool_calls: int = 4, tool_timeout_s: float = 5.0, max_tool_seconds: float = 30.0,

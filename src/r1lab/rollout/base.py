@@ -44,9 +44,11 @@ class Engine:
         raise NotImplementedError
 
     def generate_ids(self, prompts: list[list[int]], params: "SamplingParams", seed: int | None = None,
-                     on_batch: Callable[[int], None] | None = None) -> list[Completion]:
+                     on_batch: Callable[[int], None] | None = None, first_sample: int = 0) -> list[Completion]:
         """One completion per prompt given as token ids, used as they are (no chat template); the
-        completions' problem_id is the prompt's index as text."""
+        completions' problem_id is the prompt's index as text. Prompt i is sample number
+        first_sample + i of the call (as in `generate`), so a call split in parts samples what the
+        whole call does."""
         raise EngineError(f"{type(self).__name__} cannot continue token-id prefixes (a local model's engine can)")
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:

@@ -24,12 +24,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from r1lab.envs import Environment, StepResult, make_env
+from r1lab.config import RunConfig
+from r1lab.envs import ENVS, Environment, StepResult, ToolEnvironment, make_env
 from r1lab.errors import ConfigError
 from r1lab.records import Completion, Problem, prompt_text
 from r1lab.reward_registry import REWARDS
 from r1lab.rewards import compute_rewards
 from r1lab.rollout.base import SamplingParams, encode_prompts
+from r1lab.tasks import TASKS
 
 TURN_SEED_STRIDE = 104_729  # turn t of a call samples with seed + t * stride (each turn its own draws)
 
@@ -65,10 +67,13 @@ class Episode:
     mask: list[int] = field(default_factory=list)  # per id: 1 = sampled by the model, 0 = environment
     logprobs: list[float] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)  # model turns and observations, in order (for reading)
+    who: list[str] = field(default_factory=list)  # per text: "model" or "env"
     turns: list[Turn] = field(default_factory=list)
     env_rewards: dict[str, float] = field(default_factory=dict)
     finish_reason: str = ""  # empty while running; then one of envs.FINISH_REASONS
-    answer: str = ""  # what the verifier scores
+    # what the verifier and the reward terms score: the model's turns joined, never an observation
+    # (a tool's output cannot put an <answer> in the model's mouth; the format term sees every turn)
+    answer: str = ""
     completion: Completion | None = None
 
     @property
@@ -186,9 +191,10 @@ def _advance(ep: Episode, c: Completion, turn: int, limits: EpisodeLimits, rende
     ep.mask += [1] * len(new)
     ep.logprobs += list(lps)
     ep.texts.append(text)
+    ep.who.append("model")
     record = Turn(model_tokens=len(new))
     ep.turns.append(record)
-    ep.answer = text
+    ep.answer = "".join(t for who, t in zip(ep.who, ep.texts) if who == "model")
     if len(c.response_ids) > room or (c.finish_reason == "length" and len(ep.ids) >= limits.max_tokens):
         ep.finish_reason = "max_tokens"
         return
@@ -219,6 +225,7 @@ def _advance(ep: Episode, c: Completion, turn: int, limits: EpisodeLimits, rende
     ep.mask += [0] * len(obs_ids)
     ep.logprobs += [0.0] * len(obs_ids)
     ep.texts.append(obs_text)
+    ep.who.append("env")
     record.env_tokens = len(obs_ids)
 
 
@@ -228,23 +235,26 @@ def _completion(ep: Episode) -> Completion:
     return Completion(
         problem_id=ep.problem.id, prompt_ids=list(ep.prompt_ids), response_ids=list(ep.ids), text="".join(ep.texts),
         logprobs=list(ep.logprobs), finish_reason="stop" if ep.finish_reason == "stop" else "length",
-        loss_mask=None if all(ep.mask) else list(ep.mask),
+        loss_mask=None if all(ep.mask) else list(ep.mask), transcript=list(zip(ep.who, ep.texts)),
     )
 
 
 def score_episodes(episodes: list[Episode], terms: dict[str, float], timeout: float = 5.0, workers: int = 2,
-                   settings: dict[str, float] | None = None) -> dict[str, list[float]]:
+                   settings: dict[str, float] | None = None, score: Callable[..., Any] | None = None
+                   ) -> dict[str, list[float]]:
     """The task's reward terms on each episode's answer (the verifier reads `answer`, not the tool
     outputs), plus the environment's own terms, weighted by `terms` like the others. Writes
-    verdict, rewards and reward into each episode's Completion; returns {term: values} and "total"."""
+    verdict, rewards and reward into each episode's Completion; returns {term: values} and "total".
+    `score` (compute_rewards' signature, the default) scores the answers: a Ray reward group may."""
     env_terms = {k: w for k, w in terms.items() if k not in REWARDS}
     produced = {k for ep in episodes for k in ep.env_rewards}
     if unknown := sorted(set(env_terms) - produced):
         raise ConfigError(f"reward terms {unknown} are neither registered terms nor produced by the environment; "
                           f"known terms: {', '.join(sorted(REWARDS))}")
     scored = [dataclasses.replace(ep.completion, text=ep.answer, rewards={}) for ep in episodes]
-    out = compute_rewards([ep.problem for ep in episodes], scored, {k: w for k, w in terms.items() if k in REWARDS},
-                          timeout=timeout, workers=workers, settings=settings)
+    score = score if score is not None else compute_rewards
+    out = score([ep.problem for ep in episodes], scored, {k: w for k, w in terms.items() if k in REWARDS},
+                timeout=timeout, workers=workers, settings=settings)
     for name in env_terms:
         out[name] = [ep.env_rewards.get(name, 0.0) for ep in episodes]
     for i, (ep, s) in enumerate(zip(episodes, scored)):
@@ -275,3 +285,48 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
         key = f"env/finish/{ep.finish_reason}"
         out[key] = out.get(key, 0.0) + 1 / E
     return out
+
+
+# --- the env section of a run config ---------------------------------------------------------------
+
+
+def is_episodic(cfg: RunConfig) -> bool:
+    return cfg.env.name != "one_turn"
+
+
+def limits_of(cfg: RunConfig) -> EpisodeLimits:
+    """env.max_turns and env.max_tokens as the runner's limits."""
+    return EpisodeLimits(max_turns=cfg.env.max_turns, max_tokens=cfg.env.max_tokens)
+
+
+def check_env(cfg: RunConfig) -> None:
+    """Build the environment once from env.name and env.settings, so a bad name or setting (an
+    unknown tool, a bad call format, a limit out of range) is a one-line ConfigError before anything
+    is written; then check its tools against what each task family of data.tasks allows, and that
+    every environment term reward.terms weighs is one this environment produces."""
+    declared = getattr(ENVS.factories.get(cfg.env.name), "reward_terms", ())
+    if foreign := [t for t in cfg.reward.terms if t not in REWARDS and t not in declared]:
+        raise ConfigError(f"reward.terms: {', '.join(foreign)} is not a term env.name={cfg.env.name} produces "
+                          f"(it produces: {', '.join(declared) or 'none'})")
+    if not is_episodic(cfg):
+        return
+    if not isinstance(cfg.env.settings, dict):
+        raise ConfigError(f"env.settings must be a mapping of the environment's settings, got {cfg.env.settings!r}")
+    named = cfg.env.settings.get("tools")
+    if isinstance(named, (list, tuple)):  # before building: a refused tool may also fail to build (search without a corpus)
+        _check_allowed(cfg, [str(t) for t in named])
+    try:
+        env = make_env(cfg.env.name, **cfg.env.settings)
+    except ConfigError as e:  # name the config section the bad setting came from
+        raise ConfigError(f"env.settings of env.name={cfg.env.name}: {e}") from None
+    _check_allowed(cfg, sorted(env.tools) if isinstance(env, ToolEnvironment) else [])
+
+
+def _check_allowed(cfg: RunConfig, tools: list[str]) -> None:
+    for family in cfg.data.tasks:
+        allowed = getattr(TASKS.get(family), "tools", None)
+        if allowed is None:
+            continue
+        if refused := [t for t in tools if t not in allowed]:
+            raise ConfigError(f"env.settings.tools: task family {family!r} does not allow {', '.join(refused)} "
+                              f"(it allows: {', '.join(sorted(allowed)) or 'no tools'})")

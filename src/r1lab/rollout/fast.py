@@ -406,7 +406,7 @@ class FastEngine(LiveModelEngine):
             return self._run(encoded, n, params, _seed(seed), on_batch, first_sample)
 
     def generate_ids(self, prompts: list[list[int]], params: SamplingParams, seed: int | None = None,
-                     on_batch: Callable[[int], None] | None = None) -> list[Completion]:
+                     on_batch: Callable[[int], None] | None = None, first_sample: int = 0) -> list[Completion]:
         """One completion per prompt given as token ids, used as they are (no chat template): the
         continuation of a prefix the caller built, e.g. a thinking trace it extended. The
         completions' problem_id is the prompt's index as text."""
@@ -417,12 +417,12 @@ class FastEngine(LiveModelEngine):
 
                 log.warning("rollout: the fast engine cannot run this model (%s); using the hf engine", reason)
                 self._fallback = HFEngine(self.model, self.tokenizer, batch_size=self.batch_size)
-            return self._fallback.generate_ids(prompts, params, seed=seed, on_batch=on_batch)
+            return self._fallback.generate_ids(prompts, params, seed=seed, on_batch=on_batch, first_sample=first_sample)
         if not prompts:
             return []
         encoded = [EncodedPrompt(str(i), list(ids), "") for i, ids in enumerate(prompts)]
         with torch.inference_mode():
-            return self._run(encoded, 1, params, _seed(seed), on_batch)
+            return self._run(encoded, 1, params, _seed(seed), on_batch, first_sample)
 
     def _slots(self, W: _Packed, jobs: int, max_len: int) -> int:
         per_slot = len(W.layers) * 2 * W.n_kv * max_len * W.head_dim * torch.finfo(W.dtype).bits // 8

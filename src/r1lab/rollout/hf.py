@@ -46,12 +46,12 @@ class HFEngine(LiveModelEngine):
         return self._generate_jobs([e for e in encoded for _ in range(n)], params, seed, on_batch, first_sample)
 
     def generate_ids(self, prompts: list[list[int]], params: SamplingParams, seed: int | None = None,
-                     on_batch: Callable[[int], None] | None = None) -> list[Completion]:
+                     on_batch: Callable[[int], None] | None = None, first_sample: int = 0) -> list[Completion]:
         """One completion per prompt given as token ids, used as they are (no chat template): the
         continuation of a prefix the caller built, e.g. a thinking trace it extended. The
         completions' problem_id is the prompt's index as text."""
         jobs = [EncodedPrompt(str(i), list(ids), "") for i, ids in enumerate(prompts)]
-        return self._generate_jobs(jobs, params, seed, on_batch) if jobs else []
+        return self._generate_jobs(jobs, params, seed, on_batch, first_sample) if jobs else []
 
     def _generate_jobs(self, jobs: list[EncodedPrompt], params: SamplingParams, seed: int | None,
                        on_batch: Callable[[int], None] | None, first_sample: int = 0) -> list[Completion]:

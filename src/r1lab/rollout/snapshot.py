@@ -43,8 +43,8 @@ class SnapshotEngine(Engine):
         return self.engine.generate(problems, params, n=n, seed=seed, on_batch=on_batch, first_sample=first_sample)
 
     def generate_ids(self, prompts: list[list[int]], params: SamplingParams, seed: int | None = None,
-                     on_batch=None) -> list[Completion]:
-        return self.engine.generate_ids(prompts, params, seed=seed, on_batch=on_batch)
+                     on_batch=None, first_sample: int = 0) -> list[Completion]:
+        return self.engine.generate_ids(prompts, params, seed=seed, on_batch=on_batch, first_sample=first_sample)
 
     def close(self) -> None:
         self.engine.close()

@@ -45,7 +45,7 @@ import torch
 from r1lab.errors import EngineError, one_line
 from r1lab.models import stop_token_ids
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import Engine, SamplingParams, encode_prompts, stop_string_end
+from r1lab.rollout.base import EncodedPrompt, Engine, SamplingParams, encode_prompts, stop_string_end
 
 log = logging.getLogger(__name__)
 
@@ -214,19 +214,36 @@ class VLLMEngine(Engine):
 
     # -- sampling -----------------------------------------------------------------------------------
 
+    continues_ids = True
+
     def generate(self, problems: list[Problem], params: SamplingParams, n: int = 1, seed: int | None = 0,
                  on_batch=None, first_sample: int = 0) -> list[Completion]:
         """Sample `n` completions per problem; returns len(problems) * n completions, the n samples
         of problem i at positions i*n .. i*n+n-1. The same seed gives the same samples: sample k of
         problem i is seeded by the seed and its number first_sample + i*n + k."""
+        encoded = encode_prompts(self.tokenizer, problems)
+        return self._sample([e for e in encoded for _ in range(n)], params, seed, on_batch, first_sample)
+
+    def generate_ids(self, prompts: list[list[int]], params: SamplingParams, seed: int | None = 0,
+                     on_batch=None, first_sample: int = 0) -> list[Completion]:
+        """One completion per prompt given as token ids, handed to vLLM as they are (no chat
+        template, no re-tokenization): the continuation of a prefix the caller built, e.g. a
+        multi-turn episode. Prompt i is sample number first_sample + i; problem_id is i as text."""
+        return self._sample([EncodedPrompt(str(i), list(ids), "") for i, ids in enumerate(prompts)], params, seed,
+                            on_batch, first_sample)
+
+    def _sample(self, jobs: list, params: SamplingParams, seed: int | None, on_batch, first_sample: int
+                ) -> list[Completion]:
+        """One completion per job (an EncodedPrompt); job j is sample number first_sample + j."""
         from vllm import SamplingParams as VParams
         from vllm.inputs import TokensPrompt
 
+        if not jobs:
+            return []
         self._sync_from_model()
         if self._asleep:  # asleep with unchanged weights: bring weights and KV cache back
             self.llm.wake_up()
             self._asleep = False
-        encoded = encode_prompts(self.tokenizer, problems)
         stop_ids = sorted(set(self.stop_ids) | set(params.stop_token_ids))
         base = dict(
             temperature=params.temperature, top_p=params.top_p, top_k=params.top_k if params.top_k > 0 else 0,
@@ -235,19 +252,17 @@ class VLLMEngine(Engine):
             include_stop_str_in_output=True, skip_special_tokens=False, spaces_between_special_tokens=False,
         )
         prompts, sps = [], []
-        for i, e in enumerate(encoded):
-            for k in range(n):
-                prompts.append(TokensPrompt(prompt_token_ids=list(e.ids)))
-                # one seeded stream per sample: reproducible, independent of batching
-                s = None if seed is None else (seed * 1_000_003 + first_sample + i * n + k) % 2**63
-                sps.append(VParams(seed=s, **base))
+        for j, job in enumerate(jobs):
+            prompts.append(TokensPrompt(prompt_token_ids=list(job.ids)))
+            # one seeded stream per sample: reproducible, independent of batching
+            s = None if seed is None else (seed * 1_000_003 + first_sample + j) % 2**63
+            sps.append(VParams(seed=s, **base))
         outs = self.llm.generate(prompts, sps, use_tqdm=False)
         if on_batch:
             on_batch(len(outs))
         if self.sleep_mode:
             self.llm.sleep(level=1)
             self._asleep = True
-        jobs = [e for e in encoded for _ in range(n)]
         return [self._completion(j, o.outputs[0], params) for j, o in zip(jobs, outs)]
 
     def _completion(self, job, out, params: SamplingParams) -> Completion:

@@ -33,6 +33,9 @@ class TaskFamily:
     name: str = ""
     task: str = ""
     min_difficulty: int = 1
+    # the tools an environment may offer on this family's problems (env.settings.tools is checked
+    # against it); None: any tool
+    tools: tuple[str, ...] | None = None
 
     def generate(self, rng: random.Random, difficulty: int) -> Problem:
         """One problem (id left empty: generate_splits numbers them). Uses only `rng` for randomness."""

@@ -53,7 +53,7 @@ def collect(cfg: RunConfig, sampler: PromptSampler, params: SamplingParams,
                         timeout=cfg.reward.verify_timeout, workers=cfg.reward.verify_workers,
                         settings={"max_new_tokens": params.max_new_tokens, "group_size": G, **cfg.reward.settings})
         t_gen, t_score = t_gen + t1 - t0, t_score + time.time() - t1
-        gen_tokens += sum(len(c.response_ids) for c in completions)
+        gen_tokens += sum(c.model_tokens for c in completions)
         generated += len(completions)
         rounds += 1
         for i, p in enumerate(prompts):

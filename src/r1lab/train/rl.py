@@ -44,6 +44,7 @@ from r1lab.runs import MetricsWriter
 from r1lab.train.batch import RolloutBatch, rollout_batch, update_plan
 from r1lab.train.checkpoint import save_state
 from r1lab.train.collect import Collected, collect
+from r1lab.train.episodes import EpisodeRollout, check_episode_engine, is_episodic, response_budget
 from r1lab.train.methods import bind_method
 from r1lab.train.policy import LocalPolicyWorker, PolicyWorker
 from r1lab.train.prm import ImplicitPRM
@@ -60,6 +61,7 @@ class RLTrainer:
         if cfg.cluster.off_policy_steps > 0 and not cfg.algo.correction:
             raise ConfigError(f"cluster.off_policy_steps={cfg.cluster.off_policy_steps} needs an off-policy correction "
                               "(algo.correction); stages.check_run_config sets tis when none is chosen")
+        check_episode_engine(cfg, engine)
         self.cfg = cfg
         self.method = bind_method(cfg.algo)
         self._owned: list[Any] = []  # workers this trainer started, closed by close()
@@ -104,10 +106,15 @@ class RLTrainer:
 
     # -- sample and score --------------------------------------------------------------------------
 
-    def rollout(self, prompts: list[Problem], seed: int, params: SamplingParams | None = None) -> list[Completion]:
-        """group_size completions per prompt from the engine, each stamped with the policy version."""
+    def rollout(self, prompts: list[Problem], seed: int, params: SamplingParams | None = None,
+                episodes: EpisodeRollout | None = None) -> list[Completion]:
+        """group_size completions per prompt from the engine (or episodes, each one Completion),
+        each stamped with the policy version."""
         version = self.engine.policy_version
-        completions = self.engine.generate(prompts, params or self.params, n=self.cfg.train.group_size, seed=seed)
+        if episodes is not None:
+            completions = episodes.rollout(prompts, seed)
+        else:
+            completions = self.engine.generate(prompts, params or self.params, n=self.cfg.train.group_size, seed=seed)
         for c in completions:
             c.policy_version = version
         return completions
@@ -118,8 +125,15 @@ class RLTrainer:
         step = self.step if seed_step is None else seed_step
         params = self.params_at(self.step if params_step is None else params_step)
         # modulo 2**62: a negative seed_step still gives a seed every engine accepts
-        return collect(self.cfg, sampler, params, lambda prompts, seed: self.rollout(prompts, seed, params),
-                       seed=(self.cfg.seed * 1_000_003 + step * 101) % 2**62, score=self.score)
+        seed = (self.cfg.seed * 1_000_003 + step * 101) % 2**62
+        if not is_episodic(self.cfg):
+            return collect(self.cfg, sampler, params, lambda prompts, seed: self.rollout(prompts, seed, params),
+                           seed=seed, score=self.score)
+        episodes = EpisodeRollout(self.cfg, self.engine, params, self.score)
+        col = collect(self.cfg, sampler, params, lambda prompts, seed: self.rollout(prompts, seed, params, episodes),
+                      seed=seed, score=episodes.score)
+        col.info.update(episodes.metrics(col.completions))
+        return col
 
     def _collect_step(self, sampler: PromptSampler, step: int) -> Collected:
         """Step `step`'s batch: its curriculum stage, seeds and sampling settings."""
@@ -138,7 +152,8 @@ class RLTrainer:
         lengths = torch.tensor([len(c.prompt_ids) + len(c.response_ids) for c in completions])
         plan = update_plan(len(completions), train.ppo_epochs, train.mini_batches, train.micro_batch_size, gen, lengths)
         batch = rollout_batch(completions, self.pad_id, overlong_filter=algo.overlong_filter,
-                              temperature=params.logprob_temperature, max_new_tokens=params.max_new_tokens, plan=plan)
+                              temperature=params.logprob_temperature,
+                              max_new_tokens=response_budget(self.cfg, params.max_new_tokens), plan=plan)
         # a separate old-policy pass only when the policy changes before its last update uses it; with
         # one update per rollout the old log-probs are the current ones, detached, and the ratio is 1
         if train.ppo_epochs * train.mini_batches > 1 and method.needs_old_logprobs:
@@ -298,9 +313,11 @@ def _train(trainer: RLTrainer, model, tokenizer, train_problems, metrics, sample
             metrics.write(step + 1, m)
         if samples:
             for c in completions[: cfg.train.samples_per_step]:
-                samples.write(step + 1, {"problem_id": c.problem_id, "text": c.text, "reward": c.reward,
-                                         "rewards": c.rewards, "verdict": c.verdict.status if c.verdict else None,
-                                         "finish": c.finish_reason})
+                record = {"problem_id": c.problem_id, "text": c.text, "reward": c.reward, "rewards": c.rewards,
+                          "verdict": c.verdict.status if c.verdict else None, "finish": c.finish_reason}
+                if c.transcript is not None:  # an episode: the model's turns and the observations, marked
+                    record["transcript"] = [{"who": who, "text": text} for who, text in c.transcript]
+                samples.write(step + 1, record)
         health.observe(step + 1, m, [c.text for c in completions])
         if save_every and ((step + 1) % save_every == 0 or step + 1 == cfg.train.steps):
             save_state(run_path, step + 1, {"sampler": sampler.state_dict(), "health": health.state_dict(),

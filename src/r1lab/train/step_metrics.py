@@ -27,7 +27,7 @@ def group_signal(rewards: torch.Tensor, correct: list[bool], group_size: int) ->
 
 def sample_metrics(col: Collected, group_size: int) -> dict[str, Any]:
     completions, rewards = col.completions, col.rewards
-    lengths = [len(c.response_ids) for c in completions]
+    lengths = [c.model_tokens for c in completions]  # an episode's observations are not the model's length
     correct = [bool(c.verdict and c.verdict.correct) for c in completions]
     zero_variance, same_correctness = group_signal(rewards, correct, group_size)
     return {
