@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(<think>/<answer>, the format r1lab's SFT data trains)")
     p.add_argument("--model-name", help="endpoint only: the model id to request (default: the first the server lists)")
     p.add_argument("--concurrency", type=int, default=8, help="endpoint only: requests in flight")
-    p.add_argument("--data", help="JSONL of problems (default: the held-out split the config generates)")
+    p.add_argument("--data", help="JSONL of problems, or a generated family such as rg:leg_counting (its held-out "
+                   "split; default: the held-out split the config generates)")
     p.add_argument("--benchmarks", help="comma-separated vendored benchmarks: math500,gsm8k,aime24,aime25,amc23")
     p.add_argument("--limit", type=int, help="only the first N problems (of each benchmark)")
     p.add_argument("--env", help="evaluate episodes of this registered environment (env.name; its settings: "

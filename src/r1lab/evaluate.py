@@ -65,7 +65,6 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
     sweep of tool sets side by side), with budget forcing (a thinking-budget sweep) or with a
     PRM-guided search. Every setting is checked and the model loaded before the run directory is
     written."""
-    from r1lab.records import load_problems
     from r1lab.rollout.openai import OpenAIEngine, is_endpoint
     from r1lab.runs import RunDir
     from r1lab.eval.sweeps import plain_eval, search_sweep, think_sweep
@@ -111,7 +110,7 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
         prompt_template(req.prompt)
     problems = None
     if req.data:
-        problems = load_problems(req.data)
+        problems = _eval_problems(req, cfg)
     # the model (or endpoint) before anything is written: a bad name or a dead URL leaves no run dir
     model = tok = engine = None
     if is_endpoint(req.model):
@@ -148,8 +147,7 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
         problems = prepare_data(cfg, None, log=lambda *_: None).eval
     problems = problems[: req.limit] if req.limit else problems
     run = RunDir.create(cfg)
-    source = str(Path(req.data).resolve()) if req.data else "held-out split of the config"
-    label = Path(req.data).stem if req.data else "held-out"
+    source, label = _data_source(req)
     if budgets:
         think_sweep(cfg, model, tok, problems, run, budgets, model_id, source, label, show_progress=not req.quiet)
         return
@@ -158,6 +156,26 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
         return
     plain_eval(cfg, model, tok, problems, run, model_id, source, label, Path(req.model).name, engine=engine,
                show_progress=not req.quiet)
+
+
+def _data_source(req: EvalRequest) -> tuple[str, str]:
+    """How the report names --data: (source, label)."""
+    if not req.data:
+        return "held-out split of the config", "held-out"
+    if not Path(req.data).exists():  # a generated family
+        return f"{req.data} (held-out split)", req.data
+    return str(Path(req.data).resolve()), Path(req.data).stem
+
+
+def _eval_problems(req: EvalRequest, cfg: RunConfig):
+    """--data: a file of problems, or a generated family (rg:leg_counting) whose held-out split is
+    generated with the config's data seed and difficulty (--limit of them, else data.eval_size)."""
+    from r1lab.records import load_problems
+    from r1lab.tasks import TASKS, generate_splits
+
+    if TASKS.makes(req.data) and not Path(req.data).exists():
+        return generate_splits([req.data], 0, req.limit or cfg.data.eval_size, cfg.data.difficulty, cfg.data.seed)[1]
+    return load_problems(req.data)
 
 
 def _check_eval_flags(req: EvalRequest, cfg: RunConfig) -> None:
