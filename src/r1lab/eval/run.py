@@ -2,7 +2,8 @@
 
 With `episodes` (an EpisodeSpec) every sample is an episode of an environment (r1lab.envs: tools,
 search, ...) run token-exact by rollout/episodes.py; the verifier scores the episode's answer (its
-last model turn), and each sample row carries its turns, tool calls, tool errors, the precise
+last model turn) unless the environment judges the whole episode itself (`env.verdict`, as the
+verifiers adapter does), and each sample row carries its turns, tool calls, tool errors, the precise
 finish reason and the whole transcript.
 
 Problems are generated and verified in chunks; each finished chunk's rows are appended to the
@@ -249,6 +250,8 @@ def evaluate(
                 extras = [episode_fields(ep) for ep in eps]
             verdicts = verify_batch([p for p in todo for _ in range(n)], answers,
                                     timeout=verify_timeout, workers=verify_workers)
+            if episodes is not None:  # an environment that judges whole episodes (its rewards saw the tool turns)
+                verdicts = [getattr(ep.env, "verdict", None) or v for ep, v in zip(eps, verdicts)]
             rows = _rows_for(todo, n, completions, verdicts, extras)
             if out is not None:
                 with out.open("a", encoding="utf-8") as f:
