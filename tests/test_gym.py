@@ -112,3 +112,15 @@ def test_data_import_writes_problems_that_still_score_after_json(tmp_path, capsy
     verdicts = verify_batch(he, [f"<answer>{p.answer}</answer>" for p in he], workers=0)
     assert all(v.correct for v in verdicts)
     assert json.loads(train.read_text().splitlines()[0])["metadata"]["rg_dataset"] == "basic_arithmetic"
+
+
+def test_eval_scores_the_held_out_split_of_an_rg_source(tiny, tmp_path):
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    out = tmp_path / "eval"
+    assert main(["eval", str(tmp_path / "m"), "--data", "rg:leg_counting", "--limit", "3", "--n", "1",
+                 "--max-new-tokens", "4", "--out", str(out), "--quiet"]) == 0
+    rows = [json.loads(line) for line in (out / "eval" / "results.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [p.id for p in generate_splits(["rg:leg_counting"], 0, 3, 2, 1234)[1]]
+    assert "rg:leg_counting (held-out split)" in (out / "eval" / "summary.md").read_text()
