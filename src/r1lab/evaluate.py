@@ -127,8 +127,7 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
         if problems is not None and req.limit:
             problems = problems[: req.limit]
         run = RunDir.create(cfg)
-        source = str(Path(req.data).resolve()) if req.data else "held-out split of the config"
-        label = Path(req.data).stem if req.data else "held-out"
+        source, label = _data_source(req)
         tools_sweep(cfg, model, tok, run, tool_sets, model_id, problems=problems, benches=benches, source=source,
                     label=label, limit=req.limit, n=req.n, temperature=req.temperature, prompt=req.prompt,
                     show_progress=not req.quiet)
