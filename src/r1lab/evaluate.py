@@ -93,10 +93,10 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
     if (budgets or cfg.eval.budget.max_think > 0) and is_endpoint(req.model):
         raise R1labError("budget forcing needs a local model (it continues token-id prefixes), not an endpoint")
     episodes = cfg.env.name != "one_turn" or bool(tool_sets)
-    if episodes and (is_endpoint(req.model) or cfg.rollout.engine == "vllm"):
+    if episodes and (is_endpoint(req.model) or not _engine_continues_ids(cfg.rollout.engine)):
         raise R1labError(f"eval with an environment (env.name={cfg.env.name if cfg.env.name != 'one_turn' else 'tools'}) "
-                         "continues each episode's token ids, which an endpoint or vLLM cannot; use a local model "
-                         "with rollout.engine=fast or hf")
+                         f"continues each episode's token ids, which {'an endpoint' if is_endpoint(req.model) else 'rollout.engine=' + cfg.rollout.engine} "
+                         "cannot (it returns text); use a local model with rollout.engine=fast or hf")
     if episodes and (budgets or cfg.eval.budget.max_think > 0 or scorer is not None):
         raise R1labError("--env/--tools/--tools-sweep evaluate episodes; they do not combine with --think-* or --search")
     if budgets and req.benchmarks:
@@ -186,6 +186,16 @@ def _check_eval_flags(req: EvalRequest, cfg: RunConfig) -> None:
     check_fields(cfg.eval, "eval")
     check_value(req.limit, "--limit", ge=1)
     check_value(req.concurrency, "--concurrency", ge=1)
+
+
+def _engine_continues_ids(engine: str) -> bool:
+    """Whether the engine `rollout.engine` names can continue token ids (what episodes need),
+    read off its class without building it."""
+    if engine != "vllm":
+        return True  # fast and hf do; auto picks one of them or vLLM, which run_episodes checks
+    from r1lab.rollout.vllm import VLLMEngine
+
+    return bool(VLLMEngine.continues_ids)
 
 
 def _env_settings(req: EvalRequest, cfg: RunConfig) -> list[list[str]] | None:
