@@ -166,6 +166,7 @@ def _hops(w: World, kind: str, x: str) -> tuple[list[str], str]:
 @register_task("multihop_qa")
 class MultihopQA(TaskFamily):
     task = "multihop_qa"
+    tools = ("search",)  # the only tool its questions need (what an environment of it may offer)
 
     def generate(self, rng: random.Random, difficulty: int) -> Problem:
         self.check_difficulty(difficulty)
