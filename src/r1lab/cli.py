@@ -15,6 +15,9 @@ runner (a plan of stages: r1lab.runner) or to an evaluation function (r1lab.eval
     r1lab eval MODEL --think-budgets 8,16,32,64        (test-time scaling: accuracy against thinking tokens)
     r1lab eval MODEL --search best_of_n --prm RUN/prm [--search-n 1,2,4,8,16]   (PRM best-of-N vs majority)
     r1lab eval MODEL --search beam --prm RUN/prm [--beam-expand 4]    (PRM step-level beam search)
+    r1lab eval MODEL --tools python [--data FILE | --benchmarks gsm8k] [env.max_turns=4]   (episodes with tools)
+    r1lab eval MODEL --env multihop_qa --recipe recipes/tiny/multihop_qa.yaml   (any registered environment)
+    r1lab eval MODEL --benchmarks gsm8k,math500 --tools-sweep off,python   (one table: without and with the tool)
     r1lab eval --compare RUN_A RUN_B ...
     r1lab models list | r1lab models prepare NAME [--force]
     r1lab verify audit runs/x/eval/gsm8k.jsonl [--n 200] [--judge http://HOST:PORT/v1]
@@ -194,9 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(<think>/<answer>, the format r1lab's SFT data trains)")
     p.add_argument("--model-name", help="endpoint only: the model id to request (default: the first the server lists)")
     p.add_argument("--concurrency", type=int, default=8, help="endpoint only: requests in flight")
-    p.add_argument("--data", help="JSONL of problems (default: the held-out split the config generates)")
+    p.add_argument("--data", help="JSONL of problems, or a generated family such as rg:leg_counting (its held-out "
+                   "split; default: the held-out split the config generates)")
     p.add_argument("--benchmarks", help="comma-separated vendored benchmarks: math500,gsm8k,aime24,aime25,amc23")
     p.add_argument("--limit", type=int, help="only the first N problems (of each benchmark)")
+    p.add_argument("--env", help="evaluate episodes of this registered environment (env.name; its settings: "
+                   "env.settings.KEY=VALUE), e.g. tools or multihop_qa")
+    p.add_argument("--tools", help="episodes with these tools (the tools environment unless --env names another), "
+                   "joined by +: python, calculator, python+calculator; off: none")
+    p.add_argument("--tools-sweep", help="the same problems or benchmarks once per tool set, one table side by side: "
+                   "comma-separated sets, e.g. off,python,python+calculator; writes eval/tools.md")
     p.add_argument("--recipe", help="recipe YAML for the data and eval settings")
     p.add_argument("--n", type=int, help="samples per problem")
     p.add_argument("--max-new-tokens", type=int, help="generation budget per sample")

@@ -15,6 +15,9 @@ of its domain is one line naming the setting, the value and what it may be:
 A leaf: it imports nothing of r1lab but errors, so the config and the algorithm registries (whose
 methods declare the domains of their own hyper-parameters) can both use it. Registries live above
 the config, so `choices` may name one as "module:NAME"; it is imported only when a value is checked.
+A registry may also accept names it does not list, made on demand (the task families `rg:<dataset>`
+of reasoning-gym): it then has `makes(name) -> bool` and `name_problem(name) -> str | None`, and
+judges those names itself.
 """
 
 from __future__ import annotations
@@ -47,12 +50,16 @@ class Domain:
 
     # --- what the domain allows, in words and as the values at its edges ---------------------------
 
-    def allowed(self) -> list[Any]:
-        """The literal choices, or the names of the registry `choices` names."""
+    def registry(self) -> Any:
+        """The registry `choices` names ("module:NAME"), or the literal choices."""
         if isinstance(self.choices, str):
             module, _, name = self.choices.partition(":")
-            return list(getattr(importlib.import_module(module), name))
-        return list(self.choices or ())
+            return getattr(importlib.import_module(module), name)
+        return self.choices or ()
+
+    def allowed(self) -> list[Any]:
+        """The literal choices, or the names of the registry `choices` names."""
+        return list(self.registry())
 
     def describe(self, integer: bool = False) -> str:
         """What the domain allows, in words: "an integer >= 1", "a number in (0, 1]", "one of ..."."""
@@ -132,6 +139,9 @@ class Domain:
             names = self.allowed()
             if value in names:
                 return None
+            registry = self.registry()
+            if isinstance(value, str) and callable(getattr(registry, "makes", None)) and registry.makes(value):
+                return registry.name_problem(value)  # a name of a family the registry makes on demand
             close = difflib.get_close_matches(str(value), [str(n) for n in names], n=1, cutoff=0.6)
             return f"expected {self.describe()}" + (f" (did you mean {close[0]!r}?)" if close else "")
         if isinstance(value, (int, float)) and not isinstance(value, bool):

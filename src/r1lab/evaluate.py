@@ -39,6 +39,9 @@ class EvalRequest:
     search_n: str | None = None
     beam_width: int | None = None
     beam_expand: int | None = None
+    env: str | None = None  # evaluate episodes of this registered environment (env.name)
+    tools: str | None = None  # episodes with these tools, joined by + (the tools environment)
+    tools_sweep: str | None = None  # comma-separated tool sets evaluated side by side, e.g. off,python
     quiet: bool = False
 
     @classmethod
@@ -58,10 +61,10 @@ def _model_id(model: str) -> str:
 
 def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
     """Evaluate `req.model` as the request says: the vendored benchmarks, a JSONL of problems or the
-    config's held-out split; plainly, with budget forcing (a thinking-budget sweep) or with a
+    config's held-out split; plainly, as episodes of an environment with its tools (one set, or a
+    sweep of tool sets side by side), with budget forcing (a thinking-budget sweep) or with a
     PRM-guided search. Every setting is checked and the model loaded before the run directory is
     written."""
-    from r1lab.records import load_problems
     from r1lab.rollout.openai import OpenAIEngine, is_endpoint
     from r1lab.runs import RunDir
     from r1lab.eval.sweeps import plain_eval, search_sweep, think_sweep
@@ -81,6 +84,7 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
         cfg.name = time.strftime("eval-%Y%m%d-%H%M%S")
     if req.benchmarks and req.data:
         raise R1labError("give --data or --benchmarks, not both")
+    tool_sets = _env_settings(req, cfg)  # before loading the model: a bad environment or tool fails fast
     budgets = _think_settings(req, cfg)  # before loading the model: a bad budget fails fast
     scorer = _search_scorer(req, cfg)  # the scorer is loaded here: a missing reference model fails fast
     if scorer is not None and (budgets or req.benchmarks or is_endpoint(req.model)):
@@ -88,6 +92,13 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
                          "without budget forcing (not with --benchmarks, --think-* or an endpoint)")
     if (budgets or cfg.eval.budget.max_think > 0) and is_endpoint(req.model):
         raise R1labError("budget forcing needs a local model (it continues token-id prefixes), not an endpoint")
+    episodes = cfg.env.name != "one_turn" or bool(tool_sets)
+    if episodes and (is_endpoint(req.model) or not _engine_continues_ids(cfg.rollout.engine)):
+        raise R1labError(f"eval with an environment (env.name={cfg.env.name if cfg.env.name != 'one_turn' else 'tools'}) "
+                         f"continues each episode's token ids, which {'an endpoint' if is_endpoint(req.model) else 'rollout.engine=' + cfg.rollout.engine} "
+                         "cannot (it returns text); use a local model with rollout.engine=fast or hf")
+    if episodes and (budgets or cfg.eval.budget.max_think > 0 or scorer is not None):
+        raise R1labError("--env/--tools/--tools-sweep evaluate episodes; they do not combine with --think-* or --search")
     if budgets and req.benchmarks:
         raise R1labError("--think-budgets runs on --data or the config's held-out split, not --benchmarks "
                          "(one budget there: --think-max)")
@@ -99,7 +110,7 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
         prompt_template(req.prompt)
     problems = None
     if req.data:
-        problems = load_problems(req.data)
+        problems = _eval_problems(req, cfg)
     # the model (or endpoint) before anything is written: a bad name or a dead URL leaves no run dir
     model = tok = engine = None
     if is_endpoint(req.model):
@@ -108,6 +119,19 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
     else:
         model, tok = load_policy(cfg, path=req.model)
     model_id = _model_id(req.model)
+    if tool_sets:
+        from r1lab.eval.sweeps import tools_sweep
+
+        if problems is None and benches is None:
+            problems = prepare_data(cfg, None, log=lambda *_: None).eval
+        if problems is not None and req.limit:
+            problems = problems[: req.limit]
+        run = RunDir.create(cfg)
+        source, label = _data_source(req)
+        tools_sweep(cfg, model, tok, run, tool_sets, model_id, problems=problems, benches=benches, source=source,
+                    label=label, limit=req.limit, n=req.n, temperature=req.temperature, prompt=req.prompt,
+                    show_progress=not req.quiet)
+        return
     if benches is not None:
         from r1lab.eval.stage import evaluate_benchmarks
 
@@ -122,8 +146,7 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
         problems = prepare_data(cfg, None, log=lambda *_: None).eval
     problems = problems[: req.limit] if req.limit else problems
     run = RunDir.create(cfg)
-    source = str(Path(req.data).resolve()) if req.data else "held-out split of the config"
-    label = Path(req.data).stem if req.data else "held-out"
+    source, label = _data_source(req)
     if budgets:
         think_sweep(cfg, model, tok, problems, run, budgets, model_id, source, label, show_progress=not req.quiet)
         return
@@ -132,6 +155,26 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
         return
     plain_eval(cfg, model, tok, problems, run, model_id, source, label, Path(req.model).name, engine=engine,
                show_progress=not req.quiet)
+
+
+def _data_source(req: EvalRequest) -> tuple[str, str]:
+    """How the report names --data: (source, label)."""
+    if not req.data:
+        return "held-out split of the config", "held-out"
+    if not Path(req.data).exists():  # a generated family
+        return f"{req.data} (held-out split)", req.data
+    return str(Path(req.data).resolve()), Path(req.data).stem
+
+
+def _eval_problems(req: EvalRequest, cfg: RunConfig):
+    """--data: a file of problems, or a generated family (rg:leg_counting) whose held-out split is
+    generated with the config's data seed and difficulty (--limit of them, else data.eval_size)."""
+    from r1lab.records import load_problems
+    from r1lab.tasks import TASKS, generate_splits
+
+    if TASKS.makes(req.data) and not Path(req.data).exists():
+        return generate_splits([req.data], 0, req.limit or cfg.data.eval_size, cfg.data.difficulty, cfg.data.seed)[1]
+    return load_problems(req.data)
 
 
 def _check_eval_flags(req: EvalRequest, cfg: RunConfig) -> None:
@@ -143,6 +186,38 @@ def _check_eval_flags(req: EvalRequest, cfg: RunConfig) -> None:
     check_fields(cfg.eval, "eval")
     check_value(req.limit, "--limit", ge=1)
     check_value(req.concurrency, "--concurrency", ge=1)
+
+
+def _engine_continues_ids(engine: str) -> bool:
+    """Whether the engine `rollout.engine` names can continue token ids (what episodes need),
+    read off its class without building it."""
+    if engine != "vllm":
+        return True  # fast and hf do; auto picks one of them or vLLM, which run_episodes checks
+    from r1lab.rollout.vllm import VLLMEngine
+
+    return bool(VLLMEngine.continues_ids)
+
+
+def _env_settings(req: EvalRequest, cfg: RunConfig) -> list[list[str]] | None:
+    """Apply --env and --tools to cfg.env and check the environment by building one (an unknown
+    name, tool or setting is one line here, before the model loads); the tool sets of
+    --tools-sweep, or None."""
+    from r1lab.domains import check_fields
+    from r1lab.envs import make_env
+    from r1lab.eval.sweeps import parse_tool_sets, with_tools
+
+    if req.env:
+        cfg.env.name = req.env
+    if req.tools:
+        tools = parse_tool_sets(req.tools.replace(",", "+") + ",off")[0]  # one set: off, or tools joined by + or ,
+        cfg.env = with_tools(cfg, tools).env
+    check_fields(cfg.env, "env")
+    sets = parse_tool_sets(req.tools_sweep) if req.tools_sweep else None
+    for tools in sets or [None]:
+        c = with_tools(cfg, tools) if tools else cfg
+        if c.env.name != "one_turn":
+            make_env(c.env.name, **c.env.settings)
+    return sets
 
 
 def _think_settings(req: EvalRequest, cfg: RunConfig) -> list[tuple[int, int]] | None:

@@ -1,6 +1,7 @@
 """`r1lab data <step>`: each curation step as a subcommand, and `r1lab data run PIPELINE.yaml`.
 
     r1lab data import raw.parquet -o problems.jsonl --map question->prompt --map final_answer->answer
+    r1lab data import rg:leg_counting -o legs.jsonl size=2000 [held_out=true] [seed=1234]   (generated: reasoning-gym)
     r1lab data dedup problems.jsonl -o dedup.jsonl threshold=0.8 mask_numbers=false
     r1lab data decontaminate dedup.jsonl -o clean.jsonl --benchmark math500.jsonl --benchmark aime24.jsonl ngram=13
     r1lab data decontaminate raw.parquet -o clean.jsonl --benchmark gsm8k_test.jsonl --map question->prompt
@@ -29,11 +30,15 @@ from r1lab.errors import ConfigError
 
 
 def _split_inputs(args: argparse.Namespace) -> None:
-    """argparse gives every positional to `inputs`; the `key=value` ones are settings."""
+    """argparse gives every positional to `inputs`; the `key=value` ones are settings, and the
+    `PREFIX:NAME` ones (rg:leg_counting) task families whose problems are generated."""
+    from r1lab.tasks import TASKS
+
     settings = [a for a in args.inputs if "=" in a and not Path(a).exists()]
-    args.inputs = [a for a in args.inputs if a not in settings]
+    args.generate = [a for a in args.inputs if a not in settings and TASKS.makes(a) and not Path(a).exists()]
+    args.inputs = [a for a in args.inputs if a not in settings and a not in args.generate]
     args.overrides = settings + list(args.overrides)
-    if not args.inputs:
+    if not args.inputs and not args.generate:
         raise ConfigError("no input files given")
 
 
@@ -74,7 +79,7 @@ def cmd_step(args: argparse.Namespace) -> int:
         flags["benchmarks"] = args.benchmark
     if step in ("reject-sample", "filter", "pairs", "select") and args.model:
         flags["model"] = args.model
-    imp: dict[str, Any] = {"paths": args.inputs, "lenient": args.lenient}
+    imp: dict[str, Any] = {"paths": args.inputs, "lenient": args.lenient, "generate": args.generate}
     imp.update({k: v for k, v in (("format", args.format), ("split", args.split), ("source", args.source),
                                    ("task", args.task), ("id_prefix", args.id_prefix)) if v})
     imp["mapping"] = parse_mapping(args.map or [])
@@ -103,6 +108,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from r1lab.data.io import parse_mapping
 
     _split_inputs(args)
+    if args.generate:
+        raise ConfigError(f"inspect reads files; write {args.generate[0]}'s problems first: r1lab data import "
+                          f"{args.generate[0]} -o FILE.jsonl")
     settings = build_section(InspectSettings, _settings_from(args.overrides, {}), "inspect")
     check_fields(settings, "inspect", paths=True)
     names = [Path(p).stem for p in args.inputs]

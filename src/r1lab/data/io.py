@@ -1,4 +1,5 @@
-"""Import: read JSON Lines, JSON arrays, Parquet, CSV and saved HF dataset directories into `Problem`s.
+"""Import: read JSON Lines, JSON arrays, Parquet, CSV and saved HF dataset directories into `Problem`s,
+or generate them from task families (`rg:<dataset>` of reasoning-gym, or r1lab's own).
 
 Readers stream (JSONL line by line, Parquet by record batch, CSV row by row, HF datasets from their
 memory-mapped Arrow files), so a large file never has to fit in memory. Every unusable row is named
@@ -36,6 +37,14 @@ class ImportSettings:
     split: str = ""  # which split of a saved DatasetDict
     lenient: bool = False  # skip and count unusable rows instead of stopping at the first
     batch_rows: int = setting(2048, ge=1)  # Parquet rows per record batch
+    # generated problems, after the files: task families (rg:<dataset> of reasoning-gym, or r1lab's
+    # own, as data.tasks names them), each split as a run with these data settings would split it
+    generate: list[str] = setting([], choices="r1lab.tasks:TASKS")
+    size: int = setting(1000, ge=1)  # problems per generated family
+    held_out: bool = False  # the held-out split (what a run evaluates on) instead of the training split
+    eval_size: int = setting(200, ge=0)  # held-out problems a training split leaves out (a run's data.eval_size)
+    difficulty: int = setting(2, ge=1)  # as data.difficulty
+    seed: int = setting(1234, ge=0)  # as data.seed: the same seed gives the problems a run generates
 
 
 @dataclass
@@ -301,8 +310,8 @@ def import_problems(
     (FIELD_ALIASES); `on_detect(path, columns found)` is told.
     """
     check_mapping(settings.mapping)
-    if not settings.paths:
-        raise ConfigError("import: no input files (paths: [...])")
+    if not settings.paths and not settings.generate:
+        raise ConfigError("import: no input files (paths: [...]) and no families to generate (generate: [rg:...])")
     seen_ids: set[str] = set()
     for p in settings.paths:
         path = Path(p)
@@ -336,6 +345,26 @@ def import_problems(
                 raise DataError(f"{ref}: {item.message}")
             if on_skip is not None:
                 on_skip(ref, item.reason, item.message)
+    for problem in generated_problems(settings):
+        if problem.id in seen_ids:
+            raise DataError(f"generated problem id {problem.id!r} is also the id of an imported row")
+        seen_ids.add(problem.id)
+        yield problem
+
+
+def generated_problems(settings: ImportSettings) -> list[Problem]:
+    """The problems of each family in `settings.generate`: the training split (without the
+    `eval_size` held-out problems) or the held-out split, as `data.tasks` with the same seed and
+    difficulty would generate it (the held-out split's first N problems do not depend on N)."""
+    from r1lab.tasks import generate_splits
+
+    out: list[Problem] = []
+    for name in settings.generate:
+        train, held = generate_splits([name], 0 if settings.held_out else settings.size,
+                                      settings.size if settings.held_out else settings.eval_size,
+                                      settings.difficulty, settings.seed)
+        out += held if settings.held_out else train
+    return out
 
 
 def read_problems(path: str | Path, lenient: bool = False, mapping: dict[str, str] | None = None) -> Iterator[Problem]:

@@ -17,6 +17,7 @@ A registry leaf: imports only errors and records, so anything may import it.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
 
@@ -76,10 +77,19 @@ class OneTurnEnvironment(Environment):
 class Factories(Generic[T]):
     """Named factories of one kind (environments, tools): register one with a decorator, build one
     by name with its settings; an unknown name or a setting the factory does not take is a one-line
-    ConfigError."""
+    ConfigError. `plugins` name packages whose import registers more (the task families register
+    their environments): imported by name, never by an import statement, before a name is missed
+    or the names are listed."""
 
-    def __init__(self, kind: str, factories: dict[str, Callable[..., T]] | None = None):
-        self.kind, self.factories = kind, dict(factories or {})
+    def __init__(self, kind: str, factories: dict[str, Callable[..., T]] | None = None, plugins: tuple[str, ...] = ()):
+        self.kind, self.factories, self.plugins = kind, dict(factories or {}), plugins
+
+    def _load_plugins(self) -> None:
+        for module in self.plugins:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
@@ -89,12 +99,15 @@ class Factories(Generic[T]):
         return deco
 
     def known(self) -> list[str]:
+        self._load_plugins()
         return sorted(self.factories)
 
     def __iter__(self):  # the names, so a config domain can list them (`choices="r1lab.envs:ENVS"`)
         return iter(self.known())
 
     def make(self, name: str, **settings: Any) -> T:
+        if name not in self.factories:
+            self._load_plugins()
         if name not in self.factories:
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self.known())}")
         try:
@@ -103,7 +116,7 @@ class Factories(Generic[T]):
             raise ConfigError(f"{self.kind} {name!r}: bad settings {sorted(settings)} ({e})") from None
 
 
-ENVS: Factories[Environment] = Factories("environment", {"one_turn": OneTurnEnvironment})
+ENVS: Factories[Environment] = Factories("environment", {"one_turn": OneTurnEnvironment}, plugins=("r1lab.tasks",))
 register_env = ENVS.register  # decorator: make_env(name, **settings) builds one episode's environment with it
 known_envs = ENVS.known
 make_env = ENVS.make  # a fresh environment for one episode

@@ -1,5 +1,11 @@
 """Score a model on held-out problems: n samples each, verified, summarised, saved per problem.
 
+With `episodes` (an EpisodeSpec) every sample is an episode of an environment (r1lab.envs: tools,
+search, ...) run token-exact by rollout/episodes.py; the verifier scores the episode's answer (its
+last model turn) unless the environment judges the whole episode itself (`env.verdict`, as the
+verifiers adapter does), and each sample row carries its turns, tool calls, tool errors, the precise
+finish reason and the whole transcript.
+
 Problems are generated and verified in chunks; each finished chunk's rows are appended to the
 per-problem JSONL and flushed, so an interrupted eval keeps what it scored. With `resume=True` an
 eval into an existing file continues where it stopped: problems already in the file are not
@@ -24,6 +30,7 @@ from r1lab.errors import DataError, R1labError
 from r1lab.eval.metrics import avg_at_k, majority_at_k, pass_at_k
 from r1lab.records import Problem
 from r1lab.rollout.base import Engine, SamplingParams
+from r1lab.rollout.episodes import Episode, EpisodeLimits, run_episodes
 from r1lab.verify import verify_batch
 
 
@@ -31,10 +38,28 @@ class ResumeError(R1labError):
     """An existing per-problem file was written with other settings than this eval's."""
 
 
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Evaluate every sample as an episode of environment `env` built with `settings`, within `limits`."""
+
+    env: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    limits: EpisodeLimits = EpisodeLimits()
+
+    def saved(self) -> dict[str, Any]:
+        """What the per-problem file records, so a resume with another environment is refused."""
+        return {"env": self.env, "env_settings": self.settings, "max_turns": self.limits.max_turns,
+                "max_tokens": self.limits.max_tokens}
+
+
 @dataclass
 class EvalResult:
     summary: dict[str, float]
     rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+# finish reasons of a sample cut by a limit rather than ended by the model (envs.FINISH_REASONS)
+TRUNCATED = ("length", "max_tokens", "max_turns", "max_tool_calls", "tool_timeout")
 
 
 def _mean_or_nan(xs: list[float]) -> float:
@@ -59,8 +84,14 @@ def summarise(rows: list[dict[str, Any]], n: int, ks: list[int]) -> dict[str, fl
     out["len_correct"] = _mean_or_nan([s["length"] for s in lengths if s["correct"]])
     out["len_wrong"] = _mean_or_nan([s["length"] for s in lengths if not s["correct"]])
     out["len_mean"] = _mean_or_nan([s["length"] for s in lengths])
-    out["truncated"] = mean(s["finish"] == "length" for s in samples) if samples else 0.0
+    out["truncated"] = mean(s["finish"] in TRUNCATED for s in samples) if samples else 0.0
     out["unparsable"] = mean(s["status"] == "unparsable" for s in samples) if samples else 0.0
+    episodes = [s for s in samples if "turns" in s]
+    if episodes:  # per episode: turns, tool calls, tool errors, seconds in the environment; finish reasons
+        for key in ("turns", "tool_calls", "tool_errors", "env_seconds"):
+            out[key] = mean(s[key] for s in episodes)
+        for reason in sorted({s["finish"] for s in episodes}):
+            out[f"finish/{reason}"] = mean(s["finish"] == reason for s in episodes)
     return out
 
 
@@ -114,10 +145,30 @@ def _start_file(out_path: Path, settings: dict[str, Any]) -> None:
     os.replace(tmp, sp)
 
 
-def _rows_for(problems: list[Problem], n: int, completions, verdicts) -> list[dict[str, Any]]:
+def transcript(ep: Episode) -> list[dict[str, str]]:
+    """An episode's text in order, each piece marked by who wrote it: the model or the environment."""
+    out, texts = [], iter(ep.texts)
+    for turn in ep.turns:
+        out.append({"by": "model", "text": next(texts)})
+        if turn.env_tokens:
+            out.append({"by": "env", "text": next(texts)})
+    return out
+
+
+def episode_fields(ep: Episode) -> dict[str, Any]:
+    """What a sample row adds for an episode; `length` counts the model's tokens only."""
+    return {"length": sum(t.model_tokens for t in ep.turns), "env_tokens": sum(t.env_tokens for t in ep.turns),
+            "finish": ep.finish_reason, "turns": len(ep.turns), "tool_calls": sum(t.tool_calls for t in ep.turns),
+            "tool_errors": sum(t.tool_errors for t in ep.turns),
+            "env_seconds": round(sum(t.env_seconds for t in ep.turns), 4), "answer_text": ep.answer,
+            "transcript": transcript(ep)}
+
+
+def _rows_for(problems: list[Problem], n: int, completions, verdicts, extras=None) -> list[dict[str, Any]]:
     rows = []
     for i, p in enumerate(problems):
         cs, vs = completions[i * n : (i + 1) * n], verdicts[i * n : (i + 1) * n]
+        xs = extras[i * n : (i + 1) * n] if extras else [{}] * len(cs)
         ok = [v.correct for v in vs]
         rows.append({
             "id": p.id,
@@ -130,8 +181,8 @@ def _rows_for(problems: list[Problem], n: int, completions, verdicts) -> list[di
             "samples": [
                 {"text": c.text, "extracted": v.extracted, "status": v.status, "reason": v.reason,
                  "correct": v.correct, "length": c.num_tokens, "finish": c.finish_reason,
-                 **({"think_tokens": c.think_tokens} if c.think_tokens is not None else {})}
-                for c, v in zip(cs, vs)
+                 **({"think_tokens": c.think_tokens} if c.think_tokens is not None else {}), **x}
+                for c, v, x in zip(cs, vs, xs)
             ],
         })
     return rows
@@ -153,18 +204,20 @@ def evaluate(
     settings: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    episodes: EpisodeSpec | None = None,
 ) -> EvalResult:
     """Sample `n` completions per problem from `engine`, verify them, summarise.
 
     out_path: per-problem JSONL, appended chunk by chunk. resume: continue an existing out_path
     whose settings (`settings` plus n, temperature, top_p, max_new_tokens, seed) match, else it is
     started afresh. chunk_size: problems per generate call (default: what fills one engine batch).
-    on_progress(done, total): called after each chunk is written.
+    on_progress(done, total): called after each chunk is written. episodes: run each sample as an
+    episode of this environment (an engine that continues token ids: fast or hf).
     """
     ks = ks or [1, n]
     t0 = time.time()
     settings = {**(settings or {}), "n": n, "temperature": params.temperature, "top_p": params.top_p,
-                "max_new_tokens": params.max_new_tokens, "seed": seed}
+                "max_new_tokens": params.max_new_tokens, "seed": seed, **(episodes.saved() if episodes else {})}
     out = Path(out_path) if out_path is not None else None
     done: dict[str, dict[str, Any]] = {}
     if out is not None:
@@ -186,16 +239,26 @@ def evaluate(
             if not todo:
                 continue
             # the seed depends on the chunk's position only: resuming reproduces the samples
-            completions = engine.generate(todo, params, n=n, seed=seed + start * n, on_batch=bar.update)
-            verdicts = verify_batch([p for p in todo for _ in range(n)], [c.text for c in completions],
+            if episodes is None:
+                completions = engine.generate(todo, params, n=n, seed=seed + start * n, on_batch=bar.update)
+                answers, extras = [c.text for c in completions], None
+            else:  # the first turn draws what generate would; the verifier reads each episode's answer
+                eps = run_episodes(engine, todo, params, n=n, seed=seed + start * n, env=episodes.env,
+                                   env_settings=episodes.settings, limits=episodes.limits)
+                bar.update(len(eps))
+                completions, answers = [ep.completion for ep in eps], [ep.answer for ep in eps]
+                extras = [episode_fields(ep) for ep in eps]
+            verdicts = verify_batch([p for p in todo for _ in range(n)], answers,
                                     timeout=verify_timeout, workers=verify_workers)
-            rows = _rows_for(todo, n, completions, verdicts)
+            if episodes is not None:  # an environment that judges whole episodes (its rewards saw the tool turns)
+                verdicts = [getattr(ep.env, "verdict", None) or v for ep, v in zip(eps, verdicts)]
+            rows = _rows_for(todo, n, completions, verdicts, extras)
             if out is not None:
                 with out.open("a", encoding="utf-8") as f:
                     f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
                     f.flush()
             done.update((r["id"], r) for r in rows)
-            gen_tokens += sum(c.num_tokens or 0 for c in completions)
+            gen_tokens += sum(s.get("length") or 0 for r in rows for s in r["samples"])
             new += len(todo)
             if on_progress:
                 on_progress(len(done), total)

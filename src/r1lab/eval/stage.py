@@ -1,6 +1,6 @@
 """The evaluation stage: a model scored with a run config's eval settings (the engine the rollout
-config describes, eval.n / ks / temperature, budget forcing), on held-out problems or on the
-vendored benchmarks with each one's protocol."""
+config describes, eval.n / ks / temperature, budget forcing, the environment of the `env` section
+with its tools), on held-out problems or on the vendored benchmarks with each one's protocol."""
 
 from __future__ import annotations
 
@@ -11,16 +11,27 @@ from typing import Any
 from r1lab.benchmarks import (Benchmark, breakdown, breakdown_table, load_benchmark, protocol, summary_table,
                               write_summary_json)
 from r1lab.config import RunConfig
-from r1lab.eval.run import EvalResult, evaluate
+from r1lab.eval.run import EpisodeSpec, EvalResult, evaluate
+from r1lab.eval.transcripts import episode_table, has_episodes, transcripts_markdown, write_samples
 from r1lab.plots import plot_benchmark_accuracy, plot_breakdown
 from r1lab.records import Problem
 from r1lab.rollout import SamplingParams, build_engine
+from r1lab.rollout.episodes import EpisodeLimits
 
 
 def eval_params(cfg: RunConfig) -> SamplingParams:
     e = cfg.eval
     return SamplingParams(temperature=e.temperature, top_p=e.top_p,
                           max_new_tokens=e.max_new_tokens or cfg.sampling.max_new_tokens)
+
+
+def episode_spec(cfg: RunConfig) -> EpisodeSpec | None:
+    """The config's environment as an eval's episodes; None for one_turn (one sample per prompt,
+    exactly as without an env section)."""
+    e = cfg.env
+    if e.name == "one_turn":
+        return None
+    return EpisodeSpec(e.name, dict(e.settings), EpisodeLimits(e.max_turns, e.max_tokens))
 
 
 def run_eval(cfg: RunConfig, model, tokenizer, problems: list[Problem], out_path: Path | None, desc: str,
@@ -41,7 +52,7 @@ def run_eval(cfg: RunConfig, model, tokenizer, problems: list[Problem], out_path
         return evaluate(engine, problems, eval_params(cfg), n=cfg.eval.n, ks=cfg.eval.ks, seed=cfg.seed + 777,
                         verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
                         out_path=out_path, desc=desc, show_progress=show_progress, resume=resume, settings=settings,
-                        on_progress=on_progress)
+                        on_progress=on_progress, episodes=episode_spec(cfg))
     finally:
         if own:  # an engine with memory of its own (vLLM) frees it
             engine.close()
@@ -54,7 +65,9 @@ def evaluate_benchmarks(cfg, model, tokenizer, benches: list[Benchmark], out_dir
     """Score a model on each benchmark with its protocol: per-problem JSONL `out_dir/<name>.jsonl`
     (resumed when it exists with the same settings), and a report (summary table, MATH500 by level
     and subject) written to `out_dir/summary.md` and returned with the summaries, `summary.json`,
-    and plots under `out_dir/plots/`.
+    and plots under `out_dir/plots/`. Episodes of an environment (the config's `env`) add the
+    episode table, `out_dir/<name>.samples.jsonl` (every transcript) and one transcript per
+    benchmark in the report.
 
     `engine` (e.g. an OpenAIEngine) replaces the local engine of `model`/`tokenizer`; `model_id`
     names the model in the saved settings, so that a resume with another model is refused."""
@@ -72,6 +85,9 @@ def evaluate_benchmarks(cfg, model, tokenizer, benches: list[Benchmark], out_dir
                        engine=engine, resume=True, settings=settings, on_progress=on_progress)
         res.summary.update(temperature=c.eval.temperature, top_p=c.eval.top_p)
         results[bench.name] = (c.eval.n, res.summary)
+        if has_episodes(res.rows):
+            write_samples(res.rows, out_dir / f"{bench.name}.samples.jsonl")
+            sections.append(f"{bench.name}, a transcript:\n\n{transcripts_markdown(res.rows, limit=1)}")
         for key in bench.breakdown:
             groups = breakdown(res.rows, problems, key)
             sections.append(breakdown_table(f"{bench.name} by {key}", groups))
@@ -79,7 +95,10 @@ def evaluate_benchmarks(cfg, model, tokenizer, benches: list[Benchmark], out_dir
                                f"{bench.name} accuracy by {key} (avg@{c.eval.n}, {model_id or 'model'})", key)
             plots.append(p)
     plots.insert(0, plot_benchmark_accuracy(results, out_dir / "plots" / "accuracy.png", model_id or "model"))
-    report = "\n\n".join([summary_table(results)] + sections)
+    tables = [summary_table(results)]
+    if any("turns" in summary for _, summary in results.values()):
+        tables.append(f"Episodes of environment {cfg.env.name} {cfg.env.settings or ''}:\n\n" + episode_table(results))
+    report = "\n\n".join(tables + sections)
     report_md = report + "\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.md").write_text(report_md + "\n", encoding="utf-8")

@@ -1,7 +1,8 @@
-"""What `r1lab eval` runs on a loaded model: plain evaluation, and the test-time scaling sweeps:
-accuracy against thinking budgets (s1 budget forcing), and PRM-guided search against majority
-voting. Each writes its per-problem results (resumable), a table, a JSON summary (and a plot) into
-the eval run directory."""
+"""What `r1lab eval` runs on a loaded model: plain evaluation (one sample per prompt, or episodes of
+the config's environment with its tools), and the sweeps: accuracy against thinking budgets (s1
+budget forcing), PRM-guided search against majority voting, and the same problems or benchmarks
+with several tool sets side by side (no tools, python, ...). Each writes its per-problem results
+(resumable), a table, a JSON summary (and a plot) into the eval run directory."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from r1lab.benchmarks import write_summary_json
 from r1lab.config import RunConfig
 from r1lab.eval.budget import forced_engine, scaling_point, scaling_table
 from r1lab.eval.search import run_beams, score_rows, search_table, selection_points
-from r1lab.eval.stage import eval_params, run_eval
+from r1lab.eval.stage import eval_params, evaluate_benchmarks, run_eval
+from r1lab.eval.transcripts import episode_table, has_episodes, transcripts_markdown, write_samples
 from r1lab.plots import plot_scaling, plot_search
 from r1lab.records import Problem, write_jsonl, write_text_atomic
 from r1lab.report import stage_table
@@ -25,12 +27,20 @@ def plain_eval(cfg: RunConfig, model, tok, problems: list[Problem], run: RunDir,
                label: str, name: str, engine: Engine | None = None, show_progress: bool = True,
                log=print) -> dict[str, float]:
     """n samples per problem (eval/results.jsonl, resumable), the summary (eval/summary.json, what
-    --compare reads) and its table (eval/summary.md); `engine` (an endpoint's) replaces the model's."""
+    --compare reads) and its table (eval/summary.md); `engine` (an endpoint's) replaces the model's.
+    Episodes of an environment add their table (turns, tool calls, tool errors, finish reasons),
+    every transcript in eval/samples.jsonl and two whole transcripts in the report."""
     res = run_eval(cfg, model, tok, problems, run.file("eval/results.jsonl"), "eval", show_progress, engine=engine,
                    resume=True, settings={"model": model_id, "benchmark": source})
     write_summary_json(run.file("eval/summary.json"), {label: (cfg.eval.n, res.summary)}, {"model": model_id})
     table = stage_table({name: res.summary}, cfg.eval.n, cfg.eval.ks)
-    run.file("eval/summary.md").write_text(f"{label} ({source})\n\n{table}\n", encoding="utf-8")
+    report = f"{label} ({source})\n\n{table}\n"
+    if has_episodes(res.rows):
+        table += "\n\n" + episode_table({f"{label} ({cfg.env.name})": (cfg.eval.n, res.summary)})
+        write_samples(res.rows, run.file("eval/samples.jsonl"))
+        report = (f"{label} ({source}), environment {cfg.env.name} {cfg.env.settings or ''}\n\n{table}\n\n"
+                  f"Transcripts (all of them in samples.jsonl):\n\n{transcripts_markdown(res.rows)}\n")
+    write_text_atomic(run.file("eval/summary.md"), report)
     log(table)
     log(f"per-problem results and summary: {run.file('eval')}")
     return res.summary
@@ -110,3 +120,69 @@ def search_sweep(cfg: RunConfig, model, tok, problems: list[Problem], run: RunDi
     log(table)
     log(f"per-problem results, table and plot: {run.file('eval')}, {run.file('plots/search.png')}")
     return points
+
+
+def parse_tool_sets(text: str) -> list[list[str]]:
+    """`off,python,python+calculator` -> [[], ["python"], ["python", "calculator"]]: the tool sets of
+    a side-by-side sweep (off: no tools, one sample per prompt)."""
+    from r1lab.envs import known_tools
+    from r1lab.errors import ConfigError
+
+    sets = []
+    for item in text.split(","):
+        item = item.strip()
+        tools = [] if item in ("off", "none") else [t.strip() for t in item.split("+")]
+        if not item or any(t not in known_tools() for t in tools):
+            raise ConfigError(f"--tools-sweep {text!r}: {item!r} is not off or tools joined by + "
+                              f"(known tools: {', '.join(known_tools())})")
+        sets.append(tools)
+    if len(sets) < 2:
+        raise ConfigError(f"--tools-sweep {text!r}: give at least two tool sets to compare, e.g. off,python")
+    return sets
+
+
+def with_tools(cfg: RunConfig, tools: list[str]) -> RunConfig:
+    """The config evaluated with `tools` (the tools environment, the config's other tool settings
+    kept), or without any (one_turn) when the list is empty."""
+    c = copy.deepcopy(cfg)
+    if not tools:
+        c.env.name, c.env.settings = "one_turn", {}
+    else:
+        c.env.name = cfg.env.name if cfg.env.name != "one_turn" else "tools"
+        c.env.settings = {**cfg.env.settings, "tools": list(tools)}
+    return c
+
+
+def tools_sweep(cfg: RunConfig, model, tok, run: RunDir, tool_sets: list[list[str]], model_id: str, *,
+                problems: list[Problem] | None = None, benches=None, source: str = "", label: str = "",
+                limit: int | None = None, n: int | None = None, temperature: float | None = None,
+                prompt: str = "boxed", show_progress: bool = True, log=print) -> dict[str, tuple[int, dict]]:
+    """The same problems (or each benchmark, with its protocol) evaluated once per tool set, into
+    eval/tools-<set>/ (resumable), and one table of all of them side by side: eval/tools.md and
+    eval/tools.json."""
+    results: dict[str, tuple[int, dict]] = {}
+    for tools in tool_sets:
+        name = "+".join(tools) or "off"
+        c = with_tools(cfg, tools)
+        out = run.file(f"eval/tools-{name}")
+        if benches is not None:
+            res, _ = evaluate_benchmarks(c, model, tok, benches, out, n=n, temperature=temperature, limit=limit,
+                                         show_progress=show_progress, model_id=model_id, prompt=prompt)
+            for bench, (bn, summary) in res.items():
+                results[f"{bench}, tools {name}"] = (bn, summary)
+        else:
+            r = run_eval(c, model, tok, problems or [], out / "results.jsonl", f"tools {name}", show_progress,
+                         resume=True, settings={"model": model_id, "benchmark": source})
+            if has_episodes(r.rows):
+                write_samples(r.rows, out / "samples.jsonl")
+            results[f"{label}, tools {name}"] = (c.eval.n, r.summary)
+    table = episode_table(results)
+    head = (f"model {model_id}: {'benchmarks ' + ', '.join(b.name for b in benches) if benches is not None else source}"
+            f", each with the tool sets {', '.join('+'.join(t) or 'off' for t in tool_sets)} (environment "
+            f"{cfg.env.name if cfg.env.name != 'one_turn' else 'tools'}, call format "
+            f"{cfg.env.settings.get('call_format', 'hermes')}, at most {cfg.env.max_turns} turns); accuracies in %.")
+    write_text_atomic(run.file("eval/tools.md"), f"{head}\n\n{table}\n")
+    write_summary_json(run.file("eval/tools.json"), results, {"model": model_id})
+    log(table)
+    log(f"per-problem results per tool set and the table: {run.file('eval')}")
+    return results

@@ -60,7 +60,35 @@ class TaskFamily:
             )
 
 
-TASKS: dict[str, TaskFamily] = {}
+class TaskRegistry(dict):
+    """name -> the family registered under it; and families made on demand for `PREFIX:NAME`
+    (`rg:leg_counting`: a reasoning-gym dataset), which it does not list (there are a hundred) but
+    knows: `makes(name)`, `name_problem(name)` (the config's domain check asks both), `get_task(name)`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: dict[str, tuple[Callable[[str], TaskFamily], Callable[[str], str | None]]] = {}
+        self.made: dict[str, TaskFamily] = {}
+
+    def makes(self, name: str) -> bool:
+        return name.partition(":")[0] in self.sources and ":" in name
+
+    def name_problem(self, name: str) -> str | None:
+        """What is wrong with a `PREFIX:NAME` name (unknown name, missing package), or None."""
+        prefix, _, rest = name.partition(":")
+        return self.sources[prefix][1](rest)
+
+    def family(self, name: str) -> TaskFamily:
+        if (problem := self.name_problem(name)) is not None:
+            raise ConfigError(f"task family {name!r}: {problem}")
+        if name not in self.made:
+            prefix, _, rest = name.partition(":")
+            self.made[name] = self.sources[prefix][0](rest)
+            self.made[name].name = name
+        return self.made[name]
+
+
+TASKS: TaskRegistry = TaskRegistry()
 
 _F = TypeVar("_F", bound=type[TaskFamily])
 
@@ -78,9 +106,22 @@ def register_task(name: str) -> Callable[[_F], _F]:
     return deco
 
 
+def register_source(prefix: str, check: Callable[[str], str | None]) -> Callable[[Callable[[str], TaskFamily]], Callable[[str], TaskFamily]]:
+    """Decorator: `factory(name)` makes the family of `PREFIX:name` on first use; `check(name)` says
+    what is wrong with a name (None: it can be made)."""
+
+    def deco(factory: Callable[[str], TaskFamily]) -> Callable[[str], TaskFamily]:
+        TASKS.sources[prefix] = (factory, check)
+        return factory
+
+    return deco
+
+
 def get_task(name: str) -> TaskFamily:
+    if name not in TASKS and TASKS.makes(name):
+        return TASKS.family(name)
     if name not in TASKS:
-        known = ", ".join(sorted(TASKS)) or "(none)"
+        known = ", ".join(sorted(TASKS) + [f"{prefix}:<name>" for prefix in sorted(TASKS.sources)]) or "(none)"
         raise ConfigError(f"unknown task family {name!r}; known: {known}")
     return TASKS[name]
 
