@@ -107,6 +107,11 @@ class RewardConfig:
     # settings of the shaping terms: overlong_max / overlong_cache (DAPO), cosine_max_len,
     # repetition_ngram / repetition_penalty; lengths default to the current max_new_tokens
     settings: dict[str, float] = setting({}, ge=0, keys=Domain(choices=REWARD_SETTINGS))
+    # the language_consistency term and the lang/* metrics: the target language ("" = each problem's
+    # metadata["language"], English when it has none) and the languages the detector tells apart
+    language: str = setting("", off="", choices="r1lab.languages:LANGUAGES")
+    languages: list[str] = setting(["en", "zh", "fr", "de", "es", "ru", "ja"], nonempty=True,
+                                   choices="r1lab.languages:LANGUAGES")
     verify_timeout: float = setting(5.0, gt=0)  # seconds per item in the verifier workers
     verify_workers: int = setting(2, ge=0)  # verifier processes (0 = in the controller's process)
 
