@@ -112,3 +112,35 @@ def test_config_language_domain(tmp_path):
         load_config(None, ["reward.language=klingon"])
     with pytest.raises(ConfigError, match="reward.languages"):
         load_config(None, ["reward.languages=[]"])
+
+
+def test_every_rl_step_logs_language_mixing_when_problems_carry_a_language():
+    """collect() with a scripted rollout: the consistency term is a reward like any other, and the
+    lang/* metrics sit in the step's info; a run whose problems carry no language logs none."""
+    from r1lab.config import RunConfig
+    from r1lab.records import Completion
+    from r1lab.rollout.base import SamplingParams
+    from r1lab.tasks import generate_splits
+    from r1lab.train.collect import collect
+    from r1lab.train.sampler import PromptSampler
+
+    cfg = RunConfig()
+    cfg.train.prompts_per_step, cfg.train.group_size = 2, 2
+    cfg.reward.terms = {"accuracy": 1.0, "language_consistency": 0.5}
+    cfg.reward.verify_workers = 0
+    zh_text = "<think>我们一步一步地计算。</think>\n<answer>{}</answer>"
+    en_text = "<think>Let us work it out step by step.</think>\n<answer>{}</answer>"
+
+    def rollout(prompts, seed):
+        return [Completion(p.id, [1], [2, 3], (zh_text if i == 0 else en_text).format(p.answer), [0.0, 0.0], "stop")
+                for p in prompts for i in range(2)]
+
+    _, zh = generate_splits(["arithmetic_zh"], 0, 4, 1, seed=0)
+    col = collect(cfg, PromptSampler(zh, seed=0), SamplingParams(), rollout, seed=0)
+    assert col.terms["language_consistency"] == [1.0, 0.0, 1.0, 0.0]
+    assert [c.reward for c in col.completions] == [1.5, 1.0, 1.5, 1.0]
+    assert col.info["lang/consistency"] == 0.5 and col.info["lang/mixed"] == 0.0
+    _, plain = generate_splits(["arithmetic"], 0, 4, 1, seed=0)
+    cfg.reward.terms = {"accuracy": 1.0}
+    col = collect(cfg, PromptSampler(plain, seed=0), SamplingParams(), rollout, seed=0)
+    assert not any(k.startswith("lang/") for k in col.info)
