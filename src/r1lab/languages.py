@@ -66,17 +66,24 @@ def detector(languages: tuple[str, ...]):
 # --- the reasoning, cleaned of what carries no language ---------------------------------------
 
 
-def reasoning_text(text: str) -> str:
-    """The thinking block's content, or the whole text when it has none (see the module doc)."""
+def thinking_block(text: str) -> str | None:
+    """The content of the thinking block (a template's pre-filled `<think>` counts: everything
+    before `</think>`; an unclosed block runs to the end), or None when the text has none."""
     if not isinstance(text, str):
-        return ""
+        return None
     close = text.find("</think>")
     if close >= 0:
         head = text[:close]
         opened = head.rfind("<think>")
         return head[opened + len("<think>"):] if opened >= 0 else head
     opened = text.find("<think>")
-    return text[opened + len("<think>"):] if opened >= 0 else text
+    return text[opened + len("<think>"):] if opened >= 0 else None
+
+
+def reasoning_text(text: str) -> str:
+    """The thinking block's content, or the whole text when it has none (see the module doc)."""
+    thinking = thinking_block(text)
+    return thinking if thinking is not None else text if isinstance(text, str) else ""
 
 
 _NO_LANGUAGE = re.compile(
@@ -212,19 +219,26 @@ def language_consistency(problems, texts, verdicts, completions, **settings) -> 
 
 def language_metrics(problems: Iterable, texts: Iterable[str], languages: Sequence[str] = DEFAULT_LANGUAGES,
                      configured: str = "", threshold: float = MIX_THRESHOLD) -> dict[str, float]:
-    """The language-mixing metrics of the responses whose problem carries a language ({} if none does):
+    """The language-mixing metrics of the responses whose problem carries a language, or of all when
+    a target is `configured` ({} when none is measured); see `mixing_metrics`."""
+    targets = [target_language(p, configured) if configured or (p.metadata or {}).get("language") else None
+               for p in problems]
+    return mixing_metrics(list(texts), targets, languages, threshold)
+
+
+def mixing_metrics(texts: Sequence[str], targets: Sequence[str | None], languages: Sequence[str] = DEFAULT_LANGUAGES,
+                   threshold: float = MIX_THRESHOLD) -> dict[str, float]:
+    """Over the responses whose target language is not None ({} when there are none):
     lang/consistency: mean share in the target language, over responses that have words;
     lang/mixed: share of those responses with two or more languages at >= `threshold` each;
     lang/no_words: share of all measured responses whose reasoning has no words."""
     langs = tuple(languages)
-    values, mixed, no_words = [], [], 0
-    measured = 0
-    for p, t in zip(problems, texts):
-        if not (p.metadata or {}).get("language") and not configured:
+    values, mixed, no_words, measured = [], [], 0, 0
+    for text, target in zip(texts, targets):
+        if target is None:
             continue
         measured += 1
-        target = target_language(p, configured)
-        shares = language_shares(t, tuple(dict.fromkeys([*langs, target])))
+        shares = language_shares(text, tuple(dict.fromkeys([*langs, target])))
         if not shares:
             no_words += 1
             continue
