@@ -373,7 +373,7 @@ class EvalConfig:
     # the OverThink-style probe of `r1lab eval`: the problems again with this decoy in front ("" = off;
     # "default": a river-crossing and eight-queens puzzle; a task family name: one of its problems
     # per problem; any other text: that text); the report gives token inflation and accuracy change
-    decoy: str = setting("")
+    decoy: str = ""
 
     def cross_check(self, where: str) -> None:
         if self.decoy and not self.decoy.strip():
