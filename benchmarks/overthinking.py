@@ -3,7 +3,7 @@ tiny model (two seeds).
 
     OMP_NUM_THREADS=1 /work/bin/heavy python benchmarks/overthinking.py [--seeds 0,1] [--steps 40]
 
-The setting. Arithmetic at difficulties 1-4 (1-4 operations). SFT (one checkpoint shared by every
+The setting. Arithmetic at difficulties 2-5 (2-5 operations). SFT (one checkpoint shared by every
 run) on teacher traces of which a planted share `--planted` keeps thinking after the answer: one or
 two check lines that undo the last step (`check: 35 / 5 = 7`) - redundant work after the answer is
 already written, the overthinking the measures look for. GRPO from it, equal samples in every arm
@@ -39,7 +39,7 @@ from r1lab.records import Problem, save_problems  # noqa: E402
 from r1lab.tasks import generate_splits, get_task  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "overthinking"
-LEVELS = (1, 2, 3, 4)
+LEVELS = (2, 3, 4, 5)  # level 1 holds only 243 distinct problems
 MAX_NEW = 96
 ARMS = {
     "base": "{accuracy: 1.0, format: 0.1}",
@@ -128,7 +128,7 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     axes[0].grid(alpha=0.3)
-    fig.suptitle("tiny model, arithmetic levels 1-4, SFT with planted check lines, then GRPO at equal samples "
+    fig.suptitle("tiny model, arithmetic levels 2-5, SFT with planted check lines, then GRPO at equal samples "
                  "(dots: seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -154,7 +154,7 @@ def levels_of(out: Path) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| arm | seed | accuracy % | tokens L1 | tokens L4 | L4 / L1 | thinking past the answer % (measured) "
+    lines = ["| arm | seed | accuracy % | tokens L2 | tokens L5 | L5 / L2 | thinking past the answer % (measured) "
              "| after it, share of thinking | decoy inflation | decoy accuracy change (pts) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for arm, runs in results["arms"].items():
