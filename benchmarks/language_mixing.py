@@ -11,7 +11,7 @@ languages, a random other language for English) with equal chance - the language
 showed. GRPO then trains on English prompts only, paid by accuracy + 0.1 format, with or without
 0.5 `language_consistency`. Held out: 24 problems per language, 4 samples each at temperature 1.
 
-Writes benchmarks/results/language_mixing/{results.json, language_mixing.png} and prints the table
+Writes benchmarks/results/language_mixing/{results-STEPS.json, language_mixing-STEPS.png} and prints the table
 for BENCHMARKS.md. Run directories go to --work (default /tmp/r1lab-language-mixing).
 """
 
@@ -92,7 +92,7 @@ def sft(work: Path, paths: dict, n_sft: int, epochs: int) -> Path:
 
 
 def grpo(work: Path, paths: dict, ckpt: Path, seed: int, consistency: bool, steps: int) -> Path:
-    name = f"grpo-{'lc' if consistency else 'plain'}-s{seed}"
+    name = f"grpo-{'lc' if consistency else 'plain'}-{steps}steps-s{seed}"
     terms = "{accuracy: 1.0, format: 0.1, language_consistency: 0.5}" if consistency else \
         "{accuracy: 1.0, format: 0.1, language_consistency: 0.0}"
     if not (work / name / "eval" / "rl.jsonl").is_file():
@@ -122,7 +122,7 @@ def step_curve(run: Path) -> list[tuple[int, float, float]]:
     return [(r["step"], r.get("lang/consistency"), r.get("lang/mixed")) for r in rows if "lang/consistency" in r]
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, steps: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +146,8 @@ def plot(results: dict, path: Path) -> None:
         ax.set(title=title, ylim=(0, 1))
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, loc="upper right")
-    fig.suptitle("tiny model: English-only GRPO from a multilingual SFT with planted mixing (dots: seeds)", fontsize=10)
+    fig.suptitle(f"tiny model: {steps} steps of English-only GRPO from a multilingual SFT with planted mixing "
+                 "(dots: seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -196,8 +197,8 @@ def main() -> None:
             print(f"{run.name}: {time.time() - t:.0f} s", flush=True)
     results["seconds"] = round(time.time() - t0, 1)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, OUT / "language_mixing.png")
+    (OUT / f"results-{args.steps}.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, OUT / f"language_mixing-{args.steps}.png", args.steps)
     print(table(results))
 
 
