@@ -3,7 +3,7 @@ tiny model (two seeds).
 
     OMP_NUM_THREADS=1 /work/bin/heavy python benchmarks/overthinking.py [--seeds 0,1] [--steps 40]
 
-The setting. Arithmetic at difficulties 2-5 (2-5 operations). SFT (one checkpoint shared by every
+The setting. Arithmetic at difficulties 1-3 (1-3 operations; level 1 has 243 problems in all). SFT (one checkpoint shared by every
 run) on teacher traces of which a planted share `--planted` keeps thinking after the answer: one or
 two check lines that undo the last step (`check: 35 / 5 = 7`) - redundant work after the answer is
 already written, the overthinking the measures look for. GRPO from it, equal samples in every arm
@@ -39,7 +39,8 @@ from r1lab.records import Problem, save_problems  # noqa: E402
 from r1lab.tasks import generate_splits, get_task  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "overthinking"
-LEVELS = (2, 3, 4, 5)  # level 1 holds only 243 distinct problems
+LEVELS = (1, 2, 3)
+LEVEL1_CAP = 150  # level 1 holds only 243 distinct problems: its SFT share is capped, its RL share is what is left
 MAX_NEW = 96
 ARMS = {
     "base": "{accuracy: 1.0, format: 0.1}",
@@ -67,13 +68,15 @@ def build_data(work: Path, sft_per_level: int, rl_per_level: int, held_per_level
     sft, rl, held = [], [], []
     family = get_task("arithmetic")
     for level in LEVELS:
-        train, h = generate_splits(["arithmetic"], sft_per_level + rl_per_level, held_per_level, level, seed=level)
-        for p in train[:sft_per_level]:
+        n_sft = min(sft_per_level, LEVEL1_CAP) if level == 1 else sft_per_level
+        n_rl = min(rl_per_level, 243 - held_per_level - n_sft) if level == 1 else rl_per_level
+        train, h = generate_splits(["arithmetic"], n_sft + n_rl, held_per_level, level, seed=level)
+        for p in train[:n_sft]:
             trace = family.teacher_trace(p)
             plant = rng.random() < planted
             sft.append(Problem(**{**p.to_dict(), "id": f"L{level}-{p.id}", "metadata": {
                 **p.metadata, "response": with_checks(trace, rng) if plant else trace, "planted_check": plant}}))
-        rl += [Problem(**{**p.to_dict(), "id": f"L{level}-{p.id}"}) for p in train[sft_per_level:]]
+        rl += [Problem(**{**p.to_dict(), "id": f"L{level}-{p.id}"}) for p in train[n_sft:]]
         held += [Problem(**{**p.to_dict(), "id": f"L{level}-{p.id}"}) for p in h]
     rng.shuffle(sft)
     rng.shuffle(rl)
@@ -128,7 +131,7 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     axes[0].grid(alpha=0.3)
-    fig.suptitle("tiny model, arithmetic levels 2-5, SFT with planted check lines, then GRPO at equal samples "
+    fig.suptitle("tiny model, arithmetic levels 1-3, SFT with planted check lines, then GRPO at equal samples "
                  "(dots: seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -154,7 +157,7 @@ def levels_of(out: Path) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| arm | seed | accuracy % | tokens L2 | tokens L5 | L5 / L2 | thinking past the answer % (measured) "
+    lines = ["| arm | seed | accuracy % | tokens L1 | tokens L3 | L3 / L1 | thinking past the answer % (measured) "
              "| after it, share of thinking | decoy inflation | decoy accuracy change (pts) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for arm, runs in results["arms"].items():
@@ -169,11 +172,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--sft-per-level", type=int, default=500)
+    ap.add_argument("--sft-per-level", type=int, default=900)
     ap.add_argument("--rl-per-level", type=int, default=300)
     ap.add_argument("--held-per-level", type=int, default=24)
     ap.add_argument("--planted", type=float, default=0.4)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--work", default="/tmp/r1lab-overthinking")
     args = ap.parse_args()
