@@ -212,11 +212,15 @@ def main() -> None:
             results["arms"].setdefault(arm, []).append({**scored(seed, work / name / "eval-final"),
                                                         "seconds": round(time.time() - t, 1)})
             print(f"{name}: {time.time() - t:.0f} s", flush=True)
-    results["seconds"] = round(time.time() - t0, 1)
+            results["seconds"] = round(time.time() - t0, 1)
+            save(results)  # after every run: a cut-short benchmark keeps what it measured
+    print(table(results))
+
+
+def save(results: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, OUT / "overthinking.png")
-    print(table(results))
 
 
 if __name__ == "__main__":
