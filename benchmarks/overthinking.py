@@ -111,7 +111,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = ["sft", *ARMS]
+    arms = [a for a in ("sft", *ARMS) if results["arms"].get(a)]  # a cut-short run has fewer
     colors = {"sft": "tab:gray", "base": "tab:blue", "cosine": "tab:green", "kimi": "tab:orange", "overlong": "tab:red"}
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     for arm in arms:
