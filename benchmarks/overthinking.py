@@ -162,9 +162,11 @@ def table(results: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for arm, runs in results["arms"].items():
         for r in runs:
-            lines.append(f"| {arm} | {r['seed']} | {100 * r['accuracy']:.1f} | {r['len_easiest']:.1f} | {r['len_hardest']:.1f} "
-                         f"| {r['len_hardest'] / r['len_easiest']:.2f} | {100 * r['continued']:.1f} ({r['measured']}) "
-                         f"| {r['after_first']:.3f} | {r['inflation']:.2f} | {100 * r['decoy_accuracy_change']:+.1f} |")
+            f = lambda x, spec, scale=1: "–" if x is None else format(scale * x, spec)  # noqa: E731  (none measured)
+            lines.append(f"| {arm} | {r['seed']} | {f(r['accuracy'], '.1f', 100)} | {f(r['len_easiest'], '.1f')} "
+                         f"| {f(r['len_hardest'], '.1f')} | {f(r['len_hardest'] / r['len_easiest'], '.2f')} "
+                         f"| {f(r['continued'], '.1f', 100)} ({r['measured']}) | {f(r['after_first'], '.3f')} "
+                         f"| {f(r['inflation'], '.2f')} | {f(r['decoy_accuracy_change'], '+.1f', 100)} |")
     return "\n".join(lines)
 
 
