@@ -118,7 +118,7 @@ def plot(results: dict, path: Path) -> None:
         runs = results["arms"][arm]
         levels = [[r["by_level"].get(str(lv)) for r in runs] for lv in LEVELS]
         axes[0].plot(LEVELS, [mean(v) for v in levels], marker="o", color=colors[arm], label=arm)
-    axes[0].set(title="mean tokens by difficulty", xlabel="operations", ylabel="tokens")
+    axes[0].set(title="mean tokens by difficulty", xlabel="operations", ylabel="tokens", xticks=LEVELS)
     metrics = [("accuracy", "held-out accuracy (avg@4)"), ("continued", "correct samples thinking past the answer"),
                ("inflation", "decoy: token inflation (x)")]
     for ax, (key, title) in zip(axes[1:], metrics):
