@@ -35,7 +35,7 @@ TINY = ROOT / "recipes" / "tiny"
 # device names, checked by models.resolve_device before anything is written)
 FREE_TEXT = {"data.system_prompt", "data.response_prefix", "model.device", "cluster.ray_address",
              "eval.search.think_end", "import.source", "import.task", "import.id_prefix", "import.split",
-             "decontaminate.text_field", "select.trace_field"}
+             "decontaminate.text_field", "select.trace_field", "eval.decoy"}
 # dict[str, Any] settings of a registered method: their domains are the method's own (see below)
 METHOD_ARGS = {"algo.advantage_args", "algo.policy_loss_args", "algo.kl_args", "algo.correction_args", "dpo.loss_args",
                "import.mapping",

@@ -107,6 +107,11 @@ class RewardConfig:
     # settings of the shaping terms: overlong_max / overlong_cache (DAPO), cosine_max_len,
     # repetition_ngram / repetition_penalty; lengths default to the current max_new_tokens
     settings: dict[str, float] = setting({}, ge=0, keys=Domain(choices=REWARD_SETTINGS))
+    # the language_consistency term and the lang/* metrics: the target language ("" = each problem's
+    # metadata["language"], English when it has none) and the languages the detector tells apart
+    language: str = setting("", off="", choices="r1lab.languages:LANGUAGES")
+    languages: list[str] = setting(["en", "zh", "fr", "de", "es", "ru", "ja"], nonempty=True,
+                                   choices="r1lab.languages:LANGUAGES")
     verify_timeout: float = setting(5.0, gt=0)  # seconds per item in the verifier workers
     verify_workers: int = setting(2, ge=0)  # verifier processes (0 = in the controller's process)
 
@@ -365,8 +370,15 @@ class EvalConfig:
     at_start: bool = True  # `r1lab rl`: evaluate the starting model too (false: the SFT run already did)
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # budget forcing (off unless budget.max_think > 0)
     search: SearchConfig = field(default_factory=SearchConfig)  # PRM-guided search (off unless search.method is set)
+    # the OverThink-style probe of `r1lab eval`: the problems again with this decoy in front ("" = off;
+    # "default": a river-crossing and eight-queens puzzle; a task family name: one of its problems
+    # per problem; any other text: that text); the report gives token inflation and accuracy change
+    decoy: str = ""
 
     def cross_check(self, where: str) -> None:
+        if self.decoy and not self.decoy.strip():
+            raise ConfigError(f"{where}.decoy={self.decoy!r}: a decoy with no text injects nothing; give a text, "
+                              "a task family name or 'default' (or '' for no probe)")
         if max(self.ks) > self.n:
             fits = [k for k in self.ks if k <= self.n] or [1]
             raise ConfigError(f"{where}.ks={self.ks}: k={max(self.ks)} needs {where}.n >= {max(self.ks)} samples per "

@@ -67,7 +67,7 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
     written."""
     from r1lab.rollout.openai import OpenAIEngine, is_endpoint
     from r1lab.runs import RunDir
-    from r1lab.eval.sweeps import plain_eval, search_sweep, think_sweep
+    from r1lab.eval.sweeps import decoy_probe, plain_eval, search_sweep, think_sweep
     from r1lab.stages import load_policy, prepare_data
 
     cfg.eval.n = req.n if req.n is not None else cfg.eval.n
@@ -90,6 +90,9 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
     if scorer is not None and (budgets or req.benchmarks or is_endpoint(req.model)):
         raise R1labError("--search runs on a local model over --data or the config's held-out split, "
                          "without budget forcing (not with --benchmarks, --think-* or an endpoint)")
+    if cfg.eval.decoy and (budgets or scorer is not None or req.benchmarks):
+        raise R1labError("eval.decoy probes the plain evaluation (--data or the held-out split), "
+                         "not --think-budgets, --search or --benchmarks")
     if (budgets or cfg.eval.budget.max_think > 0) and is_endpoint(req.model):
         raise R1labError("budget forcing needs a local model (it continues token-id prefixes), not an endpoint")
     episodes = cfg.env.name != "one_turn" or bool(tool_sets)
@@ -155,6 +158,8 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
         return
     plain_eval(cfg, model, tok, problems, run, model_id, source, label, Path(req.model).name, engine=engine,
                show_progress=not req.quiet)
+    if cfg.eval.decoy:
+        decoy_probe(cfg, model, tok, problems, run, model_id, source, label, engine=engine, show_progress=not req.quiet)
 
 
 def _data_source(req: EvalRequest) -> tuple[str, str]:

@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 
 from r1lab.errors import DataError, R1labError
 from r1lab.eval.metrics import avg_at_k, majority_at_k, pass_at_k
+from r1lab.eval.overthink import overthinking_metrics
+from r1lab.languages import mixing_metrics
 from r1lab.records import Problem
 from r1lab.rollout.base import Engine, SamplingParams
 from r1lab.rollout.episodes import Episode, EpisodeLimits, run_episodes
@@ -92,6 +94,24 @@ def summarise(rows: list[dict[str, Any]], n: int, ks: list[int]) -> dict[str, fl
             out[key] = mean(s[key] for s in episodes)
         for reason in sorted({s["finish"] for s in episodes}):
             out[f"finish/{reason}"] = mean(s["finish"] == reason for s in episodes)
+    out.update(language_summary(rows))
+    out.update(overthinking_metrics(rows))
+    return out
+
+
+def language_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """For rows that carry a language: the mixing metrics over all their samples, and per language
+    its accuracy (avg@n) and mean consistency (lang/<code>/accuracy, lang/<code>/consistency)."""
+    rows = [r for r in rows if isinstance(r.get("language"), str)]
+    if not rows:
+        return {}
+    out = mixing_metrics([s["text"] for r in rows for s in r["samples"]],
+                         [r["language"] for r in rows for s in r["samples"]])
+    for lang in sorted({r["language"] for r in rows}):
+        mine = [r for r in rows if r["language"] == lang]
+        out[f"lang/{lang}/accuracy"] = mean(r["avg"] for r in mine)
+        out[f"lang/{lang}/consistency"] = mixing_metrics([s["text"] for r in mine for s in r["samples"]],
+                                                         [lang] * sum(len(r["samples"]) for r in mine))["lang/consistency"]
     return out
 
 
@@ -178,6 +198,8 @@ def _rows_for(problems: list[Problem], n: int, completions, verdicts, extras=Non
             "correct": sum(ok),
             "avg": avg_at_k(ok),
             "maj": majority_at_k([v.extracted for v in vs], ok),
+            # what the language and overthinking measures group by, where the problem says
+            **{k: p.metadata[k] for k in ("language", "difficulty") if (p.metadata or {}).get(k) is not None},
             "samples": [
                 {"text": c.text, "extracted": v.extracted, "status": v.status, "reason": v.reason,
                  "correct": v.correct, "length": c.num_tokens, "finish": c.finish_reason,

@@ -13,6 +13,7 @@ from pathlib import Path
 from r1lab.benchmarks import write_summary_json
 from r1lab.config import RunConfig
 from r1lab.eval.budget import forced_engine, scaling_point, scaling_table
+from r1lab.eval.overthink import decoy_report, with_decoy
 from r1lab.eval.search import run_beams, score_rows, search_table, selection_points
 from r1lab.eval.stage import eval_params, evaluate_benchmarks, run_eval
 from r1lab.eval.transcripts import episode_table, has_episodes, transcripts_markdown, write_samples
@@ -34,6 +35,8 @@ def plain_eval(cfg: RunConfig, model, tok, problems: list[Problem], run: RunDir,
                    resume=True, settings={"model": model_id, "benchmark": source})
     write_summary_json(run.file("eval/summary.json"), {label: (cfg.eval.n, res.summary)}, {"model": model_id})
     table = stage_table({name: res.summary}, cfg.eval.n, cfg.eval.ks)
+    extra = measures_table(res.summary)  # language mixing and overthinking, where the problems allow
+    table = f"{table}\n\n{extra}" if extra else table
     report = f"{label} ({source})\n\n{table}\n"
     if has_episodes(res.rows):
         table += "\n\n" + episode_table({f"{label} ({cfg.env.name})": (cfg.eval.n, res.summary)})
@@ -44,6 +47,35 @@ def plain_eval(cfg: RunConfig, model, tok, problems: list[Problem], run: RunDir,
     log(table)
     log(f"per-problem results and summary: {run.file('eval')}")
     return res.summary
+
+
+def measures_table(summary: dict[str, float]) -> str:
+    """The lang/*, overthink/* and decoy/* entries of a summary as a two-column markdown table ("" if none)."""
+    keys = [k for k in summary if k.startswith(("lang/", "overthink/", "decoy/"))]
+    if not keys:
+        return ""
+    return "\n".join(["| measure | value |", "|---|---:|"] + [f"| {k} | {summary[k]:.4g} |" for k in keys])
+
+
+def decoy_probe(cfg: RunConfig, model, tok, problems: list[Problem], run: RunDir, model_id: str, source: str,
+                label: str, engine: Engine | None = None, show_progress: bool = True, log=print) -> dict[str, float]:
+    """The OverThink-style probe: the plain eval (eval/results.jsonl, resumed: after plain_eval it is
+    only read) and the same problems with cfg.eval.decoy in front (eval/decoy.jsonl); the token
+    inflation and accuracy change go to eval/decoy.json and eval/decoy.md."""
+    settings = {"model": model_id, "benchmark": source}
+    base = run_eval(cfg, model, tok, problems, run.file("eval/results.jsonl"), "eval", show_progress, engine=engine,
+                    resume=True, settings=settings)
+    decoyed = with_decoy(problems, cfg.eval.decoy, cfg.seed)
+    res = run_eval(cfg, model, tok, decoyed, run.file("eval/decoy.jsonl"), "eval with decoy", show_progress,
+                   engine=engine, resume=True, settings={**settings, "decoy": cfg.eval.decoy})
+    report = decoy_report(base.rows, res.rows)
+    write_text_atomic(run.file("eval/decoy.json"), json.dumps(
+        {"model": model_id, "data": source, "decoy": cfg.eval.decoy, "example": decoyed[0].prompt if decoyed else "",
+         **report}, indent=1, default=float) + "\n")
+    table = measures_table(report)
+    write_text_atomic(run.file("eval/decoy.md"), f"{label} ({source}), decoy {cfg.eval.decoy!r}\n\n{table}\n")
+    log(table)
+    return report
 
 
 def think_sweep(cfg: RunConfig, model, tok, problems: list[Problem], run: RunDir, budgets: list[tuple[int, int]],

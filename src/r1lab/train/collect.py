@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from r1lab.config import RunConfig
+from r1lab.languages import language_metrics
 from r1lab.records import Completion, Problem
 from r1lab.rewards import compute_rewards
 from r1lab.rollout.base import SamplingParams
@@ -51,7 +52,8 @@ def collect(cfg: RunConfig, sampler: PromptSampler, params: SamplingParams,
         t1 = time.time()
         score([p for p in prompts for _ in range(G)], completions, cfg.reward.terms,
                         timeout=cfg.reward.verify_timeout, workers=cfg.reward.verify_workers,
-                        settings={"max_new_tokens": params.max_new_tokens, "group_size": G, **cfg.reward.settings})
+                        settings={"max_new_tokens": params.max_new_tokens, "group_size": G, **cfg.reward.settings,
+                                  "language": cfg.reward.language, "languages": cfg.reward.languages})
         t_gen, t_score = t_gen + t1 - t0, t_score + time.time() - t1
         gen_tokens += sum(c.model_tokens for c in completions)
         generated += len(completions)
@@ -86,6 +88,8 @@ def collect(cfg: RunConfig, sampler: PromptSampler, params: SamplingParams,
     info = {"sampling/rounds": rounds, "sampling/dropped_groups": dropped, "sampling/groups": len(groups),
             "sampling/generated": generated,
             "time/generate": t_gen, "time/score": t_score,
-            "throughput/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9)}
+            "throughput/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
+            # language mixing, when the problems carry a language (or one is configured)
+            **language_metrics(problems, [c.text for c in completions], cfg.reward.languages, cfg.reward.language)}
     return Collected(problems, completions, torch.tensor([c.reward for c in completions], dtype=torch.float32),
                      torch.arange(len(groups)).repeat_interleave(G), terms, info)
