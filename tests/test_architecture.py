@@ -27,7 +27,7 @@ ROOT = "r1lab"
 
 # bottom to top; a module may import modules of its own layer and of the layers below it
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("r1lab", "r1lab.errors", "r1lab.domains", "r1lab.records", "r1lab.config")),
+    ("base", ("r1lab", "r1lab.errors", "r1lab.domains", "r1lab.images", "r1lab.records", "r1lab.config")),
     ("math", ("r1lab.algos",)),
     ("signals", ("r1lab.verify", "r1lab.tasks", "r1lab.reward_registry", "r1lab.rewards", "r1lab.reward_shaping",
                  "r1lab.benchmarks", "r1lab.envs")),
