@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("math", ("r1lab.algos",)),
     ("signals", ("r1lab.verify", "r1lab.tasks", "r1lab.reward_registry", "r1lab.rewards", "r1lab.reward_shaping",
                  "r1lab.benchmarks", "r1lab.envs")),
-    ("engines", ("r1lab.models", "r1lab.hub", "r1lab.rollout", "r1lab.cluster")),
+    ("engines", ("r1lab.vision", "r1lab.models", "r1lab.hub", "r1lab.rollout", "r1lab.cluster")),
     ("observe", ("r1lab.runs", "r1lab.report", "r1lab.plots", "r1lab.health", "r1lab.tracking")),
     ("work", ("r1lab.train", "r1lab.eval", "r1lab.data")),
     ("orchestration", ("r1lab.runner", "r1lab.stages", "r1lab.demo", "r1lab.pipeline", "r1lab.rstar",

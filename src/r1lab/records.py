@@ -129,6 +129,8 @@ class Completion:
     # tool's output, a chat template's turn markers; its `logprobs` entry is 0.0). None: every token
     # is the model's (every one-turn rollout)
     loss_mask: list[int] | None = None
+    # the pixel inputs of the prompt's images (vision.VisionInputs), for the trainer's forward; None: text
+    vision: Any = None
 
     @property
     def num_tokens(self) -> int | None:
