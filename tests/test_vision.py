@@ -151,3 +151,41 @@ def test_an_rl_step_with_images_updates_the_policy_without_shared_prefix(vlm, ca
     assert any("shared_prefix: off for batches with images" in r.message for r in caplog.records)
     # the gradient reached the vision tower through the image tokens
     assert any(not torch.equal(a, b) for a, b in zip(before, model.model.visual.parameters()))
+
+
+def test_serve_reads_image_url_parts_and_an_endpoint_sends_them(vlm, tmp_path):
+    import threading
+
+    from r1lab.rollout.openai import OpenAIEngine
+    from r1lab.serve import ChatModel, RequestError, make_server, parse_request
+
+    model, tok, train = vlm
+    url = train[0].images[0]
+    req = parse_request({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "How many?"}]}]}, accepts_images=True)
+    assert req["images"] == [url] and req["messages"] == [{"role": "user", "content": "How many?"}]
+    bad = [({"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}, "data URL"),
+           ({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}, "not an image file"),
+           ({"type": "video", "video": "x"}, "content part")]
+    for part, message in bad:
+        with pytest.raises(RequestError, match=message):
+            parse_request({"messages": [{"role": "user", "content": [part]}]}, accepts_images=True)
+    with pytest.raises(RequestError, match="text-only"):
+        parse_request({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]})
+    with pytest.raises(RequestError, match="first user message"):
+        parse_request({"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": url}}]},
+                                    {"role": "user", "content": "q"}]}, accepts_images=True)
+
+    save_model(model, tok, tmp_path / "vlm")
+    server = make_server(ChatModel(str(tmp_path / "vlm"), "vlm"), port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host, port = server.server_address[:2]
+        endpoint = OpenAIEngine(f"http://{host}:{port}/v1")
+        params = SamplingParams(temperature=0.0, max_new_tokens=8)
+        remote = endpoint.generate(train[:2], params)
+        local = HFEngine(model, tok).generate(train[:2], params)
+        assert [c.text for c in remote] == [c.text for c in local]  # the pictures made the trip
+    finally:
+        server.shutdown()
+        server.server_close()
