@@ -60,16 +60,18 @@ def run(seed: int, out: Path) -> None:
     name = f"vlm-s{seed}"
     run_dir = out / name
     t = time.time()
-    r1lab("pipeline", str(ROOT / "recipes" / "tiny" / "vlm.yaml"), f"out_dir={out}", f"name={name}", f"seed={seed}",
-          f"data.seed={seed}", "--quiet")
-    seconds = time.time() - t
+    if not (run_dir / "summary.json").exists():  # a finished pipeline is kept: only the control runs again
+        r1lab("pipeline", str(ROOT / "recipes" / "tiny" / "vlm.yaml"), f"out_dir={out}", f"name={name}", f"seed={seed}",
+              f"data.seed={seed}", "--quiet")
+        (run_dir / "pipeline_seconds.txt").write_text(f"{time.time() - t:.1f}\n")
+    seconds = float((run_dir / "pipeline_seconds.txt").read_text()) if (run_dir / "pipeline_seconds.txt").exists() else None
     blank = run_dir / "held_out_blank.jsonl"
     blank_copy(run_dir / "prepare" / "data" / "eval.jsonl", blank)
     control = {}
     for stage, ckpt in (("sft", run_dir / "00-sft" / "checkpoints" / "sft"), ("rl", run_dir / "01-rl" / "checkpoints" / "rl")):
         r1lab("eval", str(ckpt), "--recipe", str(ROOT / "recipes" / "tiny" / "vlm.yaml"), "--data", str(blank),
               "--n", "4", "--out", str(run_dir / f"blank-{stage}"), "--quiet", f"seed={seed}")
-        control[stage] = per_family(next((run_dir / f"blank-{stage}").glob("*.jsonl")))
+        control[stage] = per_family(run_dir / f"blank-{stage}" / "eval" / "results.jsonl")
     rows = [json.loads(line) for line in (run_dir / "01-rl" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     sft, rl = (per_family(next((run_dir / d / "eval").glob("*.jsonl"))) for d in ("00-sft", "01-rl"))
     held = [(0, sft["all"])] + [(r["step"], round(100 * r["eval/avg"], 1)) for r in rows if "eval/avg" in r]

@@ -189,3 +189,24 @@ def test_serve_reads_image_url_parts_and_an_endpoint_sends_them(vlm, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_eval_cli_scores_a_jsonl_of_image_problems_with_pass_at_k(vlm, tmp_path):
+    import json
+
+    from r1lab.cli import main
+    from r1lab.images import data_url_bytes
+
+    model, tok, train = vlm
+    save_model(model, tok, tmp_path / "vlm")
+    rows = []
+    for i, p in enumerate(train[:3]):
+        (tmp_path / f"pic{i}.png").write_bytes(data_url_bytes(p.images[0], "x"))
+        rows.append({"id": p.id, "prompt": p.prompt, "answer": p.answer, "images": [f"pic{i}.png"]})
+    (tmp_path / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval-out"
+    assert main(["eval", str(tmp_path / "vlm"), "--data", str(tmp_path / "images.jsonl"), "--n", "2", "--out", str(out),
+                 "--quiet", "sampling.max_new_tokens=6", "rollout.engine=hf"]) == 0
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert "pass@2" in json.dumps(summary)
+    assert len((out / "eval" / "results.jsonl").read_text().splitlines()) == 3
