@@ -69,8 +69,9 @@ def run(seed: int, out: Path) -> None:
     blank_copy(run_dir / "prepare" / "data" / "eval.jsonl", blank)
     control = {}
     for stage, ckpt in (("sft", run_dir / "00-sft" / "checkpoints" / "sft"), ("rl", run_dir / "01-rl" / "checkpoints" / "rl")):
-        r1lab("eval", str(ckpt), "--recipe", str(ROOT / "recipes" / "tiny" / "vlm.yaml"), "--data", str(blank),
-              "--n", "4", "--out", str(run_dir / f"blank-{stage}"), "--quiet", f"seed={seed}")
+        # the recipe's eval settings (a pipeline recipe is not an eval config: its settings are given here)
+        r1lab("eval", str(ckpt), "--data", str(blank), "--n", "4", "--out", str(run_dir / f"blank-{stage}"), "--quiet",
+              f"seed={seed}", "eval.temperature=1.0", "sampling.max_new_tokens=72", "rollout.engine=hf")
         control[stage] = per_family(run_dir / f"blank-{stage}" / "eval" / "results.jsonl")
     rows = [json.loads(line) for line in (run_dir / "01-rl" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     sft, rl = (per_family(next((run_dir / d / "eval").glob("*.jsonl"))) for d in ("00-sft", "01-rl"))

@@ -210,3 +210,15 @@ def test_eval_cli_scores_a_jsonl_of_image_problems_with_pass_at_k(vlm, tmp_path)
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert "pass@2" in json.dumps(summary)
     assert len((out / "eval" / "results.jsonl").read_text().splitlines()) == 3
+
+
+def test_vllm_refuses_a_vision_language_model_in_one_line(vlm):
+    from r1lab.errors import EngineError
+    from r1lab.rollout.vllm import vllm_unavailable_reason
+
+    if vllm_unavailable_reason() is not None:
+        pytest.skip("vLLM is not installed here")
+    model, tok, _ = vlm
+    with pytest.raises(EngineError) as e:
+        make_engine(model, tok, "vllm")
+    assert "vision-language model (qwen2_vl)" in str(e.value) and "\n" not in str(e.value)
