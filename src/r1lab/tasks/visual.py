@@ -2,9 +2,10 @@
 Pillow, and the answer is a number the "math" verifier checks exactly.
 
 - `count_shapes`: how many circles (squares, triangles) a picture holds. Shapes sit in the cells of
-  a 4 x 4 grid (one per cell, so none overlap and the count is well defined). Difficulty 1: 1-3
-  circles and nothing else; 2: 1-4 of the asked kind among up to 3 of one other kind; 3 and up:
-  1-6 of the asked kind among up to 4 of the two others, colours drawn for every shape.
+  a 4 x 4 grid (one per cell, so none overlap and the count is well defined), each in a colour
+  drawn from four. Difficulty 1: 1-3 circles of two sizes and nothing else (one layout of one circle
+  has 8 pictures, so the held-out answers are not mostly 3); 2: 1-4 of the asked kind among up to 3
+  of one other kind; 3 and up: 1-6 of the asked kind among up to 4 of the two others.
 - `bar_value`: the height of the k-th bar from the left of a bar chart with gridlines at every unit.
   Difficulty 1: 4 bars of heights 1..5; 2: 4 bars, 1..7; 3 and up: 5 bars, 1..9.
 - `digit_sum`: the sum of the digits drawn in the picture (a fixed 3 x 5 dot font, scaled up, so the
@@ -27,6 +28,7 @@ from r1lab.tasks.base import TaskFamily, format_trace, register_task
 
 SIZE = 64  # pixels a side: 4 x 4 cells of 16 px, one merged vision token each in the tiny VLM
 CELL = SIZE // 4
+SIZES = (7, 11)  # the two circle diameters of count_shapes at difficulty 1, in pixels
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (30, 160, 60), "orange": (240, 140, 20)}
 KINDS = ("circle", "square", "triangle")
 # a 3 x 5 dot font: each digit is 5 rows of 3 bits, top row first
@@ -81,27 +83,30 @@ class CountShapes(VisualFamily):
         n = rng.randint(1, 3 if difficulty == 1 else 4 if difficulty == 2 else 6)
         n_other = rng.randint(0, 3 if difficulty == 2 else 4) if others else 0
         cells = rng.sample(range(16), n + n_other)
-        colour = lambda: "red" if difficulty == 1 else rng.choice(sorted(COLOURS))  # noqa: E731
+        colour = lambda: rng.choice(sorted(COLOURS))  # noqa: E731
         shapes = [[cell, kind, colour()] for cell in cells[:n]] + [[cell, rng.choice(others), colour()] for cell in cells[n:]]
+        if difficulty == 1:  # circles of two sizes: more distinct pictures of one or two circles
+            shapes = [shape + [rng.choice(SIZES)] for shape in shapes]
         shapes.sort()
         return self._problem(f"How many {kind}s are in the picture?", n, {"kind": kind, "shapes": shapes})
 
     def render(self, scene: dict) -> str:
         img, draw = _canvas()
-        for cell, kind, colour in scene["shapes"]:
-            x, y = (cell % 4) * CELL + 2, (cell // 4) * CELL + 2
-            box, fill = (x, y, x + CELL - 5, y + CELL - 5), COLOURS[colour]
+        for cell, kind, colour, *size in scene["shapes"]:
+            side = size[0] if size else CELL - 5
+            x, y = (cell % 4) * CELL + (CELL - side) // 2, (cell // 4) * CELL + (CELL - side) // 2
+            box, fill = (x, y, x + side, y + side), COLOURS[colour]
             if kind == "circle":
                 draw.ellipse(box, fill=fill)
             elif kind == "square":
                 draw.rectangle(box, fill=fill)
             else:
-                draw.polygon([(x + (CELL - 5) // 2, y), (x, y + CELL - 5), (x + CELL - 5, y + CELL - 5)], fill=fill)
+                draw.polygon([(x + side // 2, y), (x, y + side), (x + side, y + side)], fill=fill)
         return _picture(img)
 
     def teacher_trace(self, problem: Problem) -> str:
         scene = problem.metadata["scene"]
-        found = [f"{kind} in cell {cell + 1}" for cell, kind, _ in scene["shapes"] if kind == scene["kind"]]
+        found = [f"{shape[1]} in cell {shape[0] + 1}" for shape in scene["shapes"] if shape[1] == scene["kind"]]
         steps = [f"I look at each cell for a {scene['kind']}.", ", ".join(found) + ".", f"That is {len(found)} {scene['kind']}{'' if len(found) == 1 else 's'}."]
         return format_trace(steps, str(len(found)))
 
