@@ -222,3 +222,30 @@ def test_vllm_refuses_a_vision_language_model_in_one_line(vlm):
     with pytest.raises(EngineError) as e:
         make_engine(model, tok, "vllm")
     assert "vision-language model (qwen2_vl)" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_tiny_qwen2_5_vl_takes_the_same_path(vlm):
+    """Qwen2.5-VL (window attention in its vision tower, its own config) through the same engine and
+    trainer code: the hf engine's log-probs equal the trainer's."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    _, tok, train = vlm
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in (("image_token_id", IMAGE_PAD), ("video_token_id", "<|video_pad|>"),
+                                                             ("vision_start_token_id", VISION_START), ("vision_end_token_id", VISION_END))}
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+                         eos_token_id=tok.eos_token_id, bos_token_id=None),
+        vision_config=dict(depth=1, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=1, patch_size=8,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=32, fullatt_block_indexes=[0]),
+        tie_word_embeddings=True, **ids)
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    cs = HFEngine(model, tok).generate(train[:3], SamplingParams(temperature=1.0, max_new_tokens=6), n=2, seed=0)
+    batch = pad_sequences([c.prompt_ids for c in cs], [c.response_ids for c in cs], tok.pad_token_id)
+    with torch.no_grad():
+        lp = token_logprobs(model, batch["input_ids"], batch["attention_mask"], vision=[c.vision for c in cs])[0]
+    mask = batch["response_mask"].bool()
+    for i, c in enumerate(cs):
+        assert torch.allclose(lp[i][mask[i]], torch.tensor(c.logprobs), atol=1e-4), i
