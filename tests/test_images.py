@@ -186,3 +186,16 @@ def test_dedup_keeps_same_text_different_pixels_and_drops_identical_images():
     kept = list(dedup(rows, DedupSettings(), lambda rid, reason, keeper: dropped.append((rid, reason, keeper))))
     assert [p.id for p in kept] == ["a", "b", "d"]
     assert dropped == [("c", "exact_duplicate", "a")]
+
+
+def test_data_import_reads_a_saved_hf_dataset_with_an_image_feature(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"question": ["count", "count again"], "answer": ["1", "2"],
+                                     "image": [Image.new("RGB", (6, 6), "red"), Image.new("L", (6, 6), 9)]})
+    ds.cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "out.jsonl"
+    assert main(["data", "import", str(tmp_path / "ds"), "-o", str(out), "--quiet"]) == 0
+    problems = load_problems(out)
+    assert decode_image(problems[0].images[0]).getpixel((0, 0)) == (255, 0, 0)
+    assert decode_image(problems[1].images[0]).getpixel((0, 0)) == (9, 9, 9)
