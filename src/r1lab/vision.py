@@ -178,7 +178,9 @@ def forward_inputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     merge = model.config.vision_config.spatial_merge_size ** 2
     expected = int((grids.prod(-1) // merge).sum()) if grids is not None else 0
     if counted != expected:
-        raise ModelError(f"the batch holds {counted} image tokens where its images need {expected}")
+        hint = (" (this forward was given no pixels: DPO, PRMs, budget forcing and multi-turn episodes do not carry "
+                "images yet)" if not rows else "")
+        raise ModelError(f"the batch holds {counted} image tokens where its images need {expected}{hint}")
     inner = next(m for m in model.modules() if hasattr(m, "get_rope_index"))  # under LoRA too
     positions, deltas = inner.get_rope_index(input_ids, mm_token_type_ids=token_types, image_grid_thw=grids,
                                              attention_mask=attention_mask)
