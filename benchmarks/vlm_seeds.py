@@ -6,7 +6,7 @@ blank white picture.
     /work/bin/heavy python benchmarks/vlm_seeds.py run --seed 0      # one seed (run seeds side by side)
     python benchmarks/vlm_seeds.py report --seeds 0 1                # figure + table from the saved runs
 
-Writes benchmarks/results/vlm/seed<N>.json per seed, and `report` draws benchmarks/results/vlm/vlm.png
+Writes benchmarks/results/vlm/<tag>seed<N>.json per seed, and `report` draws benchmarks/results/vlm/<tag>vlm.png
 (training reward by GRPO step; held-out avg@4 after SFT, at every eval, after GRPO; the blank-picture
 control after SFT and after GRPO; per family) and prints the markdown table for BENCHMARKS.md.
 """
@@ -56,7 +56,7 @@ def blank_copy(src: Path, dst: Path) -> None:
     dst.write_text("\n".join(rows) + "\n")
 
 
-def run(seed: int, out: Path) -> None:
+def run(seed: int, out: Path, tag: str = "") -> None:
     name = f"vlm-s{seed}"
     run_dir = out / name
     t = time.time()
@@ -81,17 +81,17 @@ def run(seed: int, out: Path) -> None:
               "reward": [(r["step"], r["reward/total"]) for r in rows],
               "accuracy": [(r["step"], r.get("reward/accuracy")) for r in rows]}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"seed{seed}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{tag}seed{seed}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("seed", "seconds", "sft", "rl", "blank")}))
 
 
-def report(seeds: list[int]) -> None:
+def report(seeds: list[int], tag: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [json.loads((RESULTS / f"seed{s}.json").read_text()) for s in seeds]
+    runs = [json.loads((RESULTS / f"{tag}seed{s}.json").read_text()) for s in seeds]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for r in runs:
         axes[0].plot(*zip(*r["accuracy"]), label=f"seed {r['seed']}", alpha=0.8)
@@ -113,7 +113,7 @@ def report(seeds: list[int]) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "vlm.png", dpi=90)
+    fig.savefig(RESULTS / f"{tag}vlm.png", dpi=90)
     plt.close(fig)
     print("| seed | stage | all | count_shapes | bar_value | digit_sum | all, blank pictures | seconds |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
@@ -129,13 +129,15 @@ def main() -> None:
     p = sub.add_parser("run")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", default="/tmp/r1lab-vlm")
+    p.add_argument("--tag", default="", help="prefix of the result files (e.g. round2_)")
     p = sub.add_parser("report")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--tag", default="")
     args = ap.parse_args()
     if args.cmd == "run":
-        run(args.seed, Path(args.out))
+        run(args.seed, Path(args.out), args.tag)
     else:
-        report(args.seeds)
+        report(args.seeds, args.tag)
 
 
 if __name__ == "__main__":
