@@ -36,11 +36,21 @@ class TinyModelConfig:
     num_kv_heads: int = setting(2, ge=1)  # grouped-query attention, as in Qwen2
     intermediate_size: int = setting(576, ge=1)
     max_positions: int = setting(256, ge=1)
+    # the vision tower of the tiny Qwen2-VL built when the data shows images (r1lab/vision.py)
+    vision_layers: int = setting(2, ge=1)
+    vision_width: int = setting(64, ge=32)  # a multiple of 32: heads of 32 dimensions
+    patch_size: int = setting(8, ge=2)
+    image_size: int = setting(64, ge=16)  # every image resized to about this many pixels a side
 
     def cross_check(self, where: str) -> None:
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ConfigError(f"{where}: hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_kv_heads="
                               f"{self.num_kv_heads}: expected num_heads to divide hidden_size and num_kv_heads num_heads")
+        if self.vision_width % 32:
+            raise ConfigError(f"{where}: vision_width={self.vision_width}: expected a multiple of 32 (heads of 32 dimensions)")
+        if self.image_size % (2 * self.patch_size):
+            raise ConfigError(f"{where}: image_size={self.image_size}, patch_size={self.patch_size}: expected image_size "
+                              f"to be a multiple of 2 * patch_size (patches are merged 2 x 2)")
 
 
 @dataclass

@@ -20,6 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from r1lab.config import TinyModelConfig
 from r1lab.errors import ModelError
 from r1lab.records import prompt_messages, prompt_text
+from r1lab.vision import (attach_image_processor, forward_inputs, image_processor_of, is_vision_config, is_vision_model,
+                          load_image_processor, suppress_vision_tokens)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ def token_logprobs(
     with_entropy: bool = False,
     start: int = 0,
     entropy_grad: bool = True,
+    vision: "list | None" = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log softmax(logits / T) of each next token: [B, L-1] (and the entropy of that distribution).
 
@@ -93,14 +96,25 @@ def token_logprobs(
 
     Batches live on the CPU; on a GPU model the ids go to its device and the [B, L-1] results come
     back (autograd follows the copy), so the loss code is the same for every device.
+
+    `vision`: per row, the pixel inputs of its images (vision.VisionInputs) or None, for a
+    vision-language model; the rows' image tokens are in `input_ids`.
     """
     home = input_ids.device
     device = model_device(model)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     L = input_ids.shape[1]
     start = min(max(start, 0), L - 1)
+    extra = {}
+    if is_vision_model(model):
+        extra = forward_inputs(model, input_ids, attention_mask, vision or [None] * len(input_ids))
+        extra.pop("rope_deltas")
+    elif vision is not None and any(v is not None for v in vision):
+        raise ModelError("the batch shows images, but the model is text-only")
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                   logits_to_keep=L - start).logits[:, :-1]  # positions start .. L-2
+                   logits_to_keep=L - start, **extra).logits[:, :-1]  # positions start .. L-2
+    if extra:
+        logits = suppress_vision_tokens(logits, model)
     logprobs, entropy = logprobs_of_targets(logits, input_ids[:, start + 1:], temperature, with_entropy, entropy_grad)
     if start:
         logprobs = torch.nn.functional.pad(logprobs, (start, 0))
@@ -227,13 +241,21 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 
 
 def load_model(path: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """Load a causal LM and its tokenizer from a local Hugging Face directory."""
+    """Load a causal LM and its tokenizer from a local Hugging Face directory; a Qwen2-VL /
+    Qwen2.5-VL directory loads as its image-text-to-text model, its image processor attached to
+    the tokenizer (vision.py)."""
     p = resolve_model_path(str(path))
     tokenizer = load_tokenizer(p)
     if dtype != "auto" and torch_dtype(dtype) is torch.bfloat16:
         warn_if_emulated_bf16("model.dtype=bfloat16")
     try:
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype(dtype))
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        if is_vision_config(AutoConfig.from_pretrained(p)):
+            attach_image_processor(tokenizer, load_image_processor(p))
+            model = AutoModelForImageTextToText.from_pretrained(p, dtype=torch_dtype(dtype))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype(dtype))
     except ModelError:
         raise
     except Exception as e:
@@ -252,6 +274,8 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path:
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if image_processor_of(tokenizer) is not None:
+        image_processor_of(tokenizer).save_pretrained(tmp)
     if path.exists():
         import shutil
 

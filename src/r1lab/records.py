@@ -28,9 +28,15 @@ class Problem:
     tests: list[dict[str, Any]] | None = None  # for code tasks
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)  # difficulty, pass rate, ...
+    # images the prompt shows, in order, as PNG data URLs (r1lab/images.py reads and checks them);
+    # a model sees them before the text of the first user message
+    images: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        row = asdict(self)
+        if not self.images:  # text problems keep the rows they always had
+            del row["images"]
+        return row
 
     @classmethod
     def from_dict(cls, row: Any, where: str = "row") -> "Problem":
@@ -46,6 +52,9 @@ class Problem:
         extra = {k: v for k, v in row.items() if k not in known}
         metadata = dict(row.get("metadata") or {})
         metadata.update(extra)
+        images = row.get("images") or []
+        if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
+            raise DataError(f"{where} (id {row['id']!r}): 'images' must be a list of image paths or data URLs")
         return cls(
             id=str(row["id"]),
             prompt=row["prompt"],
@@ -54,6 +63,7 @@ class Problem:
             tests=row.get("tests"),
             source=str(row.get("source") or ""),
             metadata=metadata,
+            images=list(images),
         )
 
 
@@ -121,6 +131,8 @@ class Completion:
     loss_mask: list[int] | None = None
     # a multi-turn episode, for reading: (who, text) per part in order, who "model" or "env"; None otherwise
     transcript: list[tuple[str, str]] | None = None
+    # the pixel inputs of the prompt's images (vision.VisionInputs), for the trainer's forward; None: text
+    vision: Any = None
 
     @property
     def model_tokens(self) -> int:
@@ -154,7 +166,16 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def load_problems(path: str | os.PathLike) -> list[Problem]:
-    problems = [Problem.from_dict(row, where=f"{path}:{lineno}") for lineno, row in read_jsonl(path)]
+    """The problems of a JSONL file. Image paths are read relative to the file's directory (never
+    outside it) and kept as checked PNG data URLs, like every image r1lab reads."""
+    problems = []
+    for lineno, row in read_jsonl(path):
+        p = Problem.from_dict(row, where=f"{path}:{lineno}")
+        if p.images:
+            from r1lab.images import canonical_images
+
+            p.images = canonical_images(p.images, Path(path).parent, f"{path}:{lineno}")
+        problems.append(p)
     if not problems:
         raise DataError(f"{path}: no problems in file")
     return problems

@@ -5,7 +5,8 @@ judge verifier). Standard library only: `http.server.ThreadingHTTPServer`. Reque
 in threads but generate one at a time under a lock (the model is not thread-safe).
 
 Endpoints: `GET /v1/models`, `POST /v1/chat/completions` with messages, temperature, top_p,
-max_tokens, n, stop, seed and stream. Streaming sends the OpenAI SSE chunks (`data: {...}` then
+max_tokens, n, stop, seed and stream. A vision-language model (a Qwen2-VL checkpoint) also reads
+OpenAI-style `image_url` content parts given as data URLs, in the first user message. Streaming sends the OpenAI SSE chunks (`data: {...}` then
 `data: [DONE]`), one per generated token, but only after the whole generation is done: the
 rollout engine has no per-token callback, so streaming saves clients no latency here.
 """
@@ -42,16 +43,59 @@ def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float
     return float(value)
 
 
-def parse_request(body: Any, max_positions: int | None = None) -> dict[str, Any]:
-    """Validated generation settings from a chat-completions body; RequestError (400) names the field."""
+def _content(content: str | list, where: str) -> tuple[str, list[str]]:
+    """A message's text and its images (checked PNG data URLs) from OpenAI-style content: a string,
+    or a list of {"type": "text", "text"} and {"type": "image_url", "image_url": {"url"}} parts.
+    Only data URLs: the server fetches nothing."""
+    from r1lab.errors import DataError
+    from r1lab.images import canonical_image
+
+    if isinstance(content, str):
+        return content, []
+    texts, images = [], []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str) or not url.startswith("data:"):
+                raise RequestError(f"{where}[{j}]: image_url must be a data URL (data:image/...;base64,...); "
+                                   "this server fetches nothing", param="messages")
+            try:
+                images.append(canonical_image(url, None, f"{where}[{j}]"))
+            except DataError as e:
+                raise RequestError(str(e), param="messages") from None
+        else:
+            raise RequestError(f"{where}[{j}]: a content part is {{'type': 'text', 'text'}} or "
+                               "{'type': 'image_url', 'image_url': {'url'}}", param="messages")
+    return "\n".join(texts), images
+
+
+def parse_request(body: Any, max_positions: int | None = None, accepts_images: bool = False) -> dict[str, Any]:
+    """Validated generation settings from a chat-completions body; RequestError (400) names the field.
+    A message's content may be OpenAI-style parts; `images` are the image_url parts' pictures, for a
+    vision-language model (`accepts_images`)."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list", param="messages")
-    for m in messages:
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise RequestError("each message needs a string 'role' and a string 'content'", param="messages")
+    texts, images = [], []
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), (str, list))):
+            raise RequestError("each message needs a string 'role' and a 'content' (a string or a list of parts)",
+                               param="messages")
+        text, shown = _content(m["content"], f"messages[{i}].content")
+        if shown and (m["role"] != "user" or any(mm.get("role") == "user" for mm in messages[:i])):
+            raise RequestError(f"messages[{i}]: images go in the first user message (the model sees them before "
+                               "its text)", param="messages")
+        texts.append(text)
+        images += shown
+    if images and not accepts_images:
+        raise RequestError("this model is text-only: it cannot read image_url content", param="messages")
     stop = body.get("stop")
     if stop is None:
         stop = []
@@ -64,7 +108,8 @@ def parse_request(body: Any, max_positions: int | None = None) -> dict[str, Any]
         raise RequestError("'seed' must be an integer", param="seed")
     hi = float(max_positions or 1 << 20)
     return {
-        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "messages": [{"role": m["role"], "content": text} for m, text in zip(messages, texts)],
+        "images": images,
         "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
         "top_p": _number(body, "top_p", 1.0, 1e-9, 1.0),
         "max_tokens": int(_number(body, "max_tokens", DEFAULT_MAX_TOKENS, 1, hi)),
@@ -87,12 +132,14 @@ class ChatModel:
     def __init__(self, path: str, name: str | None = None) -> None:
         from r1lab.models import load_model
         from r1lab.rollout import HFEngine
+        from r1lab.vision import image_processor_of
 
         self.model, self.tokenizer = load_model(path)
         self.model.eval()
         self.engine = HFEngine(self.model, self.tokenizer)
         self.name = name or Path(path).name
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.accepts_images = image_processor_of(self.tokenizer) is not None
         self.lock = threading.Lock()
         self.created = int(time.time())
 
@@ -101,7 +148,7 @@ class ChatModel:
         from r1lab.rollout import SamplingParams
 
         params = SamplingParams(temperature=req["temperature"], top_p=req["top_p"], max_new_tokens=req["max_tokens"])
-        problem = Problem(id="request", prompt=req["messages"], answer="-")
+        problem = Problem(id="request", prompt=req["messages"], answer="-", images=req.get("images") or [])
         with self.lock:
             outs = self.engine.generate([problem], params, n=req["n"], seed=req["seed"])
         results = []
@@ -151,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body = json.loads(raw)
             except (ValueError, UnicodeDecodeError):
                 raise RequestError("the request body is not valid JSON") from None
-            req = parse_request(body, self.chat.max_positions)
+            req = parse_request(body, self.chat.max_positions, getattr(self.chat, "accepts_images", False))
         except RequestError as e:
             self._error(e.status, str(e), e.param)
             return

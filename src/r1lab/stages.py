@@ -14,6 +14,7 @@ from r1lab.errors import ConfigError, DataError, WorkerError
 from r1lab.eval.stage import run_eval
 from r1lab.health import HealthMonitor, health_markdown, read_findings
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, resolve_device, save_model, torch_dtype
+from r1lab.vision import add_vision_tokens, attach_image_processor, build_tiny_vlm, tiny_image_processor
 from r1lab.plots import RL_PANELS, SFT_PANELS, plot_curves
 from r1lab.records import Problem, load_problems, prompt_messages, save_problems
 from r1lab.rollout import build_engine
@@ -98,7 +99,8 @@ def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
     train, held = framed(train), framed(held)
 
     # decontaminate: no training prompt may equal a held-out prompt (after whitespace normalisation)
-    norm = lambda p: " ".join(str(p.prompt).split()).lower()  # noqa: E731
+    # with the same images (r1lab writes the same pixels as the same PNG bytes)
+    norm = lambda p: " ".join(str(p.prompt).split()).lower() + "|".join(p.images)  # noqa: E731
     held_keys = {norm(p) for p in held}
     before = len(train)
     train = [p for p in train if norm(p) not in held_keys]
@@ -163,13 +165,20 @@ def tokenizer_corpus(data: Data) -> list[str]:
 
 def load_policy(cfg: RunConfig, data: Data | None = None, path: str | None = None):
     """The model a stage starts from: `path` / cfg.init_from if given, else model.path; "tiny"
-    builds a fresh tiny model (its tokenizer trained on the data's text)."""
+    builds a fresh tiny model (its tokenizer trained on the data's text): a tiny Qwen2-VL when the
+    data shows images."""
     source = path or cfg.init_from or cfg.model.path
     if source == "tiny":
         if data is None:
             raise DataError("building the tiny model needs data to train its tokenizer on")
         tok = build_tiny_tokenizer(tokenizer_corpus(data))
-        model = build_tiny_model(tok, cfg.model.tiny, seed=cfg.seed).to(torch_dtype(cfg.model.dtype))
+        if any(p.images for p in data.train + data.eval + [q for q, _ in data.sft]):  # a tiny Qwen2-VL
+            t = cfg.model.tiny
+            add_vision_tokens(tok)
+            attach_image_processor(tok, tiny_image_processor(t.image_size, t.patch_size))
+            model = build_tiny_vlm(tok, t, seed=cfg.seed).to(torch_dtype(cfg.model.dtype))
+        else:
+            model = build_tiny_model(tok, cfg.model.tiny, seed=cfg.seed).to(torch_dtype(cfg.model.dtype))
     else:
         model, tok = load_model(source, cfg.model.dtype)
     return model.to(resolve_device(cfg.model.device)), tok

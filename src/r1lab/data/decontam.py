@@ -21,6 +21,11 @@ changed is still caught when most of its n-grams survive, one with every number 
 not; masked, both are caught, and so are more training problems that share a template with a
 benchmark item without being a copy of it (BENCHMARKS.md measures both).
 
+Images: the text of a row with images is checked like any other (a benchmark question pasted
+under a picture is still the question); its images are not compared, since the benchmarks
+(vendored or given as files) are text. Two image problems that share a template text are kept
+apart by dedup's pixel hash, not here.
+
 The benchmark side (hundreds to thousands of items) is held in memory: a dict from n-gram to the
 items that contain it. The training side streams.
 """

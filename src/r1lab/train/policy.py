@@ -12,6 +12,7 @@ by the counts of the whole mini-batch (`aggregate`), so micro-batching never cha
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -27,6 +28,8 @@ from r1lab.train.batch import RolloutBatch, first_response_col
 from r1lab.train.common import EmbeddingGradInPlace, grad_norm_clip, make_optimizer, warmup_constant
 from r1lab.train.methods import BoundMethod
 from r1lab.train.prefix import SharedPrefix
+
+log = logging.getLogger(__name__)
 
 
 class PolicyWorker(Protocol):
@@ -140,11 +143,18 @@ class LocalPolicyWorker:
             if prefix is not None:
                 return prefix.logprobs(idx, b.temperature, with_entropy=with_entropy, entropy_grad=entropy_grad)
             return token_logprobs(model, b.input_ids, b.attention_mask, b.temperature, with_entropy=with_entropy,
-                                  start=first_response_col(b.response_mask), entropy_grad=entropy_grad)
+                                  start=first_response_col(b.response_mask), entropy_grad=entropy_grad, vision=b.vision)
 
     def _shared_prefix(self, model, batch: RolloutBatch, rows: torch.Tensor) -> SharedPrefix | None:
-        """Each distinct prompt among `rows` run once through `model` (train.shared_prefix), or None."""
+        """Each distinct prompt among `rows` run once through `model` (train.shared_prefix), or None.
+        Not for a batch with images: the prompt's K/V would have to come from a forward with its
+        pixels, which SharedPrefix does not run; those rows take the full forward."""
         if not self.cfg.train.shared_prefix:
+            return None
+        if batch.vision is not None:
+            if not getattr(self, "_said_no_shared_prefix", False):
+                log.warning("train.shared_prefix: off for batches with images (each row runs its full forward)")
+                self._said_no_shared_prefix = True
             return None
         with self.autocast(), trainer_attention():
             return SharedPrefix.build(model, batch.input_ids, batch.attention_mask, batch.response_mask, rows)
@@ -173,6 +183,8 @@ class LocalPolicyWorker:
         return self._first_pass(lambda b, idx, pre: self._logprobs(m, b, prefix=pre, idx=idx)[0], batch, m)
 
     def values(self, batch: RolloutBatch) -> torch.Tensor:
+        if batch.vision is not None:  # the value head reads the backbone without the pixels
+            raise ConfigError("algo.critic: a value model cannot read images yet; use a critic-free method (grpo, ...)")
         return self._first_pass(lambda b, idx, pre: self.critic(b.input_ids, b.attention_mask), batch)
 
     def engine_weights(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -29,7 +29,19 @@ from r1lab.train.checkpoint import SFT_STATE_DIR, save_state
 from r1lab.train.common import grad_norm_clip, make_optimizer, pad_sequences, warmup_cosine
 
 
-def sft_examples(tokenizer, pairs: Sequence[tuple[Problem, str]]) -> list[tuple[list[int], list[int]]]:
+class SFTExample(tuple):
+    """(prompt ids, response ids), and the pixel inputs of the prompt's images as `.vision` (None
+    for a text prompt): a pair wherever one is unpacked."""
+
+    vision: Any = None
+
+    def __new__(cls, prompt_ids: list[int], response_ids: list[int], vision: Any = None) -> "SFTExample":
+        example = super().__new__(cls, (prompt_ids, response_ids))
+        example.vision = vision
+        return example
+
+
+def sft_examples(tokenizer, pairs: Sequence[tuple[Problem, str]]) -> list[SFTExample]:
     """(prompt ids, response ids + end-of-turn) per (problem, response text) pair. A response that
     repeats a template pre-fill (e.g. "<think>\\n") has it stripped: it is already in the prompt."""
     encoded = encode_prompts(tokenizer, [p for p, _ in pairs])
@@ -39,14 +51,15 @@ def sft_examples(tokenizer, pairs: Sequence[tuple[Problem, str]]) -> list[tuple[
         if enc.prefill and response.startswith(enc.prefill):
             response = response[len(enc.prefill):]
         ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [eos]
-        out.append((enc.ids, ids))
+        out.append(SFTExample(enc.ids, ids, enc.vision))
     return out
 
 
-def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Token-mean NLL over response tokens; returns (loss, number of response tokens)."""
+def sft_loss(model, batch: dict[str, torch.Tensor], vision: list | None = None) -> tuple[torch.Tensor, int]:
+    """Token-mean NLL over response tokens; returns (loss, number of response tokens). `vision`:
+    each row's pixel inputs (or None), for a vision-language model."""
     with trainer_attention():
-        logprobs, _ = token_logprobs(model, batch["input_ids"], batch["attention_mask"])
+        logprobs, _ = token_logprobs(model, batch["input_ids"], batch["attention_mask"], vision=vision)
     mask = batch["response_mask"]
     n = int(mask.sum().item())
     return -(logprobs * mask).sum() / max(n, 1), n
@@ -106,7 +119,8 @@ def train_sft(
                 break
             chunk = [examples[i] for i in order[b : b + cfg.batch_size]]
             batch = pad_sequences([p for p, _ in chunk], [r for _, r in chunk], pad_id)
-            loss, n_tok = sft_loss(model, batch)
+            vision = [getattr(e, "vision", None) for e in chunk]
+            loss, n_tok = sft_loss(model, batch, vision if any(v is not None for v in vision) else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = grad_norm_clip(model, cfg.grad_clip)

@@ -1,0 +1,174 @@
+"""Visual task families: the question is text, the facts are only in a picture rendered offline with
+Pillow, and the answer is a number the "math" verifier checks exactly.
+
+- `count_shapes`: how many circles (squares, triangles) a picture holds. Shapes sit in the cells of
+  a 4 x 4 grid (one per cell, so none overlap and the count is well defined), each in a colour
+  drawn from four. Difficulty 1: 1-3 circles of two sizes and nothing else (one layout of one circle
+  has 8 pictures, so the held-out answers are not mostly 3); 2: 1-4 of the asked kind among up to 3
+  of one other kind; 3 and up: 1-6 of the asked kind among up to 4 of the two others.
+- `bar_value`: the height of the k-th bar from the left of a bar chart with gridlines at every unit.
+  Difficulty 1: 4 bars of heights 1..5; 2: 4 bars, 1..7; 3 and up: 5 bars, 1..9.
+- `digit_sum`: the sum of the digits drawn in the picture (a fixed 3 x 5 dot font, scaled up, so the
+  glyphs are the same on every machine and need no font file). Difficulty 1: 3 digits at fixed
+  slots; 2: 3 digits, each shifted by up to 3 px across and 6 px down or up; 3 and up: 4 shifted digits.
+
+Every picture is SIZE x SIZE RGB; the scene (what was drawn, where) is kept in metadata["scene"]:
+it is what the teacher trace reads, and its picture part is what makes two problems the same
+(`dedupe_key`), so no held-out picture appears in training, whatever question it is asked with.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from r1lab.images import png_bytes, to_data_url
+from r1lab.records import Problem
+from r1lab.tasks.base import TaskFamily, format_trace, register_task
+
+SIZE = 64  # pixels a side: 4 x 4 cells of 16 px, one merged vision token each in the tiny VLM
+CELL = SIZE // 4
+SIZES = (7, 11)  # the two circle diameters of count_shapes at difficulty 1, in pixels
+COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (30, 160, 60), "orange": (240, 140, 20)}
+KINDS = ("circle", "square", "triangle")
+# a 3 x 5 dot font: each digit is 5 rows of 3 bits, top row first
+DIGIT_ROWS = {
+    0: ("111", "101", "101", "101", "111"), 1: ("010", "110", "010", "010", "111"),
+    2: ("111", "001", "111", "100", "111"), 3: ("111", "001", "111", "001", "111"),
+    4: ("101", "101", "111", "001", "001"), 5: ("111", "100", "111", "001", "111"),
+    6: ("111", "100", "111", "101", "111"), 7: ("111", "001", "010", "010", "010"),
+    8: ("111", "101", "111", "101", "111"), 9: ("111", "101", "111", "001", "111"),
+}
+DOT = 3  # pixels per font dot: a digit is 9 x 15 px
+
+
+def _canvas():
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
+    return img, ImageDraw.Draw(img)
+
+
+def _picture(img) -> str:
+    return to_data_url(png_bytes(img))
+
+
+class VisualFamily(TaskFamily):
+    task = "math"
+
+    def render(self, scene: dict) -> str:
+        """The picture of a scene, as the PNG data URL a Problem keeps."""
+        raise NotImplementedError
+
+    picture_keys: tuple[str, ...] = ()  # the scene entries that decide the picture
+
+    def dedupe_key(self, problem: Problem) -> str:
+        # the picture alone: a held-out problem never shows a picture seen in training, whatever it asks of it
+        scene = problem.metadata["scene"]
+        return json.dumps({k: scene[k] for k in self.picture_keys}, sort_keys=True)
+
+    def _problem(self, question: str, answer: int, scene: dict) -> Problem:
+        return Problem(id="", prompt=question, answer=str(answer), task=self.task, metadata={"scene": scene},
+                       images=[self.render(scene)])
+
+
+@register_task("count_shapes")
+class CountShapes(VisualFamily):
+    picture_keys = ("shapes",)
+
+    def generate(self, rng: random.Random, difficulty: int) -> Problem:
+        self.check_difficulty(difficulty)
+        kind = "circle" if difficulty == 1 else rng.choice(KINDS)
+        others = [k for k in KINDS if k != kind][: 0 if difficulty == 1 else 1 if difficulty == 2 else 2]
+        n = rng.randint(1, 3 if difficulty == 1 else 4 if difficulty == 2 else 6)
+        n_other = rng.randint(0, 3 if difficulty == 2 else 4) if others else 0
+        cells = rng.sample(range(16), n + n_other)
+        colour = lambda: rng.choice(sorted(COLOURS))  # noqa: E731
+        shapes = [[cell, kind, colour()] for cell in cells[:n]] + [[cell, rng.choice(others), colour()] for cell in cells[n:]]
+        if difficulty == 1:  # circles of two sizes: more distinct pictures of one or two circles
+            shapes = [shape + [rng.choice(SIZES)] for shape in shapes]
+        shapes.sort()
+        return self._problem(f"How many {kind}s are in the picture?", n, {"kind": kind, "shapes": shapes})
+
+    def render(self, scene: dict) -> str:
+        img, draw = _canvas()
+        for cell, kind, colour, *size in scene["shapes"]:
+            side = size[0] if size else CELL - 5
+            x, y = (cell % 4) * CELL + (CELL - side) // 2, (cell // 4) * CELL + (CELL - side) // 2
+            box, fill = (x, y, x + side, y + side), COLOURS[colour]
+            if kind == "circle":
+                draw.ellipse(box, fill=fill)
+            elif kind == "square":
+                draw.rectangle(box, fill=fill)
+            else:
+                draw.polygon([(x + side // 2, y), (x, y + side), (x + side, y + side)], fill=fill)
+        return _picture(img)
+
+    def teacher_trace(self, problem: Problem) -> str:
+        scene = problem.metadata["scene"]
+        found = [f"{shape[1]} in cell {shape[0] + 1}" for shape in scene["shapes"] if shape[1] == scene["kind"]]
+        steps = [f"I look at each cell for a {scene['kind']}.", ", ".join(found) + ".", f"That is {len(found)} {scene['kind']}{'' if len(found) == 1 else 's'}."]
+        return format_trace(steps, str(len(found)))
+
+
+@register_task("bar_value")
+class BarValue(VisualFamily):
+    picture_keys = ("heights",)
+
+    def generate(self, rng: random.Random, difficulty: int) -> Problem:
+        self.check_difficulty(difficulty)
+        bars = 4 if difficulty < 3 else 5
+        top = min(3 + 2 * difficulty, 9)
+        heights = [rng.randint(1, top) for _ in range(bars)]
+        which = rng.randrange(bars)
+        return self._problem(f"What is the height of bar {which + 1} from the left?", heights[which],
+                             {"heights": heights, "bar": which})
+
+    def render(self, scene: dict) -> str:
+        img, draw = _canvas()
+        unit = (SIZE - 4) // 9  # 9 units of 6 px fill the picture
+        base = SIZE - 2
+        for level in range(1, 10):  # gridlines at every unit
+            draw.line((0, base - level * unit, SIZE - 1, base - level * unit), fill=(200, 200, 200))
+        width = SIZE // len(scene["heights"])
+        for i, h in enumerate(scene["heights"]):
+            draw.rectangle((i * width + 3, base - h * unit, (i + 1) * width - 4, base), fill=COLOURS["blue"])
+        draw.line((0, base, SIZE - 1, base), fill=(0, 0, 0))
+        return _picture(img)
+
+    def teacher_trace(self, problem: Problem) -> str:
+        scene = problem.metadata["scene"]
+        heights, which = scene["heights"], scene["bar"]
+        steps = ["The bars from left to right have heights " + ", ".join(map(str, heights)) + ".",
+                 f"Bar {which + 1} is {heights[which]}."]
+        return format_trace(steps, str(heights[which]))
+
+
+@register_task("digit_sum")
+class DigitSum(VisualFamily):
+    picture_keys = ("digits", "shifts")
+
+    def generate(self, rng: random.Random, difficulty: int) -> Problem:
+        self.check_difficulty(difficulty)
+        digits = [rng.randint(0, 9) for _ in range(3 if difficulty < 3 else 4)]
+        shifts = [[rng.randint(-3, 3), rng.randint(-6, 6)] if difficulty > 1 else [0, 0] for _ in digits]
+        return self._problem("What is the sum of the digits in the picture?", sum(digits),
+                             {"digits": digits, "shifts": shifts})
+
+    def render(self, scene: dict) -> str:
+        img, draw = _canvas()
+        slot = SIZE // len(scene["digits"])
+        for i, (d, (dx, dy)) in enumerate(zip(scene["digits"], scene["shifts"])):
+            x0 = i * slot + (slot - 3 * DOT) // 2 + dx
+            y0 = (SIZE - 5 * DOT) // 2 + dy
+            for r, row in enumerate(DIGIT_ROWS[d]):
+                for c, bit in enumerate(row):
+                    if bit == "1":
+                        draw.rectangle((x0 + c * DOT, y0 + r * DOT, x0 + (c + 1) * DOT - 1, y0 + (r + 1) * DOT - 1), fill=(0, 0, 0))
+        return _picture(img)
+
+    def teacher_trace(self, problem: Problem) -> str:
+        digits = problem.metadata["scene"]["digits"]
+        steps = ["The digits are " + ", ".join(map(str, digits)) + ".",
+                 " + ".join(map(str, digits)) + f" = {sum(digits)}"]
+        return format_trace(steps, str(sum(digits)))
