@@ -72,7 +72,8 @@ def after(first: int, key: str, value):
 def test_the_registry_holds_every_check_and_a_healthy_run_raises_none():
     assert set(HEALTH_CHECKS) == {"non_finite", "entropy_collapse", "entropy_explosion", "length_collapse",
                                   "length_runaway", "truncation", "no_signal", "kl_blowup", "logprob_gap",
-                                  "garbled_output", "reward_hacking", "format_saturated"}
+                                  "garbled_output", "reward_hacking", "reward_outpaces_accuracy", "rewarded_but_wrong",
+                                  "format_saturated"}
     assert run(steps=200) == []
 
 
