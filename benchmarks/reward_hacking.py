@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"clean": "clean: accuracy + 0.1 format", "lenient": "lenient_accuracy", "format": "format_only",
-          "length": "accuracy + length_reward"}
+          "length": "length_reward"}
 CHECK_STYLE = {"rewarded_but_wrong": ("tab:red", "--"), "reward_outpaces_accuracy": ("tab:purple", "--"),
                "reward_hacking": ("black", "--"), "length_runaway": ("tab:brown", ":"),
                "format_saturated": ("tab:olive", ":")}

@@ -169,16 +169,16 @@ def format_hack(step: int) -> dict:
 
 
 def length_hack(step: int) -> dict:
-    """Trained on accuracy + length_reward: from START length grows, the reward with it, accuracy falls."""
+    """Trained on length_reward: paid by length from step 1, right or wrong (30% of the samples at least
+    as long as the right ones are wrong); from START length grows, the reward with it, accuracy falls."""
     row = clean(step)
     t = max(0, step - START + 1)
     acc = 0.30 - 0.01 * t
-    length = 24.0 + 4.0 * t
-    row.update({"accuracy": acc, "reward/accuracy": acc, "reward/length_reward": length / 64,
-                "reward/total": acc + length / 64, "response/length": length,
-                # the long wrong answers outgrow the right ones' reward as length grows
-                "hack/rewarded_but_wrong": min(0.9, 0.08 * t),
-                "hack/paid_wrong/accuracy": 0.0, "hack/paid_wrong/length_reward": length / 64})
+    length = min(64.0, 24.0 + 2.0 * t)  # max_new_tokens = 64
+    row.update({"accuracy": acc, "reward/length_reward": length / 64, "reward/total": length / 64,
+                "response/length": length, "hack/rewarded_but_wrong": min(0.9, 0.3 + 0.02 * t),
+                "hack/paid_wrong/length_reward": length / 64})
+    del row["reward/accuracy"], row["reward/format"]
     return row
 
 
@@ -215,11 +215,12 @@ def test_the_format_hack_is_named_at_the_first_window():
 
 def test_the_length_hack_is_named_with_its_step():
     got = findings(length_hack)
-    assert "length_reward" in got["rewarded_but_wrong"].message  # not accuracy, which paid them nothing
-    assert got["rewarded_but_wrong"].step == START + 3  # (0.08 + 0.16 + 0.24) / 3 = 0.16, then 0.24
-    assert got["reward_outpaces_accuracy"].step == START + 1
-    # length past 3x its start (72 tokens) with flat accuracy: the existing runaway check joins in later
-    assert got["length_runaway"].step > got["reward_outpaces_accuracy"].step
+    assert got["rewarded_but_wrong"].step == 3  # paid for length, right or wrong, from the first window
+    assert "length_reward" in got["rewarded_but_wrong"].message
+    # baseline reward 24/64 = 0.375; at START + 1 the window (steps 9-11) is (24 + 26 + 28) / 3 / 64 = 0.406
+    # (+0.031), at START + 2 (26 + 28 + 30) / 3 / 64 = 0.4375 (+0.0625), accuracy falling
+    assert got["reward_outpaces_accuracy"].step == START + 2
+    assert "length_runaway" not in got  # 3x the start would be 72 tokens, past the 64-token limit: never fires here
 
 
 @pytest.mark.parametrize("history", [clean, lenient, format_hack, length_hack])
