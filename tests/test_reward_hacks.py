@@ -308,3 +308,24 @@ def test_audit_cli_prints_the_hack(tmp_path):
     res = subprocess.run([sys.executable, "-m", "r1lab", "verify", "audit", str(bad), "--problems", str(problems)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "'zz' is not in" in res.stderr
+
+
+def test_every_rl_step_logs_the_measurement_with_the_weighted_terms():
+    import torch
+
+    from r1lab.train.collect import Collected
+    from r1lab.train.step_metrics import hack_metrics
+
+    cs = []
+    for lenient, fmt, ok in [(1.0, 1.0, True), (1.0, 1.0, False), (0.0, 1.0, False), (0.0, 0.0, False)]:
+        c = completion("x")
+        c.rewards, c.verdict = {"lenient_accuracy": lenient, "format": fmt}, Verdict("correct" if ok else "wrong")
+        c.reward = lenient + 0.1 * fmt
+        cs.append(c)
+    col = Collected([GOLD] * 4, cs, torch.tensor([c.reward for c in cs]), torch.zeros(4, dtype=torch.long),
+                    {"lenient_accuracy": [1.0, 1.0, 0.0, 0.0], "format": [1.0, 1.0, 1.0, 0.0]}, {})
+    # the right answer earns 1.1; of the two samples paid that much, one is wrong, paid 1.0 + 0.1 * 1.0
+    assert hack_metrics(col, {"lenient_accuracy": 1.0, "format": 0.1}) == pytest.approx(
+        {"hack/rewarded_but_wrong": 0.5, "hack/paid_wrong/lenient_accuracy": 1.0, "hack/paid_wrong/format": 0.1})
+    cs[0].verdict = Verdict("wrong")  # no right answer in the step: nothing to compare with
+    assert hack_metrics(col, {"lenient_accuracy": 1.0, "format": 0.1}) == {"hack/rewarded_but_wrong": None}
