@@ -134,9 +134,13 @@ def main() -> None:
     sft = args.sft or str(out / "sft" / "checkpoints" / "sft")
     if not Path(sft).exists():
         r1lab("sft", "recipes/tiny/sft.yaml", "name=sft", f"out_dir={out}", "--quiet")
-    results = [run_one(r, s, sft, out, args.overrides) for r in recipes for s in args.seeds]
-    (out / "reward_hacking.json").write_text(json.dumps(results, indent=1))
-    plot(results, recipes, args.seeds, out / "reward_hacking.png")
+    results = []
+    for s in args.seeds:  # every recipe once before the second seed; the outputs after each run
+        for r in recipes:
+            results.append(run_one(r, s, sft, out, args.overrides))
+            (out / "reward_hacking.json").write_text(json.dumps(results, indent=1))
+            plot(results, recipes, args.seeds, out / "reward_hacking.png")
+    results.sort(key=lambda x: (recipes.index(x["recipe"]), x["seed"]))
     print("\n| reward | seed | reward steps 1-3 -> last 3 | train acc 1-3 -> last 3 | held-out start -> end "
           "| health findings (step) | audit rules (step) | s |")
     print("|---|---:|---|---|---|---|---|---:|")
