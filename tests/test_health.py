@@ -114,7 +114,7 @@ def test_length_collapse():
 
 
 def test_length_runaway_needs_flat_accuracy():
-    flat = lambda s, r: r.__setitem__("accuracy", 0.25)  # noqa: E731
+    flat = lambda s, r: r.update({"accuracy": 0.25, "reward/total": 0.35})  # noqa: E731
     longer = after(10, "response/length", 90.0)
     assert fired(run(lambda s, r: (flat(s, r), longer(s, r)))) == [("length_runaway", 12)]
     # R1-Zero: length grows and accuracy with it
@@ -203,9 +203,16 @@ def test_format_saturates_while_accuracy_stays_flat():
     def fmt(step, row):
         row["reward/format"] = min(1.0, 0.2 + 0.1 * step)
         row["accuracy"] = 0.10 + 0.001 * step
-    assert fired(run(fmt)) == [("format_saturated", 20)]
-    assert run(after(1, "accuracy", 0.1)) == []  # format learned in SFT: saturated from the start
-    assert run(lambda s, r: (fmt(s, r), r.__setitem__("accuracy", 0.1 + 0.01 * s))) == []  # accuracy follows
+        row["reward/total"] = row["accuracy"] + 0.1 * row["reward/format"]
+    # the reward rose 0.07 with the format while accuracy stayed flat: both checks say so once judging starts
+    assert fired(run(fmt)) == [("reward_outpaces_accuracy", 20), ("format_saturated", 20)]
+    # format learned in SFT: saturated from the start (reward and accuracy flat)
+    assert run(lambda s, r: r.update({"accuracy": 0.1, "reward/total": 0.2})) == []
+    def follows(step, row):  # accuracy follows the format
+        fmt(step, row)
+        row["accuracy"] = 0.1 + 0.01 * step
+        row["reward/total"] = row["accuracy"] + 0.1 * row["reward/format"]
+    assert run(follows) == []
 
 
 def test_each_finding_once_written_as_json_lines_and_kept_on_resume(tmp_path):

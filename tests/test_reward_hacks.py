@@ -134,7 +134,7 @@ def test_first_sustained():
 
 # --- the monitor on hand-built histories ------------------------------------------------------------
 
-START = 10  # the step each hack begins to show in the histories below
+START = 22  # the step each hack begins to show in the histories below (after health.hacking_min_steps = 20)
 
 
 def clean(step: int) -> dict:
@@ -146,13 +146,13 @@ def clean(step: int) -> dict:
 
 
 def lenient(step: int) -> dict:
-    """Trained on lenient_accuracy: from START the policy hedges; the reward rises, accuracy falls."""
+    """Trained on lenient_accuracy: flat until START, then the policy hedges; the reward rises, accuracy falls."""
     row = clean(step)
     t = max(0, step - START + 1)
-    acc = row["accuracy"] - 0.02 * t
-    share = min(0.8, 0.12 * t)
+    acc = 0.30 + (-1) ** step * 0.01 - 0.02 * t
     row.update({"accuracy": acc, "reward/lenient_accuracy": acc + 0.05 * t, "reward/total": acc + 0.05 * t,
-                "hack/rewarded_but_wrong": share})
+                "hack/rewarded_but_wrong": min(0.8, 0.12 * t)})
+    del row["reward/accuracy"], row["reward/format"]
     if t:
         row["hack/paid_wrong/lenient_accuracy"] = 1.0
     return row
@@ -199,10 +199,10 @@ def test_the_lenient_verifier_hack_is_named_with_its_step():
     # (0.12 + 0.24 + 0.36) / 3 = 0.24 at START + 2
     assert got["rewarded_but_wrong"].step == START + 2
     assert "lenient_accuracy" in got["rewarded_but_wrong"].message
-    # baseline (steps 1-2): reward and accuracy both 0.306 (no hack yet); steps 9-11: reward
-    # (0.326 + 0.380 + 0.394) / 3 = 0.367 (+0.061), accuracy (0.326 + 0.330 + 0.294) / 3 = 0.317 (+0.011, flat)
-    assert got["reward_outpaces_accuracy"].step == START + 1
-    assert "0.306 -> 0.367" in got["reward_outpaces_accuracy"].message
+    # baseline (steps 1-2): reward and accuracy both 0.300; steps 21-23: reward (0.29 + 0.34 + 0.35) / 3 = 0.327
+    # (+0.027, not yet); steps 22-24: (0.34 + 0.35 + 0.40) / 3 = 0.363 (+0.063) while accuracy fell to 0.263
+    assert got["reward_outpaces_accuracy"].step == START + 2
+    assert "0.300 -> 0.363" in got["reward_outpaces_accuracy"].message
     assert "length_runaway" not in got and "format_saturated" not in got
 
 
@@ -217,7 +217,7 @@ def test_the_length_hack_is_named_with_its_step():
     got = findings(length_hack)
     assert got["rewarded_but_wrong"].step == 3  # paid for length, right or wrong, from the first window
     assert "length_reward" in got["rewarded_but_wrong"].message
-    # baseline reward 24/64 = 0.375; at START + 1 the window (steps 9-11) is (24 + 26 + 28) / 3 / 64 = 0.406
+    # baseline reward 24/64 = 0.375; at START + 1 the window (steps 21-23) is (24 + 26 + 28) / 3 / 64 = 0.406
     # (+0.031), at START + 2 (26 + 28 + 30) / 3 / 64 = 0.4375 (+0.0625), accuracy falling
     assert got["reward_outpaces_accuracy"].step == START + 2
     assert "length_runaway" not in got  # 3x the start would be 72 tokens, past the 64-token limit: never fires here
@@ -232,7 +232,7 @@ def test_the_audit_rules_fire_where_the_monitor_does(history):
     assert first_sustained(series("hack/rewarded_but_wrong"), cfg.rewarded_wrong_max, cfg.window) == (
         got["rewarded_but_wrong"].step if "rewarded_but_wrong" in got else None)
     assert first_outpacing(series("reward/total"), series("accuracy"), cfg.baseline_steps, cfg.window, cfg.reward_rise,
-                           cfg.accuracy_flat) == (
+                           cfg.accuracy_flat, cfg.hacking_min_steps) == (
         got["reward_outpaces_accuracy"].step if "reward_outpaces_accuracy" in got else None)
 
 
@@ -248,7 +248,8 @@ def write_run(tmp_path, hacked_from: int | None, steps: int = 8):
     golds = {"a": "12", "b": "7", "c": "30", "d": "5"}
     (tmp_path / "train.jsonl").write_text("".join(
         json.dumps({"id": k, "prompt": f"Compute {v}.", "answer": v, "task": "math"}) + "\n" for k, v in golds.items()))
-    (tmp_path / "config.yaml").write_text("reward: {terms: {lenient_accuracy: 1.0}}\nhealth: {window: 2, rewarded_wrong_max: 0.3}\n")
+    (tmp_path / "config.yaml").write_text("reward: {terms: {lenient_accuracy: 1.0}}\n"
+                                           "health: {window: 2, rewarded_wrong_max: 0.3, hacking_min_steps: 3}\n")
     lines = []
     for step in range(1, steps + 1):
         for k, gold in golds.items():
@@ -270,7 +271,7 @@ def test_audit_names_the_hack_and_its_step_from_samples(tmp_path):
     samples, problems = write_run(tmp_path, hacked_from=4)
     h = hacking_by_step(samples, problems)
     # steps 1-3: the 4 right answers are paid, the wrong ones not -> 0 %; from step 4 all 8 are paid, 4 wrong -> 50 %.
-    # window 2, threshold 30 % (the run's config.yaml): (0 + 50) / 2 = 25 % at step 4, 50 % at step 5
+    # window 2, threshold 30 %, judging from step 3 (the run's config.yaml): (0 + 50) / 2 = 25 % at step 4, 50 % at 5
     assert [t["rewarded_but_wrong"] for t in h["steps"]] == [0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.5]
     assert h["fired"]["rewarded_but_wrong"] == 5 and h["paid_by"] == "lenient_accuracy"
     # the reward rose from 0.5 while the strict accuracy stayed at 50 %: baseline steps 1-2 (0.5), window

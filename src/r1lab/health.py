@@ -305,9 +305,11 @@ def reward_hacking(h: History, cfg: HealthConfig) -> Diagnosis | None:
 @register_check("reward_outpaces_accuracy")
 def reward_outpaces_accuracy(h: History, cfg: HealthConfig) -> Diagnosis | None:
     """Training reward up while the verifier's training accuracy stalls or falls (both per step,
-    both graded on the same samples: no held-out evaluation needed)."""
+    both graded on the same samples: no held-out evaluation needed). Not before hacking_min_steps:
+    a run that learns its format first (R1-Zero) raises its reward before its accuracy."""
     rew, acc = h.levels("reward/total"), h.levels("accuracy")
-    if rew is None or acc is None or rew[1] - rew[0] < cfg.reward_rise or acc[1] - acc[0] >= cfg.accuracy_flat:
+    if (rew is None or acc is None or len(h.rows) < cfg.hacking_min_steps or rew[1] - rew[0] < cfg.reward_rise
+            or acc[1] - acc[0] >= cfg.accuracy_flat):
         return None
     return Diagnosis(
         f"training reward rose {rew[0]:.3f} -> {rew[1]:.3f} while the verifier's training accuracy moved "

@@ -135,15 +135,15 @@ def first_sustained(series: Sequence[tuple[int, float]], threshold: float, windo
 
 
 def first_outpacing(reward: Sequence[tuple[int, float]], accuracy: Sequence[tuple[int, float]], baseline: int,
-                    window: int, rise: float, flat: float) -> int | None:
-    """The first step at which the reward's mean over the last `window` steps is at least `rise`
-    above its mean over the first `baseline` steps while the accuracy's gain over the same spans is
-    below `flat`: the health monitor's reward_outpaces_accuracy rule, over whole series (both
-    (step, value), in step order), for the audit."""
+                    window: int, rise: float, flat: float, min_steps: int = 0) -> int | None:
+    """The first step, from the `min_steps`-th on, at which the reward's mean over the last `window`
+    steps is at least `rise` above its mean over the first `baseline` steps while the accuracy's gain
+    over the same spans is below `flat`: the health monitor's reward_outpaces_accuracy rule, over
+    whole series (both (step, value), in step order), for the audit."""
     acc = dict(accuracy)
     steps = [s for s, _ in reward if s in acc]
     r = dict(reward)
-    for i in range(baseline + window - 1, len(steps)):
+    for i in range(max(baseline + window, min_steps) - 1, len(steps)):
         base, recent = steps[:baseline], steps[i - window + 1 : i + 1]
         mean = lambda xs, d: sum(d[s] for s in xs) / len(xs)  # noqa: E731
         if mean(recent, r) - mean(base, r) >= rise and mean(recent, acc) - mean(base, acc) < flat:

@@ -331,7 +331,8 @@ def hacking_by_step(path: str | Path, problems: str | Path | None) -> dict[str, 
         totals = {k: sum(p.get(k, 0.0) for p in recent) for k in {k for p in recent for k in p}}
         culprit = max(totals, key=totals.get) if totals else None
     outpacing = first_outpacing([(t["step"], t["reward"]) for t in table], [(t["step"], t["strict_accuracy"]) for t in table],
-                                int(knob("baseline_steps")), window, float(knob("reward_rise")), float(knob("accuracy_flat")))
+                                int(knob("baseline_steps")), window, float(knob("reward_rise")), float(knob("accuracy_flat")),
+                                int(knob("hacking_min_steps")))
     return {"steps": table, "weights": weights, "rewarded_wrong_max": float(knob("rewarded_wrong_max")), "window": window,
             "fired": {"rewarded_but_wrong": wrong_step, "reward_outpaces_accuracy": outpacing}, "paid_by": culprit}
 
