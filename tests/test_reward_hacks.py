@@ -48,6 +48,19 @@ def test_lenient_accuracy_credits_any_region_that_contains_the_gold(text, credit
     assert lenient_accuracy([GOLD], [text], [Verdict("wrong")]) == [1.0 if credited else 0.0]
 
 
+def test_the_hostile_terms_stay_linear_on_hostile_text():
+    import time
+
+    from r1lab.reward_hacks import has_tags_in_order
+
+    hostile = ["\\boxed{" * 20_000, "\\boxed{" * 6_000 + "}" * 6_000, "<answer>" * 20_000, "<think>" * 20_000,
+               "{" * 100_000 + "}" * 100_000, "1" * 200_000, "\\boxed{1 2 " * 3_000 + "}" * 3_000]
+    start = time.perf_counter()
+    got = [(lenient_match(t, "12"), has_tags_in_order(t)) for t in hostile]
+    assert time.perf_counter() - start < 1.0  # quadratic scans took 2 s on the nested boxes alone
+    assert got == [(False, False)] * 6 + [(True, False)]  # the last: "12" inside the boxes, spacing removed
+
+
 def test_lenient_match_on_malformed_input():
     assert not lenient_match(None, "12")  # type: ignore[arg-type]
     assert not lenient_match("<answer>12</answer>", "")  # an empty gold would be in everything

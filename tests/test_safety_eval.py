@@ -148,8 +148,11 @@ class Scripted(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up on a slow judge: expected
+            pass
 
     def do_GET(self):
         self._send({"object": "list", "data": [{"id": "target"}]})

@@ -22,44 +22,72 @@ rejects, and which term paid them. A faithful reward keeps it near 0.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from r1lab.reward_registry import register_reward
 
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_BOX_OPEN = re.compile(r"\\boxed\s*\{")
+_BRACES = re.compile(r"(?P<box>\\boxed\s*\{)|(?P<esc>\\[{}])|(?P<open>\{)|(?P<close>\})")
 _SPACE = re.compile(r"\s+")
-_FORMAT_ONLY = re.compile(r"<think>.*?</think>.*?<answer>.*?</answer>", re.DOTALL)
 
 
-def _boxes(text: str) -> list[str]:
-    """The content of every `\\boxed{...}` whose braces close (nested braces matched); unclosed ones are skipped."""
-    found = []
-    for m in _BOX_OPEN.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            found.append(text[m.end() : i - 1])
-    return found
+def _box_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the content of every `\\boxed{...}` whose braces close (nested braces
+    matched, `\\{` `\\}` escaped); unclosed ones are skipped. One pass over the braces."""
+    depth, opened, spans = 0, [], []  # opened: (depth outside the box, content start)
+    for m in _BRACES.finditer(text):
+        kind = m.lastgroup
+        if kind == "box":
+            opened.append((depth, m.end()))
+            depth += 1
+        elif kind == "open":
+            depth += 1
+        elif kind == "close" and depth > 0:
+            depth -= 1
+            if opened and opened[-1][0] == depth:
+                spans.append((opened.pop()[1], m.start()))
+    return spans
 
 
-def lenient_answer_regions(text: str) -> list[str]:
-    """Where the lenient checker looks: the last `<answer>` block and every box."""
-    blocks = _ANSWER_BLOCK.findall(text)
-    return ([blocks[-1]] if blocks else []) + _boxes(text)
+def lenient_answer_spans(text: str) -> list[tuple[int, int]]:
+    """Where the lenient checker looks: the last `<answer>` block and every box, as (start, end) in `text`."""
+    close = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, close) if close >= 0 else -1
+    return ([(start + len("<answer>"), close)] if start >= 0 else []) + _box_spans(text)
 
 
 def lenient_match(text: str, gold: str) -> bool:
-    """True when the gold answer's text (spacing removed) occurs inside any lenient region."""
+    """True when the gold answer's text occurs inside any lenient region, spacing removed from both.
+
+    Every occurrence of the gold is found once and each region is tested by bisection, so nested
+    or repeated boxes in hostile text cost no more than a pass over it."""
     if not isinstance(text, str) or not isinstance(gold, str):
         return False
     want = _SPACE.sub("", gold)
     if not want:  # an empty gold answer would be "contained" in everything
         return False
-    return any(want in _SPACE.sub("", region) for region in lenient_answer_regions(text))
+    flat = _SPACE.sub("", text)
+    hits, at = [], flat.find(want)
+    while at >= 0:
+        hits.append(at)
+        at = flat.find(want, at + 1)
+    for lo, hi in lenient_answer_spans(flat):
+        i = bisect_left(hits, lo)
+        if i < len(hits) and hits[i] + len(want) <= hi:
+            return True
+    return False
+
+
+def has_tags_in_order(text: str) -> bool:
+    """`<think>`, `</think>`, `<answer>`, `</answer>` occur in this order (first occurrences; linear)."""
+    at = 0
+    for tag in ("<think>", "</think>", "<answer>", "</answer>"):
+        at = text.find(tag, at)
+        if at < 0:
+            return False
+        at += len(tag)
+    return True
 
 
 @register_reward("lenient_accuracy")
@@ -73,7 +101,7 @@ def lenient_accuracy(problems, texts, verdicts, completions=None) -> list[float]
 def format_only(problems, texts, verdicts, completions=None) -> list[float]:
     """HOSTILE (reward-hacking lab): 1.0 when the four R1 tags occur in order, whatever (or
     nothing) lies between them: met by `<think></think><answer></answer>` without any reasoning."""
-    return [1.0 if isinstance(t, str) and _FORMAT_ONLY.search(t) else 0.0 for t in texts]
+    return [1.0 if isinstance(t, str) and has_tags_in_order(t) else 0.0 for t in texts]
 
 
 @register_reward("length_reward")

@@ -91,7 +91,6 @@ def load_behaviours(path: str | Path) -> list[Behaviour]:
 
 
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 def split_reasoning(text: str) -> tuple[str, str]:
@@ -103,8 +102,9 @@ def split_reasoning(text: str) -> tuple[str, str]:
     if "<think>" in text and "</think>" not in text:
         return thinking, ""
     after = text.rsplit("</think>", 1)[1] if "</think>" in text else text
-    answers = _ANSWER.findall(after)
-    return thinking, (answers[-1] if answers else after).strip()
+    close = after.rfind("</answer>")
+    start = after.rfind("<answer>", 0, close) if close >= 0 else -1
+    return thinking, (after[start + len("<answer>") : close] if start >= 0 else after).strip()
 
 
 def judge_response(judge: Judge, request: str, text: str) -> dict[str, Any]:
