@@ -129,10 +129,10 @@ def test_truncation():
 
 
 def test_no_signal_folds_in_the_zero_variance_warning():
-    hard = lambda s, r: (r.__setitem__("batch/zero_variance_groups", 0.95), r.__setitem__("accuracy", 0.01))  # noqa: E731
+    hard = lambda s, r: r.update({"batch/zero_variance_groups": 0.95, "accuracy": 0.01, "reward/total": 0.11})  # noqa: E731
     (f,) = run(hard)
     assert (f.check, f.step) == ("no_signal", 3) and "too hard" in f.likely_cause
-    easy = lambda s, r: (r.__setitem__("batch/zero_variance_groups", 1.0), r.__setitem__("accuracy", 0.97))  # noqa: E731
+    easy = lambda s, r: r.update({"batch/zero_variance_groups": 1.0, "accuracy": 0.97, "reward/total": 1.07})  # noqa: E731
     assert "too easy" in run(easy)[0].likely_cause
     spike = lambda s, r: r.__setitem__("batch/zero_variance_groups", 1.0 if s == 7 else 0.5)  # noqa: E731
     assert run(spike) == []  # one flat step in a window of three
