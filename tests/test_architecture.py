@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("r1lab", "r1lab.errors", "r1lab.domains", "r1lab.images", "r1lab.records", "r1lab.config")),
     ("math", ("r1lab.algos",)),
     ("signals", ("r1lab.verify", "r1lab.tasks", "r1lab.reward_registry", "r1lab.rewards", "r1lab.reward_shaping",
-                 "r1lab.languages", "r1lab.benchmarks", "r1lab.envs")),
+                 "r1lab.languages", "r1lab.reward_hacks", "r1lab.benchmarks", "r1lab.envs")),
     ("engines", ("r1lab.vision", "r1lab.models", "r1lab.hub", "r1lab.rollout", "r1lab.cluster")),
     ("observe", ("r1lab.runs", "r1lab.report", "r1lab.plots", "r1lab.health", "r1lab.tracking")),
     ("work", ("r1lab.train", "r1lab.eval", "r1lab.data")),

@@ -72,7 +72,8 @@ def after(first: int, key: str, value):
 def test_the_registry_holds_every_check_and_a_healthy_run_raises_none():
     assert set(HEALTH_CHECKS) == {"non_finite", "entropy_collapse", "entropy_explosion", "length_collapse",
                                   "length_runaway", "truncation", "no_signal", "kl_blowup", "logprob_gap",
-                                  "garbled_output", "reward_hacking", "format_saturated"}
+                                  "garbled_output", "reward_hacking", "reward_outpaces_accuracy", "rewarded_but_wrong",
+                                  "format_saturated"}
     assert run(steps=200) == []
 
 
@@ -113,7 +114,7 @@ def test_length_collapse():
 
 
 def test_length_runaway_needs_flat_accuracy():
-    flat = lambda s, r: r.__setitem__("accuracy", 0.25)  # noqa: E731
+    flat = lambda s, r: r.update({"accuracy": 0.25, "reward/total": 0.35})  # noqa: E731
     longer = after(10, "response/length", 90.0)
     assert fired(run(lambda s, r: (flat(s, r), longer(s, r)))) == [("length_runaway", 12)]
     # R1-Zero: length grows and accuracy with it
@@ -128,10 +129,10 @@ def test_truncation():
 
 
 def test_no_signal_folds_in_the_zero_variance_warning():
-    hard = lambda s, r: (r.__setitem__("batch/zero_variance_groups", 0.95), r.__setitem__("accuracy", 0.01))  # noqa: E731
+    hard = lambda s, r: r.update({"batch/zero_variance_groups": 0.95, "accuracy": 0.01, "reward/total": 0.11})  # noqa: E731
     (f,) = run(hard)
     assert (f.check, f.step) == ("no_signal", 3) and "too hard" in f.likely_cause
-    easy = lambda s, r: (r.__setitem__("batch/zero_variance_groups", 1.0), r.__setitem__("accuracy", 0.97))  # noqa: E731
+    easy = lambda s, r: r.update({"batch/zero_variance_groups": 1.0, "accuracy": 0.97, "reward/total": 1.07})  # noqa: E731
     assert "too easy" in run(easy)[0].likely_cause
     spike = lambda s, r: r.__setitem__("batch/zero_variance_groups", 1.0 if s == 7 else 0.5)  # noqa: E731
     assert run(spike) == []  # one flat step in a window of three
@@ -202,9 +203,16 @@ def test_format_saturates_while_accuracy_stays_flat():
     def fmt(step, row):
         row["reward/format"] = min(1.0, 0.2 + 0.1 * step)
         row["accuracy"] = 0.10 + 0.001 * step
-    assert fired(run(fmt)) == [("format_saturated", 20)]
-    assert run(after(1, "accuracy", 0.1)) == []  # format learned in SFT: saturated from the start
-    assert run(lambda s, r: (fmt(s, r), r.__setitem__("accuracy", 0.1 + 0.01 * s))) == []  # accuracy follows
+        row["reward/total"] = row["accuracy"] + 0.1 * row["reward/format"]
+    # the reward rose 0.07 with the format while accuracy stayed flat: both checks say so once judging starts
+    assert fired(run(fmt)) == [("reward_outpaces_accuracy", 20), ("format_saturated", 20)]
+    # format learned in SFT: saturated from the start (reward and accuracy flat)
+    assert run(lambda s, r: r.update({"accuracy": 0.1, "reward/total": 0.2})) == []
+    def follows(step, row):  # accuracy follows the format
+        fmt(step, row)
+        row["accuracy"] = 0.1 + 0.01 * step
+        row["reward/total"] = row["accuracy"] + 0.1 * row["reward/format"]
+    assert run(follows) == []
 
 
 def test_each_finding_once_written_as_json_lines_and_kept_on_resume(tmp_path):

@@ -18,6 +18,7 @@ runner (a plan of stages: r1lab.runner) or to an evaluation function (r1lab.eval
     r1lab eval MODEL --tools python [--data FILE | --benchmarks gsm8k] [env.max_turns=4]   (episodes with tools)
     r1lab eval MODEL --env multihop_qa --recipe recipes/tiny/multihop_qa.yaml   (any registered environment)
     r1lab eval MODEL --benchmarks gsm8k,math500 --tools-sweep off,python   (one table: without and with the tool)
+    r1lab eval MODEL --safety BEHAVIOURS.jsonl --judge http://HOST:PORT/v1 [--attacker URL --attack-rounds 3]
     r1lab eval --compare RUN_A RUN_B ...
     r1lab models list | r1lab models prepare NAME [--force]
     r1lab verify audit runs/x/eval/gsm8k.jsonl [--n 200] [--judge http://HOST:PORT/v1]
@@ -225,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(eval.search.ns; beam: candidates per round, W x E)")
     p.add_argument("--beam-width", type=int, help="beam search: beams kept per round (default: N // beam-expand)")
     p.add_argument("--beam-expand", type=int, help="beam search: continuations per kept beam (default 4)")
+    p.add_argument("--safety", help="safety suite: a JSONL of behaviours (prompt, category, optional should_refuse); "
+                   "refusal, harmfulness, attack success rate and reasoning-trace leakage, judged by --judge")
+    p.add_argument("--judge", help="safety: the judge's OpenAI-compatible URL (e.g. http://127.0.0.1:8001/v1 from r1lab serve)")
+    p.add_argument("--judge-model", default="default", help="safety: the model id to request from the judge")
+    p.add_argument("--judge-timeout", type=float, default=60.0, help="safety: seconds per judgement (and attacker "
+                   "call), retries included; a timeout is an unjudged verdict")
+    p.add_argument("--attacker", help="safety: an attacker model's OpenAI-compatible URL: rewrites each refused "
+                   "behaviour's prompt from the judge's verdict (adversarial-reasoning attack)")
+    p.add_argument("--attacker-model", default="default", help="safety: the model id to request from the attacker")
+    p.add_argument("--attack-rounds", type=int, default=0, help="safety: attacker rewrites per behaviour at most")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=cmd_eval)
 

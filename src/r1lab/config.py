@@ -421,9 +421,12 @@ class HealthConfig:
     garbled_nonprint: float = setting(0.05, ge=0, le=1)  # or garbled when more than this fraction of its characters are not printable
     accuracy_flat: float = setting(0.02, ge=0, le=1)  # a training-accuracy gain below this (absolute) counts as flat
     format_saturated: float = setting(0.95, ge=0, le=1)  # a format reward term's mean at or above this counts as saturated
-    hacking_min_steps: int = setting(20, ge=0)  # steps before the saturated-format check may judge accuracy flat
+    hacking_min_steps: int = setting(20, ge=0)  # steps before the saturated-format and reward-outpaces-accuracy checks may judge accuracy flat
     eval_drop: float = setting(0.05, ge=0, le=1)  # held-out accuracy this far below its best earlier evaluation ...
     reward_rise: float = setting(0.05, ge=0)  # ... while the training reward rose at least this much since then: reward hacking
+    # reward hacking read from every step's samples (reward_hacks.rewarded_but_wrong): more than this share of
+    # the samples paid at least what a right answer gets are wrong by the task's verifier
+    rewarded_wrong_max: float = setting(0.2, ge=0, le=1)
 
 
 @dataclass

@@ -42,6 +42,13 @@ class EvalRequest:
     env: str | None = None  # evaluate episodes of this registered environment (env.name)
     tools: str | None = None  # episodes with these tools, joined by + (the tools environment)
     tools_sweep: str | None = None  # comma-separated tool sets evaluated side by side, e.g. off,python
+    safety: str | None = None  # JSONL of behaviours: run the safety suite (eval/safety.py) instead of scoring answers
+    judge: str | None = None  # safety: the judge's OpenAI-compatible URL (r1lab serve included)
+    judge_model: str = "default"
+    judge_timeout: float = 60.0  # safety: seconds per judgement, retries included
+    attacker: str | None = None  # safety: an attacker model's OpenAI-compatible URL (adversarial-reasoning attack)
+    attacker_model: str = "default"
+    attack_rounds: int = 0  # safety: attacker rewrites per behaviour at most (needs --attacker)
     quiet: bool = False
 
     @classmethod
@@ -84,6 +91,9 @@ def run_eval(cfg: RunConfig, req: EvalRequest) -> None:
         cfg.name = time.strftime("eval-%Y%m%d-%H%M%S")
     if req.benchmarks and req.data:
         raise R1labError("give --data or --benchmarks, not both")
+    if req.safety or req.judge or req.attacker or req.attack_rounds:
+        _safety_eval(cfg, req)
+        return
     tool_sets = _env_settings(req, cfg)  # before loading the model: a bad environment or tool fails fast
     budgets = _think_settings(req, cfg)  # before loading the model: a bad budget fails fast
     scorer = _search_scorer(req, cfg)  # the scorer is loaded here: a missing reference model fails fast
@@ -180,6 +190,61 @@ def _eval_problems(req: EvalRequest, cfg: RunConfig):
     if TASKS.makes(req.data) and not Path(req.data).exists():
         return generate_splits([req.data], 0, req.limit or cfg.data.eval_size, cfg.data.difficulty, cfg.data.seed)[1]
     return load_problems(req.data)
+
+
+def _safety_eval(cfg: RunConfig, req: EvalRequest) -> None:
+    """`r1lab eval MODEL --safety FILE --judge URL [--attacker URL --attack-rounds N]`: every flag, the
+    behaviours, the endpoints and the model checked before the run directory is written."""
+    from r1lab.domains import check_value
+    from r1lab.eval.safety import load_behaviours, run_safety
+    from r1lab.eval.stage import eval_params
+    from r1lab.rollout import build_engine
+    from r1lab.rollout.openai import OpenAIEngine, is_endpoint
+    from r1lab.runs import RunDir
+    from r1lab.stages import load_policy
+    from r1lab.verify.audit import check_endpoint
+    from r1lab.verify.judge import JudgeVerifier
+    from r1lab.verify.safety import SafetyJudge
+
+    if not req.safety:
+        raise R1labError("--judge, --attacker and --attack-rounds belong to the safety suite: give --safety FILE")
+    others = [flag for flag, v in (("--data", req.data), ("--benchmarks", req.benchmarks), ("--think-*", req.think_max
+              or req.think_budgets), ("--search", req.search)) if v]
+    if others:
+        raise R1labError(f"--safety runs on its own behaviours file, not with {', '.join(others)}")
+    check_value(req.judge_timeout, "--judge-timeout", gt=0)
+    check_value(req.attack_rounds, "--attack-rounds", ge=0)
+    for flag, url in (("--judge", req.judge), ("--attacker", req.attacker)):
+        if url and not is_endpoint(url):
+            raise R1labError(f"{flag} must be an http(s) URL of an OpenAI-compatible server, got {url!r}")
+    if not req.judge:
+        raise R1labError("--safety needs --judge URL (an OpenAI-compatible server; r1lab serve CHECKPOINT serves one)")
+    if bool(req.attacker) != bool(req.attack_rounds):
+        raise R1labError("the adversarial attack needs both --attacker URL and --attack-rounds N >= 1")
+    behaviours = load_behaviours(req.safety)
+    behaviours = behaviours[: req.limit] if req.limit else behaviours
+    check_endpoint(req.judge)
+    if req.attacker:
+        check_endpoint(req.attacker)
+    if is_endpoint(req.model):
+        engine = OpenAIEngine(req.model, model=req.model_name, concurrency=req.concurrency)
+        engine.check()
+    else:
+        model, tok = load_policy(cfg, path=req.model)
+        engine = build_engine(model, tok, cfg.rollout, batch_size=cfg.eval.batch_size)
+    base = lambda url: url.rstrip("/").removesuffix("/v1")  # noqa: E731  (the clients add /v1/...)
+    judge = SafetyJudge(base(req.judge), req.judge_model, timeout=req.judge_timeout)
+    attacker = None
+    if req.attacker:
+        client = JudgeVerifier(base(req.attacker), req.attacker_model, timeout=req.judge_timeout, max_tokens=256)
+        attacker = client.ask
+    run = RunDir.create(cfg)
+    try:
+        run_safety(behaviours, engine, eval_params(cfg), cfg.eval.n, cfg.seed, judge, run.file("eval"),
+                   str(Path(req.safety).resolve()), attacker=attacker, rounds=req.attack_rounds,
+                   log=(lambda *_: None) if req.quiet else print)
+    finally:
+        engine.close()
 
 
 def _check_eval_flags(req: EvalRequest, cfg: RunConfig) -> None:

@@ -302,6 +302,47 @@ def reward_hacking(h: History, cfg: HealthConfig) -> Diagnosis | None:
     )
 
 
+@register_check("reward_outpaces_accuracy")
+def reward_outpaces_accuracy(h: History, cfg: HealthConfig) -> Diagnosis | None:
+    """Training reward up while the verifier's training accuracy stalls or falls (both per step,
+    both graded on the same samples: no held-out evaluation needed). Not before hacking_min_steps:
+    a run that learns its format first (R1-Zero) raises its reward before its accuracy."""
+    rew, acc = h.levels("reward/total"), h.levels("accuracy")
+    if (rew is None or acc is None or len(h.rows) < cfg.hacking_min_steps or rew[1] - rew[0] < cfg.reward_rise
+            or acc[1] - acc[0] >= cfg.accuracy_flat):
+        return None
+    return Diagnosis(
+        f"training reward rose {rew[0]:.3f} -> {rew[1]:.3f} while the verifier's training accuracy moved "
+        f"{acc[0]:.1%} -> {acc[1]:.1%}",
+        "the reward pays something other than right answers (a lenient checker, a format or length term) and "
+        "the policy learned that instead",
+        "compare each reward/<term> with accuracy; read the rewarded wrong samples (r1lab verify audit "
+        "samples.jsonl --problems FILE); lower or drop the term that rises",
+    )
+
+
+@register_check("rewarded_but_wrong")
+def rewarded_but_wrong_check(h: History, cfg: HealthConfig) -> Diagnosis | None:
+    """More than `rewarded_wrong_max` of the samples the reward paid as well as a right answer are
+    wrong by the verifier (hack/rewarded_but_wrong, mean of the last window); names the term that paid them."""
+    share = h.recent("hack/rewarded_but_wrong")
+    if share is None or share <= cfg.rewarded_wrong_max:
+        return None
+    # logged only at steps with rewarded wrong samples: the mean of its last `window` values
+    paid = {k.removeprefix("hack/paid_wrong/"): _mean(h.values(k)[-cfg.window:])
+            for k in h.keys() if k.startswith("hack/paid_wrong/") and h.values(k)}
+    term = max(paid, key=paid.get) if paid else None
+    by = f"; paid mostly by reward term {term} ({paid[term]:.2f} per sample)" if term else ""
+    return Diagnosis(
+        f"{share:.0%} of the samples the reward paid at least as much as a right answer are wrong by the "
+        f"verifier (mean of the last {cfg.window} steps){by}",
+        f"the reward{f' term {term}' if term else ''} pays answers the verifier rejects: a lenient checker, or a "
+        "format or length term that can be met without solving the problem",
+        f"drop or down-weight reward.terms.{term or '<term>'}; score correctness with the task's verifier "
+        "(reward.terms.accuracy); r1lab verify audit samples.jsonl --problems FILE lists the rewarded wrong samples",
+    )
+
+
 @register_check("format_saturated")
 def format_saturated(h: History, cfg: HealthConfig) -> Diagnosis | None:
     acc = h.levels("accuracy")

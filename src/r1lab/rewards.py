@@ -13,6 +13,7 @@ import re
 from typing import Sequence
 
 import r1lab.languages  # noqa: F401  (registers language_consistency)
+import r1lab.reward_hacks  # noqa: F401  (registers the reward-hacking lab's deliberately flawed terms)
 import r1lab.reward_shaping  # noqa: F401  (registers the length and repetition terms)
 import r1lab.tasks  # noqa: F401  (the task families register their own terms: repair, sorting, poems, translation)
 from r1lab.records import Completion, Problem, Verdict

@@ -49,7 +49,7 @@ from r1lab.train.methods import bind_method
 from r1lab.train.policy import LocalPolicyWorker, PolicyWorker
 from r1lab.train.prm import ImplicitPRM
 from r1lab.train.sampler import PromptSampler, scheduled
-from r1lab.train.step_metrics import batch_metrics, sample_metrics, sampler_metrics
+from r1lab.train.step_metrics import batch_metrics, hack_metrics, sample_metrics, sampler_metrics
 
 
 class RLTrainer:
@@ -215,6 +215,7 @@ class RLTrainer:
         self.step += 1
         m: dict[str, Any] = {
             **sample_metrics(col, cfg.train.group_size),
+            **hack_metrics(col, cfg.reward.terms),
             **batch_metrics(batch),
             **sampled,
             **col.info,

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from r1lab.reward_hacks import rewarded_but_wrong
 from r1lab.train.batch import RolloutBatch, masked_mean
 from r1lab.train.collect import Collected
 from r1lab.train.sampler import PromptSampler
@@ -42,6 +43,17 @@ def sample_metrics(col: Collected, group_size: int) -> dict[str, Any]:
         "batch/zero_variance_groups": zero_variance,
         "batch/same_correctness_groups": same_correctness,
     }
+
+
+def hack_metrics(col: Collected, weights: dict[str, float]) -> dict[str, Any]:
+    """The reward-hacking measurement (reward_hacks.rewarded_but_wrong) of the step's samples:
+    `hack/rewarded_but_wrong`, the share of the samples paid at least the mean of the right ones
+    that the verifier rejects (None when no sample is right), and `hack/paid_wrong/<term>`, what
+    each term paid the rewarded wrong samples on average (weighted; logged when there are any)."""
+    correct = [bool(c.verdict and c.verdict.correct) for c in col.completions]
+    weighted = {name: [weights.get(name, 0.0) * v for v in values] for name, values in col.terms.items()}
+    m = rewarded_but_wrong([c.reward for c in col.completions], correct, weighted)
+    return {"hack/rewarded_but_wrong": m.share, **{f"hack/paid_wrong/{k}": v for k, v in m.paid_by.items()}}
 
 
 def batch_metrics(batch: RolloutBatch) -> dict[str, float]:

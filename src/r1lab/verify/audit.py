@@ -267,6 +267,96 @@ def reward_error_rates(n_pos: int, n_neg: int, k_pos: int, m_pos: int, k_neg: in
 
 
 # ---------------------------------------------------------------------------------------------
+# reward hacking, step by step (an RL run's samples.jsonl)
+
+
+def _run_settings(samples_path: Path) -> tuple[dict[str, float] | None, dict[str, Any]]:
+    """(reward.terms, health settings) of the run's config.yaml beside samples.jsonl; (None, {}) without one."""
+    import yaml
+
+    cfg_path = samples_path.with_name("config.yaml")
+    if not cfg_path.is_file():
+        return None, {}
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise DataError(f"{cfg_path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    terms = (cfg.get("reward") or {}).get("terms")
+    return ({str(k): float(v) for k, v in terms.items()} if isinstance(terms, dict) else None), (cfg.get("health") or {})
+
+
+def hacking_by_step(path: str | Path, problems: str | Path | None) -> dict[str, Any] | None:
+    """Every sample of an RL run's samples.jsonl graded by the strict grader, per step: the mean
+    training reward, the strict accuracy and the rewarded-but-wrong share (reward_hacks), and the
+    step at which each hacking rule of the health monitor fires on these series (its thresholds
+    from the run's config.yaml, else the defaults). None when the file is not an RL samples file
+    (rows with a step and per-term rewards)."""
+    from r1lab.config import HealthConfig
+    from r1lab.records import load_problems
+    from r1lab.reward_hacks import first_outpacing, first_sustained, rewarded_but_wrong
+
+    path = Path(path)
+    rows = list(_read_jsonl(path))
+    if not rows or not all(isinstance(r.get("step"), int) and isinstance(r.get("rewards"), dict) for _, r in rows):
+        return None
+    if problems is None:
+        raise DataError(f"{path}: an RL samples file: pass --problems FILE (the run's data/train.jsonl) for the gold answers")
+    by_id = {p.id: p for p in load_problems(problems)}
+    weights, health = _run_settings(path)
+    defaults = HealthConfig()
+    knob = lambda name: health.get(name, getattr(defaults, name))  # noqa: E731
+    steps: dict[int, list[tuple[float, bool, dict[str, float]]]] = {}
+    for lineno, row in rows:
+        pid, where = str(row.get("problem_id")), f"{path}:{lineno}"
+        if pid not in by_id:
+            raise DataError(f"{where}: problem {pid!r} is not in {problems}")
+        if not isinstance(row.get("text"), str) or not isinstance(row.get("reward"), (int, float)):
+            raise DataError(f"{where}: an RL sample needs 'text' and a numeric 'reward'")
+        terms = {k: float(v) * (weights.get(k, 0.0) if weights is not None else 1.0) for k, v in row["rewards"].items()}
+        steps.setdefault(row["step"], []).append((float(row["reward"]), strict_grade(row["text"], by_id[pid]).correct, terms))
+    table = []
+    for step in sorted(steps):
+        samples = steps[step]
+        m = rewarded_but_wrong([r for r, _, _ in samples], [ok for _, ok, _ in samples],
+                               {k: [t.get(k, 0.0) for _, _, t in samples] for k in samples[0][2]})
+        table.append({"step": step, "samples": len(samples), "reward": sum(r for r, _, _ in samples) / len(samples),
+                      "strict_accuracy": sum(ok for _, ok, _ in samples) / len(samples),
+                      "rewarded_but_wrong": m.share, "paid_by": m.paid_by})
+    shares = [(t["step"], t["rewarded_but_wrong"]) for t in table if t["rewarded_but_wrong"] is not None]
+    window = int(knob("window"))
+    wrong_step = first_sustained(shares, float(knob("rewarded_wrong_max")), window)
+    culprit = None
+    if wrong_step is not None:  # the term that paid the rewarded wrong samples most, over the firing window
+        recent = [t["paid_by"] for t in table if wrong_step - window < t["step"] <= wrong_step and t["paid_by"]]
+        totals = {k: sum(p.get(k, 0.0) for p in recent) for k in {k for p in recent for k in p}}
+        culprit = max(totals, key=totals.get) if totals else None
+    outpacing = first_outpacing([(t["step"], t["reward"]) for t in table], [(t["step"], t["strict_accuracy"]) for t in table],
+                                int(knob("baseline_steps")), window, float(knob("reward_rise")), float(knob("accuracy_flat")),
+                                int(knob("hacking_min_steps")))
+    return {"steps": table, "weights": weights, "rewarded_wrong_max": float(knob("rewarded_wrong_max")), "window": window,
+            "fired": {"rewarded_but_wrong": wrong_step, "reward_outpaces_accuracy": outpacing}, "paid_by": culprit}
+
+
+def hacking_markdown(h: dict[str, Any]) -> str:
+    fired, lines = h["fired"], ["## Reward hacking by step (the strict grader on every sample)", ""]
+    weights = "the run's reward.terms weights" if h["weights"] is not None else "every term at weight 1 (no config.yaml)"
+    if fired["rewarded_but_wrong"] is not None:
+        lines.append(f"- **rewarded_but_wrong** fired at step {fired['rewarded_but_wrong']}: over {h['window']} steps more than "
+                     f"{h['rewarded_wrong_max']:.0%} of the samples paid at least the mean of the right ones are wrong"
+                     + (f", paid mostly by reward term **{h['paid_by']}** ({weights})" if h["paid_by"] else ""))
+    if fired["reward_outpaces_accuracy"] is not None:
+        lines.append(f"- **reward_outpaces_accuracy** fired at step {fired['reward_outpaces_accuracy']}: the training reward "
+                     "rose while the strict accuracy stalled or fell")
+    if all(v is None for v in fired.values()):
+        lines.append(f"No hacking rule fired over {len(h['steps'])} steps.")
+    lines += ["", "| step | samples | mean reward | strict accuracy | rewarded but wrong |", "|---:|---:|---:|---:|---:|"]
+    for t in h["steps"]:
+        share = "n/a" if t["rewarded_but_wrong"] is None else f"{t['rewarded_but_wrong']:.0%}"
+        lines.append(f"| {t['step']} | {t['samples']} | {t['reward']:.3f} | {t['strict_accuracy']:.1%} | {share} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
 # the audit
 
 
@@ -399,7 +489,8 @@ def report_markdown(r: dict[str, Any]) -> str:
     if r["abstentions"]:
         lines += [f"## Abstained ({len(r['abstentions'])})", ""]
         lines += [f"- {a['ref']}: {a['second']}: {a['second_reason']}" for a in r["abstentions"]]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text + "\n" + hacking_markdown(r["hacking"]) if r.get("hacking") else text
 
 
 def _json_safe(x: Any) -> Any:
@@ -436,6 +527,7 @@ def cmd_audit(args: Any) -> int:
         check_endpoint(s.judge)
     items = load_items(args.input, args.problems)
     report = run_audit(items, s, source=str(args.input))
+    report["hacking"] = hacking_by_step(args.input, args.problems)
     out = Path(args.out) if args.out else Path(args.input).with_name(Path(args.input).stem + ".audit")
     js, md = write_report(report, out)
     t, rates = report["table"], report["rates"]
@@ -448,6 +540,12 @@ def cmd_audit(args: Any) -> int:
     for key in ("false_positive_rate", "false_negative_rate"):
         x = rates[key]
         print(f"  {key.replace('_', ' ')} of the reward: {_pct(x['estimate'])} (95%: {_pct(x['low'])} - {_pct(x['high'])})")
+    hacking = report["hacking"]
+    if hacking is not None:
+        fired = {k: v for k, v in hacking["fired"].items() if v is not None}
+        named = f" (paid by {hacking['paid_by']})" if hacking["paid_by"] else ""
+        print("  reward hacking: " + ("; ".join(f"{k} fired at step {v}{named if k == 'rewarded_but_wrong' else ''}"
+                                               for k, v in fired.items()) or f"nothing fired over {len(hacking['steps'])} steps"))
     print(f"wrote {md} and {js}")
     return 0
 
