@@ -1,4 +1,4 @@
-"""The stages a user runs — data, model, SFT, DPO, RL, eval — as functions of a config and a run
+"""The stages a user runs — data, model, CPT, SFT, DPO, RL, eval — as functions of a config and a run
 directory. The CLI and the demo are thin layers over these."""
 
 from __future__ import annotations
@@ -431,7 +431,7 @@ def run_dpo(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
 
 
 # --------------------------------------------------------------------------------------------
-# `r1lab sft | rl | dpo RECIPE`: a plan of one stage
+# `r1lab sft | rl | dpo | cpt RECIPE`: a plan of one stage
 
 
 # the settings a resume may change, by stage; `train.steps` continues a finished RL run (Stage.extends)
