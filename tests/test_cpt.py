@@ -297,3 +297,59 @@ def test_cpt_killed_and_resumed_from_the_cli_gives_the_uninterrupted_run(tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "killed" / "plots" / "cpt.png").is_file()
     assert sorted(p.name for p in state.glob("step-*.pt")) == ["step-000010.pt", "step-000012.pt"]
+
+
+# --- the cpt stage of a pipeline ---------------------------------------------------------------
+
+PIPELINE = {
+    "base": str(ROOT / "recipes" / "tiny" / "grpo.yaml"),
+    "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64,
+                       "max_positions": 64}},
+    "data": {"train_size": 60, "sft_size": 40, "eval_size": 4},
+    "reward": {"verify_workers": 0}, "sampling": {"max_new_tokens": 8}, "eval": {"n": 1, "ks": [1]},
+    "cpt": {"corpus": str(ROOT / "data" / "cpt" / "math_text.jsonl"), "seq_len": 32, "batch_size": 4, "max_steps": 3,
+            "save_every": 1, "keep_checkpoints": 5, "eval_every": 0},
+    "sft": {"epochs": 1, "batch_size": 16, "warmup_steps": 0},
+    "evaluate_each": False,
+    "stages": [{"cpt": {}}, {"sft": {}}],
+}
+
+
+@pytest.mark.slow
+def test_a_pipeline_cpt_stage_feeds_sft_and_resumes_from_its_checkpoint(tmp_path):
+    import r1lab.train.cpt as cpt_module
+    from r1lab.pipeline import check_resume, plan_pipeline, run_pipeline
+
+    recipe = tmp_path / "p.yaml"
+    recipe.write_text(yaml.safe_dump(PIPELINE))
+    plan = plan_pipeline(recipe, [f"out_dir={tmp_path}", "name=whole"])
+    # the same data section as an SFT-first pipeline's: the tiny model's tokenizer and weights are the same
+    other = tmp_path / "sft_first.yaml"
+    other.write_text(yaml.safe_dump({**PIPELINE, "stages": [{"sft": {}}]}))
+    sft_first = plan_pipeline(other, [f"out_dir={tmp_path}", "name=other"])
+    assert plan.stages[0].cfg.data == sft_first.stages[0].cfg.data and plan.stages[0].cfg.seed == sft_first.stages[0].cfg.seed
+    quiet = dict(show_progress=False, log=lambda *a: None)
+    run_pipeline(plan, **quiet)
+    whole = tmp_path.resolve() / "whole"
+    assert yaml.safe_load((whole / "01-sft" / "config.yaml").read_text())["init_from"] == str(
+        whole / "00-cpt" / "checkpoints" / "cpt")
+
+    def stop_after_step_1(save):
+        def save_then_stop(path, step, *args, **kwargs):
+            save(path, step, *args, **kwargs)
+            if step == 1:
+                raise KeyboardInterrupt  # as a kill right after the checkpoint would leave it
+        return save_then_stop
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpt_module, "save_state", stop_after_step_1(cpt_module.save_state))
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(plan_pipeline(recipe, [f"out_dir={tmp_path}", "name=cut"]), **quiet)
+    cut = tmp_path / "cut"
+    again = plan_pipeline(recipe, [f"resume={cut}"])
+    assert check_resume(again) == {"prepare": "done", "00-cpt": "resume", "01-sft": "new"}
+    run_pipeline(again, **quiet)
+    assert _rows(cut / "00-cpt") == _rows(whole / "00-cpt")
+    a = load_file(whole / "01-sft" / "checkpoints" / "sft" / "model.safetensors")
+    b = load_file(cut / "01-sft" / "checkpoints" / "sft" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
