@@ -28,6 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from r1lab.cluster import with_off_policy_correction  # noqa: E402
 from r1lab.cluster.rollout_group import RayRolloutGroup  # noqa: E402
 from r1lab.cluster.runtime import get  # noqa: E402
 from r1lab.config import ClusterConfig, RunConfig, TinyModelConfig  # noqa: E402
@@ -100,7 +101,7 @@ def steps(model, tok, n_steps: int) -> None:
     print("|---|---|---:|---:|---:|---:|")
     for workers in (0, 2):
         for off in (0, 1):
-            cfg = cfg_with(rollout_workers=workers, off_policy_steps=off)
+            cfg = with_off_policy_correction(cfg_with(rollout_workers=workers, off_policy_steps=off))
             cfg.train.steps = n_steps
             m = copy.deepcopy(model)
             engine = rl_engine(cfg, m, tok)  # the fast engine, or the Ray group of cluster.rollout_workers

@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("engines", ("r1lab.models", "r1lab.hub", "r1lab.rollout", "r1lab.cluster")),
     ("observe", ("r1lab.runs", "r1lab.report", "r1lab.plots", "r1lab.health", "r1lab.tracking")),
     ("work", ("r1lab.train", "r1lab.eval", "r1lab.data")),
-    ("orchestration", ("r1lab.runner", "r1lab.stages", "r1lab.demo", "r1lab.pipeline", "r1lab.rstar",
+    ("orchestration", ("r1lab.runner", "r1lab.stages", "r1lab.evaluate", "r1lab.demo", "r1lab.pipeline", "r1lab.rstar",
                        "r1lab.recipes", "r1lab.serve")),
     ("top", ("r1lab.cli", "r1lab.__main__")),
 )

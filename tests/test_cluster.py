@@ -159,6 +159,7 @@ def test_async_run_with_the_engine_in_the_controller_logs_staleness_and_corrects
 
     model, tok = copy.deepcopy(lively[0]), lively[1]
     cfg = train_cfg(off_policy_steps=1)
+    cfg.algo.correction = "tis"  # what check_run_config resolves for an off-policy run
     start = {k: v.clone() for k, v in model.state_dict().items()}
     history = train_rl(cfg, model, tok, FastEngine(model, tok, dtype="float32"), problems(4), show_progress=False)
     assert [h["staleness"] for h in history] == [0, 1, 1]
@@ -166,6 +167,16 @@ def test_async_run_with_the_engine_in_the_controller_logs_staleness_and_corrects
     assert all(0 < h["policy/tis_weight"] <= 2 for h in history)
     assert "time/sample_wait" in history[1] and history[1]["time/collect"] < history[0]["time/collect"]
     assert _changed(model, start) > 1e-3
+
+
+def test_the_trainer_refuses_an_off_policy_config_without_a_correction(lively):
+    """The correction's default is decided once, by check_run_config; a trainer given an
+    unresolved config says so instead of deciding again."""
+    from r1lab.train.rl import RLTrainer
+
+    model, tok = copy.deepcopy(lively[0]), lively[1]
+    with pytest.raises(ConfigError, match=r"cluster\.off_policy_steps=1 needs an off-policy correction"):
+        RLTrainer(train_cfg(off_policy_steps=1), model, tok, FastEngine(model, tok, dtype="float32"))
 
 
 def test_a_synchronous_run_has_staleness_zero_and_no_correction(lively):
@@ -191,6 +202,7 @@ def test_an_async_run_with_rollout_workers_survives_a_killed_worker(cluster, liv
     model, tok = copy.deepcopy(lively[0]), lively[1]
     start = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = train_cfg(rollout_workers=2, off_policy_steps=1)
+    cfg.algo.correction = "tis"
     cfg.train.eval_every = 1
     group = RayRolloutGroup(cfg, model, tok)
 

@@ -308,30 +308,59 @@ def test_ppm_load_names_what_is_wrong(tmp_path):
 # --- one tiny round end to end ---------------------------------------------------------------------------
 
 
+RESUME_SETTINGS = [  # the smallest run whose warm start finds correct trajectories: round 2 is PPM-guided
+    "data.train_size=400", "data.sft_size=600", "data.eval_size=8", "sft.epochs=4", "eval.n=2", "eval.ks=[1,2]",
+    "reward.verify_workers=1", "rstar.rounds=2", "rstar.problems_per_round=16", "rstar.rollouts=4",
+    "rstar.candidates=3", "rstar.max_depth=3", "rstar.ppm_epochs=1", "rstar.sft_epochs=1", "rstar.ppm_heldout=0.25"]
+
+
 @pytest.mark.slow
-def test_one_tiny_rstar_round_completes(tmp_path):
+def test_tiny_rstar_rounds_complete_and_a_resumed_run_equals_the_uninterrupted_one(tmp_path):
+    """Three rounds end to end (the report, plot, checkpoints); then the run as an interruption
+    during round 2 leaves it (round 2's marker and metrics line gone, its files half there),
+    resumed: round 2, PPM-guided from round 1's checkpoints, logs and saves what the uninterrupted run did."""
+    import shutil
+
+    from safetensors.torch import load_file
+
     from r1lab.config import load_config
     from r1lab.rstar import run_rstar
 
-    cfg = load_config(RECIPE, [
-        f"out_dir={tmp_path}", "name=r", "model.tiny.hidden_size=64", "model.tiny.num_layers=2",
-        "model.tiny.intermediate_size=128", "data.difficulty=1", "data.train_size=120", "data.sft_size=100",
-        "data.eval_size=4", "sft.epochs=10", "sft.batch_size=16", "eval.n=2", "eval.ks=[1,2]", "reward.verify_workers=1",
-        "rstar.rounds=1", "rstar.problems_per_round=8", "rstar.rollouts=2", "rstar.candidates=3",
-        "rstar.max_depth=2", "rstar.ppm_epochs=1", "rstar.sft_epochs=1", "rstar.ppm_heldout=0.25"])
-    history = run_rstar(cfg, show_progress=False, log=lambda *_: None)
-    assert [h["round"] for h in history] == [0, 1]
+    quiet = lambda *_: None  # noqa: E731
+    history = run_rstar(load_config(RECIPE, [f"out_dir={tmp_path}", "name=r"] + RESUME_SETTINGS),
+                        show_progress=False, log=quiet)
+    assert [h["round"] for h in history] == [0, 1, 2]
     r1 = history[1]
-    assert r1["search/problems"] == 8 and r1["search/nodes"] >= 8 and r1["search/expansions"] >= 8
+    assert r1["search/problems"] == 16 and r1["search/nodes"] >= 16 and r1["search/expansions"] >= 16
     assert r1["search/candidates"] == 3 * r1["search/expansions"]
     assert 0.0 <= r1["eval/avg"] <= 1.0 and 0.0 <= r1["search/terminal_correct_rate"] <= 1.0
+    assert r1["ppm/pairs_train"] > 0 and history[2]["search/ppm_guided"] is True  # what the resume must rebuild
     run = tmp_path / "r"
+    assert (run / "plots" / "rstar.png").stat().st_size > 0 and "| round |" in (run / "report.md").read_text()
+    assert (run / "checkpoints" / "ppm-round1" / "scorer.json").is_file()
+
+    cut = tmp_path / "cut"
+    shutil.copytree(run, cut)
+    for marker in ("round-2", "report"):
+        (cut / "stages" / f"{marker}.json").unlink()
+    lines = (cut / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (cut / "metrics.jsonl").write_text("".join(lines[:2]))
+    resumed = run_rstar(load_config(RECIPE, [f"resume={cut}"] + RESUME_SETTINGS), show_progress=False, log=quiet)
+
+    def same(a: dict, b: dict) -> dict:  # the differing values, times aside (NaN equals NaN: no held-out pairs)
+        return {k: (a[k], b.get(k)) for k in a
+                if "seconds" not in k and a[k] != b.get(k) and not (a[k] != a[k] and b.get(k) != b.get(k))}
+
+    assert [same(a, b) for a, b in zip(history, resumed)] == [{}, {}, {}]
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and (run / "plots" / "rstar.png").stat().st_size > 0
-    assert "| round |" in (run / "report.md").read_text()
-    assert (run / "checkpoints" / "policy-round1" / "config.json").is_file()
-    if r1["ppm/pairs_train"]:
-        assert (run / "checkpoints" / "ppm-round1" / "scorer.json").is_file()
+    again = [json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [same(a, b) for a, b in zip(rows, again)] == [{}, {}, {}] and len(again) == 3
+    for name in ("policy-round2", "ppm-round2"):
+        if not (run / "checkpoints" / name).is_dir():
+            continue
+        for f in (run / "checkpoints" / name).glob("*.safetensors"):
+            a, b = load_file(f), load_file(cut / "checkpoints" / name / f.name)
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{name}/{f.name} differs"
 
 
 def test_bad_rstar_settings_exit_2_before_anything_is_written(tmp_path, capsys):

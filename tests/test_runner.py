@@ -83,6 +83,11 @@ def test_a_marker_without_settings_counts_as_unfinished(tmp_path):
     marker_path(tmp_path / "run", "b").write_text(json.dumps({"stage": "b", "seconds": 1.0, "result": {},
                                                               "config": "train: {lr: 1.0}\n"}))
     assert stage_status(plan_of(tmp_path, [], resume=True)) == {"a": "done", "b": "new", "c": "new"}
+    (tmp_path / "run" / "sft").mkdir()  # an older pipeline stage's marker
+    (tmp_path / "run" / "sft" / "done.json").write_text("{}")
+    lines: list[str] = []
+    run_plan(plan_of(tmp_path, [], resume=True), log=lines.append)
+    assert any("2 done marker(s) of an earlier r1lab (sft/done.json, ...)" in x and "run again" in x for x in lines)
 
 
 def test_a_moved_run_still_compares(tmp_path):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 from r1lab.errors import R1labError
@@ -112,177 +111,18 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
-def _model_id(model: str) -> str:
-    """How the saved eval settings name a model: an endpoint URL or prepared name as given, a local
-    directory by its absolute path (so a resume from another working directory still matches)."""
-    from r1lab.rollout.openai import is_endpoint
-
-    if is_endpoint(model) or not Path(model).expanduser().exists():
-        return model
-    return str(Path(model).expanduser().resolve())
-
-
 def cmd_eval(args) -> int:
+    from r1lab.evaluate import EvalRequest, compare_runs, run_eval
+
     if args.compare:
-        return _compare(args)
+        if args.model or args.benchmarks or args.data:
+            raise R1labError("--compare takes run directories only (no MODEL, --benchmarks or --data)")
+        compare_runs(args.compare, args.out)
+        return 0
     if not args.model:
         raise R1labError("eval needs a MODEL (a directory, a prepared name or an endpoint URL), or --compare RUN ...")
     cfg = _config(args.recipe, args.overrides)
-
-    from r1lab.records import load_problems
-    from r1lab.rollout.openai import OpenAIEngine, is_endpoint
-    from r1lab.runs import RunDir
-    from r1lab.eval.sweeps import plain_eval, search_sweep, think_sweep
-    from r1lab.stages import load_policy, prepare_data
-
-    cfg.eval.n = args.n if args.n is not None else cfg.eval.n
-    cfg.eval.ks = [k for k in sorted(set(cfg.eval.ks + [cfg.eval.n])) if k <= cfg.eval.n]
-    if args.max_new_tokens:
-        cfg.eval.max_new_tokens = args.max_new_tokens
-    if args.temperature is not None:
-        cfg.eval.temperature = args.temperature
-    _check_eval_flags(args, cfg)
-    if args.out:  # an explicit directory: evaluating into it again resumes
-        out = Path(args.out)
-        cfg.out_dir, cfg.name = str(out.parent), out.name
-    if cfg.name == "run":
-        cfg.name = time.strftime("eval-%Y%m%d-%H%M%S")
-    if args.benchmarks and args.data:
-        raise R1labError("give --data or --benchmarks, not both")
-    budgets = _think_settings(args, cfg)  # before loading the model: a bad budget fails fast
-    scorer = _search_scorer(args, cfg)  # the scorer is loaded here: a missing reference model fails fast
-    if scorer is not None and (budgets or args.benchmarks or is_endpoint(args.model)):
-        raise R1labError("--search runs on a local model over --data or the config's held-out split, "
-                         "without budget forcing (not with --benchmarks, --think-* or an endpoint)")
-    if (budgets or cfg.eval.budget.max_think > 0) and is_endpoint(args.model):
-        raise R1labError("budget forcing needs a local model (it continues token-id prefixes), not an endpoint")
-    if budgets and args.benchmarks:
-        raise R1labError("--think-budgets runs on --data or the config's held-out split, not --benchmarks "
-                         "(one budget there: --think-max)")
-    benches = None
-    if args.benchmarks:  # vendored benchmarks, each with its own prompt and protocol
-        from r1lab.benchmarks import parse_names, prompt_template
-
-        benches = parse_names(args.benchmarks)  # before loading the model: a typo fails fast
-        prompt_template(args.prompt)
-    problems = None
-    if args.data:
-        problems = load_problems(args.data)
-    # the model (or endpoint) before anything is written: a bad name or a dead URL leaves no run dir
-    model = tok = engine = None
-    if is_endpoint(args.model):
-        engine = OpenAIEngine(args.model, model=args.model_name, concurrency=args.concurrency)
-        engine.check()
-    else:
-        model, tok = load_policy(cfg, path=args.model)
-    model_id = _model_id(args.model)
-    if benches is not None:
-        from r1lab.eval.stage import evaluate_benchmarks
-
-        run = RunDir.create(cfg)
-        _, report = evaluate_benchmarks(cfg, model, tok, benches, run.file("eval"), n=args.n, temperature=args.temperature,
-                                        limit=args.limit, show_progress=not args.quiet, engine=engine, model_id=model_id,
-                                        prompt=args.prompt)
-        print(report)
-        print(f"per-problem results, summary and plots: {run.file('eval')}")
-        return 0
-    if problems is None:
-        problems = prepare_data(cfg, None, log=lambda *_: None).eval
-    problems = problems[: args.limit] if args.limit else problems
-    run = RunDir.create(cfg)
-    source = str(Path(args.data).resolve()) if args.data else "held-out split of the config"
-    label = Path(args.data).stem if args.data else "held-out"
-    if budgets:
-        think_sweep(cfg, model, tok, problems, run, budgets, model_id, source, label, show_progress=not args.quiet)
-        return 0
-    if scorer is not None:
-        search_sweep(cfg, model, tok, problems, run, scorer, model_id, source, label, show_progress=not args.quiet)
-        return 0
-    plain_eval(cfg, model, tok, problems, run, model_id, source, label, Path(args.model).name, engine=engine,
-               show_progress=not args.quiet)
-    return 0
-
-
-def _check_eval_flags(args, cfg) -> None:
-    """--n, --temperature, --max-new-tokens in the domains of the settings they set (eval.n, ...);
-    --limit and --concurrency in their own. The --think-* and search flags are checked where they
-    are applied."""
-    from r1lab.domains import check_fields, check_value
-
-    check_fields(cfg.eval, "eval")
-    check_value(args.limit, "--limit", ge=1)
-    check_value(args.concurrency, "--concurrency", ge=1)
-
-
-def _think_settings(args, cfg) -> list[tuple[int, int]] | None:
-    """Apply --think-min/--think-max/--answer-tokens to cfg.eval.budget; the budgets of a scaling
-    sweep (--think-budgets, or the one budget of --think-max), or None when nothing is forced."""
-    from r1lab.eval.budget import BudgetForcing, parse_budgets
-
-    b = cfg.eval.budget
-    for flag, key in (("think_max", "max_think"), ("think_min", "min_think"), ("answer_tokens", "answer_tokens")):
-        if getattr(args, flag) is not None:
-            setattr(b, key, getattr(args, flag))
-    if args.think_budgets:
-        return parse_budgets(args.think_budgets, b.min_think)
-    if b.max_think > 0:
-        BudgetForcing(max_think=b.max_think, min_think=b.min_think, answer_tokens=b.answer_tokens)  # checks
-        return None if args.benchmarks else [(b.min_think, b.max_think)]
-    if b.min_think:
-        raise R1labError("--think-min needs a maximum too (--think-max or --think-budgets)")
-    return None
-
-
-def _search_scorer(args, cfg):
-    """Apply --search/--prm/--search-n/--beam-width/--beam-expand to cfg.eval.search, check it and
-    load the step scorer; None when no search was asked for. Before the model and the run
-    directory: a bad setting or scorer fails fast and leaves nothing behind."""
-    from r1lab.eval.scorers import AGGREGATIONS, load_scorer
-    from r1lab.eval.search import METHODS, beam_sizes
-
-    s = cfg.eval.search
-    for flag, key in (("search", "method"), ("prm", "prm"), ("beam_width", "beam_width"), ("beam_expand", "beam_expand")):
-        if getattr(args, flag) is not None:
-            setattr(s, key, getattr(args, flag))
-    if args.search_n:
-        try:
-            s.ns = [int(x) for x in args.search_n.split(",")]
-        except ValueError:
-            raise R1labError(f"--search-n {args.search_n!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
-    if not s.method:
-        if s.prm:
-            raise R1labError("--prm needs --search best_of_n|weighted_vote|beam")
-        return None
-    if s.method not in METHODS:
-        raise R1labError(f"--search {s.method!r}: expected one of {', '.join(METHODS)}")
-    if not s.prm:
-        raise R1labError("--search needs --prm DIR (a PRIME run's prm/ directory, or any scorer directory)")
-    if not s.ns or min(s.ns) < 1:
-        raise R1labError(f"eval.search.ns must be integers >= 1, got {s.ns}")
-    s.ns = sorted(set(s.ns))
-    if s.agg not in AGGREGATIONS:
-        raise R1labError(f"eval.search.agg={s.agg!r}: expected one of {', '.join(AGGREGATIONS)}")
-    if s.method == "beam":
-        for n in s.ns:
-            beam_sizes(n, s.beam_width, s.beam_expand)
-        if s.step_tokens < 1 or s.max_steps < 1:
-            raise R1labError("eval.search.step_tokens and eval.search.max_steps must be >= 1")
-    return load_scorer(s.prm, agg=s.agg, delimiter=s.delimiter)
-
-
-def _compare(args) -> int:
-    """`r1lab eval --compare RUN_A RUN_B ...`: print the side-by-side table and write it."""
-    from r1lab.eval.compare import compare_table
-
-    if args.model or args.benchmarks or args.data:
-        raise R1labError("--compare takes run directories only (no MODEL, --benchmarks or --data)")
-    table = compare_table(args.compare)
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    runs = "\n".join(f"- `{r}`" for r in args.compare)
-    (out / "compare.md").write_text(f"# Eval comparison\n\n{runs}\n\n{table}\n", encoding="utf-8")
-    print(table)
-    print(f"written: {out / 'compare.md'}")
+    run_eval(cfg, EvalRequest.from_namespace(args))
     return 0
 
 

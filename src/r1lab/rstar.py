@@ -187,6 +187,9 @@ class _Rounds:
                                   step_max_new_tokens=r.step_max_new_tokens, max_positions=max_positions,
                                   verify_timeout=cfg.reward.verify_timeout, verify_workers=cfg.reward.verify_workers,
                                   seed=cfg.seed * 1000 + rnd)
+        # each round starts with an empty sandbox cache, so its figures (sandbox runs, time) do not
+        # depend on the rounds run before it in this process: a resumed run logs what an uninterrupted one does
+        runner.forget()
         engine = build_engine(model, tok, cfg.rollout)
         mcts = MCTS(engine, tok, runner, settings, ppm=guide)
         t = time.time()
@@ -249,8 +252,9 @@ class _Rounds:
 
 def rstar_plan(cfg: RunConfig, show_progress: bool = True, log=print) -> Plan:
     """rStar's rounds (round-0 .. round-R) and the report, in out_dir/name or in the run cfg.resume
-    names. A round does not reseed the random streams (the uninterrupted run is what it always was),
-    so a resumed run goes on from the finished rounds' checkpoints, not bit for bit."""
+    names. Every random draw of a round is seeded from (seed, round) and a round starts from the
+    previous round's checkpoints, so a run resumed after round r logs and saves what the
+    uninterrupted run does, bit for bit (tests/test_rstar.py)."""
     check_rstar_config(cfg)
     cfg = resumed_config(cfg, ("resume", "tracking")) if cfg.resume else name_run(cfg, "rstar")
     rounds = _Rounds(cfg, show_progress, log)

@@ -104,6 +104,21 @@ def read_marker(run_dir: Path, key: str) -> dict[str, Any] | None:
     return marker if isinstance(marker, dict) and "settings" in marker else None
 
 
+def legacy_markers(run_dir: Path) -> list[str]:
+    """Done markers written before this runner (a pipeline stage's done.json, a demo stage's marker
+    without settings), relative to the run directory: they are not read, so their stages run again."""
+    run_dir = Path(run_dir)
+    found = sorted(run_dir.glob("*/done.json"))
+    for path in sorted((run_dir / MARKERS).glob("*.json")):
+        try:
+            marker = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not (isinstance(marker, dict) and "settings" in marker):
+            found.append(path)
+    return [str(p.relative_to(run_dir)) for p in found]
+
+
 def portable(value: Any, run_dir: Path) -> Any:
     """`value` as its marker holds it: through JSON (a schedule's integer keys become strings on both
     sides of a comparison), paths inside the run directory written relative to it ($RUN/...), so a
@@ -187,6 +202,9 @@ def run_plan(plan: Plan, log: Callable[..., None] = print, status: dict[str, str
         if plan.resume:
             done = [s.key for s in plan.stages if status[s.key] == "done"]
             log(f"r1lab {plan.command}: resuming {plan.run_dir} (done: {', '.join(done) or 'nothing'})")
+            if legacy := legacy_markers(plan.run_dir):
+                log(f"r1lab {plan.command}: {len(legacy)} done marker(s) of an earlier r1lab ({legacy[0]}, ...) record no "
+                    "settings to compare: those stages run again")
         else:
             _forget_earlier_run(plan)
         if plan.start is not None:

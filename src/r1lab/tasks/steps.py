@@ -126,6 +126,10 @@ class StepRunner:
         self._cache: dict[str, tuple[str, str, str]] = {}  # program -> (status, stdout, reason)
         self.runs = 0
 
+    def forget(self) -> None:
+        """Empty the cache: what follows runs as it would in a fresh process."""
+        self._cache.clear()
+
     def _run(self, program: str) -> tuple[str, str, str]:
         r = run_python(program, timeout=self.timeout, memory_mb=self.memory_mb, max_output=self.max_output)
         return r.status, r.stdout, r.reason

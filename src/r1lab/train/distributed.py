@@ -45,10 +45,9 @@ from typing import Any, Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
 import torch
 
-from r1lab.cluster import check_cluster
 from r1lab.cluster.workers import ProcessWorkers, RayWorkers, WorkerFailed, WorkerGroup, WorkerLost, WorkerTimeout
 from r1lab.config import RunConfig
-from r1lab.errors import ConfigError, WorkerError, one_line
+from r1lab.errors import ConfigError, WorkerError
 from r1lab.train.batch import RolloutBatch
 from r1lab.train.common import note_weights_changed
 from r1lab.train.methods import BoundMethod, bind_method
@@ -265,7 +264,6 @@ class PolicyWorkerGroup:
     sharded = True  # a checkpoint is each worker's shards (save_shards) and the controller's state
 
     def __init__(self, cfg: RunConfig, model, method: BoundMethod, workers: int | None = None):
-        check_cluster(cfg)
         self.cfg, self.model, self.method = cfg, model, method
         self.world = workers or cfg.cluster.trainer_workers
         if self.world < 1:

@@ -55,10 +55,11 @@ class RLTrainer:
     """The RL loop over an engine and a policy worker."""
 
     def __init__(self, cfg: RunConfig, model, tokenizer, engine: Engine, policy: PolicyWorker | None = None):
-        from r1lab.cluster import check_cluster, with_off_policy_correction
-
-        check_cluster(cfg)
-        cfg = with_off_policy_correction(cfg)  # the behaviour-policy correction on by default when off-policy
+        # the config comes checked and resolved (stages.check_run_config): the trainer decides nothing
+        # about it again, it only refuses a combination it cannot train correctly
+        if cfg.cluster.off_policy_steps > 0 and not cfg.algo.correction:
+            raise ConfigError(f"cluster.off_policy_steps={cfg.cluster.off_policy_steps} needs an off-policy correction "
+                              "(algo.correction); stages.check_run_config sets tis when none is chosen")
         self.cfg = cfg
         self.method = bind_method(cfg.algo)
         self._owned: list[Any] = []  # workers this trainer started, closed by close()
