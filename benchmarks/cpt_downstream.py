@@ -34,8 +34,9 @@ def avg(summary: dict) -> float:
     return next(v for k, v in summary.items() if k.startswith("avg@"))
 
 
-def run(arm: str, seed: int, out: Path) -> dict:
-    """One pipeline: `cpt` (the recipe as it is) or `none` (its SFT and RL stages only)."""
+def run(arm: str, seed: int, out: Path, overrides: list[str]) -> dict:
+    """One pipeline: `cpt` (the recipe as it is) or `none` (its SFT and RL stages only), with the
+    same `overrides` (shared settings) in both."""
     recipe = RECIPE
     if arm == "none":
         recipe = out / "no_cpt.yaml"
@@ -43,7 +44,7 @@ def run(arm: str, seed: int, out: Path) -> dict:
         recipe.write_text(f"base: {RECIPE}\nstages: [sft: {{}}, rl: {{}}]\n")
     name = f"{arm}-s{seed}"
     cmd = [sys.executable, "-m", "r1lab", "pipeline", str(recipe), f"out_dir={out}", f"name={name}", f"seed={seed}",
-           "--quiet"]
+           *overrides, "--quiet"]
     t = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     run_dir = out / name
@@ -122,21 +123,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     ap.add_argument("--out", default="/tmp/r1lab-cpt-downstream")
-    ap.add_argument("--report", action="store_true", help="plot and print from results.json, run nothing")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="shared settings for both arms, e.g. sft.epochs=5 (recorded with the results)")
+    ap.add_argument("--tag", default="", help="results go to results[-TAG].json and cpt_downstream[-TAG].png")
+    ap.add_argument("--report", action="store_true", help="plot and print from the results file, run nothing")
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
+    suffix = f"-{args.tag}" if args.tag else ""
+    results_file, figure = RESULTS / f"results{suffix}.json", RESULTS / f"cpt_downstream{suffix}.png"
     if args.report:
-        results = json.loads((RESULTS / "results.json").read_text())
-        plot(results, RESULTS / "cpt_downstream.png")
+        results = json.loads(results_file.read_text())
+        plot(results, figure)
         print(table(results))
         return
     results = []
     for seed in args.seeds:
         for arm in ("none", "cpt"):
-            results.append(run(arm, seed, out))
-            (RESULTS / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, RESULTS / "cpt_downstream.png")
+            results.append({**run(arm, seed, out / (args.tag or "default"), args.set), "overrides": args.set})
+            results_file.write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, figure)
     print(table(results))
 
 
