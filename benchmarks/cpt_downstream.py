@@ -82,7 +82,8 @@ def plot(results: list[dict], path: Path) -> None:
             axes[0].plot(*zip(*[(s, math.log(p)) for s, p in r["cpt_heldout_ppl"]]), color=c, marker="o",
                          label=f"seed {r['seed']}: held-out")
         style = "-" if r["arm"] == "cpt" else "--"
-        axes[2].plot(*zip(*[(step, 100 * v) for step, v in r["rl_heldout"]]), style, color=c, marker="o",
+        heldout = r["rl_heldout"] + [(r["rl_reward"][-1][0], r["rl_avg"])]  # the stage's own final evaluation
+        axes[2].plot(*zip(*[(step, 100 * v) for step, v in heldout]), style, color=c, marker="o" if r["arm"] == "cpt" else "s",
                      label=f"seed {r['seed']}, {'with' if r['arm'] == 'cpt' else 'no'} CPT")
     axes[0].set(title="CPT: train loss (faint) and held-out NLL", xlabel="CPT step", ylabel="nats / token")
     seeds = sorted({r["seed"] for r in results})
@@ -98,11 +99,11 @@ def plot(results: list[dict], path: Path) -> None:
     axes[1].set_xticks(range(len(seeds)))
     axes[1].set_xticklabels([f"seed {s}" for s in seeds])
     axes[1].set(title="held-out avg@2 (%), 200 problems", ylabel="%")
-    axes[1].set_ylim(0, axes[1].get_ylim()[1] * 1.25)  # room for the labels and the legend
+    axes[1].set_ylim(0, axes[1].get_ylim()[1] * 1.6)  # room for the labels and the legend
     axes[2].set(title="held-out avg@2 (%) during GRPO (0 = after SFT)", xlabel="GRPO step")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", ncol=2 if ax is axes[1] else 1)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
