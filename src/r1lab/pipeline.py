@@ -377,7 +377,7 @@ def _prepare_cfg(plan: Plan) -> RunConfig:
 
 def runner_plan(plan: Plan, show_progress: bool = True, log: Callable[..., None] = print) -> runner.Plan:
     """The runner's plan of a pipeline: `prepare` and one stage per recipe stage (key NN-KIND), each
-    running in RUN/<key>/; an interrupted RL or SFT stage continues from its checkpoints."""
+    running in RUN/<key>/; an interrupted RL, SFT or CPT stage continues from its checkpoints."""
     from r1lab.train.checkpoint import (CPT_RESUMABLE_CHANGES, CPT_STATE_DIR, RESUMABLE_CHANGES, SFT_RESUMABLE_CHANGES,
                                         SFT_STATE_DIR, STATE_DIR, check_resume_config)
 
