@@ -327,7 +327,13 @@ def test_a_pipeline_cpt_stage_feeds_sft_and_resumes_from_its_checkpoint(tmp_path
     other = tmp_path / "sft_first.yaml"
     other.write_text(yaml.safe_dump({**PIPELINE, "stages": [{"sft": {}}]}))
     sft_first = plan_pipeline(other, [f"out_dir={tmp_path}", "name=other"])
-    assert plan.stages[0].cfg.data == sft_first.stages[0].cfg.data and plan.stages[0].cfg.seed == sft_first.stages[0].cfg.seed
+    def data_of(p):  # the stage's data section, its files named relative to its run directory
+        d = p.stages[0].cfg.data
+        return {**vars(d), "train_path": Path(d.train_path).relative_to(p.run_dir),
+                "eval_path": Path(d.eval_path).relative_to(p.run_dir)}
+
+    assert data_of(plan) == data_of(sft_first) and plan.stages[0].cfg.seed == sft_first.stages[0].cfg.seed
+    assert data_of(plan)["train_path"] == Path("prepare/data/sft.jsonl")
     quiet = dict(show_progress=False, log=lambda *a: None)
     run_pipeline(plan, **quiet)
     whole = tmp_path.resolve() / "whole"
