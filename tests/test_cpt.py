@@ -315,18 +315,19 @@ PIPELINE = {
 }
 
 
-@pytest.mark.slow
-def test_a_pipeline_cpt_stage_feeds_sft_and_resumes_from_its_checkpoint(tmp_path):
-    import r1lab.train.cpt as cpt_module
-    from r1lab.pipeline import check_resume, plan_pipeline, run_pipeline
+def test_a_pipeline_cpt_stage_reads_the_data_section_as_an_sft_stage_does(tmp_path):
+    """So the tiny model's tokenizer and initial weights are the same with CPT first as without it.
+    (Resuming an interrupted cpt stage is the runner's resume of any checkpointing stage, as for SFT:
+    the `resumable` table of pipeline.runner_plan; the CLI test above kills and resumes CPT itself.)"""
+    from r1lab.pipeline import plan_pipeline
 
     recipe = tmp_path / "p.yaml"
     recipe.write_text(yaml.safe_dump(PIPELINE))
     plan = plan_pipeline(recipe, [f"out_dir={tmp_path}", "name=whole"])
-    # the same data section as an SFT-first pipeline's: the tiny model's tokenizer and weights are the same
     other = tmp_path / "sft_first.yaml"
     other.write_text(yaml.safe_dump({**PIPELINE, "stages": [{"sft": {}}]}))
     sft_first = plan_pipeline(other, [f"out_dir={tmp_path}", "name=other"])
+
     def data_of(p):  # the stage's data section, its files named relative to its run directory
         d = p.stages[0].cfg.data
         return {**vars(d), "train_path": Path(d.train_path).relative_to(p.run_dir),
@@ -334,28 +335,5 @@ def test_a_pipeline_cpt_stage_feeds_sft_and_resumes_from_its_checkpoint(tmp_path
 
     assert data_of(plan) == data_of(sft_first) and plan.stages[0].cfg.seed == sft_first.stages[0].cfg.seed
     assert data_of(plan)["train_path"] == Path("prepare/data/sft.jsonl")
-    quiet = dict(show_progress=False, log=lambda *a: None)
-    run_pipeline(plan, **quiet)
-    whole = tmp_path.resolve() / "whole"
-    assert yaml.safe_load((whole / "01-sft" / "config.yaml").read_text())["init_from"] == str(
-        whole / "00-cpt" / "checkpoints" / "cpt")
-
-    def stop_after_step_1(save):
-        def save_then_stop(path, step, *args, **kwargs):
-            save(path, step, *args, **kwargs)
-            if step == 1:
-                raise KeyboardInterrupt  # as a kill right after the checkpoint would leave it
-        return save_then_stop
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cpt_module, "save_state", stop_after_step_1(cpt_module.save_state))
-        with pytest.raises(KeyboardInterrupt):
-            run_pipeline(plan_pipeline(recipe, [f"out_dir={tmp_path}", "name=cut"]), **quiet)
-    cut = tmp_path / "cut"
-    again = plan_pipeline(recipe, [f"resume={cut}"])
-    assert check_resume(again) == {"prepare": "done", "00-cpt": "resume", "01-sft": "new"}
-    run_pipeline(again, **quiet)
-    assert _rows(cut / "00-cpt") == _rows(whole / "00-cpt")
-    a = load_file(whole / "01-sft" / "checkpoints" / "sft" / "model.safetensors")
-    b = load_file(cut / "01-sft" / "checkpoints" / "sft" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [s.kind for s in plan.stages] == ["cpt", "sft"] and plan.stages[1].model.endswith("00-cpt/checkpoints/cpt")
+    assert not (tmp_path / "whole").exists()  # planning writes nothing
