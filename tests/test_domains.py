@@ -342,6 +342,8 @@ COMMANDS = {  # a command and its fixed arguments; the override comes last
     "demo": ["demo", "out_dir=out", "--quiet"],
     "eval": ["eval", "model", "--out", "out/eval", "--quiet"],
     "pipeline": ["pipeline", str(TINY / "light_r1.yaml"), "out_dir=out", "--quiet"],
+    "cpt": ["cpt", str(TINY / "cpt.yaml"), f"cpt.corpus={ROOT / 'data' / 'cpt' / 'math_text.jsonl'}",
+            "out_dir=out", "--quiet"],
     "pipeline stage": ["pipeline", str(TINY / "light_r1.yaml"), "out_dir=out", "--quiet"],  # stages.2 (an sft stage)
 }
 

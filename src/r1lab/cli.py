@@ -6,6 +6,7 @@ runner (a plan of stages: r1lab.runner) or to an evaluation function (r1lab.eval
     r1lab sft RECIPE [key.sub=value ...]
     r1lab rl RECIPE [key.sub=value ...]
     r1lab dpo RECIPE [key.sub=value ...]       (dpo.rounds=3: iterative DPO; dpo.pairs_path=FILE: offline)
+    r1lab cpt RECIPE [key.sub=value ...]       (continued pre-training on cpt.corpus: packed next-token training)
     r1lab rstar RECIPE [key.sub=value ...]     (rStar-Math: MCTS over code steps, policy + PPM self-evolution)
     r1lab pipeline RECIPE [key=value stages.N.key=value ...] [resume=RUN_DIR]   (a multi-stage recipe)
     r1lab eval MODEL [--data FILE] [--n 8] [key.sub=value ...]
@@ -80,7 +81,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_stage(args, stage: str) -> int:
-    """`r1lab sft | rl | dpo RECIPE`: a plan of one stage (resume=RUN_DIR continues it)."""
+    """`r1lab sft | rl | dpo | cpt RECIPE`: a plan of one stage (resume=RUN_DIR continues it)."""
     cfg = _config(args.recipe, args.overrides)  # before the heavy imports: a typo fails fast
 
     from r1lab.runner import run_plan
@@ -167,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=lambda a: cmd_stage(a, "rl"))
+
+    p = add("cpt", "continued pre-training: next-token training on a text corpus (cpt.corpus: JSONL, .txt/.md files or "
+            "a directory), documents packed into rows of cpt.seq_len")
+    p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=lambda a: cmd_stage(a, "cpt"))
 
     p = add("dpo", "preference optimisation (DPO, RPO, IPO, SimPO) on verifier-labelled pairs; dpo.rounds > 1 is iterative DPO")
     p.add_argument("recipe", help="recipe YAML")

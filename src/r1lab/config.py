@@ -271,6 +271,32 @@ class SFTConfig:
 
 
 @dataclass
+class CPTConfig:
+    """Continued pre-training (`r1lab cpt`, a pipeline's `cpt` stage): next-token loss on every token of
+    a text corpus, no chat template. Documents are tokenised, each ended with EOS, concatenated and
+    cut into rows of exactly seq_len tokens (train/cpt.py)."""
+
+    corpus: str = setting("", path="exists")  # a JSONL file (one document per row), a .txt / .md file, or a directory of them
+    text_field: str = setting("text", nonempty=True)  # the JSONL field holding a document's text
+    seq_len: int = setting(128, ge=2)  # tokens per packed row (at most the model's max_position_embeddings)
+    # reset: positions restart and attention stops at every document boundary inside a row (a
+    # block-diagonal causal mask); cross: rows attend across boundaries, positions 0..seq_len-1
+    boundaries: str = setting("reset", choices=("reset", "cross"))
+    batch_size: int = setting(16, ge=1)  # packed rows per optimizer step
+    lr: float = setting(1e-3, gt=0)
+    schedule: str = setting("cosine", choices=("cosine", "constant"))  # after the linear warmup: cosine to 0.1 lr, or constant
+    warmup_steps: int = setting(10, ge=0)
+    weight_decay: float = setting(0.0, ge=0)
+    grad_clip: float = setting(1.0, ge=0)  # gradient-norm clip (0 = none)
+    epochs: int = setting(1, ge=1)  # passes over the packed training rows
+    max_steps: int = setting(0, ge=0)  # stop after this many optimizer steps (0 = all epochs)
+    heldout: float = setting(0.05, ge=0, lt=1)  # fraction of the documents held out for perplexity (0 = none)
+    eval_every: int = setting(50, ge=0)  # held-out perplexity every N steps and at the end (0 = only at the end)
+    save_every: int = setting(100, ge=0)  # a resumable checkpoint (checkpoints/cpt-state/) every N steps and at the end; 0 = none
+    keep_checkpoints: int = setting(2, ge=1)  # resumable CPT checkpoints kept (the newest)
+
+
+@dataclass
 class DPOConfig:
     """Preference optimisation (`r1lab dpo`): from a pairs file, or from pairs the stage samples and
     verifies itself; rounds > 1 is iterative DPO (sample, verify, pair, train; each round from the last)."""
@@ -487,6 +513,7 @@ class RunConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    cpt: CPTConfig = field(default_factory=CPTConfig)  # continued pre-training on a text corpus (`r1lab cpt`)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     rstar: RStarConfig = field(default_factory=RStarConfig)  # rStar-Math self-evolution (`r1lab rstar`)
     eval: EvalConfig = field(default_factory=EvalConfig)

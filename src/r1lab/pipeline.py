@@ -1,5 +1,5 @@
-"""Multi-stage recipes: one YAML lists the stages of a training pipeline (data steps, SFT, DPO, RL,
-eval), each fed by the ones before it. `r1lab pipeline RECIPE` checks every stage, then runs them in
+"""Multi-stage recipes: one YAML lists the stages of a training pipeline (data steps, CPT, SFT, DPO,
+RL, eval), each fed by the ones before it. `r1lab pipeline RECIPE` checks every stage, then runs them in
 order, each in its own directory; `resume=RUN_DIR` skips the finished ones.
 
     description: Light-R1 at toy scale
@@ -18,8 +18,10 @@ Files. The pipeline first prepares the shared `data` section (prepare/), which g
 files: `sft` (problems with a verified trace), `train` (RL prompts) and `eval` (held out). A data
 stage runs `r1lab data` steps on one file (`input`, default train) and writes one (`output`; by
 default its input's name, so the stages after it read the subset, or `pairs` when a step makes
-pairs). Training stages read: sft `sft`; dpo `pairs` (given a problems file instead, it samples its
-own pairs); rl `train`; eval `eval`. `input: NAME` reads another, such as a data stage's `output: hard`.
+pairs). Training stages read: cpt its text corpus (`cpt.corpus`, no named file; the tiny model's
+tokenizer is trained on `sft`, as an SFT stage's is); sft `sft`; dpo `pairs` (given a problems file
+instead, it samples its own pairs); rl `train`; eval `eval`. `input: NAME` reads another, such as a
+data stage's `output: hard`.
 
 Model. A training stage starts from the model of the training stage before it (the first one from
 init_from, else model.path). Data steps that sample (reject-sample, filter, pairs, select) sample
@@ -54,14 +56,16 @@ from r1lab import runner
 from r1lab.config import (RECIPE_META, RunConfig, apply_override, build_section, deep_merge, flatten, load_config,
                           read_recipe, suggest_key)
 from r1lab.domains import check_fields
-from r1lab.errors import ConfigError
+from r1lab.errors import ConfigError, R1labError
 from r1lab.records import Problem, write_text_atomic
 from r1lab.runner import settings_of
 
-KINDS = ("data", "sft", "dpo", "rl", "eval")
-TRAINING = ("sft", "dpo", "rl")
-DEFAULT_INPUT = {"data": "train", "sft": "sft", "dpo": "pairs", "rl": "train", "eval": "eval"}
-WIRING = {"data": ("input", "output", "steps")}  # a stage's own keys besides config sections (others: input)
+KINDS = ("data", "cpt", "sft", "dpo", "rl", "eval")
+TRAINING = ("cpt", "sft", "dpo", "rl")
+# cpt trains on its corpus (cpt.corpus); the `sft` file is its data section, as an SFT stage's: the
+# tiny model's tokenizer is trained on it, so a pipeline with CPT first and one without have the same
+DEFAULT_INPUT = {"data": "train", "cpt": "sft", "sft": "sft", "dpo": "pairs", "rl": "train", "eval": "eval"}
+WIRING = {"data": ("input", "output", "steps"), "cpt": ()}  # a stage's own keys besides config sections (others: input)
 SET_BY_PIPELINE = {
     "name": "each stage runs in RUN/NN-KIND",
     "out_dir": "each stage runs in RUN/NN-KIND",
@@ -73,10 +77,11 @@ ALL_ROWS = 1_000_000_000  # data.sft_size of an SFT stage: every row of its inpu
 
 # the config sections a stage does not read: a change there does not make a finished stage stale
 NOT_READ = {
-    "sft": ("train", "algo", "dpo", "health", "cluster"),
-    "dpo": ("train", "algo", "sft", "health", "cluster"),
-    "rl": ("sft", "dpo"),
-    "eval": ("train", "algo", "sft", "dpo", "health", "cluster"),
+    "cpt": ("train", "algo", "sft", "dpo", "health", "cluster"),
+    "sft": ("train", "algo", "cpt", "dpo", "health", "cluster"),
+    "dpo": ("train", "algo", "cpt", "sft", "health", "cluster"),
+    "rl": ("cpt", "sft", "dpo"),
+    "eval": ("train", "algo", "cpt", "sft", "dpo", "health", "cluster"),
 }
 NEVER_COMPARED = ("name", "out_dir", "resume", "tracking")
 
@@ -247,7 +252,15 @@ def _plan_stage(i: int, entry: Any, shared: dict[str, Any], run_dir: Path, files
     d = cfg.data
     d.eval_path = str(files["eval"].path)
     d.train_path = str(src.path if kind != "eval" else files["train"].path)
-    d.sft_size = ALL_ROWS if kind == "sft" else 0
+    d.sft_size = ALL_ROWS if kind in ("sft", "cpt") else 0
+    if kind == "cpt":
+        from r1lab.stages import check_corpus
+
+        try:
+            check_corpus(cfg)  # readable, with text, longer than a row; the exact token count when the stage starts
+        except R1labError as e:  # a DataError of the corpus too: one line naming the stage
+            raise ConfigError(f"{where}: {e}") from None
+        stage.input, stage.input_path = f"corpus {cfg.cpt.corpus}", Path(cfg.cpt.corpus)
     if kind in ("sft", "rl", "eval") and src.kind != "problems":
         raise ConfigError(f"{where}: input: '{name}' holds preference pairs; a {kind} stage reads problems")
     if kind == "eval":
@@ -364,13 +377,14 @@ def _prepare_cfg(plan: Plan) -> RunConfig:
 
 def runner_plan(plan: Plan, show_progress: bool = True, log: Callable[..., None] = print) -> runner.Plan:
     """The runner's plan of a pipeline: `prepare` and one stage per recipe stage (key NN-KIND), each
-    running in RUN/<key>/; an interrupted RL or SFT stage continues from its checkpoints."""
-    from r1lab.train.checkpoint import (RESUMABLE_CHANGES, SFT_RESUMABLE_CHANGES, SFT_STATE_DIR, STATE_DIR,
-                                        check_resume_config)
+    running in RUN/<key>/; an interrupted RL, SFT or CPT stage continues from its checkpoints."""
+    from r1lab.train.checkpoint import (CPT_RESUMABLE_CHANGES, CPT_STATE_DIR, RESUMABLE_CHANGES, SFT_RESUMABLE_CHANGES,
+                                        SFT_STATE_DIR, STATE_DIR, check_resume_config)
 
     # the kinds that continue an interrupted stage: the checkpoint folder each writes, the settings
     # that may change across a resume. Any other kind starts again.
-    resumable = {"rl": (STATE_DIR, RESUMABLE_CHANGES), "sft": (SFT_STATE_DIR, SFT_RESUMABLE_CHANGES)}
+    resumable = {"rl": (STATE_DIR, RESUMABLE_CHANGES), "sft": (SFT_STATE_DIR, SFT_RESUMABLE_CHANGES),
+                 "cpt": (CPT_STATE_DIR, CPT_RESUMABLE_CHANGES)}
     prepare = _prepare_cfg(plan)
     stages = [runner.Stage("prepare", lambda ctx: _prepare(prepare, log), stage_settings("prepare", prepare),
                            directory=plan.run_dir / "prepare")]
@@ -509,13 +523,17 @@ def _eval(stage: Stage, show_progress: bool) -> dict[str, Any]:
 
 def _train(stage: Stage, cfg: RunConfig, plan: Plan, show_progress: bool, log) -> tuple[dict[str, Any], dict | None]:
     from r1lab.runs import RunDir
-    from r1lab.stages import load_policy, prepare_data, run_dpo, run_rl, run_sft
+    from r1lab.stages import load_policy, prepare_corpus, prepare_data, run_cpt, run_dpo, run_rl, run_sft
 
-    run = RunDir.create(cfg)
     data = prepare_data(cfg, None, log=log)
     model, tok = load_policy(cfg, data)
-    train = {"sft": run_sft, "dpo": run_dpo, "rl": run_rl}[stage.kind]
-    train(cfg, run, model, tok, data, show_progress=show_progress)
+    if stage.kind == "cpt":  # the corpus tokenised and packed before the stage writes anything
+        corpus = prepare_corpus(cfg, tok, getattr(model.config, "max_position_embeddings", None))
+        run_cpt(cfg, RunDir.create(cfg), model, tok, data, show_progress=show_progress, corpus=corpus, log=log)
+    else:
+        train = {"sft": run_sft, "dpo": run_dpo, "rl": run_rl}[stage.kind]
+        train(cfg, RunDir.create(cfg), model, tok, data, show_progress=show_progress)
+    run = RunDir(Path(cfg.out_dir) / cfg.name)
     out = str(run.checkpoint(stage.kind))
     scores = None
     if plan.evaluate_each:  # the saved model, as the next stage loads it, from the stage's starting streams

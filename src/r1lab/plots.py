@@ -173,6 +173,8 @@ RL_PANELS = {
     "zero-variance groups / clip": ["batch/zero_variance_groups", "batch/same_correctness_groups", "policy/clip_frac"],
 }
 SFT_PANELS = {"SFT loss": ["sft/loss"], "SFT grad norm": ["sft/grad_norm"], "SFT lr": ["sft/lr"]}
+CPT_PANELS = {"CPT loss (train, held out)": ["cpt/loss", "cpt/heldout_loss"], "held-out perplexity": ["cpt/heldout_ppl"],
+              "CPT lr": ["cpt/lr"], "tokens / s": ["cpt/tokens_per_s"]}
 DPO_PANELS = {
     "preference loss": ["dpo/loss"],
     "implicit rewards": ["dpo/reward_chosen", "dpo/reward_rejected"],

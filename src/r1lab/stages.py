@@ -1,4 +1,4 @@
-"""The stages a user runs — data, model, SFT, DPO, RL, eval — as functions of a config and a run
+"""The stages a user runs — data, model, CPT, SFT, DPO, RL, eval — as functions of a config and a run
 directory. The CLI and the demo are thin layers over these."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from r1lab.health import HealthMonitor, health_markdown, read_findings
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, load_model, resolve_device, save_model, torch_dtype
 from r1lab.vision import add_vision_tokens, attach_image_processor, build_tiny_vlm, tiny_image_processor
 from r1lab.plots import RL_PANELS, SFT_PANELS, plot_curves
-from r1lab.records import Problem, load_problems, prompt_messages, save_problems
+from r1lab.records import Problem, load_problems, prompt_messages, save_problems, write_text_atomic
 from r1lab.rollout import build_engine
 from r1lab.rollout.base import LiveModelEngine
 from r1lab.runner import Plan, Stage, name_run, read_marker, resumed_config, run_dir_of, settings_of
@@ -211,6 +211,92 @@ def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
     return summary
 
 
+@dataclass
+class PackedCorpus:
+    train: Any  # train.cpt.Packed: the full rows trained on
+    heldout: list  # train.cpt.Packed parts: the held-out rows (a shorter last one kept)
+    report: dict[str, Any]
+
+
+def check_corpus(cfg: RunConfig) -> None:
+    """What can be checked of cfg.cpt's corpus before a tokenizer exists: it is given, readable, has
+    text in its field, leaves a training document when the held-out ones are set aside, and is not
+    certainly shorter than one row (a byte-level tokenizer gives at most one token per byte, plus
+    EOS). prepare_corpus checks the exact token count."""
+    from r1lab.data.corpus import read_corpus
+    from r1lab.train.cpt import split_documents
+
+    c = cfg.cpt
+    docs = read_corpus(c.corpus, c.text_field).documents
+    train, held = split_documents(docs, c.heldout)
+    if c.heldout and not train:
+        raise DataError(f"cpt.corpus={c.corpus}: {len(docs)} document(s), all held out by cpt.heldout={c.heldout:g}; "
+                        "add documents or set cpt.heldout=0")
+    most = sum(len(d.encode()) + 2 for d in train)
+    if most < c.seq_len:
+        raise DataError(f"cpt.corpus={c.corpus}: shorter than one sequence (at most {most} tokens of training text, "
+                        f"cpt.seq_len={c.seq_len}); add text or lower cpt.seq_len")
+
+
+def prepare_corpus(cfg: RunConfig, tokenizer, max_positions: int | None = None) -> PackedCorpus:
+    """cfg.cpt's corpus read, split into training and held-out documents, tokenised (no special
+    tokens, no chat template) and packed into rows of cpt.seq_len. A corpus whose training part
+    does not fill one row, or a row longer than the model's positions, is a one-line error."""
+    from r1lab.data.corpus import read_corpus
+    from r1lab.train.cpt import pack_documents, split_documents
+
+    c = cfg.cpt
+    if max_positions is not None and c.seq_len > max_positions:
+        raise ConfigError(f"cpt.seq_len={c.seq_len}: longer than the model's {max_positions} positions "
+                          "(max_position_embeddings)")
+    check_corpus(cfg)
+    corpus = read_corpus(c.corpus, c.text_field)
+    train_docs, held_docs = split_documents(corpus.documents, c.heldout)
+    encode = lambda docs: tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []  # noqa: E731
+    train_ids, held_ids = encode(train_docs), encode(held_docs)
+    eos = tokenizer.eos_token_id
+    reset = c.boundaries == "reset"
+    tokens = sum(len(ids) + 1 for ids in train_ids)
+    if tokens < c.seq_len:
+        raise DataError(f"cpt.corpus={c.corpus}: shorter than one sequence ({tokens} tokens of training text with EOS, "
+                        f"cpt.seq_len={c.seq_len}); add text or lower cpt.seq_len")
+    (train,) = pack_documents(train_ids, eos, c.seq_len, reset)
+    heldout = pack_documents(held_ids, eos, c.seq_len, reset, keep_tail=True) if held_ids else []
+    report = {"files": len(corpus.files), "documents": len(corpus.documents), "blank_documents": corpus.blank,
+              "train_documents": len(train_docs), "heldout_documents": len(held_docs), "train_tokens": tokens,
+              "train_rows": len(train), "dropped_tail_tokens": train.dropped_tokens,
+              "heldout_tokens": sum(len(ids) + 1 for ids in held_ids), "seq_len": c.seq_len, "boundaries": c.boundaries}
+    return PackedCorpus(train, heldout, report)
+
+
+def run_cpt(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data | None = None, show_progress: bool = True,
+            resume: bool | None = None, corpus: PackedCorpus | None = None, log=print) -> dict[str, float]:
+    """Continued pre-training on cfg.cpt's corpus, with resumable checkpoints (cpt.save_every).
+    `resume` (default: whether cfg.resume is set) continues from the run's last CPT checkpoint."""
+    from r1lab.plots import CPT_PANELS
+    from r1lab.train.checkpoint import CPT_STATE_DIR, load_latest
+    from r1lab.train.cpt import train_cpt
+
+    corpus = corpus or prepare_corpus(cfg, tokenizer, getattr(model.config, "max_position_embeddings", None))
+    r = corpus.report
+    log(f"cpt: {r['train_documents']} documents, {r['train_tokens']} tokens -> {r['train_rows']} rows of {r['seq_len']} "
+        f"({r['dropped_tail_tokens']} tail tokens left out); held out: {r['heldout_documents']} documents, "
+        f"{r['heldout_tokens']} tokens; attention at document boundaries: {r['boundaries']}")
+    write_text_atomic(run.file("cpt_corpus.json"), json.dumps(r, indent=1) + "\n")
+    resume = bool(cfg.resume) if resume is None else resume
+    state = None
+    if resume:  # continue from the last checkpoint; what was logged after it is dropped
+        state = load_latest(run.path, CPT_STATE_DIR)
+        truncate_metrics(run.file("cpt_metrics.jsonl"), state["step"])
+    with MetricsWriter(run.file("cpt_metrics.jsonl"), append=resume, tracker=make_tracker(cfg, run.path, "cpt")) as mw:
+        summary = train_cpt(model, corpus.train, corpus.heldout, cfg.cpt, metrics=mw, seed=cfg.seed,
+                            show_progress=show_progress, run_path=run.path, resume=state)
+    save_model(model, tokenizer, run.checkpoint("cpt"))
+    plot_curves(read_metrics(run.file("cpt_metrics.jsonl")), CPT_PANELS, run.file("plots/cpt.png"),
+                f"CPT ({r['train_tokens']} tokens, seq_len {r['seq_len']})")
+    return summary
+
+
 def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True,
            resume: bool | None = None) -> list[dict[str, Any]]:
     """The RL stage, with resumable checkpoints (train.save_every). `resume` (default: whether
@@ -361,38 +447,42 @@ def run_dpo(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
 
 
 # --------------------------------------------------------------------------------------------
-# `r1lab sft | rl | dpo RECIPE`: a plan of one stage
+# `r1lab sft | rl | dpo | cpt RECIPE`: a plan of one stage
 
 
 # the settings a resume may change, by stage; `train.steps` continues a finished RL run (Stage.extends)
 def _resumable_changes(kind: str) -> tuple[str, ...]:
-    from r1lab.train.checkpoint import RESUMABLE_CHANGES, SFT_RESUMABLE_CHANGES
+    from r1lab.train.checkpoint import CPT_RESUMABLE_CHANGES, RESUMABLE_CHANGES, SFT_RESUMABLE_CHANGES
 
-    return {"sft": SFT_RESUMABLE_CHANGES, "rl": RESUMABLE_CHANGES}.get(kind, ("resume", "tracking"))
+    return {"sft": SFT_RESUMABLE_CHANGES, "rl": RESUMABLE_CHANGES, "cpt": CPT_RESUMABLE_CHANGES}.get(kind, ("resume", "tracking"))
 
 
 def stage_plan(cfg: RunConfig, kind: str, show_progress: bool = True, log=print) -> Plan:
-    """`r1lab sft | rl | dpo`: one stage in out_dir/name, or in the run cfg.resume names (checked to
-    be that run, with a checkpoint to continue from): the data, the policy, a held-out evaluation at
-    the start (eval.at_start, not for SFT nor on a resume), the training, a held-out evaluation of
-    the trained model, report.md."""
-    from r1lab.train.checkpoint import SFT_STATE_DIR, STATE_DIR, checkpoints
+    """`r1lab sft | rl | dpo | cpt`: one stage in out_dir/name, or in the run cfg.resume names (checked
+    to be that run, with a checkpoint to continue from): the data, the policy, a held-out evaluation
+    at the start (eval.at_start, not for SFT or CPT nor on a resume), the training, a held-out
+    evaluation of the trained model, report.md. CPT reads, tokenises and packs its corpus before the
+    run directory exists, so a bad corpus leaves nothing behind."""
+    from r1lab.train.checkpoint import CPT_STATE_DIR, SFT_STATE_DIR, STATE_DIR, checkpoints
 
     if kind == "dpo":
         check_dpo_config(cfg)  # a bad loss name, policy or pairs file leaves no run directory behind
-    folder = {"sft": SFT_STATE_DIR, "rl": STATE_DIR}.get(kind)
+    if kind == "cpt":
+        check_corpus(cfg)  # a missing, empty or field-less corpus fails before the data and model are built
+    folder = {"sft": SFT_STATE_DIR, "rl": STATE_DIR, "cpt": CPT_STATE_DIR}.get(kind)
     allowed = _resumable_changes(kind)
     if cfg.resume:
         path = run_dir_of(cfg)
         if not (path / "config.yaml").is_file():
             raise ConfigError(f"resume: {path} is not a run directory (no config.yaml)")
         if folder and not checkpoints(path, folder) and read_marker(path, kind) is None:
-            setting = "sft.save_every" if kind == "sft" else "train.save_every"
+            setting = {"sft": "sft.save_every", "cpt": "cpt.save_every"}.get(kind, "train.save_every")
             raise ConfigError(f"resume: {path} has no resumable checkpoint (checkpoints/{folder}/step-*; "
                               f"{setting} > 0 writes them)")
     cfg = resumed_config(cfg, allowed) if cfg.resume else name_run(cfg, kind)
     path = run_dir_of(cfg)
     extends = {"train.steps": cfg.train.steps} if kind == "rl" else {}
+    prepared = _prepare_cpt(cfg, log) if kind == "cpt" else None
 
     def start() -> None:
         if cfg.resume:
@@ -401,25 +491,46 @@ def stage_plan(cfg: RunConfig, kind: str, show_progress: bool = True, log=print)
             RunDir.create(cfg)
             log(f"r1lab {kind} -> {path}")
 
-    stage = Stage(kind, lambda ctx: _train_and_evaluate(cfg, kind, RunDir(path), ctx.resuming(kind), show_progress, log),
+    stage = Stage(kind, lambda ctx: _train_and_evaluate(cfg, kind, RunDir(path), ctx.resuming(kind), show_progress, log,
+                                                        prepared),
                   settings_of(cfg, ("name", "out_dir", *allowed, *extends)), extends=extends,
                   checkpoints=(path, folder) if folder else None)
     return Plan(kind, path, [stage], resume=bool(cfg.resume), start=start)
 
 
+def _prepare_cpt(cfg: RunConfig, log) -> tuple[Data, Any, Any, PackedCorpus]:
+    """The data (the tiny model's tokenizer is trained on it; its held-out problems are scored at
+    the end), the starting model and the packed corpus of a CPT run, before anything is written."""
+    data = prepare_data(cfg, None, log=log)
+    model, tok = load_policy(cfg, data)
+    corpus = prepare_corpus(cfg, tok, getattr(model.config, "max_position_embeddings", None))
+    return data, model, tok, corpus
+
+
 def _train_and_evaluate(cfg: RunConfig, kind: str, run: RunDir, resuming: bool, show_progress: bool,
-                        log) -> dict[str, Any]:
-    """The one stage of `r1lab sft | rl | dpo`; returns the held-out summaries by stage."""
+                        log, prepared: tuple | None = None) -> dict[str, Any]:
+    """The one stage of `r1lab sft | rl | dpo | cpt`; returns the held-out summaries by stage."""
     from r1lab.report import stage_table, write_report
 
-    data = prepare_data(cfg, run, log=log)
-    model, tok = load_policy(cfg, data)
+    if prepared is not None:  # CPT: built before the run directory existed
+        data, model, tok, corpus = prepared
+    else:
+        data = prepare_data(cfg, run, log=log)
+        model, tok = load_policy(cfg, data)
     stages = {}
-    if kind != "sft" and cfg.eval.at_start and not resuming:  # a resumed run measured its start the first time
+    if kind not in ("sft", "cpt") and cfg.eval.at_start and not resuming:  # a resumed run measured its start the first time
         stages["start"] = run_eval(cfg, model, tok, data.eval, run.file("eval/start.jsonl"), "eval start",
                                    show_progress).summary
     sections = []
-    if kind == "sft":
+    if kind == "cpt":
+        summary = run_cpt(cfg, run, model, tok, data, show_progress=show_progress, resume=resuming, corpus=corpus,
+                          log=log)
+        rows = [r for r in read_metrics(run.file("cpt_metrics.jsonl")) if "cpt/heldout_ppl" in r]
+        ppl = (f"held-out perplexity {rows[0]['cpt/heldout_ppl']:.3f} at step {rows[0]['step']} -> "
+               f"{rows[-1]['cpt/heldout_ppl']:.3f} at step {rows[-1]['step']}" if rows else "no held-out documents")
+        sections = [("Continued pre-training", f"{summary['cpt/steps']} steps, {summary['cpt/tokens']} tokens; {ppl}; "
+                     f"corpus: cpt_corpus.json\n\n![cpt](plots/cpt.png)")]
+    elif kind == "sft":
         run_sft(cfg, run, model, tok, data, show_progress=show_progress, resume=resuming)
     elif kind == "rl":
         run_rl(cfg, run, model, tok, data, show_progress=show_progress, resume=resuming)

@@ -17,7 +17,8 @@ name and renamed when complete, so a run killed while saving leaves its previous
 
 An SFT run keeps its checkpoints apart (`checkpoints/sft-state/`, the `folder` argument below), so
 that the demo's SFT and RL stages, which share one run directory, each resume from their own; what
-an SFT checkpoint holds is listed in train/sft.py.
+an SFT checkpoint holds is listed in train/sft.py, what a CPT one (`checkpoints/cpt-state/`) holds
+in train/cpt.py.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from r1lab.errors import ConfigError
 
 STATE_DIR = "state"
 SFT_STATE_DIR = "sft-state"
-_WRITTEN_BY = {STATE_DIR: "train.save_every", SFT_STATE_DIR: "sft.save_every"}  # the setting that writes each folder
+CPT_STATE_DIR = "cpt-state"
+_WRITTEN_BY = {STATE_DIR: "train.save_every", SFT_STATE_DIR: "sft.save_every", CPT_STATE_DIR: "cpt.save_every"}  # the setting that writes each folder
 _NAME = re.compile(r"step-(\d{6})(\.pt)?")
 SHARDS, CONTROLLER = "model", "state.pt"  # a sharded checkpoint's worker shards and controller state
 
@@ -46,6 +48,7 @@ RESUMABLE_CHANGES = ("resume", "train.steps", "train.save_every", "train.keep_ch
                      "train.samples_per_step", "eval.at_start", "tracking")
 # an SFT run: the step count fixes its learning-rate schedule, so only where checkpoints go may change
 SFT_RESUMABLE_CHANGES = ("resume", "sft.save_every", "sft.keep_checkpoints", "tracking")
+CPT_RESUMABLE_CHANGES = ("resume", "cpt.save_every", "cpt.keep_checkpoints", "tracking")
 
 
 def state_dir(run_path: Path, folder: str = STATE_DIR) -> Path:
