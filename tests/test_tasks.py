@@ -113,6 +113,7 @@ LENGTHS = {
     "arithmetic": {1: (14, 44, 45), 2: (20, 55, 59), 3: (26, 67, 73), 4: (32, 79, 87)},
     "countdown": {1: (20, 49, 52), 2: (24, 66, 72), 3: (27, 83, 90), 4: (31, 100, 110)},
     "knights": {1: (163, 157, 172), 2: (163, 157, 172), 3: (204, 222, 248), 4: (243, 286, 322)},
+    "multiply": {2: (16, 68, 83), 3: (18, 75, 89), 4: (20, 78, 95)},
     "multihop_qa": {1: (58, 126, 159), 2: (58, 127, 155), 3: (57, 126, 156), 4: (57, 128, 157)},
     # the multilingual families (tasks/multilingual.py)
     "arithmetic_de": {1: (59, 96, 104), 2: (77, 126, 143), 3: (96, 157, 178), 4: (114, 186, 212)},
@@ -139,7 +140,7 @@ def test_typical_lengths() -> None:
     measured = {}
     for name in sorted(TASKS):
         measured[name] = {}
-        for d in (1, 2, 3, 4):
+        for d in range(get_task(name).min_difficulty, 5):  # multiply starts at 2: one-digit factors are no task
             ps = sample(name, d, n=300)
             traces = [get_task(name).teacher_trace(p) for p in ps]
             measured[name][d] = (round(statistics.mean(len(p.prompt) for p in ps)),

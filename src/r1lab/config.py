@@ -113,7 +113,7 @@ class RewardConfig:
     # reward term name -> weight; each term is logged separately as reward/<name>. A negative
     # weight would reward what the term penalises
     terms: dict[str, float] = setting({"accuracy": 1.0, "format": 0.1}, nonempty=True, ge=0,
-                                      keys=Domain(choices="r1lab.envs.terms:REWARD_TERMS"))
+                                      keys=Domain(choices="r1lab.rewards:REWARD_TERMS"))
     # settings of the shaping terms: overlong_max / overlong_cache (DAPO), cosine_max_len,
     # repetition_ngram / repetition_penalty; lengths default to the current max_new_tokens
     settings: dict[str, float] = setting({}, ge=0, keys=Domain(choices=REWARD_SETTINGS))

@@ -16,6 +16,7 @@ import r1lab.languages  # noqa: F401  (registers language_consistency)
 import r1lab.reward_hacks  # noqa: F401  (registers the reward-hacking lab's deliberately flawed terms)
 import r1lab.reward_shaping  # noqa: F401  (registers the length and repetition terms)
 import r1lab.tasks  # noqa: F401  (the task families register their own terms: repair, sorting, poems, translation)
+from r1lab.envs.base import ENVS
 from r1lab.records import Completion, Problem, Verdict
 from r1lab.reward_registry import REWARDS, TOTAL, RewardFn, get_reward, register_reward  # noqa: F401  (REWARDS re-exported)
 from r1lab.verify import verify_batch
@@ -205,3 +206,17 @@ def logic_rl(problems, texts, verdicts, completions=None) -> list[float]:
         answer = (2.0 if v.correct else -1.5 if v.status == "wrong" else -2.0) if ok else -2.0
         out.append((1.0 if ok else -1.0) + answer)
     return out
+
+
+class _RewardTermNames:
+    """The names `reward.terms` may weight (its config domain): the registered reward terms and the
+    terms the registered environments declare they produce (`Environment.reward_terms`, e.g. the
+    tool environment's tool_calls and tool_errors). Here, above both registries: envs/ may not
+    import the reward terms (they import the task families, which register environments)."""
+
+    def __iter__(self):
+        produced = {t for f in ENVS.factories.values() for t in getattr(f, "reward_terms", ())}
+        return iter(sorted(set(REWARDS) | produced))
+
+
+REWARD_TERMS = _RewardTermNames()
