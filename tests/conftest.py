@@ -83,8 +83,9 @@ SLOW_MODULES = {"test_e2e.py", "test_recipes.py", "test_real_model.py", "test_re
 
 # Under pytest-xdist (`make test`: --dist loadgroup) a group runs on one worker: a module's tests stay
 # together (its module fixtures are built once), the tests of the real model share the one SmolLM2
-# conversion, and the tests that start Ray share one worker (one local Ray cluster at a time).
-RAY_MODULES = {"test_cluster.py", "test_distributed.py", "test_distributed_checkpoint.py", "test_multinode.py"}
+# conversion, and the tests that start a local Ray cluster share one worker (one at a time);
+# test_multinode.py's cluster (its own head and nodes, its own ports) may run beside it.
+RAY_MODULES = {"test_cluster.py", "test_distributed.py", "test_distributed_checkpoint.py"}
 
 
 def _xdist_group(item) -> str:
