@@ -32,9 +32,10 @@ _BRACES = re.compile(r"(?P<box>\\boxed\s*\{)|(?P<esc>\\[{}])|(?P<open>\{)|(?P<cl
 _SPACE = re.compile(r"\s+")
 
 
-def _box_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of the content of every `\\boxed{...}` whose braces close (nested braces
-    matched, `\\{` `\\}` escaped); unclosed ones are skipped. One pass over the braces."""
+def box_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the content of every `\\boxed{...}` whose braces close, in the order they close
+    (nested braces matched, `\\{` `\\}` escaped; unclosed ones skipped). One pass over the braces,
+    so thousands of unclosed boxes stay linear."""
     depth, opened, spans = 0, [], []  # opened: (depth outside the box, content start)
     for m in _BRACES.finditer(text):
         kind = m.lastgroup
@@ -54,7 +55,7 @@ def lenient_answer_spans(text: str) -> list[tuple[int, int]]:
     """Where the lenient checker looks: the last `<answer>` block and every box, as (start, end) in `text`."""
     close = text.rfind("</answer>")
     start = text.rfind("<answer>", 0, close) if close >= 0 else -1
-    return ([(start + len("<answer>"), close)] if start >= 0 else []) + _box_spans(text)
+    return ([(start + len("<answer>"), close)] if start >= 0 else []) + box_spans(text)
 
 
 def lenient_match(text: str, gold: str) -> bool:

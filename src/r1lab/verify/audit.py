@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable
 
 from r1lab.errors import ConfigError, DataError, R1labError
 from r1lab.records import Problem, Verdict, write_text_atomic
+from r1lab.reward_hacks import box_spans
 
 Z95 = 1.959963984540054
 
@@ -59,7 +60,6 @@ class Item:
 # ---------------------------------------------------------------------------------------------
 # the strict grader
 
-_BRACES = re.compile(r"(?P<box>\\boxed\s*\{)|(?P<esc>\\[{}])|(?P<open>\{)|(?P<close>\})")
 _SPACING = re.compile(r"\\[,!;: $]|\\(?:left|right|displaystyle)(?![A-Za-z])|\$|\s+")
 _TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 _FRAC = re.compile(r"^(-?)\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}$")
@@ -67,21 +67,9 @@ _NUMBER = re.compile(r"^[-+]?(?:\d+(?:,\d{3})*|\d*)(?:\.\d+)?$")
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the `\\boxed{...}` that closes last (braces matched, `\\{` `\\}` escaped), or None.
-    One pass over the braces, so thousands of unclosed boxes stay linear."""
-    depth, opened, found = 0, [], None  # opened: (depth outside the box, content start)
-    for m in _BRACES.finditer(text):
-        kind = m.lastgroup
-        if kind == "box":
-            opened.append((depth, m.end()))
-            depth += 1
-        elif kind == "open":
-            depth += 1
-        elif kind == "close" and depth > 0:
-            depth -= 1
-            if opened and opened[-1][0] == depth:
-                found = text[opened.pop()[1] : m.start()]
-    return found
+    """The content of the `\\boxed{...}` that closes last, or None."""
+    spans = box_spans(text)
+    return text[spans[-1][0] : spans[-1][1]] if spans else None
 
 
 def strict_answer(response: str) -> str | None:
