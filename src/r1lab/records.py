@@ -155,14 +155,18 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    lineno = 0
     with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        try:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        except UnicodeDecodeError:  # raised by the file's decoder, ahead of the line it is in
+            raise DataError(f"{path}: not UTF-8 text (after line {lineno})") from None
 
 
 def load_problems(path: str | os.PathLike) -> list[Problem]:

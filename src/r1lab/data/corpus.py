@@ -10,11 +10,11 @@ non-text value, a file that is not UTF-8, a corpus with no text at all. Blank do
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from r1lab.errors import ConfigError, DataError
+from r1lab.records import read_jsonl
 
 TEXT_SUFFIXES = (".txt", ".md")
 CORPUS_SUFFIXES = (".jsonl", *TEXT_SUFFIXES)
@@ -54,13 +54,7 @@ def _read_text(path: Path) -> str:
 
 def _jsonl_documents(path: Path, text_field: str) -> list[str]:
     docs = []
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for n, row in read_jsonl(path):
         if not isinstance(row, dict):
             raise DataError(f"{path}:{n}: expected a JSON object with a {text_field!r} field, got {type(row).__name__}")
         if text_field not in row:
