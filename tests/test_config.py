@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from r1lab.config import RunConfig, load_config, save_config
+from r1lab.cli import main
 from r1lab.errors import ConfigError
 
 
@@ -59,24 +60,29 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "r1lab.cli", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_cli_errors_are_one_line_and_nonzero(tmp_path):
+def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  stepz: 3\n")
+    # one case through a real process: the exit status and stderr of `python -m r1lab.cli` itself
+    r = run_cli("rl", str(bad))
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "unknown config key 'train.stepz'" in lines[0], r.stderr
+    # the rest through main(), the same code path without paying a fresh interpreter's imports each time
     for args, needle in [
-        (("rl", str(bad)), "unknown config key 'train.stepz'"),
         (("rl", str(tmp_path / "nope.yaml")), "recipe file not found"),
         (("eval", str(tmp_path / "no-model")), "model path does not exist"),
         (("sft", "recipes/tiny/sft.yaml", "model.dtype=fp8", f"out_dir={tmp_path / 'runs'}"), "model.dtype='fp8': expected one of"),
         (("sft", "recipes/tiny/sft.yaml", "model.device=tpu", f"out_dir={tmp_path / 'runs'}"), "model.device"),
     ]:
-        r = run_cli(*args)
-        assert r.returncode == 2, r.stderr
-        lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
-        assert len(lines) == 1 and needle in lines[0], r.stderr
+        assert main(list(args)) == 2
+        err = capsys.readouterr().err
+        lines = [l for l in err.strip().splitlines() if l.strip()]
+        assert len(lines) == 1 and needle in lines[0], err
     assert not (tmp_path / "runs").exists()  # refused before any run directory was made
 
 
-def test_cli_unknown_subcommand():
-    r = run_cli("evl")
-    assert r.returncode == 2
-    assert "invalid choice" in r.stderr
+def test_cli_unknown_subcommand(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["evl"])
+    assert e.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
