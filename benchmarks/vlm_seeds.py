@@ -169,7 +169,7 @@ def report(seeds: list[int], tag: str = "") -> None:
     what = f"{ev['problems']} problems x {ev['n']} samples, T={ev['temperature']}" if ev else "avg@4"
     axes[0].set(title="GRPO training accuracy per step", xlabel="GRPO step", ylabel="fraction correct")
     axes[1].set(title=f"held-out avg@n (%), bars: 2 SE\n{what}", xlabel="GRPO step (0 = after SFT)")
-    axes[2].set(title="held-out avg@n by family, bars: 2 SE (x: blank pictures)", ylabel="%")
+    axes[2].set(title="held-out avg@n by family (bars: 2 SE, x: blank)", ylabel="%")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
