@@ -114,7 +114,7 @@ def train(variant: dict, blank: bool, args, corpus, train_set, held, seed: int) 
         opt.step()
         sched.step()
         if step % args.every == 0 or step == args.steps:
-            curve.append({"step": step, "loss": round(float(loss), 4), **held_out_scores(model, tok, hex_, spans, fams)})
+            curve.append({"step": step, "loss": round(loss.item(), 4), **held_out_scores(model, tok, hex_, spans, fams)})
             print(json.dumps({"blank": blank, **variant, **curve[-1]}), flush=True)
     return {"variant": variant, "blank": blank, "seconds": round(time.time() - t0, 1), "curve": curve,
             "vision_grad_share_first20": round(sum(vis_share) / len(vis_share), 4)}
