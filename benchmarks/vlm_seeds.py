@@ -6,6 +6,11 @@ blank white picture.
     /work/bin/heavy python benchmarks/vlm_seeds.py run --seed 0      # one seed (run seeds side by side)
     python benchmarks/vlm_seeds.py report --seeds 0 1                # figure + table from the saved runs
 
+`run --set key=value ...` passes overrides to the pipeline (they are kept in the result file).
+Every held-out score comes with its standard error over problems (each problem's avg@n is one
+observation), and each gain (after GRPO minus after SFT; pictures minus blank pictures) with the
+standard error of the paired per-problem differences: the same problems are scored both ways.
+
 Writes benchmarks/results/vlm/<tag>seed<N>.json per seed, and `report` draws benchmarks/results/vlm/<tag>vlm.png
 (training reward by GRPO step; held-out avg@4 after SFT, at every eval, after GRPO; the blank-picture
 control after SFT and after GRPO; per family) and prints the markdown table for BENCHMARKS.md.
@@ -24,21 +29,45 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "vlm"
-FAMILIES = ("count_shapes", "bar_value", "digit_sum")
+FAMILIES = ("count_shapes", "bar_value", "digit_sum")  # the order of the table and the figure
 
 
 def r1lab(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "r1lab", *args], check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
 
 
-def per_family(eval_jsonl: Path) -> dict[str, float]:
-    """avg@n (%) per family and overall, from an eval's per-problem JSONL."""
-    scores: dict[str, list[float]] = defaultdict(list)
-    for line in eval_jsonl.read_text().splitlines():
-        row = json.loads(line)
-        scores[row["id"].rsplit("-", 1)[0]].append(row["avg"])
-        scores["all"].append(row["avg"])
-    return {k: round(100 * sum(v) / len(v), 1) for k, v in scores.items()}
+def per_problem(eval_jsonl: Path) -> dict[str, float]:
+    """Each held-out problem's avg@n, by id, from an eval's per-problem JSONL."""
+    return {row["id"]: row["avg"] for row in map(json.loads, eval_jsonl.read_text().splitlines())}
+
+
+def family(problem_id: str) -> str:
+    return problem_id.rsplit("-", 1)[0]
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and its standard error, in % (0 for a single observation)."""
+    m = sum(xs) / len(xs)
+    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
+    return round(100 * m, 1), round(100 * (var / len(xs)) ** 0.5, 1)
+
+
+def scores(avg: dict[str, float]) -> dict[str, list[float]]:
+    """avg@n (%) and its standard error, per family and over all problems."""
+    groups = defaultdict(list)
+    for pid, a in avg.items():
+        groups[family(pid)].append(a)
+        groups["all"].append(a)
+    return {k: list(mean_se(v)) for k, v in groups.items()}
+
+
+def gains(after: dict[str, float], before: dict[str, float]) -> dict[str, list[float]]:
+    """Paired gain (%) after - before over the same problems, with the standard error of the differences."""
+    groups = defaultdict(list)
+    for pid in after:
+        groups[family(pid)].append(after[pid] - before[pid])
+        groups["all"].append(after[pid] - before[pid])
+    return {k: list(mean_se(v)) for k, v in groups.items()}
 
 
 def blank_copy(src: Path, dst: Path) -> None:
@@ -56,33 +85,55 @@ def blank_copy(src: Path, dst: Path) -> None:
     dst.write_text("\n".join(rows) + "\n")
 
 
-def run(seed: int, out: Path, tag: str = "") -> None:
+def run(seed: int, out: Path, tag: str = "", overrides: list[str] = ()) -> None:
+    import yaml
+
     name = f"vlm-s{seed}"
     run_dir = out / name
     t = time.time()
     if not (run_dir / "summary.json").exists():  # a finished pipeline is kept: only the control runs again
         r1lab("pipeline", str(ROOT / "recipes" / "tiny" / "vlm.yaml"), f"out_dir={out}", f"name={name}", f"seed={seed}",
-              f"data.seed={seed}", "--quiet")
+              f"data.seed={seed}", *overrides, "--quiet")
         (run_dir / "pipeline_seconds.txt").write_text(f"{time.time() - t:.1f}\n")
     seconds = float((run_dir / "pipeline_seconds.txt").read_text()) if (run_dir / "pipeline_seconds.txt").exists() else None
+    recipe = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
     blank = run_dir / "held_out_blank.jsonl"
     blank_copy(run_dir / "prepare" / "data" / "eval.jsonl", blank)
-    control = {}
+    avg = {"sft": per_problem(next((run_dir / "00-sft" / "eval").glob("*.jsonl"))),
+           "rl": per_problem(next((run_dir / "01-rl" / "eval").glob("*.jsonl")))}
     for stage, ckpt in (("sft", run_dir / "00-sft" / "checkpoints" / "sft"), ("rl", run_dir / "01-rl" / "checkpoints" / "rl")):
         # the recipe's eval settings (a pipeline recipe is not an eval config: its settings are given here)
-        r1lab("eval", str(ckpt), "--data", str(blank), "--n", "4", "--out", str(run_dir / f"blank-{stage}"), "--quiet",
-              f"seed={seed}", "eval.temperature=1.0", "sampling.max_new_tokens=72", "rollout.engine=hf")
-        control[stage] = per_family(run_dir / f"blank-{stage}" / "eval" / "results.jsonl")
+        r1lab("eval", str(ckpt), "--data", str(blank), "--n", str(recipe["eval"]["n"]), "--out", str(run_dir / f"blank-{stage}"),
+              "--quiet", f"seed={seed}", f"eval.temperature={recipe['eval']['temperature']}",
+              f"sampling.max_new_tokens={recipe['sampling']['max_new_tokens']}", "rollout.engine=hf")
+        avg[f"blank_{stage}"] = per_problem(run_dir / f"blank-{stage}" / "eval" / "results.jsonl")
     rows = [json.loads(line) for line in (run_dir / "01-rl" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    sft, rl = (per_family(next((run_dir / d / "eval").glob("*.jsonl"))) for d in ("00-sft", "01-rl"))
-    held = [(0, sft["all"])] + [(r["step"], round(100 * r["eval/avg"], 1)) for r in rows if "eval/avg" in r]
-    held.append((rows[-1]["step"], rl["all"]))
-    result = {"seed": seed, "seconds": round(seconds, 1), "held_out": held, "sft": sft, "rl": rl, "blank": control,
+    sft, rl = scores(avg["sft"]), scores(avg["rl"])
+    held = [(0, sft["all"][0])] + [(r["step"], round(100 * r["eval/avg"], 1)) for r in rows if "eval/avg" in r]
+    held.append((rows[-1]["step"], rl["all"][0]))
+    result = {"seed": seed, "seconds": round(seconds, 1) if seconds else None, "overrides": list(overrides),
+              "families": recipe["data"]["tasks"], "eval": {"problems": len(avg["sft"]), "n": recipe["eval"]["n"],
+                                                            "temperature": recipe["eval"]["temperature"]},
+              "held_out": held, "sft": sft, "rl": rl,
+              "blank": {"sft": scores(avg["blank_sft"]), "rl": scores(avg["blank_rl"])},
+              "gain_rl_over_sft": gains(avg["rl"], avg["sft"]),
+              "gain_blank_rl_over_sft": gains(avg["blank_rl"], avg["blank_sft"]),
+              "pictures_over_blank": {"sft": gains(avg["sft"], avg["blank_sft"]), "rl": gains(avg["rl"], avg["blank_rl"])},
               "reward": [(r["step"], r["reward/total"]) for r in rows],
-              "accuracy": [(r["step"], r.get("reward/accuracy")) for r in rows]}
+              "accuracy": [(r["step"], r.get("reward/accuracy")) for r in rows],
+              "zero_variance_groups": [(r["step"], r.get("batch/zero_variance_groups")) for r in rows]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{tag}seed{seed}.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: result[k] for k in ("seed", "seconds", "sft", "rl", "blank")}))
+    print(json.dumps({k: result[k] for k in ("seed", "seconds", "sft", "rl", "blank", "gain_rl_over_sft")}))
+
+
+def _value(x):
+    """A score as saved: [mean, se] (this file's format) or a bare mean (rounds 1-2)."""
+    return x[0] if isinstance(x, list) else x
+
+
+def _pm(x) -> str:
+    return f"{x[0]} ± {x[1]}" if isinstance(x, list) else str(x)
 
 
 def report(seeds: list[int], tag: str = "") -> None:
@@ -92,35 +143,60 @@ def report(seeds: list[int], tag: str = "") -> None:
     import matplotlib.pyplot as plt
 
     runs = [json.loads((RESULTS / f"{tag}seed{s}.json").read_text()) for s in seeds]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    fams = [f for f in FAMILIES if f in runs[0].get("families", FAMILIES)]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for r in runs:
         axes[0].plot(*zip(*r["accuracy"]), label=f"seed {r['seed']}", alpha=0.8)
         line, = axes[1].plot(*zip(*r["held_out"]), marker="o", label=f"seed {r['seed']}: pictures")
         last = r["held_out"][-1][0]
-        axes[1].plot([0, last], [r["blank"]["sft"]["all"], r["blank"]["rl"]["all"]], ls="--", marker="x",
+        for x, stage in ((0, "sft"), (last, "rl")):
+            if isinstance(r[stage]["all"], list):
+                axes[1].errorbar([x], [r[stage]["all"][0]], yerr=[2 * r[stage]["all"][1]], color=line.get_color(), capsize=4)
+        axes[1].plot([0, last], [_value(r["blank"]["sft"]["all"]), _value(r["blank"]["rl"]["all"])], ls="--", marker="x",
                      color=line.get_color(), label=f"seed {r['seed']}: blank pictures")
     width = 0.8 / (2 * len(runs))
     for i, r in enumerate(runs):
         for j, stage in enumerate(("sft", "rl")):
-            x = [k + (2 * i + j) * width for k in range(len(FAMILIES))]
-            axes[2].bar(x, [r[stage][f] for f in FAMILIES], width, label=f"seed {r['seed']} after {stage.upper()}")
-            axes[2].scatter(x, [r["blank"][stage][f] for f in FAMILIES], marker="x", color="black", zorder=3)
-    axes[2].set_xticks([k + 0.4 - width / 2 for k in range(len(FAMILIES))], FAMILIES)
-    axes[0].set(title="training accuracy per GRPO step", xlabel="GRPO step", ylabel="fraction correct")
-    axes[1].set(title="held-out avg@4 (%)", xlabel="GRPO step (0 = after SFT)")
-    axes[2].set(title="held-out avg@4 by family (x: blank pictures)", ylabel="%")
+            x = [k + (2 * i + j) * width for k in range(len(fams))]
+            vals = [r[stage][f] for f in fams]
+            err = [2 * v[1] for v in vals] if isinstance(vals[0], list) else None
+            axes[2].bar(x, [_value(v) for v in vals], width, yerr=err, capsize=3,
+                        label=f"seed {r['seed']} after {'GRPO' if stage == 'rl' else 'SFT'}")
+            axes[2].scatter(x, [_value(r["blank"][stage][f]) for f in fams], marker="x", color="black", zorder=3,
+                            label="blank pictures" if i == 0 and j == 0 else None)
+    axes[2].set_xticks([k + 0.4 - width / 2 for k in range(len(fams))], fams)
+    ev = runs[0].get("eval", {})
+    what = f"{ev['problems']} problems x {ev['n']} samples, T={ev['temperature']}" if ev else "avg@4"
+    axes[0].set(title="GRPO training accuracy per step", xlabel="GRPO step", ylabel="fraction correct")
+    axes[1].set(title=f"held-out avg@n (%), bars: 2 SE\n{what}", xlabel="GRPO step (0 = after SFT)")
+    axes[2].set(title="held-out avg@n by family (bars: 2 SE, x: blank)", ylabel="%")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    if host := os.environ.get("VLM_HOST_NOTE"):
+        fig.suptitle(host, fontsize=8, y=0.995)
     fig.tight_layout()
     fig.savefig(RESULTS / f"{tag}vlm.png", dpi=90)
     plt.close(fig)
-    print("| seed | stage | all | count_shapes | bar_value | digit_sum | all, blank pictures | seconds |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    head = " | ".join(fams)
+    print(f"| seed | after | all | {head} | all, blank pictures | {' / '.join(fams)}, blank | seconds |")
+    print("|---:|---|---:|" + "---:|" * len(fams) + "---:|---:|---:|")
     for r in runs:
         for stage in ("sft", "rl"):
-            cells = " | ".join(str(r[stage][f]) for f in ("all", *FAMILIES))
-            print(f"| {r['seed']} | {stage} | {cells} | {r['blank'][stage]['all']} | {r['seconds'] if stage == 'rl' else ''} |")
+            cells = " | ".join(_pm(r[stage][f]) for f in ("all", *fams))
+            blank = " / ".join(str(_value(r["blank"][stage][f])) for f in fams)
+            after = "SFT" if stage == "sft" else f"GRPO ({r['held_out'][-1][0]})"
+            print(f"| {r['seed']} | {after} | {cells} | {_pm(r['blank'][stage]['all'])} | {blank} | "
+                  f"{r['seconds'] if stage == 'rl' else ''} |")
+    if all("gain_rl_over_sft" in r for r in runs):
+        print()
+        print(f"| seed | gain GRPO - SFT, all | {head} | same gain over blank pictures, all | pictures - blank after SFT / after GRPO, all |")
+        print("|---:|---:|" + "---:|" * len(fams) + "---:|---:|")
+        for r in runs:
+            g = r["gain_rl_over_sft"]
+            pb = r["pictures_over_blank"]
+            print(f"| {r['seed']} | {_pm(g['all'])} | {' | '.join(_pm(g[f]) for f in fams)} | "
+                  f"{_pm(r['gain_blank_rl_over_sft']['all'])} | {_pm(pb['sft']['all'])} / {_pm(pb['rl']['all'])} |")
 
 
 def main() -> None:
@@ -130,12 +206,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", default="/tmp/r1lab-vlm")
     p.add_argument("--tag", default="", help="prefix of the result files (e.g. round2_)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="pipeline overrides, e.g. train.lr=1e-4")
     p = sub.add_parser("report")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--tag", default="")
     args = ap.parse_args()
     if args.cmd == "run":
-        run(args.seed, Path(args.out), args.tag)
+        run(args.seed, Path(args.out), args.tag, args.set)
     else:
         report(args.seeds, args.tag)
 

@@ -84,6 +84,23 @@ def test_pixels_reach_the_model(vlm):
         token_logprobs(model, batch["input_ids"], batch["attention_mask"], vision=[None, None, None])
 
 
+def test_image_rows_and_columns_get_rotary_angles_apart(vlm):
+    """The tiny VLM can tell its image tokens' rows and columns apart: neighbours in a row or a
+    column differ in some rotary angle by more than 0.2 rad (a blocked t/h/w split, as in the
+    released checkpoints, gives width only frequencies that turn by < 0.01 rad a column)."""
+    model, tok, train = vlm
+    batch, vision = _rows(tok, train[:1], ["<answer>1</answer>"])
+    from r1lab.vision import forward_inputs
+
+    pos = forward_inputs(model, batch["input_ids"], batch["attention_mask"], vision)["position_ids"]
+    image = batch["input_ids"][0] == model.config.image_token_id
+    cos, sin = model.model.language_model.rotary_emb(torch.zeros(1), pos[:, :, image.nonzero().squeeze(-1)])
+    cells = torch.stack([cos[0], sin[0]], -1).reshape(4, 4, -1, 2)  # a 64 px picture: 4 x 4 merged tokens, row-major
+    apart = lambda a, b: (a - b).norm(dim=-1).amax(-1).min()  # noqa: E731 - the widest angle gap, at the closest pair
+    assert apart(cells[:, 1:], cells[:, :-1]) > 0.2  # columns
+    assert apart(cells[1:, :], cells[:-1, :]) > 0.2  # rows
+
+
 def test_hf_engine_and_trainer_agree_with_zero_one_and_two_images(vlm):
     model, tok, train = vlm
     text = Problem("t", "What is 2 + 3?", "5")

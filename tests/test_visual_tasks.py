@@ -66,6 +66,18 @@ def test_splits_are_disjoint_deterministic_and_rendered_from_their_scene(family,
         assert fam.render(p.metadata["scene"]) == p.images[0]
 
 
+def test_count_trace_reads_the_rows_the_picture_shows():
+    # row by row, at fixed places in the trace: "Rows: a, b, c, d." then their sum
+    fam = get_task("count_shapes")
+    for p in generate_splits(["count_shapes"], 30, 0, 1, seed=4)[0]:
+        img = decode_image(p.images[0])
+        rows = [sum(any(_ink(img, cx * 16 + x, cy * 16 + y) for x in range(16) for y in range(16)) for cx in range(4))
+                for cy in range(4)]
+        trace = fam.teacher_trace(p)
+        assert f"Rows: {', '.join(map(str, rows))}." in trace
+        assert f"{' + '.join(map(str, rows))} = {p.answer}</think>" in trace
+
+
 def test_teacher_traces_verify_and_hostile_answers_do_not():
     problems = [p for f in FAMILIES for p in generate_splits([f], 6, 0, 2, seed=1)[0]]
     traces = [get_task(p.metadata["family"]).teacher_trace(p) for p in problems]

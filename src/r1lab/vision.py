@@ -88,8 +88,13 @@ def build_tiny_vlm(tokenizer, cfg, seed: int = 0):
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     head_dim = cfg.hidden_size // cfg.num_heads
-    t = head_dim // 2  # rotary frequencies per head, split over (temporal, height, width) as Qwen2-VL does
-    section = [t - 2 * (3 * t // 8), 3 * t // 8, 3 * t // 8]
+    # Rotary frequencies per head, dealt one at a time to (temporal, height, width): transformers
+    # cycles t, h, w over the entries of mrope_section, so [1] * n interleaves them. The blocked
+    # split of the released checkpoints ([16, 24, 24] of 64) gives width only the lowest frequencies,
+    # which turn by under 0.01 rad from one column of a 4 x 4 image to the next: the tiny model
+    # could not tell its image tokens' columns apart (benchmarks/vlm_probe.py). Text tokens have
+    # the same three positions, so text sees plain RoPE either way.
+    section = [1] * (head_dim // 2)
     ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in
            (("image_token_id", IMAGE_PAD), ("video_token_id", VIDEO_PAD),
             ("vision_start_token_id", VISION_START), ("vision_end_token_id", VISION_END))}
