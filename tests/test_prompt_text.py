@@ -126,3 +126,23 @@ def test_unverified_sft_traces_are_dropped_unless_kept_on_purpose(tmp_path):
     data = prepare_data(cfg, None, log=logged.append)
     assert len(data.sft) == 12 and data.report["sft_traces_dropped_unverified"] == 0
     assert data.report["sft_traces_kept_unverified"] == 4 and "4 unverified SFT traces KEPT" in logged[-1]
+
+
+def test_eval_data_file_is_scored_in_the_config_frame(tmp_path):
+    from r1lab.config import RunConfig
+    from r1lab.evaluate import EvalRequest, _eval_problems
+    from r1lab.records import save_problems
+    from r1lab.tasks import generate_splits
+
+    _, held = generate_splits(["arithmetic"], 0, 3, 2, seed=0)
+    save_problems(tmp_path / "held.jsonl", held)
+    cfg = RunConfig()
+    plain = _eval_problems(EvalRequest(model="m", data=str(tmp_path / "held.jsonl")), cfg)
+    assert [p.prompt for p in plain] == [p.prompt for p in held]  # no frame configured: as written
+    cfg.data.system_prompt, cfg.data.response_prefix = "Use tags.", "<think>"
+    framed = _eval_problems(EvalRequest(model="m", data=str(tmp_path / "held.jsonl")), cfg)
+    assert all(p.prompt[0] == {"role": "system", "content": "Use tags."} and
+                   p.prompt[-1] == {"role": "assistant", "content": "<think>"} for p in framed)
+    save_problems(tmp_path / "framed.jsonl", framed)  # a file framed already is not framed twice
+    again = _eval_problems(EvalRequest(model="m", data=str(tmp_path / "framed.jsonl")), cfg)
+    assert [p.prompt for p in again] == [p.prompt for p in framed]
