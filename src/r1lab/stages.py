@@ -153,7 +153,8 @@ def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
         save_problems(run.file("data/train.jsonl"), rl_pool)
         save_problems(run.file("data/eval.jsonl"), held)
         save_problems(run.file("data/sft.jsonl"), [Problem(**{**p.to_dict(), "metadata": {**p.metadata, "response": r}}) for p, r in sft])
-    log(f"data: {len(rl_pool)} RL prompts, {len(sft)} verified SFT traces, {len(held)} held-out problems "
+    log(f"data: {len(rl_pool)} RL prompts, {len(sft)} {'' if d.keep_unverified_sft else 'verified '}SFT traces, "
+        f"{len(held)} held-out problems "
         f"({report['dropped_contaminated']} contaminated and {report['sft_traces_dropped_unverified']} unverified dropped"
         + (f"; {unverified} unverified SFT traces KEPT: data.keep_unverified_sft" if d.keep_unverified_sft else "") + ")")
     return Data(rl_pool, held, sft, report, curriculum)
