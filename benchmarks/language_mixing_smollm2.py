@@ -117,7 +117,8 @@ def plot(results: dict, path: Path, title: str) -> None:
                 continue
             values = [[r["by_language"][lang][metric] for r in runs] for lang in langs]
             xs = [x + (i - 1) * width for x in range(len(langs))]
-            ax.bar(xs, [mean(v) for v in values], width, color=color, label=label, alpha=0.85)
+            ax.bar(xs, [mean(v) for v in values], width, color=color, alpha=0.85,
+                   label=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
             for x, v in zip(xs, values):  # each seed as a dot
                 ax.plot([x] * len(v), v, "k.", ms=4)
         ax.set_xticks(range(len(langs)), langs)
