@@ -89,3 +89,22 @@ def test_trace_needs_the_problem_metadata():
     problem.metadata.pop("steps")
     with pytest.raises(ValueError, match="steps"):
         family.teacher_trace(problem)
+
+
+def test_translate_keeps_the_mathematics_and_rejects_a_broken_chain():
+    source = get_task("arithmetic_en").generate(random.Random(3), 2)
+    for lang in MULTILINGUAL:
+        family = get_task(f"arithmetic_{lang}")
+        moved = family.translate(source)
+        assert moved.answer == source.answer and moved.metadata["language"] == lang
+        assert (moved.metadata["start"], moved.metadata["steps"]) == (source.metadata["start"], source.metadata["steps"])
+        # the same prompt the family itself writes for that chain, and a trace that reaches the answer
+        assert moved.prompt == family.told(source.metadata["start"], source.metadata["steps"], source.answer).prompt
+        assert f"<answer>{source.answer}</answer>" in family.teacher_trace(moved)
+    assert get_task("arithmetic_zh").translate(source).id == f"{source.id}-zh"
+    family = get_task("arithmetic_de")
+    for bad in ({"start": "7", "steps": [["+", 3]]}, {"start": 7, "steps": [["/", 3]]},
+                {"start": 7, "steps": [["+", True]]}, {"start": -1, "steps": []}, {"start": 7, "steps": "+3"},
+                {"start": 7, "steps": [["+", -2]]}, {}):
+        with pytest.raises(ValueError, match="chain"):
+            family.translate(source.__class__(id="x", prompt="p", answer="1", task="math", metadata=bad))

@@ -98,3 +98,51 @@ def test_prepare_data_frames_train_and_held_out_problems():
         assert all(p.prompt[0]["content"] == "Use tags." and p.prompt[-1]["content"] == "<think>" for p in pool)
     held = {prompt_text(p.prompt) for p in data.eval}
     assert not held & {prompt_text(p.prompt) for p in data.curriculum[2]}
+
+
+def test_unverified_sft_traces_are_dropped_unless_kept_on_purpose(tmp_path):
+    from r1lab.config import RunConfig
+    from r1lab.records import Problem, save_problems
+    from r1lab.stages import prepare_data
+    from r1lab.tasks import generate_splits, get_task
+
+    train, held = generate_splits(["arithmetic"], 12, 4, 2, seed=0)
+    rows = []
+    for i, p in enumerate(train):
+        trace = get_task("arithmetic").teacher_trace(p)
+        if i < 4:  # a hedged answer: the gold among other numbers, which the verifier rejects
+            trace = trace.rsplit("<answer>", 1)[0] + f"<answer>{int(p.answer) + 1} {p.answer}</answer>"
+        rows.append(Problem(**{**p.to_dict(), "metadata": {**p.metadata, "response": trace}}))
+    save_problems(tmp_path / "train.jsonl", rows)
+    save_problems(tmp_path / "eval.jsonl", held)
+    cfg = RunConfig()
+    cfg.data.train_path, cfg.data.eval_path = str(tmp_path / "train.jsonl"), str(tmp_path / "eval.jsonl")
+    cfg.data.sft_size = 12
+    data = prepare_data(cfg, None, log=lambda *_: None)
+    assert len(data.sft) == 8 and data.report["sft_traces_dropped_unverified"] == 4
+    assert data.report["sft_traces_kept_unverified"] == 0
+    cfg.data.keep_unverified_sft = True
+    logged = []
+    data = prepare_data(cfg, None, log=logged.append)
+    assert len(data.sft) == 12 and data.report["sft_traces_dropped_unverified"] == 0
+    assert data.report["sft_traces_kept_unverified"] == 4 and "4 unverified SFT traces KEPT" in logged[-1]
+
+
+def test_eval_data_file_is_scored_in_the_config_frame(tmp_path):
+    from r1lab.config import RunConfig
+    from r1lab.evaluate import EvalRequest, _eval_problems
+    from r1lab.records import save_problems
+    from r1lab.tasks import generate_splits
+
+    _, held = generate_splits(["arithmetic"], 0, 3, 2, seed=0)
+    save_problems(tmp_path / "held.jsonl", held)
+    cfg = RunConfig()
+    plain = _eval_problems(EvalRequest(model="m", data=str(tmp_path / "held.jsonl")), cfg)
+    assert [p.prompt for p in plain] == [p.prompt for p in held]  # no frame configured: as written
+    cfg.data.system_prompt, cfg.data.response_prefix = "Use tags.", "<think>"
+    framed = _eval_problems(EvalRequest(model="m", data=str(tmp_path / "held.jsonl")), cfg)
+    assert all(p.prompt[0] == {"role": "system", "content": "Use tags."} and
+                   p.prompt[-1] == {"role": "assistant", "content": "<think>"} for p in framed)
+    save_problems(tmp_path / "framed.jsonl", framed)  # a file framed already is not framed twice
+    again = _eval_problems(EvalRequest(model="m", data=str(tmp_path / "framed.jsonl")), cfg)
+    assert [p.prompt for p in again] == [p.prompt for p in framed]

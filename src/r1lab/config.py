@@ -71,6 +71,9 @@ class DataConfig:
     train_path: str = setting("", path="file")  # a JSONL of problems to use instead of generated ones
     eval_path: str = setting("", path="file")
     seed: int = setting(1234, ge=0)  # data seed (the run seed does not change the problems)
+    # keep the SFT traces the verifier rejects (still counted in the data report): only for planting
+    # a wrong behaviour on purpose, as the reward-hacking lab plants hedged answers
+    keep_unverified_sft: bool = False
     # R1-Zero's prompt frame, applied to every problem (train and held-out): a system message with
     # the instruction, and text the response starts with (e.g. "<think>"), scored as part of it
     system_prompt: str = ""

@@ -185,11 +185,18 @@ def _eval_problems(req: EvalRequest, cfg: RunConfig):
     """--data: a file of problems, or a generated family (rg:leg_counting) whose held-out split is
     generated with the config's data seed and difficulty (--limit of them, else data.eval_size)."""
     from r1lab.records import load_problems
+    from r1lab.stages import frame_problem
     from r1lab.tasks import TASKS, generate_splits
 
     if TASKS.makes(req.data) and not Path(req.data).exists():
-        return generate_splits([req.data], 0, req.limit or cfg.data.eval_size, cfg.data.difficulty, cfg.data.seed)[1]
-    return load_problems(req.data)
+        problems = generate_splits([req.data], 0, req.limit or cfg.data.eval_size, cfg.data.difficulty, cfg.data.seed)[1]
+    else:
+        problems = load_problems(req.data)
+    # the config's prompt frame, as on its own held-out split: a model trained in a frame is scored in it
+    d = cfg.data
+    if d.system_prompt or d.response_prefix:
+        problems = [frame_problem(p, d.system_prompt, d.response_prefix) for p in problems]
+    return problems
 
 
 def _safety_eval(cfg: RunConfig, req: EvalRequest) -> None:

@@ -125,9 +125,11 @@ def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
             pairs.append((p, get_task(p.metadata["family"]).teacher_trace(p)))
     verdicts = verify_batch([p for p, _ in pairs], [r for _, r in pairs],
                             timeout=cfg.reward.verify_timeout, workers=cfg.reward.verify_workers)
-    sft = [pair for pair, v in zip(pairs, verdicts) if v.correct]
+    unverified = sum(not v.correct for v in verdicts)
+    sft = pairs if d.keep_unverified_sft else [pair for pair, v in zip(pairs, verdicts) if v.correct]
     report["sft_traces"] = len(pairs)
     report["sft_traces_dropped_unverified"] = len(pairs) - len(sft)
+    report["sft_traces_kept_unverified"] = unverified if d.keep_unverified_sft else 0
     # RL prompts are the training problems not used for SFT when there are enough of them
     rl_pool = train[d.sft_size:] if len(train) - d.sft_size >= max(64, d.train_size // 4) else train
     curriculum = None
@@ -151,8 +153,10 @@ def prepare_data(cfg: RunConfig, run: RunDir | None = None, log=print) -> Data:
         save_problems(run.file("data/train.jsonl"), rl_pool)
         save_problems(run.file("data/eval.jsonl"), held)
         save_problems(run.file("data/sft.jsonl"), [Problem(**{**p.to_dict(), "metadata": {**p.metadata, "response": r}}) for p, r in sft])
-    log(f"data: {len(rl_pool)} RL prompts, {len(sft)} verified SFT traces, {len(held)} held-out problems "
-        f"({report['dropped_contaminated']} contaminated and {report['sft_traces_dropped_unverified']} unverified dropped)")
+    log(f"data: {len(rl_pool)} RL prompts, {len(sft)} {'' if d.keep_unverified_sft else 'verified '}SFT traces, "
+        f"{len(held)} held-out problems "
+        f"({report['dropped_contaminated']} contaminated and {report['sft_traces_dropped_unverified']} unverified dropped"
+        + (f"; {unverified} unverified SFT traces KEPT: data.keep_unverified_sft" if d.keep_unverified_sft else "") + ")")
     return Data(rl_pool, held, sft, report, curriculum)
 
 

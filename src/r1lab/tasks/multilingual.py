@@ -117,22 +117,29 @@ class WordArithmetic(TaskFamily):
         for _ in range(difficulty):
             value, op, b = Arithmetic._step(rng, value)
             steps.append([op, b])
+        return self.told(start, steps, str(value))
+
+    def told(self, start: int, steps: list[list], answer: str, id: str = "") -> Problem:
+        """The chain `start`, then each [op, operand] of `steps`, told in this family's language."""
+        t = _TEMPLATES[self.language]
         sentences = [t["start"].format(n=number_words(start, self.language))]
         sentences += [t[op].format(n=number_words(b, self.language)) for op, b in steps]
         joiner = "" if self.language in ("zh", "ja") else " "
-        return Problem(id="", prompt=joiner.join([*sentences, t["ask"]]), answer=str(value), task=self.task,
-                       metadata={"language": self.language, "start": start, "steps": steps})
+        return Problem(id=id, prompt=joiner.join([*sentences, t["ask"]]), answer=answer, task=self.task,
+                       metadata={"language": self.language, "start": start, "steps": [list(s) for s in steps]})
+
+    def translate(self, problem: Problem) -> Problem:
+        """A word-arithmetic problem of any language told in this family's language: the same
+        mathematics and answer (a parallel held-out set compares languages on equal problems)."""
+        start, steps = _chain(problem)
+        return self.told(start, steps, problem.answer, id=f"{problem.id}-{self.language}")
 
     def dedupe_key(self, problem: Problem) -> str:
         return f"arithmetic {problem.metadata.get('start')} {problem.metadata.get('steps')}"
 
     def teacher_trace(self, problem: Problem) -> str:
         """The lead sentence, then per operation its sentence and the step: `Add three: 7 + 3 = 10`."""
-        start, steps = problem.metadata.get("start"), problem.metadata.get("steps")
-        if not (isinstance(start, int) and isinstance(steps, list) and all(
-                isinstance(s, list) and len(s) == 2 and s[0] in ("+", "-", "*") and isinstance(s[1], int)
-                for s in steps)):
-            raise ValueError(f"problem {problem.id!r}: metadata has no 'start' and 'steps' to write a trace from")
+        start, steps = _chain(problem)
         t = _TEMPLATES[self.language]
         colon = "：" if self.language in ("zh", "ja") else ": "
         expr, lines = str(start), [t["lead"]]
@@ -142,6 +149,16 @@ class WordArithmetic(TaskFamily):
             said = t[op].format(n=number_words(b, self.language)).rstrip(_CLOSING)
             lines.append(f"{said}{colon}{worked[-1]}")
         return format_trace(lines, format_number(value) if steps else str(start))
+
+
+def _chain(problem: Problem) -> tuple[int, list]:
+    """The start and [op, operand] steps of a word-arithmetic problem, or a ValueError naming the problem."""
+    start, steps = problem.metadata.get("start"), problem.metadata.get("steps")
+    if not (isinstance(start, int) and not isinstance(start, bool) and isinstance(steps, list) and all(
+            isinstance(s, list) and len(s) == 2 and s[0] in ("+", "-", "*") and isinstance(s[1], int)
+            and not isinstance(s[1], bool) and s[1] >= 0 for s in steps) and start >= 0):
+        raise ValueError(f"problem {problem.id!r}: metadata has no valid 'start' and 'steps' (a word-arithmetic chain)")
+    return start, steps
 
 
 class WordCountdown(Countdown):
