@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--rl-steps", type=int, default=20)
     ap.add_argument("--modes", nargs="+", default=list(MODES))
     ap.add_argument("--sft-from", default="", help="an SFT checkpoint per seed: a format string with {seed}")
+    ap.add_argument("--no-eval", action="store_true", help="throughput only (the timed, exclusive part)")
     ap.add_argument("--out", default="benchmarks/results/async_speed")
     ap.add_argument("--runs", default="/tmp/r1lab-async-speed")
     ap.add_argument("overrides", nargs="*")
@@ -101,7 +102,8 @@ def main() -> None:
             wall = time.time() - t
             m = [r for r in read_metrics(rl_run.file("metrics.jsonl")) if r["step"] > 0]
             key = f"avg@{cfg.eval.n}"
-            acc = run_eval(cfg, rl_model, rl_tok, rl_data.eval, None, mode, show_progress=False).summary[key]
+            acc = (float("nan") if args.no_eval else
+                   run_eval(cfg, rl_model, rl_tok, rl_data.eval, None, mode, show_progress=False).summary[key])
             steady = [r["time/step"] for r in m[2:]]
             spans = read_timeline(rl_run.file("timeline.jsonl"))
             busy = lambda who, what: sum(s["t1"] - s["t0"] for s in spans if s["who"] == who and s["what"] == what)  # noqa: E731

@@ -198,7 +198,9 @@ class RLTrainer:
                             else:
                                 self.engine.load_weights(iter(weights), version)
                     col = self._collect_step(sampler, j)
-                buffer.put(j, col, min(_oldest_version(c) for c in col.completions))
+                # the sampler's metrics as this batch left it (the trainer reads them later, when the
+                # producer may have drawn further)
+                buffer.put(j, (col, sampler_metrics(sampler)), min(_oldest_version(c) for c in col.completions))
         except Closed:
             return
         except BaseException as e:  # noqa: BLE001 -- handed to the trainer, which raises it
@@ -298,12 +300,12 @@ class RLTrainer:
             if self._producer is None:
                 self._start_producer(sampler)
             with self.timeline.span("trainer", "wait", self.step):
-                col, waited = self.buffer.take(self.step, version)                   # sampled ahead
+                (col, sampled), waited = self.buffer.take(self.step, version)      # sampled ahead
             off_policy = {"time/sample_wait": waited, **self._staleness_metrics(col.completions, version)}
         else:
             col = self._collect_step(sampler, self.step)                        # sample, score
+            sampled = sampler_metrics(sampler)
         t1 = time.time()
-        sampled = sampler_metrics(sampler)
         staleness = [version - _oldest_version(c) for c in col.completions]
         with self.timeline.span("trainer", "train", self.step):
             batch = self.make_batch(col.completions, col.rewards, col.group_index)  # estimate
