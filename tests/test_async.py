@@ -191,13 +191,16 @@ def test_a_partial_rollout_run_keeps_the_bound_and_says_how_many_samples_mixed_v
 
 # -- partial rollouts in the engine ----------------------------------------------------------------
 
+@pytest.mark.numerics  # float64 recomputation against the engine: tests/numerics.py runs it under other kernels
 def test_weights_loaded_mid_generation_stamp_each_token_with_its_version_and_its_logprob(lively):
     """The weights change after the third token boundary: every sequence still running continues
     under the new version, its cache recomputed; each token's recorded log-prob is that of the
     version that sampled it, given its prefix, recomputed here in float64 by a full forward of the
-    model with that version's weights. The engine computes in float32 (rounding 6e-8 relative per
-    operation): over this model's two layers of 64-wide sums the log-probs of tokens ~5 nats deep
-    agree to ~1e-5; 1e-4 leaves a factor of ten for the kernels' other summation orders."""
+    model with that version's weights. The engine computes in float32 (6e-8 relative per rounding);
+    this model's large random weights give logits of tens of nats, so its log-probs sit 2e-5 (version
+    0) to 6e-5 (version 1, larger weights) from float64 on this host. 1e-3 leaves a factor of 15 for
+    other hosts' summation orders (tests/numerics.py) and is far below what it guards against: had
+    the cache kept the old version's keys and values, the version-1 tokens would be off by ~17 nats."""
     from r1lab.rollout.snapshot import SnapshotEngine
 
     live, tok = copy.deepcopy(lively[0]), lively[1]
@@ -235,7 +238,7 @@ def test_weights_loaded_mid_generation_stamp_each_token_with_its_version_and_its
             P = len(c.prompt_ids)
             for i, (t, v) in enumerate(zip(c.response_ids, c.token_versions)):
                 if v == version:
-                    assert c.logprobs[i] == pytest.approx(float(lp[P + i - 1, t]), abs=1e-4), (i, v)
+                    assert c.logprobs[i] == pytest.approx(float(lp[P + i - 1, t]), abs=1e-3), (i, v)
     # without the interrupt the same call samples every token from version 1's weights (loaded now)
     snap.interrupt_with(None)
     again = snap.generate(problems(2), params, n=3, seed=11)
