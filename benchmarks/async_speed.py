@@ -8,7 +8,8 @@ from that checkpoint, each for --rl-steps steps on the same prompts:
   sync      cluster.off_policy_steps=0: sample, then train, one thread
   k1        cluster.off_policy_steps=1: the producer thread samples the next batch while this trains
   k2+partial  cluster.off_policy_steps=2, cluster.partial_rollouts=true: the producer up to two
-            steps ahead, taking new weights mid-generation
+            steps ahead, taking new weights mid-generation (k2: the same without partial rollouts,
+            for engines other than the fast one)
 OMP_NUM_THREADS=1 makes each thread's torch work run on that thread alone, so the producer and the
 trainer use one core each (the synchronous run uses one core). Writes results.json and
 timeline.png (the three runs of the first seed) to --out, and prints a markdown table: steps per
@@ -39,6 +40,7 @@ from r1lab.train.timeline import read_timeline  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "demo.yaml"
 MODES = {"sync": ["cluster.off_policy_steps=0"], "k1": ["cluster.off_policy_steps=1"],
+         "k2": ["cluster.off_policy_steps=2"],
          "k2+partial": ["cluster.off_policy_steps=2", "cluster.partial_rollouts=true"]}
 
 
@@ -67,7 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--rl-steps", type=int, default=20)
-    ap.add_argument("--modes", nargs="+", default=list(MODES))
+    ap.add_argument("--modes", nargs="+", default=["sync", "k1", "k2+partial"], choices=list(MODES))
     ap.add_argument("--sft-from", default="", help="an SFT checkpoint per seed: a format string with {seed}")
     ap.add_argument("--no-eval", action="store_true", help="throughput only (the timed, exclusive part)")
     ap.add_argument("--out", default="benchmarks/results/async_speed")
