@@ -198,9 +198,10 @@ class RLTrainer:
                             else:
                                 self.engine.load_weights(iter(weights), version)
                     col = self._collect_step(sampler, j)
-                # the sampler's metrics as this batch left it (the trainer reads them later, when the
-                # producer may have drawn further)
-                buffer.put(j, (col, sampler_metrics(sampler)), min(_oldest_version(c) for c in col.completions))
+                # the sampler's metrics and the engine's cluster/* counters as this batch left them (the
+                # trainer reads them later, when the producer may have gone on)
+                cluster = {k: v for k, v in self.engine.stats.items() if k.startswith("cluster/")}
+                buffer.put(j, (col, {**sampler_metrics(sampler), **cluster}), min(_oldest_version(c) for c in col.completions))
         except Closed:
             return
         except BaseException as e:  # noqa: BLE001 -- handed to the trainer, which raises it
@@ -325,7 +326,7 @@ class RLTrainer:
             "staleness/mean": sum(staleness) / len(staleness),
             **off_policy,
             "time/collect": t1 - t0,  # the controller's wait for this step's batch (0 when prefetched)
-            **{k: v for k, v in self.engine.stats.items() if k.startswith("cluster/")},
+            **({k: v for k, v in self.engine.stats.items() if k.startswith("cluster/")} if self.buffer is None else {}),
             **({k: v for k, v in self.score.stats.items()} if self.score is not None else {}),
             "time/reference": t2 - t1,  # old-policy, reference and critic forwards
             "time/train": t3 - t2,
