@@ -153,6 +153,10 @@ def test_a_k2_run_trains_on_samples_at_most_two_versions_old(k2_run):
     gen1 = next(s for s in spans if s["what"] == "generate" and s["step"] == 1)
     train0 = next(s for s in spans if s["what"] == "train" and s["step"] == 0)
     assert gen1["t0"] < train0["t1"]
+    from r1lab.plots import plot_timeline
+
+    png = plot_timeline({"k2": spans}, path / "timeline.png", "k2")
+    assert png.stat().st_size > 1000
 
 
 def test_a_k2_run_resumed_after_a_crash_draws_the_prompts_the_whole_run_drew(k2_run, lively, tmp_path):
