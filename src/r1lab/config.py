@@ -469,8 +469,11 @@ class ClusterConfig:
     verifiers, each taking a share of every generate / score call (cluster/). placement: on GPUs,
     "colocated" shares the trainer's GPUs with the rollout actors (0.5 GPU per actor), "split" gives
     each rollout actor a GPU of its own; on a CPU-only cluster both ask Ray for one CPU per actor.
-    off_policy_steps 1: the next batch is sampled (from the weights before this step's update)
-    while this one trains."""
+    off_policy_steps K >= 1: a rollout producer samples ahead of the trainer, in a thread of the
+    controller, while the trainer trains; the batch of step j is sampled from policy version j - K
+    (never older: the producer waits), so K = 1 samples the next batch from the weights before this
+    step's update. partial_rollouts: the producer takes each new version as soon as it is published,
+    in the middle of a generation (the fast engine in the controller's process only)."""
 
     trainer_workers: int = setting(0, ge=0)  # processes of the sharded trainer; 0 = the local trainer
     backend: str = setting("gloo", choices="r1lab.cluster:BACKENDS")  # torch.distributed backend of the group: gloo (CPU) | nccl (one GPU per worker)
@@ -478,7 +481,8 @@ class ClusterConfig:
     reward_workers: int = setting(0, ge=0)  # Ray actors that verify and score; 0 = the verifier pools of the controller
     placement: str = setting("colocated", choices="r1lab.cluster:PLACEMENTS")  # colocated | split: whether rollout actors share GPUs with the trainer
     ray_address: str = ""  # "" = start a local Ray cluster when a Ray worker is asked for; else connect to it
-    off_policy_steps: int = setting(0, ge=0, le=1)  # 0 = synchronous; 1 = sample batch t+1 while batch t trains (more is not implemented)
+    off_policy_steps: int = setting(0, ge=0)  # 0 = synchronous; K = samples at most K policy versions old, sampled while the trainer trains
+    partial_rollouts: bool = False  # with off_policy_steps >= 1: generation in flight loads each new version at a token boundary
     max_retries: int = setting(2, ge=0)  # a failed rollout / reward call: its actor replaced and the call run again, this often
     timeout_s: float = setting(600.0, gt=0)  # longest wait on a worker (start-up or one call) before the run stops
     launcher: str = setting("local", choices="r1lab.cluster:LAUNCHERS")  # how the trainer workers start: local (processes of this machine) | ray (Ray actors)

@@ -247,3 +247,37 @@ def plot_scaling(points: Sequence[dict[str, Any]], path: str | Path, title: str 
     if title:
         ax.set_title(title, fontsize=10)
     return save_figure(fig, path)
+
+
+TIMELINE_COLORS = {"generate": "tab:blue", "train": "tab:orange", "sync": "tab:red", "wait": "0.85"}
+
+
+def plot_timeline(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path, title: str = "",
+                  window: tuple[float, float] | None = None) -> Path:
+    """One panel per run (train/timeline.py spans): a row per thread (trainer, producer), a bar per
+    span coloured by what it was (generate, train, sync, wait), against wall time. `window`
+    (t0, t1) shows that part of each run's time."""
+    fig, axes = plt.subplots(len(runs), 1, figsize=(11, 1.25 + 1.0 * len(runs)), squeeze=False, sharex=True)
+    for ax, (name, spans) in zip(axes[:, 0], runs.items()):
+        rows = [w for w in ("trainer", "producer") if any(s["who"] == w for s in spans)]
+        for y, who in enumerate(rows):
+            for s in spans:
+                if s["who"] != who or (window and (s["t1"] < window[0] or s["t0"] > window[1])):
+                    continue
+                ax.barh(y, s["t1"] - s["t0"], left=s["t0"], height=0.7 if s["what"] != "sync" else 0.9,
+                        color=TIMELINE_COLORS.get(s["what"], "0.5"), edgecolor="none")
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    if window:
+        axes[-1, 0].set_xlim(*window)
+    axes[-1, 0].set_xlabel("wall time (s)")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label=k) for k, c in TIMELINE_COLORS.items()]
+    fig.legend(handles=handles, loc="lower right", ncol=4, fontsize=8, bbox_to_anchor=(1.0, 0.0))
+    if title:
+        fig.suptitle(title, fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    return save_figure(fig, path)

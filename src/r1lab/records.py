@@ -123,7 +123,10 @@ class Completion:
     reward: float = 0.0
     verdict: Verdict | None = None
     token_count: int | None = None  # response length in tokens where response_ids are unknown (endpoints)
-    policy_version: int = 0  # the policy weights' version (optimizer steps) the engine sampled with
+    policy_version: int = 0  # the policy weights' version (optimizer steps) the engine sampled with (the first, under partial rollouts)
+    # partial rollouts: per response token, the policy version that sampled it (weights changed
+    # mid-generation); None: every token came from policy_version
+    token_versions: list[int] | None = None
     think_tokens: int | None = None  # thinking tokens, where budget forcing counted them (eval/budget.py)
     # per response token: 1 = sampled by the model (carries loss), 0 = inserted by an environment (a
     # tool's output, a chat template's turn markers; its `logprobs` entry is 0.0). None: every token

@@ -348,7 +348,10 @@ def run_rl(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progr
         engine.close()
     merge_lora(lora, model)
     save_model(model, tokenizer, run.checkpoint("rl"))
-    plot_curves(read_metrics(run.file("metrics.jsonl")), RL_PANELS, run.file("plots/rl.png"), f"RL ({cfg.algo.advantage})")
+    k = cfg.cluster.off_policy_steps  # an asynchronous run: how old its samples were
+    stale = {"staleness (share of samples k steps behind)": [f"staleness/hist/{i}" for i in range(k + 1)]} if k else {}
+    plot_curves(read_metrics(run.file("metrics.jsonl")), {**RL_PANELS, **stale}, run.file("plots/rl.png"),
+                f"RL ({cfg.algo.advantage})")
     return history
 
 

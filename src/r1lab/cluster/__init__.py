@@ -44,6 +44,13 @@ def check_cluster(cfg: RunConfig) -> None:
         if builtin := sorted(set(asks) & {"CPU", "GPU", "memory", "object_store_memory"}):
             raise ConfigError(f"cluster.{role}_resources: {builtin[0]!r} is Ray's own resource, which r1lab sets "
                               "(custom resources only, e.g. {trainer_node: 1})")
+    if c.partial_rollouts and c.off_policy_steps < 1:
+        raise ConfigError("cluster.partial_rollouts needs cluster.off_policy_steps >= 1 (a synchronous run has no "
+                          "weights arriving mid-generation)")
+    if c.partial_rollouts and (c.rollout_workers > 0 or cfg.rollout.engine != "fast"):
+        where = f"cluster.rollout_workers={c.rollout_workers}" if c.rollout_workers > 0 else f"rollout.engine={cfg.rollout.engine}"
+        raise ConfigError(f"cluster.partial_rollouts: {where}; partial rollouts run in the fast engine in the "
+                          "controller's process only (rollout.engine: fast, cluster.rollout_workers: 0)")
     if uses_ray(cfg) and importlib.util.find_spec("ray") is None:
         field = "rollout_workers" if c.rollout_workers > 0 else "reward_workers"
         raise ConfigError(f"cluster.{field}={getattr(c, field)}: Ray is not installed (pip install 'r1lab[ray]')")
@@ -51,16 +58,18 @@ def check_cluster(cfg: RunConfig) -> None:
 
 def with_off_policy_correction(cfg: RunConfig) -> RunConfig:
     """cfg with the off-policy correction on when samples come from an older policy
-    (off_policy_steps 1) and the user chose none: truncated importance sampling ("tis", cap 2)
+    (off_policy_steps >= 1) and the user chose none: truncated importance sampling ("tis", cap 2)
     against the behaviour policy's log-probs, which the engine reports. Says so in the log."""
-    if cfg.cluster.off_policy_steps < 1:
+    k = cfg.cluster.off_policy_steps
+    if k < 1:
         return cfg
+    old = "one policy version old" if k == 1 else f"up to {k} policy versions old"
     if cfg.algo.correction:
-        log.warning("cluster.off_policy_steps=%d: samples are one policy version old; correcting with "
-                    "algo.correction=%s", cfg.cluster.off_policy_steps, cfg.algo.correction)
+        log.warning("cluster.off_policy_steps=%d: samples are %s; correcting with algo.correction=%s",
+                    k, old, cfg.algo.correction)
         return cfg
-    log.warning("cluster.off_policy_steps=%d: samples are one policy version old; algo.correction=tis "
-                "(truncated importance weights min(pi_old / pi_behaviour, 2)) is on by default", cfg.cluster.off_policy_steps)
+    log.warning("cluster.off_policy_steps=%d: samples are %s; algo.correction=tis "
+                "(truncated importance weights min(pi_old / pi_behaviour, 2)) is on by default", k, old)
     return dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, correction="tis"))
 
 

@@ -229,6 +229,10 @@ class FastEngine(LiveModelEngine):
         self._rope_len = 0
         self.stats: dict[str, float] = {}
         self._fallback = None
+        # partial rollouts: called at every token boundary of a `generate`; when it has put newer
+        # weights into `model` it returns their version, and the sequences in flight continue under
+        # them (their caches recomputed), each token recording the version that sampled it
+        self.interrupt: Callable[[], int | None] | None = None
 
     # -- weights and rope tables --------------------------------------------------------------------
 
@@ -452,6 +456,9 @@ class FastEngine(LiveModelEngine):
         logits = torch.zeros((0, W.vocab))
         out_tok: dict[tuple[int, int], list[int]] = {}
         out_lp: dict[tuple[int, int], list[float]] = {}
+        out_ver: dict[tuple[int, int], list[int]] = {}  # the policy version that sampled each token
+        version = self.policy_version
+        swaps = 0
         finish: dict[tuple[int, int], str] = {}
         stop_cut: dict[tuple[int, int], int] = {}  # text length to keep for a stop-string finish
         refill_min = max(1, int(S * self.refill_fraction))
@@ -472,7 +479,7 @@ class FastEngine(LiveModelEngine):
                 sample_no = torch.cat([sample_no, torch.tensor([first_sample + i * n + s for i, s in new])])
                 slot_job += new
                 for j in new:
-                    out_tok[j], out_lp[j] = [], []
+                    out_tok[j], out_lp[j], out_ver[j] = [], [], []
             if not slot_job:
                 break
             u = sample_uniforms(seed, sample_no, pos - start) if params.temperature > 0 else None
@@ -484,6 +491,7 @@ class FastEngine(LiveModelEngine):
             for s, (j, t, l, d) in enumerate(zip(slot_job, tok.tolist(), lp.tolist(), done.tolist())):
                 out_tok[j].append(t)
                 out_lp[j].append(l)
+                out_ver[j].append(version)
                 if d:
                     finish[j] = "stop"
                 elif stop_strings and (cut := stop_string_end(self.tokenizer, out_tok[j], stop_strings)) is not None:
@@ -500,14 +508,28 @@ class FastEngine(LiveModelEngine):
                     on_batch(int(done.sum()))
             if not slot_job and not waiting:
                 break
+            if slot_job and self.interrupt is not None and (newer := self.interrupt()) is not None:
+                W, version, swaps = self._weights(), newer, swaps + 1
+                self.policy_version = newer
+                self._recompute_cache(W, cache, encoded, slot_job, out_tok)
             if slot_job:
                 logits = decode(W, cache, tok, pos)
                 decoded_tokens += len(slot_job)
                 pos = pos + 1
             else:
                 logits = logits[:0]
-        self.stats = {"slots": S, "decoded_tokens": decoded_tokens, "kernels": "c" if self._kernels is not None else "torch"}
-        return self._completions(encoded, n, out_tok, out_lp, finish, stop_cut)
+        self.stats = {"slots": S, "decoded_tokens": decoded_tokens, "kernels": "c" if self._kernels is not None else "torch",
+                      **({"weight_swaps": swaps} if self.interrupt is not None else {})}
+        return self._completions(encoded, n, out_tok, out_lp, finish, stop_cut,
+                                 out_ver if self.interrupt is not None else None)
+
+    def _recompute_cache(self, W: _Packed, cache: torch.Tensor, encoded, slot_job, out_tok) -> None:
+        """The K/V of every live slot's prompt and tokens so far but the last (which the next decode
+        step writes), under the weights W: each later token is then sampled from exactly the new
+        version's distribution given its prefix, as the trainer recomputes it."""
+        seqs = [encoded[i].ids + out_tok[(i, s)][:-1] for i, s in slot_job]
+        idx = torch.arange(len(seqs))
+        self._prefill(W, cache, seqs, idx, idx)
 
     @staticmethod
     def _compact(cache: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
@@ -523,7 +545,7 @@ class FastEngine(LiveModelEngine):
             keep[holes] = movers
         return keep
 
-    def _completions(self, encoded, n, out_tok, out_lp, finish, stop_cut) -> list[Completion]:
+    def _completions(self, encoded, n, out_tok, out_lp, finish, stop_cut, out_ver=None) -> list[Completion]:
         completions = []
         for i, e in enumerate(encoded):
             for s in range(n):
@@ -536,5 +558,6 @@ class FastEngine(LiveModelEngine):
                 completions.append(Completion(
                     problem_id=e.problem_id, prompt_ids=list(e.ids), response_ids=ids, text=e.prefill + text,
                     logprobs=out_lp[(i, s)], finish_reason=reason,
+                    token_versions=out_ver[(i, s)] if out_ver is not None else None,
                 ))
         return completions

@@ -15,18 +15,24 @@ The controller talks to two interfaces only: an `Engine` (rollout/base.py) that 
 `PolicyWorker` (train/policy.py) that holds the models and updates them. Methods differ by
 registered functions and their settings (train/methods.py), never by a branch on a method's name.
 
-With cluster.off_policy_steps=1 the sampling and scoring of step t+1 runs in a background thread,
-from the weights the policy had before step t's update, while step t trains; the weights are synced
-once both are done. Each sample carries the policy version it came from; `staleness` (the trainer's
-version minus the oldest sample's) is 0 at the first step and 1 after. An engine that samples the
-trainer's own model gets a private copy of it (rollout/snapshot.py) so the update cannot change the
-weights under the sampler.
+With cluster.off_policy_steps=K >= 1 a producer thread samples and scores the batches of the coming
+steps while the trainer trains, K steps ahead at most: the batch of step j comes from the weights
+after step j - K (train/async_buffer.py: the producer waits for them; nothing is dropped). After each
+update the trainer publishes the new weights there and goes on; the producer loads them before its
+next batch, or, with cluster.partial_rollouts, at the next token boundary of the generation in flight
+(each token then records the version that sampled it, and its log-prob is that version's). Each
+sample carries the policy version it came from; `staleness` (the trainer's version minus the oldest
+sample's) and its histogram per step are logged. An engine that samples the trainer's own model gets
+a private copy of it (rollout/snapshot.py) so the update cannot change the weights under the sampler.
+Where the wall time goes, per thread, is written to timeline.jsonl (train/timeline.py).
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +47,7 @@ from r1lab.records import Completion, Problem
 from r1lab.rollout import build_engine
 from r1lab.rollout.base import Engine, LiveModelEngine, SamplingParams
 from r1lab.runs import MetricsWriter
+from r1lab.train.async_buffer import Closed, RolloutBuffer
 from r1lab.train.batch import RolloutBatch, rollout_batch, update_plan
 from r1lab.train.checkpoint import save_state
 from r1lab.train.collect import Collected, collect
@@ -50,6 +57,9 @@ from r1lab.train.policy import LocalPolicyWorker, PolicyWorker
 from r1lab.train.prm import ImplicitPRM
 from r1lab.train.sampler import PromptSampler, scheduled
 from r1lab.train.step_metrics import batch_metrics, hack_metrics, sample_metrics, sampler_metrics
+from r1lab.train.timeline import Timeline
+
+PRODUCER = "r1lab-producer"  # the producer thread's name
 
 
 class RLTrainer:
@@ -68,22 +78,34 @@ class RLTrainer:
         if cfg.cluster.rollout_workers > 0 and not _is_rollout_group(engine):
             raise ConfigError("cluster.rollout_workers > 0: the engine must be the Ray rollout group "
                               "(r1lab.train.rl.rl_engine builds it)")
-        if cfg.cluster.off_policy_steps > 0 and isinstance(engine, LiveModelEngine):
-            from r1lab.rollout.snapshot import SnapshotEngine
+        from r1lab.rollout.snapshot import SnapshotEngine
 
+        if cfg.cluster.off_policy_steps > 0 and isinstance(engine, LiveModelEngine):
             # the background sampler must not see the update change the weights under it
             engine = SnapshotEngine(model, lambda m: build_engine(m, tokenizer, cfg.rollout))
             self._owned.append(engine)
+        if cfg.cluster.partial_rollouts:
+            from r1lab.rollout.fast import FastEngine
+
+            if not (isinstance(engine, SnapshotEngine) and isinstance(engine.engine, FastEngine)) or is_episodic(cfg):
+                raise ConfigError(f"cluster.partial_rollouts: the engine is {type(getattr(engine, 'engine', engine)).__name__}"
+                                  f"{' with multi-turn episodes' if is_episodic(cfg) else ''}; partial rollouts need the "
+                                  "fast engine in the controller's process, one-turn rollouts, cluster.off_policy_steps >= 1")
         self.engine = engine
+        self.snapshot = isinstance(engine, SnapshotEngine)  # the producer samples a private copy of the model
         self.score = None  # compute_rewards in this process
         if cfg.cluster.reward_workers > 0:
             from r1lab.cluster.reward_group import RayRewardGroup
 
             self.score = RayRewardGroup(cfg)
             self._owned.append(self.score)
-        self._background = ThreadPoolExecutor(1, thread_name_prefix="r1lab-sample") if cfg.cluster.off_policy_steps else None
-        self._sampling: Future | None = None  # the next step's collection, running in the background
-        self._next: Collected | None = None  # ... and its result, once the update has waited for it
+        self.buffer: RolloutBuffer | None = None  # off-policy: where the producer leaves its batches
+        self._producer: threading.Thread | None = None
+        # the producer holds this while it loads weights or samples: an engine shared with eval
+        # (not a private snapshot) is not used by both at once
+        self._engine_lock = threading.Lock()
+        self.timeline = Timeline()
+        self._span_step = threading.local()  # the step each thread is sampling for, for the timeline
         if policy is None and cfg.cluster.trainer_workers > 0:
             from r1lab.train.distributed import PolicyWorkerGroup
 
@@ -111,10 +133,12 @@ class RLTrainer:
         """group_size completions per prompt from the engine (or episodes, each one Completion),
         each stamped with the policy version."""
         version = self.engine.policy_version
-        if episodes is not None:
-            completions = episodes.rollout(prompts, seed)
-        else:
-            completions = self.engine.generate(prompts, params or self.params, n=self.cfg.train.group_size, seed=seed)
+        who = "producer" if threading.current_thread().name == PRODUCER else "trainer"
+        with self.timeline.span(who, "generate", getattr(self._span_step, "step", self.step)):
+            if episodes is not None:
+                completions = episodes.rollout(prompts, seed)
+            else:
+                completions = self.engine.generate(prompts, params or self.params, n=self.cfg.train.group_size, seed=seed)
         for c in completions:
             c.policy_version = version
         return completions
@@ -139,7 +163,77 @@ class RLTrainer:
         """Step `step`'s batch: its curriculum stage, seeds and sampling settings."""
         if self.cfg.train.curriculum:
             sampler.set_stage(scheduled(self.cfg.train.curriculum, step, min(sampler.pools)))
+        self._span_step.step = step
         return self.collect(sampler, seed_step=step, params_step=step)
+
+    # -- the producer (off_policy_steps >= 1) ------------------------------------------------------
+
+    def _start_producer(self, sampler: PromptSampler) -> None:
+        c = self.cfg.cluster
+        self.buffer = RolloutBuffer(c.off_policy_steps, self.step, self.policy.version,
+                                    self.cfg.train.ppo_epochs * self.cfg.train.mini_batches, c.timeout_s)
+        self.buffer.publish(self.policy.version, None)  # the engine holds these weights already
+        if c.partial_rollouts:
+            def on_swap(version: int, t0: float, t1: float) -> None:
+                self.timeline.add("producer", "sync", getattr(self._span_step, "step", -1), t0, t1)
+
+            self.engine.interrupt_with(lambda: self.buffer.newer(self.engine.policy_version), on_swap)
+        self._producer = threading.Thread(target=self._produce, args=(sampler, self.step), name=PRODUCER, daemon=True)
+        self._producer.start()
+
+    def _produce(self, sampler: PromptSampler, first: int) -> None:
+        """Sample and score the batches of steps first .. train.steps - 1 in order, each from the
+        weights the buffer allows (exactly K steps old, or the newest with partial rollouts)."""
+        buffer, partial = self.buffer, self.cfg.cluster.partial_rollouts
+        try:
+            for j in range(first, self.cfg.train.steps):
+                buffer.begin(j, copy.deepcopy(sampler.state_dict()))
+                with self.timeline.span("producer", "wait", j):
+                    version, weights = buffer.weights_for(j, freshest=partial)
+                with self._engine_lock:
+                    if version != self.engine.policy_version:
+                        with self.timeline.span("producer", "sync", j):
+                            if self.snapshot:
+                                self.engine.load_params(weights, version)
+                            else:
+                                self.engine.load_weights(iter(weights), version)
+                    col = self._collect_step(sampler, j)
+                # the sampler's metrics and the engine's cluster/* counters as this batch left them (the
+                # trainer reads them later, when the producer may have gone on)
+                cluster = {k: v for k, v in self.engine.stats.items() if k.startswith("cluster/")}
+                buffer.put(j, (col, {**sampler_metrics(sampler), **cluster}), min(_oldest_version(c) for c in col.completions))
+        except Closed:
+            return
+        except BaseException as e:  # noqa: BLE001 -- handed to the trainer, which raises it
+            buffer.fail(e)
+
+    def _publish(self) -> None:
+        """The new weights to the producer: a copy the update cannot change (the live model's
+        parameters for a snapshot engine, else the engine weights, adapters merged)."""
+        weights = self.policy.engine_weights()  # a trainer group loads the controller's copy here
+        if self.snapshot:
+            published = self.engine.copy_live()
+        else:
+            published = [(n, t.detach().clone()) for n, t in weights]
+        self.buffer.publish(self.policy.version, published)
+
+    def _stop_producer(self) -> None:
+        if self.buffer is not None:
+            self.buffer.close()
+        if self._producer is not None:
+            self._producer.join(timeout=self.cfg.cluster.timeout_s)
+            self._producer = None
+
+    def sampler_state(self, sampler: PromptSampler) -> dict:
+        """The prompt sampler's state to checkpoint after this step: off-policy, the state before
+        the producer drew the next step's batch (a resumed run draws the same prompts again)."""
+        if self.buffer is None or self.step >= self.cfg.train.steps:
+            return sampler.state_dict()
+        return self.buffer.sampler_state(self.step)
+
+    def engine_quiet(self):
+        """A context in which the producer does not use the engine (eval sharing it)."""
+        return self._engine_lock if self.buffer is not None and not self.snapshot else nullcontext()
 
     # -- estimate ----------------------------------------------------------------------------------
 
@@ -184,33 +278,40 @@ class RLTrainer:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         stats = self.policy.update_critic(batch) if self.policy.has_critic else {}
         stats.update(self.policy.update_policy(batch))
-        if self._sampling is not None:  # the next batch samples the old weights: let it finish first
-            t0 = time.time()
-            self._next, self._sampling = self._sampling.result(), None
-            stats["time/sample_wait"] = stats.get("time/sample_wait", 0.0) + time.time() - t0
-        self.engine.load_weights(self.policy.engine_weights(), self.policy.version)
+        with self.timeline.span("trainer", "sync", self.step):
+            if self.buffer is None:
+                self.engine.load_weights(self.policy.engine_weights(), self.policy.version)
+            elif self.step + 1 < self.cfg.train.steps:
+                self._publish()
+            else:  # the last step: the producer is done; the engine gets the final weights (eval uses them)
+                self._stop_producer()
+                self.engine.load_weights(self.policy.engine_weights(), self.policy.version)
         return stats
 
     # -- one step ----------------------------------------------------------------------------------
 
     def train_step(self, sampler: PromptSampler) -> tuple[dict[str, Any], list[Completion]]:
-        """One step. Off-policy (cluster.off_policy_steps=1), the next step's batch is sampled in the
-        background while this one trains, unless this is the run's last step (train.steps)."""
+        """One step. Off-policy (cluster.off_policy_steps >= 1), the batch comes from the producer,
+        which samples the coming steps' batches while this one trains."""
         cfg = self.cfg
         t0 = time.time()
-        if self._next is not None:  # sampled in the background during the previous step
-            col, self._next = self._next, None
+        version = self.policy.version
+        off_policy: dict[str, float] = {}
+        if cfg.cluster.off_policy_steps > 0:
+            if self._producer is None:
+                self._start_producer(sampler)
+            with self.timeline.span("trainer", "wait", self.step):
+                (col, sampled), waited = self.buffer.take(self.step, version)      # sampled ahead
+            off_policy = {"time/sample_wait": waited, **self._staleness_metrics(col.completions, version)}
         else:
             col = self._collect_step(sampler, self.step)                        # sample, score
+            sampled = sampler_metrics(sampler)
         t1 = time.time()
-        sampled = sampler_metrics(sampler)
-        if self._background is not None and self.step + 1 < cfg.train.steps:
-            self._sampling = self._background.submit(self._collect_step, sampler, self.step + 1)
-        version = self.policy.version
-        staleness = [version - c.policy_version for c in col.completions]
-        batch = self.make_batch(col.completions, col.rewards, col.group_index)  # estimate
-        t2 = time.time()
-        stats = self.update(batch)                                              # update, sync
+        staleness = [version - _oldest_version(c) for c in col.completions]
+        with self.timeline.span("trainer", "train", self.step):
+            batch = self.make_batch(col.completions, col.rewards, col.group_index)  # estimate
+            t2 = time.time()
+            stats = self.update(batch)                                              # update, sync
         t3 = time.time()
         self.step += 1
         m: dict[str, Any] = {
@@ -223,8 +324,9 @@ class RLTrainer:
             **self.prm_stats,
             "staleness": max(staleness),  # policy versions between the trainer and the oldest sample
             "staleness/mean": sum(staleness) / len(staleness),
+            **off_policy,
             "time/collect": t1 - t0,  # the controller's wait for this step's batch (0 when prefetched)
-            **{k: v for k, v in self.engine.stats.items() if k.startswith("cluster/")},
+            **({k: v for k, v in self.engine.stats.items() if k.startswith("cluster/")} if self.buffer is None else {}),
             **({k: v for k, v in self.score.stats.items()} if self.score is not None else {}),
             "time/reference": t2 - t1,  # old-policy, reference and critic forwards
             "time/train": t3 - t2,
@@ -233,12 +335,24 @@ class RLTrainer:
         }
         return m, col.completions
 
+    def _staleness_metrics(self, completions: list[Completion], version: int) -> dict[str, float]:
+        """staleness/hist/k: the share of samples whose oldest token is k steps behind the trainer
+        (k = 0..K); partial rollouts add the share of samples with tokens of several versions and the
+        mean staleness over tokens (in policy versions, as `staleness`)."""
+        per_step = self.cfg.train.ppo_epochs * self.cfg.train.mini_batches
+        K, n = self.cfg.cluster.off_policy_steps, len(completions)
+        steps_behind = [(version - _oldest_version(c)) // per_step for c in completions]
+        m: dict[str, float] = {f"staleness/hist/{k}": sum(s == k for s in steps_behind) / n for k in range(K + 1)}
+        if self.cfg.cluster.partial_rollouts:
+            tokens = [version - v for c in completions for v in (c.token_versions or [c.policy_version] * len(c.response_ids))]
+            m["staleness/tokens_mean"] = sum(tokens) / max(len(tokens), 1)
+            m["partial/mixed_samples"] = sum(len(set(c.token_versions or ())) > 1 for c in completions) / n
+        return m
+
     def close(self) -> None:
-        """Stop the background sampler and the workers this trainer started."""
-        if self._background is not None:
-            if self._sampling is not None:
-                self._sampling.cancel()
-            self._background.shutdown(wait=True)
+        """Stop the producer and the workers this trainer started."""
+        self._stop_producer()
+        self.timeline.close()
         for w in self._owned:
             w.close()
         self._owned = []
@@ -302,13 +416,16 @@ def _train(trainer: RLTrainer, model, tokenizer, train_problems, metrics, sample
     elif trainer.policy.has_critic and cfg.algo.value_pretrain_steps:
         trainer.pretrain_critic(sampler, metrics)
     save_every = cfg.train.save_every if run_path is not None else 0
+    if run_path is not None:
+        trainer.timeline = Timeline(Path(run_path) / "timeline.jsonl", append=resume is not None)
     history = []
     bar = tqdm(range(trainer.step, cfg.train.steps), desc="rl", unit="step", disable=not show_progress,
                dynamic_ncols=True, initial=trainer.step, total=cfg.train.steps)
     for step in bar:
         m, completions = trainer.train_step(sampler)
         if on_eval and cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
-            m.update(on_eval(step + 1))
+            with trainer.engine_quiet():
+                m.update(on_eval(step + 1))
         history.append(m)
         if metrics:
             metrics.write(step + 1, m)
@@ -321,7 +438,7 @@ def _train(trainer: RLTrainer, model, tokenizer, train_problems, metrics, sample
                 samples.write(step + 1, record)
         health.observe(step + 1, m, [c.text for c in completions])
         if save_every and ((step + 1) % save_every == 0 or step + 1 == cfg.train.steps):
-            save_state(run_path, step + 1, {"sampler": sampler.state_dict(), "health": health.state_dict(),
+            save_state(run_path, step + 1, {"sampler": trainer.sampler_state(sampler), "health": health.state_dict(),
                                             **({"prm": trainer.prm.state_dict()} if trainer.prm is not None else {})},
                        cfg.train.keep_checkpoints, policy=trainer.policy)
         bar.set_postfix(reward=f"{m['reward/total']:.3f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response/length']:.0f}")
@@ -329,6 +446,11 @@ def _train(trainer: RLTrainer, model, tokenizer, train_problems, metrics, sample
         start = cfg.init_from or cfg.model.path
         trainer.prm.save(Path(run_path) / "prm", tokenizer, start if Path(start).is_dir() else None)
     return history
+
+
+def _oldest_version(c: Completion) -> int:
+    """The oldest policy version among a sample's tokens (partial rollouts mix versions)."""
+    return min(c.token_versions) if c.token_versions else c.policy_version
 
 
 def rl_engine(cfg: RunConfig, model, tokenizer) -> Engine:
