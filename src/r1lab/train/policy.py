@@ -67,6 +67,7 @@ class PolicyWorker(Protocol):
 class LocalPolicyWorker:
     sharded = False  # one process: state_dict() holds everything
     embedding_grad_in_place = True  # EmbeddingGradInPlace for the input embedding's gradient
+    autocast_cache = True  # torch.autocast's cache: each weight cast to bf16 once per optimizer step
 
     def __init__(self, cfg: RunConfig, model, method: BoundMethod):
         self.cfg = cfg
@@ -112,6 +113,10 @@ class LocalPolicyWorker:
         """Backward of one micro-batch's share of the mini-batch loss."""
         loss.backward()
 
+    def _prefix_backward(self, prefix: SharedPrefix) -> None:
+        """The prompts' gradient, sent back through their forward after the micro-batches' backward."""
+        prefix.backward()
+
     def _clip_grads(self, model, max_norm: float) -> float:
         """The gradient norm of `model`, clipped to max_norm."""
         return grad_norm_clip(model, max_norm)
@@ -133,7 +138,8 @@ class LocalPolicyWorker:
     def autocast(self):
         """bf16 compute for the trainer's forwards (train.bf16); parameters, gradients and the
         optimizer state stay float32 (the master weights), log-softmax runs in float32."""
-        return torch.autocast(model_device(self.model).type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
+        return torch.autocast(model_device(self.model).type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16,
+                              cache_enabled=self.autocast_cache)
 
     def _logprobs(self, model, b: RolloutBatch, with_entropy: bool = False, entropy_grad: bool = True,
                   prefix: SharedPrefix | None = None, idx: torch.Tensor | None = None):
@@ -157,7 +163,13 @@ class LocalPolicyWorker:
                 self._said_no_shared_prefix = True
             return None
         with self.autocast(), trainer_attention():
-            return SharedPrefix.build(model, batch.input_ids, batch.attention_mask, batch.response_mask, rows)
+            return SharedPrefix.build(model, batch.input_ids, batch.attention_mask, batch.response_mask, rows,
+                                      agree=self._prefix_agreement())
+
+    def _prefix_agreement(self) -> Callable[[bool], bool] | None:
+        """How the workers of a group agree to build the prompts' forward together (SharedPrefix.build):
+        None, one process decides alone."""
+        return None
 
     @torch.no_grad()
     def _first_pass(self, fn: Callable[[RolloutBatch, torch.Tensor, SharedPrefix | None], torch.Tensor],
@@ -167,13 +179,14 @@ class LocalPolicyWorker:
         builds them, so this pass and the first update compute the same numbers."""
         out = torch.zeros_like(batch.response_mask)
         for micro in batch.plan[0]:
-            prefix = self._shared_prefix(prefix_model, batch, torch.cat(micro)) if prefix_model is not None else None
             mine, pads = self._share(micro)
+            pad = (mine or micro)[0]  # a padding micro-batch's rows: among the ones the prompts' forward serves
+            prefix = self._shared_prefix(prefix_model, batch, torch.cat(mine or [pad])) if prefix_model is not None else None
             for idx in mine:
                 v = fn(batch.rows(idx), idx, prefix)
                 out[idx, : v.shape[1]] = v.to(out.device)
             for _ in range(pads):
-                fn(batch.rows(micro[0]), micro[0], None)
+                fn(batch.rows(pad), pad, prefix)
         return out * batch.response_mask
 
     def logprobs(self, batch: RolloutBatch, model: str = "policy") -> torch.Tensor:
@@ -210,23 +223,24 @@ class LocalPolicyWorker:
                 mb = torch.cat(micro)
                 num_seqs, num_tokens = len(mb), int(batch.loss_mask[mb].sum())
                 mine, pads = self._share(micro)
+                pad = (mine or micro)[0]  # a padding micro-batch's rows: among the ones the prompts' forward serves
                 self.optimizer.zero_grad(set_to_none=True)
                 # one autocast context per optimizer step: each weight is cast to bf16 once for all
                 # its micro-batches (the cache lives until the outermost context exits), not once each
                 with self.autocast(), EmbeddingGradInPlace(self.model, enabled=self.embedding_grad_in_place):
-                    # each prompt of the mini-batch once, its K/V shared by its rows' micro-batches
-                    prefix = self._shared_prefix(self.model, batch, mb)
+                    # each prompt of this worker's rows once, its K/V shared by their micro-batches
+                    prefix = self._shared_prefix(self.model, batch, torch.cat(mine or [pad]))
                     for idx in mine:
                         sub = batch.rows(idx)
                         loss = self._policy_loss(sub, idx, prefix, num_seqs, num_tokens, norm_len, entropy_on, add, sums)
                         self._backward(loss)
                         tokens_total += float(sub.loss_mask.sum())
-                    for _ in range(pads):
-                        loss = self._policy_loss(batch.rows(micro[0]), micro[0], None, num_seqs, num_tokens, norm_len,
+                    for _ in range(pads):  # through the prompts' forward too: the group's backward collectives match
+                        loss = self._policy_loss(batch.rows(pad), pad, prefix, num_seqs, num_tokens, norm_len,
                                                  entropy_on, drop, scratch)
                         (loss * 0).backward()
                 if prefix is not None:  # the prompts' share of the gradient, once for all micro-batches
-                    prefix.backward()
+                    self._prefix_backward(prefix)
                 add("grad_norm", self._clip_grads(self.model, train.grad_clip))
                 self.optimizer.step()
                 self.version += 1

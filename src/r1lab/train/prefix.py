@@ -22,6 +22,7 @@ mask (SDPA, and r1lab's CPU training attention); anything else takes the plain f
 from __future__ import annotations
 
 import inspect
+from typing import Callable
 
 import torch
 
@@ -94,9 +95,13 @@ class SharedPrefix:
 
     @classmethod
     def build(cls, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
-              rows: torch.Tensor) -> "SharedPrefix | None":
+              rows: torch.Tensor, agree: Callable[[bool], bool] | None = None) -> "SharedPrefix | None":
         """A SharedPrefix for `rows`, or None when no prompt repeats among them (nothing to share)
-        or the model's attention cannot take the mask the suffix forwards need."""
+        or the model's attention cannot take the mask the suffix forwards need.
+
+        `agree` (a worker of a sharded group): given whether these rows have a prompt prefix at
+        all, returns whether every worker's rows do; all build one or none, repeats or not, since
+        each prompt forward and its backward are collectives of the whole group."""
         if not supports_shared_prefix(model):
             return None
         q = prompt_lengths(attention_mask, response_mask) - 1
@@ -105,7 +110,10 @@ class SharedPrefix:
         for i in rows.tolist():
             prompt_of[i] = index.setdefault(tuple(input_ids[i, : int(q[i])].tolist()), len(index))
         prefixes = [list(k) for k in index]
-        if len(index) == len(rows) or not any(prefixes):
+        if agree is not None:
+            if not agree(any(prefixes)):
+                return None
+        elif len(index) == len(rows) or not any(prefixes):
             return None
         return cls(model, input_ids, attention_mask, q, prompt_of, prefixes)
 
