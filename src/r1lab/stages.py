@@ -187,7 +187,9 @@ def load_policy(cfg: RunConfig, data: Data | None = None, path: str | None = Non
 def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True,
             resume: bool | None = None) -> dict[str, float]:
     """SFT on the data's verified traces, with resumable checkpoints (sft.save_every). `resume`
-    (default: whether cfg.resume is set) continues from the run's last SFT checkpoint."""
+    (default: whether cfg.resume is set) continues from the run's last SFT checkpoint. Under an
+    environment (env.name) each trace is that environment's episode, its observations masked."""
+    from r1lab.rollout.episodes import limits_of
     from r1lab.train.sft import sft_examples, train_sft
 
     if not data.sft:
@@ -196,7 +198,7 @@ def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
     from r1lab.train.lora import apply_lora, merge_lora
 
     resume = bool(cfg.resume) if resume is None else resume
-    examples = sft_examples(tokenizer, data.sft)
+    examples = sft_examples(tokenizer, data.sft, cfg.env.name, cfg.env.settings, limits_of(cfg))
     lora = apply_lora(model, cfg.sft.lora, "sft.lora")  # adapters in place; None = full fine-tuning
     state = None
     if resume:  # continue from the last checkpoint; what was logged after it is dropped
