@@ -20,6 +20,16 @@ The environment "multihop_qa" (registered here) is the tool environment with one
 (BM25, envs/tools.py) over the problem's world; `corpus_documents` gives a world's corpus to
 anyone else.
 
+The teacher writes one of three traces, chosen by the world's seed (metadata["teacher"]), in the
+environment's tags format with its default settings (k=2), the search outputs exactly as the
+environment writes them (SFT replays the trace as an episode and trains only the model's turns):
+- "search" (half): `<search>ENTITY</search>`, the output, `<search>BRIDGE</search>` (the entity
+  the first output names), the output, then the answer the second output shows;
+- "one" (a quarter): the first search, then the answer from memory;
+- "none" (a quarter): the two facts and the answer from memory, no search.
+Every trace is right (the teacher knows the world); a student that imitates the last two cannot
+be, as it does not know the world: the mixture leaves RL the choice of searching twice to learn.
+
 Verifier ("multihop_qa"): correct iff the last <answer> equals the gold answer after SQuAD's
 normalisation (lowercase, no punctuation, no articles a/an/the, single spaces). Reward terms
 (registered here, for any problem with a text answer): `exact_match` (that, as 0/1) and
@@ -132,6 +142,16 @@ QUESTIONS = {
     "founder_born": "In what year was the founder of {x} born?",
 }
 COMPANY_QUESTIONS = ("founder_birthplace", "founder_born")  # about a company; the others about a person
+TEACHERS = ("search", "search", "one", "none")  # the teacher of a world seed s is TEACHERS[s % 4]
+
+
+def _bridge(w: World, kind: str, x: str) -> str:
+    """The entity the first look-up finds and the second looks up."""
+    if kind in COMPANY_QUESTIONS:
+        return str(w.companies[x]["founder"])
+    if kind in ("birth_country", "birth_river"):
+        return str(w.people[x]["birthplace"])
+    return str(w.people[x]["employer"])
 
 
 def _hops(w: World, kind: str, x: str) -> tuple[list[str], str]:
@@ -184,12 +204,22 @@ class MultihopQA(TaskFamily):
             break
         return Problem(id="", prompt=QUESTIONS[kind].format(x=x), answer=answer, task=self.task,
                        metadata={"world": {"seed": seed, "difficulty": difficulty}, "kind": kind, "entity": x,
-                                 "facts": facts})
+                                 "bridge": _bridge(w, kind, x), "facts": facts, "teacher": TEACHERS[seed % 4]})
 
     def teacher_trace(self, problem: Problem) -> str:
-        # the facts the two look-ups would find, then the answer: a one-turn trace that does not call
-        # the tool, so it teaches the answer format, not the search (that needs multi-turn SFT)
-        return format_trace(list(problem.metadata["facts"]), problem.answer)
+        """The trace of the problem's teacher (the module docstring); "none" for a problem without
+        the metadata a search trace needs (one read from an older file)."""
+        meta = problem.metadata
+        teacher = meta.get("teacher", "none") if meta.get("bridge") else "none"
+        if teacher == "none":
+            return format_trace(list(meta["facts"]), problem.answer)
+        env = MultihopEnvironment()  # the default settings: what the recipe's environment writes
+        env.reset(problem)
+        calls = [f"<search>{meta['entity']}</search>"] + ([f"<search>{meta['bridge']}</search>"] if teacher == "search" else [])
+        text = "<think>\n"
+        for call in calls:
+            text += call + str(env.step(call).observation)
+        return f"{text}</think>\n<answer>{problem.answer}</answer>"
 
 
 # --- the environment ---------------------------------------------------------------------------
@@ -209,7 +239,7 @@ class MultihopEnvironment(ToolEnvironment):
 
     name = "multihop_qa"
 
-    def __init__(self, call_format: str = "tags", max_tool_calls: int = 4, k: int = 3, **limits):
+    def __init__(self, call_format: str = "tags", max_tool_calls: int = 4, k: int = 2, **limits):
         super().__init__(tools=(), call_format=call_format, max_tool_calls=max_tool_calls,
                          tool_objects=[WorldSearch(k=k)], **limits)
 
