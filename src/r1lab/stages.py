@@ -171,7 +171,7 @@ def load_policy(cfg: RunConfig, data: Data | None = None, path: str | None = Non
     if source == "tiny":
         if data is None:
             raise DataError("building the tiny model needs data to train its tokenizer on")
-        tok = build_tiny_tokenizer(tokenizer_corpus(data))
+        tok = build_tiny_tokenizer(tokenizer_corpus(data), cfg.model.tiny.vocab_size)
         if any(p.images for p in data.train + data.eval + [q for q, _ in data.sft]):  # a tiny Qwen2-VL
             t = cfg.model.tiny
             add_vision_tokens(tok)

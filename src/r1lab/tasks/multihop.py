@@ -1,8 +1,8 @@
 """Multi-hop question answering over generated worlds of facts, with the search tool.
 
 Each problem has its own invented world (people, cities, countries and companies with made-up
-names, drawn from the problem's seed), so no model knows it and nothing learnt on one problem
-answers another: the answer has to be looked up. Each entity has one document in the world's
+names, drawn from the problem's seed out of a closed set of invented words), so no model knows it
+and nothing learnt on one problem answers another: the answer has to be looked up. Each entity has one document in the world's
 corpus:
 
     Ilsa Varnek is an engineer. Ilsa Varnek was born in Quenford in 1961 and works for Zorblax Labs.
@@ -68,6 +68,26 @@ def _syllables(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(n))
 
 
+def _name_pools() -> dict[str, tuple[str, ...]]:
+    """The invented words names are made of, one disjoint pool per part: a closed set, so each word
+    recurs across worlds (a tokenizer trained on the data gives it few tokens) while what it names
+    changes with every world."""
+    rng = random.Random("r1lab/multihop/names")
+    sizes = {"first": 24, "last": 24, "company": 24, "city": 24, "country": 12, "river": 16}
+    words: list[str] = []
+    while len(words) < sum(sizes.values()):
+        w = _syllables(rng, 1 if len(words) >= sum(sizes.values()) - sizes["river"] else 2).capitalize()
+        if w not in words and len(w) >= 3:
+            words.append(w)
+    pools, at = {}, 0
+    for part, n in sizes.items():
+        pools[part], at = tuple(words[at: at + n]), at + n
+    return pools
+
+
+_NAMES = _name_pools()
+
+
 @dataclass(frozen=True)
 class World:
     people: dict[str, dict[str, object]]  # name -> {birthplace, born, employer, profession}
@@ -89,14 +109,14 @@ def build_world(seed: int, difficulty: int) -> World:
                 used.add(name.lower())
                 return name
 
-    countries = [fresh(lambda: _syllables(rng, 2).capitalize() + rng.choice(["ia", "and", "or", "ar"]))
+    countries = [fresh(lambda: rng.choice(_NAMES["country"]) + rng.choice(["ia", "and", "or", "ar"]))
                  for _ in range(2 + difficulty)]
-    rivers = [fresh(lambda: _syllables(rng, 1).capitalize()) for _ in range(3 * difficulty)]
-    cities = {fresh(lambda: _syllables(rng, 2).capitalize() + rng.choice(_CITY_ENDS)):
+    rivers = [fresh(lambda: rng.choice(_NAMES["river"])) for _ in range(3 * difficulty)]
+    cities = {fresh(lambda: rng.choice(_NAMES["city"]) + rng.choice(_CITY_ENDS)):
               {"country": rng.choice(countries), "river": rng.choice(rivers)} for _ in range(6 * difficulty)}
-    people_names = [fresh(lambda: f"{_syllables(rng, 2).capitalize()} {_syllables(rng, 2).capitalize()}")
+    people_names = [fresh(lambda: f"{rng.choice(_NAMES['first'])} {rng.choice(_NAMES['last'])}")
                     for _ in range(12 * difficulty)]
-    company_names = [fresh(lambda: f"{_syllables(rng, 2).capitalize()} {rng.choice(_COMPANY_ENDS)}")
+    company_names = [fresh(lambda: f"{rng.choice(_NAMES['company'])} {rng.choice(_COMPANY_ENDS)}")
                      for _ in range(4 * difficulty)]
     city_names = list(cities)
     companies = {c: {"founder": rng.choice(people_names), "founded": rng.randrange(1900, 2020),
