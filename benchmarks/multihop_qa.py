@@ -151,10 +151,17 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     ap.add_argument("--out", default="/tmp/r1lab-multihop")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure from results.json")
+    ap.add_argument("--part", default="", help="write results-PART.json instead (seeds run as separate jobs)")
+    ap.add_argument("--merge", nargs="*", default=[], help="parts to merge into results.json and the figure")
     ap.add_argument("overrides", nargs="*", help="key.sub=value settings on top of the recipe")
     args = ap.parse_args()
     results_dir = ROOT / "benchmarks" / "results" / "multihop_qa"
     results_dir.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        parts = [json.loads((results_dir / f"results-{p}.json").read_text()) for p in args.merge]
+        merged = {**parts[0], "runs": [r for p in parts for r in p["runs"]], "hosts": [p["host"] for p in parts]}
+        (results_dir / "results.json").write_text(json.dumps(merged, indent=1) + "\n")
+        args.replot = True
     if args.replot:
         plot(json.loads((results_dir / "results.json").read_text()), results_dir / "multihop_qa.png")
         return
@@ -163,8 +170,8 @@ def main() -> None:
         res["runs"].append(run(seed, Path(args.out), args.overrides))
         tmp = results_dir / "results.json.tmp"
         tmp.write_text(json.dumps(res, indent=1) + "\n")
-        tmp.replace(results_dir / "results.json")
-    plot(res, results_dir / "multihop_qa.png")
+        tmp.replace(results_dir / (f"results-{args.part}.json" if args.part else "results.json"))
+    plot(res, results_dir / (f"multihop_qa-{args.part}.png" if args.part else "multihop_qa.png"))
     print("| seed | stage | exact match | token F1 | searches / episode | searches twice | seconds |")
     print("|---|---|---|---|---|---|---|")
     for r in res["runs"]:
