@@ -108,7 +108,7 @@ def plot(runs: list[dict], path: Path, title: str = "tool_calc: 2-digit x 2-digi
         axes[2].plot([t["step"] for t in r["train"]], [t["env/tool_calls"] for t in r["train"]], ls="--",
                      label=f"seed {r['seed']} tool calls / episode")
     axes[0].set(title="held-out accuracy (episodes, avg@n)", xlabel="GRPO step (0 = after SFT)", ylim=(0, 1))
-    axes[1].set(title="held-out episodes that call the calculator", xlabel="GRPO step (0 = after SFT)", ylim=(0, 1))
+    axes[1].set(title="held-out episodes that call a tool", xlabel="GRPO step (0 = after SFT)", ylim=(0, 1))
     axes[2].set(title="training rollouts", xlabel="GRPO step")
     for ax in axes:
         ax.legend(fontsize=7)
