@@ -103,7 +103,7 @@ def test_the_sft_loss_of_a_two_turn_transcript_matches_float64_and_skips_the_obs
 
 @pytest.mark.parametrize("trace, message", [
     (CALL + "\n<output>\n9999\n</output>\n" + ANSWER, "the environment answers"),  # a wrong tool output
-    (CALL + OUTPUT, "ends after a tool call"),
+    (CALL + OUTPUT, "ends before the episode does"),
     (CALL + OUTPUT + CALL + OUTPUT + CALL + OUTPUT + ANSWER, "longer than the episode limits"),
 ])
 def test_a_trace_the_episode_cannot_hold_is_one_line(tiny, trace, message):

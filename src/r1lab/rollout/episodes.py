@@ -255,7 +255,8 @@ def trace_episode(tokenizer, problem: Problem, trace: str, env: str | Callable[[
     turn = 0
     while not ep.done:
         if not rest:
-            raise DataError(f"{where}: ends after a tool call; the environment expects another model turn")
+            raise DataError(f"{where}: ends before the episode does (after {turn} turn(s)); the environment "
+                            "expects another model turn")
         cuts = [rest.find(s) + len(s) for s in e.stop if s and s in rest]
         text = rest[: min(cuts)] if cuts else rest
         rest = rest[len(text):]
