@@ -63,7 +63,7 @@ def summary(rows: list[dict]) -> dict:
 
 def paired(before: list[dict], after: list[dict]) -> dict:
     """The change after - before of each metric, with the standard error of the per-problem differences."""
-    return {k: v for k, v in summary([{m: a[m] - b[m] for m in METRICS} for a, b in zip(before, after)]).items()}
+    return summary([{m: a[m] - b[m] for m in METRICS} for b, a in zip(before, after)])
 
 
 def run(seed: int, out: Path, overrides: list[str]) -> dict:
