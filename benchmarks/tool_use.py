@@ -8,6 +8,8 @@ that call the tool.
     OMP_NUM_THREADS=1 /work/bin/heavy python benchmarks/tool_use.py [--seeds 0 1] [key.sub=value ...]
 
 Writes benchmarks/results/tool_use/{tool_use.png, results.json}; run directories go to --out.
+`--recipe` runs another tool recipe the same way (recipes/real/smollm2_python_tool.yaml: SmolLM2
+with the Python tool), its results under benchmarks/results/<recipe name>/.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny" / "tool_calc.yaml"
 
 
-def run(seed: int, out: Path, overrides: list[str]) -> dict:
+def run(seed: int, out: Path, overrides: list[str], recipe: Path = RECIPE, base_eval: bool = False) -> dict:
     import torch
 
     from r1lab.config import load_config
@@ -31,13 +33,17 @@ def run(seed: int, out: Path, overrides: list[str]) -> dict:
     from r1lab.train.episodes import episode_eval
 
     torch.manual_seed(seed)
-    cfg = check_run_config(load_config(str(RECIPE), [f"out_dir={out}", f"name=tool_calc-s{seed}", f"seed={seed}",
+    cfg = check_run_config(load_config(str(recipe), [f"out_dir={out}", f"name={recipe.stem}-s{seed}", f"seed={seed}",
                                                      f"data.seed={seed}", *overrides]))
     run_dir = RunDir.create(cfg)
     t0 = time.time()
     data = prepare_data(cfg, run_dir)
     model, tok = load_policy(cfg, data)
-    run_sft(cfg, run_dir, model, tok, data, show_progress=False)
+    base = None
+    if base_eval:  # the model before any training, the same held-out episodes
+        base = episode_eval(cfg, build_engine(model, tok, cfg.rollout), data.eval, seed=cfg.seed)
+        print(f"seed {seed}: before SFT {base}", flush=True)
+    sft_summary = run_sft(cfg, run_dir, model, tok, data, show_progress=False)
     t_sft = time.time() - t0
 
     def held_out(step: int) -> dict:
@@ -51,6 +57,7 @@ def run(seed: int, out: Path, overrides: list[str]) -> dict:
     evals.append(held_out(cfg.train.steps))
     print(f"seed {seed}: after RL {evals[-1]}", flush=True)
     return {"seed": seed, "seconds": round(time.time() - t0, 1), "sft_seconds": round(t_sft, 1), "evals": evals,
+            "sft_summary": {k: v for k, v in sft_summary.items() if isinstance(v, (int, float))}, "base": base,
             "train": [{k: r.get(k) for k in ("step", "reward/total", "accuracy", "env/tool_calls", "env/turns",
                                             "env/tool_errors", "response/length")} for r in rows]}
 
@@ -85,7 +92,8 @@ def split_by_tool(run_dir: Path) -> dict:
     return out
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def plot(runs: list[dict], path: Path, title: str = "tool_calc: 2-digit x 2-digit multiplication with a calculator, "
+                                                     "tiny model, SFT then GRPO") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,12 +108,12 @@ def plot(runs: list[dict], path: Path) -> None:
         axes[2].plot([t["step"] for t in r["train"]], [t["env/tool_calls"] for t in r["train"]], ls="--",
                      label=f"seed {r['seed']} tool calls / episode")
     axes[0].set(title="held-out accuracy (episodes, avg@n)", xlabel="GRPO step (0 = after SFT)", ylim=(0, 1))
-    axes[1].set(title="held-out episodes that call the calculator", xlabel="GRPO step (0 = after SFT)", ylim=(0, 1))
+    axes[1].set(title="held-out episodes that call a tool", xlabel="GRPO step (0 = after SFT)", ylim=(0, 1))
     axes[2].set(title="training rollouts", xlabel="GRPO step")
     for ax in axes:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.suptitle("tool_calc: 2-digit x 2-digit multiplication with a calculator, tiny model, SFT then GRPO")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -114,24 +122,31 @@ def plot(runs: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
+    ap.add_argument("--recipe", type=Path, default=RECIPE, help="a recipe with an env section, an SFT and an RL stage")
+    ap.add_argument("--base-eval", action="store_true", help="also the held-out episodes of the model before SFT")
+    ap.add_argument("--title", default="", help="the figure's title (default: tool_calc's, or the recipe's name)")
     ap.add_argument("--out", default="/tmp/r1lab-tool-use")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure from results.json")
     ap.add_argument("--split", nargs="*", type=Path, default=[],
                     help="finished run directories: held-out accuracy with and without a tool call, SFT and GRPO")
     ap.add_argument("overrides", nargs="*", help="key.sub=value settings on top of the recipe")
     args = ap.parse_args()
-    results_dir = ROOT / "benchmarks" / "results" / "tool_use"
+    name = "tool_use" if args.recipe.resolve() == RECIPE else args.recipe.stem
+    results_dir = ROOT / "benchmarks" / "results" / name
     results_dir.mkdir(parents=True, exist_ok=True)
+    figure = results_dir / f"{name}.png"
+    titled = {"title": args.title} if args.title else {} if name == "tool_use" else {"title": name}
     if args.split:
         for run_dir in args.split:
             split_by_tool(run_dir)
         return
     if args.replot:
-        plot(json.loads((results_dir / "results.json").read_text())["runs"], results_dir / "tool_use.png")
+        plot(json.loads((results_dir / "results.json").read_text())["runs"], figure, **titled)
         return
-    runs = [run(seed, Path(args.out), args.overrides) for seed in args.seeds]
-    (results_dir / "results.json").write_text(json.dumps({"overrides": args.overrides, "runs": runs}, indent=1) + "\n")
-    plot(runs, results_dir / "tool_use.png")
+    runs = [run(seed, Path(args.out), args.overrides, args.recipe.resolve(), args.base_eval) for seed in args.seeds]
+    (results_dir / "results.json").write_text(json.dumps({"recipe": str(args.recipe), "overrides": args.overrides,
+                                                          "runs": runs}, indent=1) + "\n")
+    plot(runs, figure, **titled)
     print("| seed | held-out acc after SFT | after GRPO | tool use after SFT | after GRPO | seconds |")
     print("|---|---|---|---|---|---|")
     for r in runs:

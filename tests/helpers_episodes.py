@@ -68,3 +68,20 @@ class ChatterEnvironment(Environment):
         errors = int(any(ch.isdigit() for ch in turn_text))
         return StepResult(self.reply, done=False, rewards={"chatter_turns": 1.0},
                           info={"tool_calls": 1, "tool_errors": errors})
+
+
+# a Qwen2.5-style template with tool turns (hermes): tool results come back in a user turn
+QWEN25_TOOL_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- elif message['role'] == 'assistant' %}"
+    # like Qwen3, earlier turns lose their thinking when re-rendered: the drift this runner avoids
+    "{%- set content = message['content'].split('</think>')[-1].lstrip('\\n') if not loop.last else message['content'] %}"
+    "{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)

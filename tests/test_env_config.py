@@ -59,3 +59,34 @@ def test_environment_reward_terms_pass_the_config_domain_when_the_environment_pr
     check_run_config(cfg)
     with pytest.raises(ConfigError, match="key 'tool_callz': expected one of"):
         load_config("recipes/tiny/tool_calc.yaml", ["reward.terms={accuracy: 1.0, tool_callz: 0.1}"])
+
+
+def test_failed_tool_calls_are_penalised_by_a_positive_weight_on_tool_error_penalty(tiny):
+    """reward.terms weights are >= 0; the tool environment's tool_error_penalty (-1 per failed call)
+    takes one, and an episode with two failed calls then a right answer scores 1 + 0.25 * (-2)."""
+    from helpers_episodes import ScriptedEngine
+
+    from r1lab.config import load_config
+    from r1lab.records import Problem
+    from r1lab.rollout import SamplingParams
+    from r1lab.rollout.episodes import EpisodeLimits, run_episodes, score_episodes
+    from r1lab.stages import check_run_config
+
+    terms = {"accuracy": 1.0, "tool_error_penalty": 0.25}
+    check_run_config(load_config("recipes/tiny/tool_calc.yaml", ["reward.terms={accuracy: 1.0, tool_error_penalty: 0.25}"]))
+    with pytest.raises(ConfigError, match=r"^reward.terms.tool_error_penalty=-0.25: expected a number >= 0$"):
+        load_config("recipes/tiny/tool_calc.yaml", ["reward.terms={accuracy: 1.0, tool_error_penalty: -0.25}"])
+    tok = tiny[1]
+    eos = tok.eos_token_id
+    turns = ["<calc>1/0</calc>", "<calc>2 +</calc>", "<answer>5</answer>"]
+    script = [tok(t, add_special_tokens=False)["input_ids"] for t in turns]
+    script[-1] = script[-1] + [eos]
+    ep = run_episodes(ScriptedEngine(tok, script, [eos]), [Problem("q", "Add 2 and 3.", "5", task="math")],
+                      SamplingParams(temperature=0, max_new_tokens=64), env="tools",
+                      env_settings={"tools": ["calculator"], "call_format": "tags"},
+                      limits=EpisodeLimits(max_turns=4, max_tokens=400))[0]
+    assert [t.tool_errors for t in ep.turns] == [1, 1, 0] and ep.env_rewards["tool_error_penalty"] == -2.0
+    out = score_episodes([ep], terms, workers=0)
+    # 1 (right) + 0.25 * (-2): exact in binary floating point
+    assert ep.completion.verdict.correct and out["total"] == [0.5] and ep.completion.reward == 0.5
+    assert ep.completion.rewards == {"accuracy": 1.0, "tool_error_penalty": -2.0}

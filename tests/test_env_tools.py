@@ -154,7 +154,8 @@ def test_tool_environment_truncates_floods_and_counts_errors():
     r = env.step("<hostile>flood</hostile>")
     assert not r.done and r.observation.startswith("\n<output>\n" + "x" * 100 + "\n... [99900 more characters cut]")
     r = env.step("<hostile>raise</hostile>")
-    assert r.info["tool_errors"] == 1 and "boom" in r.observation and r.rewards == {"tool_calls": 1.0, "tool_errors": 1.0}
+    assert r.info["tool_errors"] == 1 and "boom" in r.observation
+    assert r.rewards == {"tool_calls": 1.0, "tool_errors": 1.0, "tool_error_penalty": -1.0}
     assert env.step("<answer>1</answer>").done
 
 

@@ -4,7 +4,7 @@ token for token, on the tiny tokenizer, a Qwen2.5-style tool template and SmolLM
 episodes with their reasons; greedy episodes agree across the fast and hf engines."""
 
 import pytest
-from helpers_episodes import ScriptedEngine, spelled
+from helpers_episodes import QWEN25_TOOL_TEMPLATE, ScriptedEngine, spelled
 
 from r1lab.envs import Environment, StepResult, make_env
 from r1lab.errors import ConfigError
@@ -78,22 +78,6 @@ class ToolScriptEnv(Environment):
             obs = self.reply if self.as_text else [{"role": "tool", "content": self.reply}]
             return StepResult(obs, done=False, info={"tool_calls": 1}, rewards={"calls": 1.0})
         return StepResult(None, done=True, finish_reason="stop")
-
-
-QWEN25_TOOL_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'tool' %}"
-    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
-    "{{- '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
-    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
-    "{%- elif message['role'] == 'assistant' %}"
-    # like Qwen3, earlier turns lose their thinking when re-rendered: the drift this runner avoids
-    "{%- set content = message['content'].split('</think>')[-1].lstrip('\\n') if not loop.last else message['content'] %}"
-    "{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}"
-    "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 
 
 @pytest.fixture

@@ -134,3 +134,35 @@ def test_the_tiny_recipe_runs_through_eval(tiny, tmp_path):
     assert len(samples) == 2 and all(s["transcript"] and s["id"].startswith("multihop_qa-") for s in samples)
     report = (out / "eval" / "summary.md").read_text()
     assert "environment multihop_qa" in report and "[model]" in report
+
+
+def test_teacher_traces_are_episodes_of_the_recipes_environment(tiny, splits):
+    """The teacher's traces replay through the recipe's environment: "search" ones call search twice
+    (the entity, then the bridge the first output names) and answer from the second output, "one"
+    once, "none" never; only the model's turns are SFT targets."""
+    from collections import Counter
+
+    from r1lab.config import load_config
+    from r1lab.rollout.episodes import EpisodeLimits, trace_episode
+    from r1lab.train.sft import sft_examples
+
+    cfg = load_config("recipes/tiny/multihop_qa.yaml")
+    tok = tiny[1]  # not trained on these names: more tokens than the recipe's own tokenizer gives, so more room
+    limits = EpisodeLimits(cfg.env.max_turns, 4 * cfg.env.max_tokens)
+    train, _ = splits
+    family = get_task("multihop_qa")
+    teachers = Counter(p.metadata["teacher"] for p in train)
+    assert set(teachers) == {"search", "one", "none"} and teachers["search"] > teachers["one"]
+    for p in train[:24]:
+        trace = family.teacher_trace(p)
+        ep = trace_episode(tok, p, trace, cfg.env.name, cfg.env.settings, limits)
+        calls = {"search": 2, "one": 1, "none": 0}[p.metadata["teacher"]]
+        assert [t.tool_calls for t in ep.turns] == [1] * calls + [0] and ep.finish_reason == "stop"
+        assert ep.who == ["model", "env"] * calls + ["model"] and check_multihop(ep.answer, p).correct
+        if calls == 2:
+            assert p.metadata["bridge"] in ep.texts[1] and p.answer in ep.texts[3]
+            assert ep.texts[2] == f"<search>{p.metadata['bridge']}</search>"
+        # the episode's text is the trace: the outputs it shows are the environment's own
+        assert "".join(ep.texts) == trace
+    (ex,) = sft_examples(tok, [(p, trace)], cfg.env.name, cfg.env.settings, limits)
+    assert ex.mask == ep.mask

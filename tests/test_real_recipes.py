@@ -52,7 +52,7 @@ def test_gsm8k_r1_traces_verify_against_their_answers():
 def test_real_recipes_chain_sft_into_grpo():
     names = {p.stem for p in REAL.glob("[!_]*.yaml")}
     assert names == {"smollm2_gsm8k_sft_lora", "smollm2_gsm8k_sft_full", "smollm2_gsm8k_grpo", "smollm2_arith_sft",
-                     "smollm2_arith_grpo", "smollm2_r1_zero"}
+                     "smollm2_arith_grpo", "smollm2_r1_zero", "smollm2_python_tool"}
     for sft, rl in (("smollm2_gsm8k_sft_lora", "smollm2_gsm8k_grpo"), ("smollm2_arith_sft", "smollm2_arith_grpo")):
         s, r = load_config(REAL / f"{sft}.yaml"), load_config(REAL / f"{rl}.yaml")
         assert r.init_from == f"{s.out_dir}/{s.name}/checkpoints/sft"
@@ -79,3 +79,27 @@ def test_r1_zero_recipe_starts_from_the_instruct_model_with_the_r1_frame():
     data = prepare_data(cfg, None, log=lambda *_: None)
     assert data.eval[0].prompt[-1] == {"role": "assistant", "content": "<think>"}
     assert not {str(p.prompt) for p in data.train} & {str(p.prompt) for p in data.eval}
+
+
+def test_python_tool_recipe_sfts_on_sandboxed_episodes_of_its_environment(tiny):
+    """SmolLM2 with the Python tool: the plain-tag format (its template has no tool calls), and its
+    teacher traces replay through the recipe's environment, the printed product coming back from
+    the sandbox exactly as the trace shows it; only the model's turns are targets."""
+    from r1lab.rollout.episodes import limits_of, trace_episode
+    from r1lab.stages import check_run_config
+    from r1lab.tasks import generate_splits, get_task
+
+    cfg = check_run_config(load_config(REAL / "smollm2_python_tool.yaml"))
+    assert cfg.model.path == "smollm2-135m-instruct" and cfg.env.name == "tools"
+    assert cfg.env.settings["tools"] == ["python"] and cfg.env.settings["call_format"] == "tags"
+    assert cfg.sft.lora.r > 0 and cfg.train.lora.r > 0 and cfg.train.steps * cfg.train.prompts_per_step <= 128
+    train, _ = generate_splits(cfg.data.tasks, 12, 2, cfg.data.difficulty, 0)
+    family = get_task("multiply_python")
+    by_teacher = {p.metadata["teacher"]: p for p in train}
+    for teacher, calls in (("tool", 1), ("direct", 0)):
+        p = by_teacher[teacher]
+        ep = trace_episode(tiny[1], p, family.teacher_trace(p), cfg.env.name, cfg.env.settings, limits_of(cfg))
+        assert [t.tool_calls for t in ep.turns] == [1] * calls + [0] and ep.finish_reason == "stop"
+        assert [t.tool_errors for t in ep.turns] == [0] * (calls + 1) and ep.texts[-1].endswith(f"<answer>{p.answer}</answer>")
+        if calls:
+            assert ep.texts[1] == f"\n<output>\n{p.answer}\n\n</output>\n" and ep.mask.count(0) > 0

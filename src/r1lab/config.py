@@ -36,6 +36,7 @@ class TinyModelConfig:
     num_kv_heads: int = setting(2, ge=1)  # grouped-query attention, as in Qwen2
     intermediate_size: int = setting(576, ge=1)
     max_positions: int = setting(256, ge=1)
+    vocab_size: int = setting(512, ge=300)  # the byte-level BPE tokenizer trained on the data's text (256 bytes + merges)
     # the vision tower of the tiny Qwen2-VL built when the data shows images (r1lab/vision.py)
     vision_layers: int = setting(2, ge=1)
     vision_width: int = setting(64, ge=32)  # a multiple of 32: heads of 32 dimensions

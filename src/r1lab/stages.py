@@ -175,7 +175,7 @@ def load_policy(cfg: RunConfig, data: Data | None = None, path: str | None = Non
     if source == "tiny":
         if data is None:
             raise DataError("building the tiny model needs data to train its tokenizer on")
-        tok = build_tiny_tokenizer(tokenizer_corpus(data))
+        tok = build_tiny_tokenizer(tokenizer_corpus(data), cfg.model.tiny.vocab_size)
         if any(p.images for p in data.train + data.eval + [q for q, _ in data.sft]):  # a tiny Qwen2-VL
             t = cfg.model.tiny
             add_vision_tokens(tok)
@@ -191,7 +191,9 @@ def load_policy(cfg: RunConfig, data: Data | None = None, path: str | None = Non
 def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_progress: bool = True,
             resume: bool | None = None) -> dict[str, float]:
     """SFT on the data's verified traces, with resumable checkpoints (sft.save_every). `resume`
-    (default: whether cfg.resume is set) continues from the run's last SFT checkpoint."""
+    (default: whether cfg.resume is set) continues from the run's last SFT checkpoint. Under an
+    environment (env.name) each trace is that environment's episode, its observations masked."""
+    from r1lab.rollout.episodes import limits_of
     from r1lab.train.sft import sft_examples, train_sft
 
     if not data.sft:
@@ -200,7 +202,7 @@ def run_sft(cfg: RunConfig, run: RunDir, model, tokenizer, data: Data, show_prog
     from r1lab.train.lora import apply_lora, merge_lora
 
     resume = bool(cfg.resume) if resume is None else resume
-    examples = sft_examples(tokenizer, data.sft)
+    examples = sft_examples(tokenizer, data.sft, cfg.env.name, cfg.env.settings, limits_of(cfg))
     lora = apply_lora(model, cfg.sft.lora, "sft.lora")  # adapters in place; None = full fine-tuning
     state = None
     if resume:  # continue from the last checkpoint; what was logged after it is dropped

@@ -10,8 +10,10 @@ Two call formats, one call per model turn (the turn stops at the call's closing 
 
 A turn without a call ends the episode: it is the answer the task's verifier scores. A malformed
 call, an unknown tool, a tool that fails, hangs or floods: an error observation, counted in
-`info` and in the environment's reward terms `tool_calls` / `tool_errors` (weight them in
-`reward.terms` to reward or punish them).
+`info` and in the environment's reward terms `tool_calls` / `tool_errors` (counts, >= 0) and
+`tool_error_penalty` (-1 per failed call). reward.terms weights are >= 0 (a negative weight would
+reward what a term penalises), so a penalty for failed calls is a positive weight on
+`tool_error_penalty`: `reward.terms: {accuracy: 1.0, tool_error_penalty: 0.2}`.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def parse_tool_call(turn_text: str, call_format: str, tools: dict[str, Tool]) ->
 
 class ToolEnvironment(Environment):
     name = "tools"
-    reward_terms = ("tool_calls", "tool_errors")
+    reward_terms = ("tool_calls", "tool_errors", "tool_error_penalty")
 
     def __init__(self, tools: tuple[str, ...] | list[str] = ("python", "calculator"), call_format: str = "hermes",
                  max_tool_calls: int = 4, tool_timeout_s: float = 5.0, max_tool_seconds: float = 30.0,
@@ -146,7 +148,8 @@ class ToolEnvironment(Environment):
         step_calls = (info or {}).get("tool_calls", 0)
         step_errors = (info or {}).get("tool_errors", 0)
         return StepResult(obs, done=done, finish_reason=finish, info=info or {},
-                          rewards={"tool_calls": float(step_calls), "tool_errors": float(step_errors)})
+                          rewards={"tool_calls": float(step_calls), "tool_errors": float(step_errors),
+                                   "tool_error_penalty": -float(step_errors)})
 
 
 register_env("tools")(ToolEnvironment)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from r1lab.config import RunConfig
 from r1lab.envs import ENVS, Environment, StepResult, ToolEnvironment, make_env
-from r1lab.errors import ConfigError
+from r1lab.errors import ConfigError, DataError
 from r1lab.records import Completion, Problem, prompt_text
 from r1lab.reward_registry import REWARDS
 from r1lab.rewards import compute_rewards
@@ -179,8 +179,9 @@ def run_episodes(engine: Any, problems: list[Problem], params: SamplingParams, n
 
 
 def _advance(ep: Episode, c: Completion, turn: int, limits: EpisodeLimits, renderer: ObservationRenderer,
-             tokenizer) -> None:
-    """Fold one sampled turn into the episode and, unless it ends here, append the environment's answer."""
+             tokenizer) -> StepResult | None:
+    """Fold one sampled turn into the episode and, unless it ends here, append the environment's
+    answer. Returns what the environment answered (None when a limit ended the turn first)."""
     room = limits.max_tokens - len(ep.ids)
     new, lps = c.response_ids, c.logprobs
     text = (ep.prefill if turn == 0 else "") + c.text
@@ -197,10 +198,10 @@ def _advance(ep: Episode, c: Completion, turn: int, limits: EpisodeLimits, rende
     ep.answer = "".join(t for who, t in zip(ep.who, ep.texts) if who == "model")
     if len(c.response_ids) > room or (c.finish_reason == "length" and len(ep.ids) >= limits.max_tokens):
         ep.finish_reason = "max_tokens"
-        return
+        return None
     if c.finish_reason == "length":  # the turn hit max_new_tokens without ending
         ep.finish_reason = "length"
-        return
+        return None
     t0 = time.perf_counter()
     result: StepResult = ep.env.step(text)
     record.env_seconds = time.perf_counter() - t0
@@ -212,21 +213,73 @@ def _advance(ep: Episode, c: Completion, turn: int, limits: EpisodeLimits, rende
         ep.finish_reason = result.finish_reason or "stop"
         if result.answer is not None:
             ep.answer = result.answer
-        return
+        return result
     if turn + 1 >= limits.max_turns:
         ep.finish_reason = "max_turns"
-        return
+        return result
     obs_text = renderer.text(result.observation, new[-1] if new else None)
     obs_ids = renderer.ids(obs_text)
     if len(ep.ids) + len(obs_ids) >= limits.max_tokens:  # no room left for the model to read it and answer
         ep.finish_reason = "max_tokens"
-        return
+        return result
     ep.ids += obs_ids
     ep.mask += [0] * len(obs_ids)
     ep.logprobs += [0.0] * len(obs_ids)
     ep.texts.append(obs_text)
     ep.who.append("env")
     record.env_tokens = len(obs_ids)
+    return result
+
+
+def trace_episode(tokenizer, problem: Problem, trace: str, env: str | Callable[[Problem], Environment] = "one_turn",
+                  env_settings: dict[str, Any] | None = None, limits: EpisodeLimits = EpisodeLimits()) -> Episode:
+    """A written transcript (a teacher's trace) as the episode the runner records when a model
+    writes it: the same prompt (the environment's `reset`), the same ids and loss mask, token for
+    token, so SFT on it trains exactly the turns RL will sample and nothing the environment says.
+
+    The trace is cut into model turns where the runner's engine stops: at the first of the
+    environment's stop strings (a tool call's closing tag); the rest is the last turn, ended by the
+    end-of-sequence id as a sampled last turn is. Each turn is encoded on its own, stepped through
+    a fresh environment, and its answer appended by the runner's own code (`_advance`). The trace
+    may hold a text observation exactly as the environment writes it (`<output>...</output>`):
+    it is skipped, and any other text in its place is an error, so a trace never puts a wrong tool
+    output before the model's next turn. A chat-message observation (a tool turn of the template)
+    is not in the trace: the next turn follows the call directly. A trace that the episode cannot
+    hold as written (it runs past a limit, or ends before the environment does) is a DataError."""
+    e = _factory(env, env_settings)(problem)
+    enc = encode_prompts(tokenizer, [replace(problem, prompt=e.reset(problem))])[0]
+    ep = Episode(problem, e, enc.ids, enc.prefill)
+    renderer = ObservationRenderer(tokenizer)
+    rest = trace[len(enc.prefill):] if enc.prefill and trace.startswith(enc.prefill) else trace
+    where = f"SFT trace of problem {problem.id!r}"
+    turn = 0
+    while not ep.done:
+        if not rest:
+            raise DataError(f"{where}: ends before the episode does (after {turn} turn(s)); the environment "
+                            "expects another model turn")
+        cuts = [rest.find(s) + len(s) for s in e.stop if s and s in rest]
+        text = rest[: min(cuts)] if cuts else rest
+        rest = rest[len(text):]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([] if cuts else [tokenizer.eos_token_id])
+        c = Completion(problem.id, ep.prompt_ids, ids, text, [0.0] * len(ids), "stop")
+        result = _advance(ep, c, turn, limits, renderer, tokenizer)
+        if ep.finish_reason in ("max_turns", "max_tokens"):
+            raise DataError(f"{where}: longer than the episode limits allow (finish reason {ep.finish_reason}, "
+                            f"env.max_turns={limits.max_turns}, env.max_tokens={limits.max_tokens})")
+        if ep.done:
+            if rest or cuts:
+                raise DataError(f"{where}: the episode ended ({ep.finish_reason}) with {len(rest)} characters of the "
+                                "trace left")
+            break
+        if result is not None and isinstance(result.observation, str):
+            shown = ep.texts[-1]
+            if not rest.startswith(shown):
+                raise DataError(f"{where}: after the call {text[-80:]!r} the environment answers {shown[:80]!r}, "
+                                f"the trace has {rest[:80]!r}")
+            rest = rest[len(shown):]
+        turn += 1
+    ep.completion = _completion(ep)
+    return ep
 
 
 def _completion(ep: Episode) -> Completion:

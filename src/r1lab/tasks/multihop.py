@@ -1,8 +1,8 @@
 """Multi-hop question answering over generated worlds of facts, with the search tool.
 
 Each problem has its own invented world (people, cities, countries and companies with made-up
-names, drawn from the problem's seed), so no model knows it and nothing learnt on one problem
-answers another: the answer has to be looked up. Each entity has one document in the world's
+names, drawn from the problem's seed out of a closed set of invented words), so no model knows it
+and nothing learnt on one problem answers another: the answer has to be looked up. Each entity has one document in the world's
 corpus:
 
     Ilsa Varnek is an engineer. Ilsa Varnek was born in Quenford in 1961 and works for Zorblax Labs.
@@ -19,6 +19,16 @@ metadata["world"] ({"seed", "difficulty"}), so a problem read back from a file f
 The environment "multihop_qa" (registered here) is the tool environment with one tool, search
 (BM25, envs/tools.py) over the problem's world; `corpus_documents` gives a world's corpus to
 anyone else.
+
+The teacher writes one of three traces, chosen by the world's seed (metadata["teacher"]), in the
+environment's tags format with its default settings (k=2), the search outputs exactly as the
+environment writes them (SFT replays the trace as an episode and trains only the model's turns):
+- "search" (half): `<search>ENTITY</search>`, the output, `<search>BRIDGE</search>` (the entity
+  the first output names), the output, then the answer the second output shows;
+- "one" (a quarter): the first search, then the answer from memory;
+- "none" (a quarter): the two facts and the answer from memory, no search.
+Every trace is right (the teacher knows the world); a student that imitates the last two cannot
+be, as it does not know the world: the mixture leaves RL the choice of searching twice to learn.
 
 Verifier ("multihop_qa"): correct iff the last <answer> equals the gold answer after SQuAD's
 normalisation (lowercase, no punctuation, no articles a/an/the, single spaces). Reward terms
@@ -58,6 +68,26 @@ def _syllables(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(n))
 
 
+def _name_pools() -> dict[str, tuple[str, ...]]:
+    """The invented words names are made of, one disjoint pool per part: a closed set, so each word
+    recurs across worlds (a tokenizer trained on the data gives it few tokens) while what it names
+    changes with every world."""
+    rng = random.Random("r1lab/multihop/names")
+    sizes = {"first": 24, "last": 24, "company": 24, "city": 24, "country": 12, "river": 16}
+    words: list[str] = []
+    while len(words) < sum(sizes.values()):
+        w = _syllables(rng, 1 if len(words) >= sum(sizes.values()) - sizes["river"] else 2).capitalize()
+        if w not in words and len(w) >= 3:
+            words.append(w)
+    pools, at = {}, 0
+    for part, n in sizes.items():
+        pools[part], at = tuple(words[at: at + n]), at + n
+    return pools
+
+
+_NAMES = _name_pools()
+
+
 @dataclass(frozen=True)
 class World:
     people: dict[str, dict[str, object]]  # name -> {birthplace, born, employer, profession}
@@ -79,14 +109,14 @@ def build_world(seed: int, difficulty: int) -> World:
                 used.add(name.lower())
                 return name
 
-    countries = [fresh(lambda: _syllables(rng, 2).capitalize() + rng.choice(["ia", "and", "or", "ar"]))
+    countries = [fresh(lambda: rng.choice(_NAMES["country"]) + rng.choice(["ia", "and", "or", "ar"]))
                  for _ in range(2 + difficulty)]
-    rivers = [fresh(lambda: _syllables(rng, 1).capitalize()) for _ in range(3 * difficulty)]
-    cities = {fresh(lambda: _syllables(rng, 2).capitalize() + rng.choice(_CITY_ENDS)):
+    rivers = [fresh(lambda: rng.choice(_NAMES["river"])) for _ in range(3 * difficulty)]
+    cities = {fresh(lambda: rng.choice(_NAMES["city"]) + rng.choice(_CITY_ENDS)):
               {"country": rng.choice(countries), "river": rng.choice(rivers)} for _ in range(6 * difficulty)}
-    people_names = [fresh(lambda: f"{_syllables(rng, 2).capitalize()} {_syllables(rng, 2).capitalize()}")
+    people_names = [fresh(lambda: f"{rng.choice(_NAMES['first'])} {rng.choice(_NAMES['last'])}")
                     for _ in range(12 * difficulty)]
-    company_names = [fresh(lambda: f"{_syllables(rng, 2).capitalize()} {rng.choice(_COMPANY_ENDS)}")
+    company_names = [fresh(lambda: f"{rng.choice(_NAMES['company'])} {rng.choice(_COMPANY_ENDS)}")
                      for _ in range(4 * difficulty)]
     city_names = list(cities)
     companies = {c: {"founder": rng.choice(people_names), "founded": rng.randrange(1900, 2020),
@@ -132,6 +162,16 @@ QUESTIONS = {
     "founder_born": "In what year was the founder of {x} born?",
 }
 COMPANY_QUESTIONS = ("founder_birthplace", "founder_born")  # about a company; the others about a person
+TEACHERS = ("search", "search", "one", "none")  # the teacher of a world seed s is TEACHERS[s % 4]
+
+
+def _bridge(w: World, kind: str, x: str) -> str:
+    """The entity the first look-up finds and the second looks up."""
+    if kind in COMPANY_QUESTIONS:
+        return str(w.companies[x]["founder"])
+    if kind in ("birth_country", "birth_river"):
+        return str(w.people[x]["birthplace"])
+    return str(w.people[x]["employer"])
 
 
 def _hops(w: World, kind: str, x: str) -> tuple[list[str], str]:
@@ -184,12 +224,22 @@ class MultihopQA(TaskFamily):
             break
         return Problem(id="", prompt=QUESTIONS[kind].format(x=x), answer=answer, task=self.task,
                        metadata={"world": {"seed": seed, "difficulty": difficulty}, "kind": kind, "entity": x,
-                                 "facts": facts})
+                                 "bridge": _bridge(w, kind, x), "facts": facts, "teacher": TEACHERS[seed % 4]})
 
     def teacher_trace(self, problem: Problem) -> str:
-        # the facts the two look-ups would find, then the answer: a one-turn trace that does not call
-        # the tool, so it teaches the answer format, not the search (that needs multi-turn SFT)
-        return format_trace(list(problem.metadata["facts"]), problem.answer)
+        """The trace of the problem's teacher (the module docstring); "none" for a problem without
+        the metadata a search trace needs (one read from an older file)."""
+        meta = problem.metadata
+        teacher = meta.get("teacher", "none") if meta.get("bridge") else "none"
+        if teacher == "none":
+            return format_trace(list(meta["facts"]), problem.answer)
+        env = MultihopEnvironment()  # the default settings: what the recipe's environment writes
+        env.reset(problem)
+        calls = [f"<search>{meta['entity']}</search>"] + ([f"<search>{meta['bridge']}</search>"] if teacher == "search" else [])
+        text = "<think>\n"
+        for call in calls:
+            text += call + str(env.step(call).observation)
+        return f"{text}</think>\n<answer>{problem.answer}</answer>"
 
 
 # --- the environment ---------------------------------------------------------------------------
@@ -209,7 +259,7 @@ class MultihopEnvironment(ToolEnvironment):
 
     name = "multihop_qa"
 
-    def __init__(self, call_format: str = "tags", max_tool_calls: int = 4, k: int = 3, **limits):
+    def __init__(self, call_format: str = "tags", max_tool_calls: int = 4, k: int = 2, **limits):
         super().__init__(tools=(), call_format=call_format, max_tool_calls=max_tool_calls,
                          tool_objects=[WorldSearch(k=k)], **limits)
 

@@ -13,6 +13,11 @@ so an SFT start holds both habits and RL has something to choose between:
   from memory (right in the teacher's trace; the student only imitates its shape).
 
 Its problems allow the calculator and the Python tool (`tools`), nothing else.
+
+"multiply_python" is the same family (the same problems for a seed) whose "tool" teacher runs
+Python instead: `<think>\\n<python>print(347 * 829)</python>\\n<output>\\n287663\\n\\n</output>\\n</think>...`
+(the python tool's output is what the program printed, its newline included): for a model that
+knows Python better than a calculator tag.
 """
 
 from __future__ import annotations
@@ -52,3 +57,14 @@ class Multiply(TaskFamily):
         if problem.metadata.get("teacher") == "direct":
             return f"<think>\n{a} * {b} = {a * b}\n</think>\n<answer>{a * b}</answer>"
         return f"<think>\n<calc>{a} * {b}</calc>\n<output>\n{a * b}\n</output>\n</think>\n<answer>{a * b}</answer>"
+
+
+@register_task("multiply_python")
+class MultiplyPython(Multiply):
+    def teacher_trace(self, problem: Problem) -> str:
+        trace = super().teacher_trace(problem)
+        if problem.metadata.get("teacher") == "direct":
+            return trace
+        a, b = _PROMPT.match(prompt_text(problem.prompt)).groups()  # type: ignore[union-attr]  # checked above
+        return trace.replace(f"<calc>{a} * {b}</calc>\n<output>\n{problem.answer}\n</output>",
+                             f"<python>print({a} * {b})</python>\n<output>\n{problem.answer}\n\n</output>")
