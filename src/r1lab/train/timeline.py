@@ -21,6 +21,7 @@ class Timeline:
         self._lock = threading.Lock()
         self._file = None
         if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)  # a run directory the caller has not made yet
             self._file = open(path, "a" if append else "w", encoding="utf-8")
 
     @contextmanager
