@@ -220,8 +220,9 @@ def test_an_async_run_with_rollout_workers_survives_a_killed_worker(cluster, liv
     assert len(history) == 4 and group.policy_version == 4
     assert [h["staleness"] for h in history] == [0, 1, 1, 1]
     assert all("policy/tis_weight" in h for h in history)
-    retries = [h["cluster/rollout_retries"] for h in history]  # each step: its own batch's generate call
-    assert retries[:2] == [0, 0] and sorted(retries[2:]) == [0, 1]
+    # the run's retries so far, as each step's batch left them: one, in step 3's batch or step 4's
+    retries = [h["cluster/rollout_retries"] for h in history]
+    assert retries in ([0, 0, 1, 1], [0, 0, 0, 1])
     assert "replacing rollout worker 0" in caplog.text and "ActorDiedError" in caplog.text
     assert _changed(model, start) > 1e-3
 
