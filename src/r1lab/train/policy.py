@@ -226,7 +226,7 @@ class LocalPolicyWorker:
                 pad = (mine or micro)[0]  # a padding micro-batch's rows: among the ones the prompts' forward serves
                 self.optimizer.zero_grad(set_to_none=True)
                 # one autocast context per optimizer step: each weight is cast to bf16 once for all
-                # its micro-batches (the cache lives until the outermost context exits), not once each
+                # its micro-batches (the cache lives until the outermost context exits; autocast_cache)
                 with self.autocast(), EmbeddingGradInPlace(self.model, enabled=self.embedding_grad_in_place):
                     # each prompt of this worker's rows once, its K/V shared by their micro-batches
                     prefix = self._shared_prefix(self.model, batch, torch.cat(mine or [pad]))
