@@ -44,6 +44,18 @@ def _rows(tok, problems, responses):
     return batch, [e.vision for e in examples]
 
 
+def assert_engine_logprobs_are_the_trainers(model, tok, completions) -> None:
+    """The log-probs the engine reported for each sampled token equal the trainer's forward over the
+    same ids and pixels (1e-4: float32 over a few layers, batched against incremental decoding)."""
+    batch = pad_sequences([c.prompt_ids for c in completions], [c.response_ids for c in completions], tok.pad_token_id)
+    with torch.no_grad():
+        lp = token_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                            vision=[c.vision for c in completions])[0]
+    mask = batch["response_mask"].bool()
+    for i, c in enumerate(completions):
+        assert torch.allclose(lp[i][mask[i]], torch.tensor(c.logprobs), atol=1e-4), i
+
+
 def test_image_tokens_sit_before_the_question_and_carry_no_loss(vlm):
     model, tok, train = vlm
     p = train[0]
@@ -110,12 +122,7 @@ def test_hf_engine_and_trainer_agree_with_zero_one_and_two_images(vlm):
     cs = engine.generate(problems, SamplingParams(temperature=1.0, max_new_tokens=10), n=2, seed=3)
     assert [c.vision is None for c in cs] == [False, False, True, True, False, False]
     assert cs[4].vision.grid_thw.shape[0] == 2
-    batch = pad_sequences([c.prompt_ids for c in cs], [c.response_ids for c in cs], tok.pad_token_id)
-    with torch.no_grad():
-        lp = token_logprobs(model, batch["input_ids"], batch["attention_mask"], vision=[c.vision for c in cs])[0]
-    mask = batch["response_mask"].bool()
-    for i, c in enumerate(cs):
-        assert torch.allclose(lp[i][mask[i]], torch.tensor(c.logprobs), atol=1e-4), i
+    assert_engine_logprobs_are_the_trainers(model, tok, cs)
     vision_ids = {model.config.image_token_id, model.config.video_token_id,
                   model.config.vision_start_token_id, model.config.vision_end_token_id}
     assert not vision_ids & {t for c in cs for t in c.response_ids}
@@ -260,9 +267,4 @@ def test_a_tiny_qwen2_5_vl_takes_the_same_path(vlm):
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
     cs = HFEngine(model, tok).generate(train[:3], SamplingParams(temperature=1.0, max_new_tokens=6), n=2, seed=0)
-    batch = pad_sequences([c.prompt_ids for c in cs], [c.response_ids for c in cs], tok.pad_token_id)
-    with torch.no_grad():
-        lp = token_logprobs(model, batch["input_ids"], batch["attention_mask"], vision=[c.vision for c in cs])[0]
-    mask = batch["response_mask"].bool()
-    for i, c in enumerate(cs):
-        assert torch.allclose(lp[i][mask[i]], torch.tensor(c.logprobs), atol=1e-4), i
+    assert_engine_logprobs_are_the_trainers(model, tok, cs)
