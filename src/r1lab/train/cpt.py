@@ -27,21 +27,19 @@ uninterrupted run does.
 from __future__ import annotations
 
 import math
-import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from r1lab.config import CPTConfig
 from r1lab.models import logprobs_of_targets, model_device
 from r1lab.runs import MetricsWriter
 from r1lab.train.attention import trainer_attention, use_cpu_training_attention
-from r1lab.train.checkpoint import CPT_STATE_DIR, save_state
-from r1lab.train.common import grad_norm_clip, make_optimizer, warmup_constant, warmup_cosine
+from r1lab.train.checkpoint import CPT_STATE_DIR
+from r1lab.train.common import make_optimizer, warmup_constant, warmup_cosine
+from r1lab.train.epochs import BatchResult, EpochLoop, planned_steps
 
 
 @dataclass
@@ -168,19 +166,13 @@ def train_cpt(
     if not len(train):
         raise ValueError("continued pre-training needs at least one packed row")
     reset = cfg.boundaries == "reset"
-    rng = random.Random(seed)
-    torch_rng = torch.get_rng_state()
-    torch.manual_seed(seed)
-    steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
+    loop = EpochLoop("cpt", "rows", CPT_STATE_DIR, cfg.batch_size,
+                     planned_steps(len(train), cfg.batch_size, cfg.epochs, cfg.max_steps), cfg.grad_clip,
+                     cfg.save_every, cfg.keep_checkpoints)
     use_cpu_training_attention(model)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    sched = (warmup_cosine(opt, cfg.warmup_steps, total) if cfg.schedule == "cosine"
+    sched = (warmup_cosine(opt, cfg.warmup_steps, loop.total) if cfg.schedule == "cosine"
              else warmup_constant(opt, cfg.warmup_steps))
-    step, tokens_seen, seconds_before, order, start = 0, 0, 0.0, None, 0
-    last: dict[str, float] = {}
 
     def evaluate() -> dict[str, float]:
         if not heldout:
@@ -188,58 +180,21 @@ def train_cpt(
         nll, n = heldout_nll(model, heldout, cfg.batch_size, reset)
         return {"cpt/heldout_loss": nll, "cpt/heldout_ppl": math.exp(nll), "cpt/heldout_tokens": n} if n else {}
 
-    if resume is not None:
-        if resume["total"] != total or resume["rows"] != len(train):
-            raise ValueError(f"the CPT checkpoint is of {resume['total']} steps over {resume['rows']} rows, "
-                             f"this run has {total} over {len(train)}")
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        rng.setstate(resume["shuffle_rng"])
-        torch.set_rng_state(torch_rng)  # the stream load_latest restored, not the fresh seed's
-        step, tokens_seen, seconds_before = resume["step"], resume["tokens_seen"], resume["seconds"]
-        order, start, last = resume["order"], resume["position"], resume["last"]
-    elif metrics is not None and (start_eval := evaluate()):
+    def batch_step(index: list[int]) -> BatchResult:
+        batch = train.rows(index)
+        loss, _ = cpt_loss(model, batch, reset)
+        return BatchResult(loss, batch.input_ids.numel())
+
+    def after_step(step: int, last: dict[str, float]) -> dict[str, float]:
+        return evaluate() if (cfg.eval_every and step % cfg.eval_every == 0) or step == loop.total else {}
+
+    def postfix(last: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{last['cpt/loss']:.3f}",
+                **({"ppl": f"{last['cpt/heldout_ppl']:.2f}"} if "cpt/heldout_ppl" in last else {})}
+
+    if resume is None and metrics is not None and (start_eval := evaluate()):
         metrics.write(0, start_eval)  # the starting model's held-out perplexity
-    save_every = cfg.save_every if run_path is not None else 0
-    model.train()
-    t0 = time.time()
-    bar = tqdm(total=total, desc="cpt", unit="step", disable=not show_progress, dynamic_ncols=True, initial=step)
-    while step < total:
-        if order is None:  # a new epoch
-            order = list(range(len(train)))
-            rng.shuffle(order)
-            start = 0
-        for b in range(start, len(order), cfg.batch_size):
-            if step >= total:
-                break
-            batch = train.rows(order[b:b + cfg.batch_size])
-            loss, _ = cpt_loss(model, batch, reset)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = grad_norm_clip(model, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            tokens_seen += batch.input_ids.numel()
-            elapsed = seconds_before + time.time() - t0
-            last = {"cpt/loss": float(loss.item()), "cpt/grad_norm": gnorm, "cpt/lr": sched.get_last_lr()[0],
-                    "cpt/tokens": tokens_seen, "cpt/tokens_per_s": tokens_seen / max(elapsed, 1e-9)}
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
-                last.update(evaluate())
-            if metrics:
-                metrics.write(step, last)
-            bar.update(1)
-            bar.set_postfix({"loss": f"{last['cpt/loss']:.3f}",
-                             **({"ppl": f"{last['cpt/heldout_ppl']:.2f}"} if "cpt/heldout_ppl" in last else {})})
-            if save_every and (step % save_every == 0 or step == total):
-                epoch_done = b + cfg.batch_size >= len(order)
-                save_state(run_path, step, {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "shuffle_rng": rng.getstate(), "order": None if epoch_done else order,
-                    "position": b + cfg.batch_size, "tokens_seen": tokens_seen, "seconds": elapsed, "last": last,
-                    "total": total, "rows": len(train)}, cfg.keep_checkpoints, CPT_STATE_DIR)
-        order = None
-    bar.close()
-    model.eval()
-    return {**last, "cpt/steps": step, "cpt/seconds": seconds_before + time.time() - t0}
+    step, last, seconds = loop.run(model, opt, sched, len(train), batch_step, seed, after_step=after_step,
+                                   postfix=postfix, metrics=metrics, show_progress=show_progress,
+                                   run_path=run_path, resume=resume)
+    return {**last, "cpt/steps": step, "cpt/seconds": seconds}

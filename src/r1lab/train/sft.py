@@ -15,13 +15,10 @@ it logs and computes what the uninterrupted run does.
 
 from __future__ import annotations
 
-import random
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from r1lab.config import SFTConfig
 from r1lab.models import token_logprobs
@@ -29,8 +26,9 @@ from r1lab.records import Problem
 from r1lab.rollout.base import encode_prompts
 from r1lab.runs import MetricsWriter
 from r1lab.train.attention import trainer_attention, use_cpu_training_attention
-from r1lab.train.checkpoint import SFT_STATE_DIR, save_state
-from r1lab.train.common import grad_norm_clip, make_optimizer, pad_sequences, scatter_response_values, warmup_cosine
+from r1lab.train.checkpoint import SFT_STATE_DIR
+from r1lab.train.common import make_optimizer, pad_sequences, scatter_response_values, warmup_cosine
+from r1lab.train.epochs import BatchResult, EpochLoop, planned_steps
 
 
 class SFTExample(tuple):
@@ -111,72 +109,21 @@ def train_sft(
     continues from one, its random streams already restored."""
     if not examples:
         raise ValueError("SFT needs at least one example")
-    rng = random.Random(seed)
-    torch_rng = torch.get_rng_state()
-    torch.manual_seed(seed)
-    steps_per_epoch = (len(examples) + cfg.batch_size - 1) // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
+    loop = EpochLoop("sft", "examples", SFT_STATE_DIR, cfg.batch_size,
+                     planned_steps(len(examples), cfg.batch_size, cfg.epochs, cfg.max_steps), cfg.grad_clip,
+                     cfg.save_every, cfg.keep_checkpoints)
     use_cpu_training_attention(model)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    sched = warmup_cosine(opt, cfg.warmup_steps, total)
+    sched = warmup_cosine(opt, cfg.warmup_steps, loop.total)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    step, tokens_seen, seconds_before, order, start = 0, 0, 0.0, None, 0
-    last: dict[str, float] = {}
-    if resume is not None:
-        if resume["total"] != total or resume["examples"] != len(examples):
-            raise ValueError(f"the SFT checkpoint is of {resume['total']} steps over {resume['examples']} examples, "
-                             f"this run has {total} over {len(examples)}")
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        rng.setstate(resume["shuffle_rng"])
-        torch.set_rng_state(torch_rng)  # the stream load_latest restored, not the fresh seed's
-        step, tokens_seen, seconds_before = resume["step"], resume["tokens_seen"], resume["seconds"]
-        order, start, last = resume["order"], resume["position"], resume["last"]
-    save_every = cfg.save_every if run_path is not None else 0
-    model.train()
-    t0 = time.time()
-    bar = tqdm(total=total, desc="sft", unit="step", disable=not show_progress, dynamic_ncols=True, initial=step)
-    while step < total:
-        if order is None:  # a new epoch
-            order = list(range(len(examples)))
-            rng.shuffle(order)
-            start = 0
-        for b in range(start, len(order), cfg.batch_size):
-            if step >= total:
-                break
-            chunk = [examples[i] for i in order[b : b + cfg.batch_size]]
-            batch = sft_batch(chunk, pad_id)
-            vision = [getattr(e, "vision", None) for e in chunk]
-            loss, n_tok = sft_loss(model, batch, vision if any(v is not None for v in vision) else None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = grad_norm_clip(model, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            tokens_seen += int(batch["attention_mask"].sum())
-            elapsed = seconds_before + time.time() - t0
-            last = {
-                "sft/loss": float(loss.item()),
-                "sft/grad_norm": gnorm,
-                "sft/lr": sched.get_last_lr()[0],
-                "sft/tokens_per_s": tokens_seen / max(elapsed, 1e-9),
-            }
-            if metrics:
-                metrics.write(step, last)
-            bar.update(1)
-            bar.set_postfix(loss=f"{last['sft/loss']:.3f}")
-            if save_every and (step % save_every == 0 or step == total):
-                epoch_done = b + cfg.batch_size >= len(order)
-                save_state(run_path, step, {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "shuffle_rng": rng.getstate(), "order": None if epoch_done else order,
-                    "position": b + cfg.batch_size, "tokens_seen": tokens_seen, "seconds": elapsed, "last": last,
-                    "total": total, "examples": len(examples)}, cfg.keep_checkpoints, SFT_STATE_DIR)
-        order = None
-    bar.close()
-    model.eval()
-    return {**last, "sft/steps": step, "sft/seconds": seconds_before + time.time() - t0}
+
+    def batch_step(index: list[int]) -> BatchResult:
+        chunk = [examples[i] for i in index]
+        batch = sft_batch(chunk, pad_id)
+        vision = [getattr(e, "vision", None) for e in chunk]
+        loss, _ = sft_loss(model, batch, vision if any(v is not None for v in vision) else None)
+        return BatchResult(loss, int(batch["attention_mask"].sum()))
+
+    step, last, seconds = loop.run(model, opt, sched, len(examples), batch_step, seed, metrics=metrics,
+                                   show_progress=show_progress, run_path=run_path, resume=resume)
+    return {**last, "sft/steps": step, "sft/seconds": seconds}
