@@ -119,6 +119,18 @@ def plot(runs: list[dict], path: Path, title: str = "tool_calc: 2-digit x 2-digi
     plt.close(fig)
 
 
+def kept_runs(path: Path, recipe: str, overrides: list[str], seeds: list[int], fresh: bool) -> list[dict]:
+    """The runs of other seeds already in `path`, so seeds can run as separate jobs; none when `fresh`, and
+    an error when the file is of another recipe or other overrides (its runs would not be comparable)."""
+    if fresh or not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    if (Path(old["recipe"]).name, old["overrides"]) != (Path(recipe).name, overrides):
+        raise SystemExit(f"{path} holds runs of {old['recipe']} {old['overrides']}, not of {recipe} {overrides}: "
+                         "pass --fresh to replace them")
+    return [r for r in old["runs"] if r["seed"] not in seeds]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
@@ -129,6 +141,8 @@ def main() -> None:
     ap.add_argument("--replot", action="store_true", help="only redraw the figure from results.json")
     ap.add_argument("--split", nargs="*", type=Path, default=[],
                     help="finished run directories: held-out accuracy with and without a tool call, SFT and GRPO")
+    ap.add_argument("--fresh", action="store_true",
+                    help="drop the other seeds' runs from results.json (default: a run of some seeds keeps the rest)")
     ap.add_argument("overrides", nargs="*", help="key.sub=value settings on top of the recipe")
     args = ap.parse_args()
     name = "tool_use" if args.recipe.resolve() == RECIPE else args.recipe.stem
@@ -144,6 +158,8 @@ def main() -> None:
         plot(json.loads((results_dir / "results.json").read_text())["runs"], figure, **titled)
         return
     runs = [run(seed, Path(args.out), args.overrides, args.recipe.resolve(), args.base_eval) for seed in args.seeds]
+    runs = kept_runs(results_dir / "results.json", str(args.recipe), args.overrides, args.seeds, args.fresh) + runs
+    runs.sort(key=lambda r: r["seed"])
     (results_dir / "results.json").write_text(json.dumps({"recipe": str(args.recipe), "overrides": args.overrides,
                                                           "runs": runs}, indent=1) + "\n")
     plot(runs, figure, **titled)
