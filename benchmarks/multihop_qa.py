@@ -1,11 +1,12 @@
 """Multi-hop QA with the search tool on the tiny model: recipes/tiny/multihop_qa.yaml.
 
-SFT on teacher episodes (half search twice, a quarter once, a quarter not at all; the search
-outputs masked out of the loss), then GRPO over multi-turn episodes with exact-match + token-F1
-rewards; per seed. Held-out episodes (eval.n per problem at eval.temperature) after SFT and after
-GRPO: exact match, token F1, search calls per episode, the share of episodes that search twice,
-each with its standard error over problems (the n samples of a problem are not independent, so
-the unit is the problem's mean), and the paired standard error of the change.
+SFT on teacher episodes (three in four search twice, one in four once; the search outputs masked
+out of the loss), then GRPO over multi-turn episodes with exact-match + token-F1 rewards; per
+seed. Held-out episodes (eval.n per problem at eval.temperature) after SFT and after GRPO: exact
+match, token F1, search calls per episode, the share of episodes that search twice, of those whose
+first query is the question's entity (hop1) and whose first two are the entity and the bridge
+(hop2), each with its standard error over problems (the n samples of a problem are not
+independent, so the unit is the problem's mean), and the paired standard error of the change.
 
     OMP_NUM_THREADS=1 /work/bin/heavy python benchmarks/multihop_qa.py [--seeds 0 1] [key.sub=value ...]
 

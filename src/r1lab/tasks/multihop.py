@@ -77,7 +77,9 @@ def _name_pools() -> dict[str, tuple[str, ...]]:
     one token, with or without a leading space) while what it names changes with every world.
     One-token names make every look-up and the answer a copy of one token from the text shown; a
     two-token name asks the tiny model to copy a span, which it does not learn in a short SFT (its
-    second token comes out wrong). A pool holds more names than a difficulty-4 world uses."""
+    second token comes out wrong). The pools are small so that each name recurs often enough for
+    the tiny model to learn its token (BENCHMARKS.md, "Multi-hop QA"); each holds as many names as
+    a difficulty-4 world uses."""
     rng = random.Random("r1lab/multihop/names")
     sizes = {"person": 48, "company": 16, "city": 24, "country": 12, "river": 16}
     words: list[str] = []
@@ -252,8 +254,8 @@ class MultihopQA(TaskFamily):
         env = MultihopEnvironment()  # the default settings: what the recipe's environment writes
         env.reset(problem)
         # a space before each name: the query and the answer hold the name as the question and the
-        # documents do (" Varnek", one token), so each is a copy of a token; without it the model
-        # would have to learn which other token ("Varnek") each of ~200 names becomes
+        # documents do (" Varnek"), so each is a copy of the same token, not of another one
+        # ("Varnek") that the model would have to pair with it name by name
         calls = [f"<search> {meta['entity']}</search>"] + ([f"<search> {meta['bridge']}</search>"] if teacher == "search" else [])
         text = "<think>\n"
         for call in calls:
