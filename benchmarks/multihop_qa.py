@@ -134,19 +134,25 @@ def plot(res: dict, path: Path) -> None:
     for i, r in enumerate(runs):
         for j, (stage, name) in enumerate((("sft", "SFT"), ("grpo", "GRPO"))):
             x = [k + (2 * i + j - len(runs) + 0.5) * width for k in range(len(labels))]
+            c = r["change"]
+            extra = f" (EM {100 * c['em']:+.1f} ± {100 * c['em_se']:.1f} paired)" if stage == "grpo" else ""
             axes[0].bar(x, [r[stage][k] for k, _ in labels], width, yerr=[2 * r[stage][f"{k}_se"] for k, _ in labels],
                         capsize=3, color=f"C{i}", alpha=0.45 if stage == "sft" else 0.95,
-                        label=f"seed {r['seed']} {name}")
+                        label=f"seed {r['seed']} {name}{extra}")
     axes[0].set_xticks(range(len(labels)), [n for _, n in labels])
     axes[0].set(title="held-out (100 problems x 4), after SFT and after GRPO\n(error bars: 2 standard errors over problems)",
                 ylim=(0, 1))
-    for r in runs:
+    for i, r in enumerate(runs):
         steps = [t["step"] for t in r["train"]]
-        axes[1].plot(steps, [t["reward/exact_match"] for t in r["train"]], label=f"seed {r['seed']} exact match")
-        axes[1].plot(steps, [t["reward/token_f1"] for t in r["train"]], ls="--", label=f"seed {r['seed']} token F1")
-        axes[2].plot(steps, [t["env/tool_calls"] for t in r["train"]], label=f"seed {r['seed']}")
-    axes[1].set(title="training rollouts: reward terms", xlabel="GRPO step", ylim=(0, 1))
-    axes[2].set(title="training rollouts: search calls per episode", xlabel="GRPO step", ylim=(0, 2.2))
+        em = [t["reward/exact_match"] for t in r["train"]]
+        smooth = [sum(em[max(0, j - 4): j + 1]) / len(em[max(0, j - 4): j + 1]) for j in range(len(em))]
+        axes[1].plot(steps, em, color=f"C{i}", alpha=0.3, lw=0.8)
+        axes[1].plot(steps, smooth, color=f"C{i}", label=f"seed {r['seed']} training EM (mean of 5 steps)")
+        held = [(0, r["sft"]["em"])] + [(e["step"], e["eval/avg"]) for e in r["evals"]] + [(steps[-1], r["grpo"]["em"])]
+        axes[1].plot(*zip(*held), "o--", color=f"C{i}", ms=5, label=f"seed {r['seed']} held-out EM")
+        axes[2].plot(steps, [t["env/tool_calls"] for t in r["train"]], color=f"C{i}", label=f"seed {r['seed']}")
+    axes[1].set(title="exact match: training rollouts and held-out", xlabel="GRPO step", ylim=(0, 1))
+    axes[2].set(title="training rollouts: search calls per episode", xlabel="GRPO step", ylim=(0, 3.1))
     for ax in axes:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
