@@ -33,7 +33,9 @@ def _between(fact: str) -> str:
 def test_two_searches_answer_every_question_and_the_first_alone_does_not(splits):
     train, held = splits
     assert {p.metadata["kind"] for p in held + train} == set(QUESTIONS)
-    assert {p.prompt for p in train}.isdisjoint({p.prompt for p in held})
+    # a problem is its world: the held-out worlds are not the training ones (question texts recur)
+    world = lambda p: (p.metadata["world"]["seed"], p.metadata["world"]["difficulty"])  # noqa: E731
+    assert {world(p) for p in train}.isdisjoint({world(p) for p in held})
     for p in held:
         env = make_env("multihop_qa")
         env.reset(p)
@@ -55,6 +57,11 @@ def test_worlds_are_deterministic_and_teacher_traces_verify(splits):
     assert corpus_documents(w["seed"], w["difficulty"]) == corpus_documents(w["seed"], w["difficulty"])
     names = [d["title"] for d in corpus_documents(w["seed"], 2)]
     assert len(names) == len(set(names)) == 12 * 2 + 4 * 2 + 6 * 2
+    assert all(" " not in n for n in names)  # one word a name: one token to copy for the recipe's tokenizer
+    family = get_task("multihop_qa")
+    # a problem is its world; one without (read from an older file) is its question
+    assert family.dedupe_key(p) == f"world {w['seed']}/{w['difficulty']}"
+    assert family.dedupe_key(Problem("x", "Who founded  Zorblax?", "Orelli")) == "who founded zorblax?"
     family = get_task("multihop_qa")
     assert all(check_multihop(family.teacher_trace(q), q).correct for q in train[:30])
 
@@ -137,9 +144,9 @@ def test_the_tiny_recipe_runs_through_eval(tiny, tmp_path):
 
 
 def test_teacher_traces_are_episodes_of_the_recipes_environment(tiny, splits):
-    """The teacher's traces replay through the recipe's environment: "search" ones call search twice
-    (the entity, then the bridge the first output names) and answer from the second output, "one"
-    once, "none" never; only the model's turns are SFT targets."""
+    """The teacher's traces replay through the recipe's environment: "search" ones (three in four)
+    call search twice (the entity, then the bridge the first output names) and answer from the
+    second output, "one" once; only the model's turns are SFT targets."""
     from collections import Counter
 
     from r1lab.config import load_config
@@ -152,7 +159,7 @@ def test_teacher_traces_are_episodes_of_the_recipes_environment(tiny, splits):
     train, _ = splits
     family = get_task("multihop_qa")
     teachers = Counter(p.metadata["teacher"] for p in train)
-    assert set(teachers) == {"search", "one", "none"} and teachers["search"] > teachers["one"]
+    assert set(teachers) == {"search", "one"} and teachers["search"] > 2 * teachers["one"]
     for p in train[:24]:
         trace = family.teacher_trace(p)
         ep = trace_episode(tok, p, trace, cfg.env.name, cfg.env.settings, limits)
@@ -161,7 +168,9 @@ def test_teacher_traces_are_episodes_of_the_recipes_environment(tiny, splits):
         assert ep.who == ["model", "env"] * calls + ["model"] and check_multihop(ep.answer, p).correct
         if calls == 2:
             assert p.metadata["bridge"] in ep.texts[1] and p.answer in ep.texts[3]
-            assert ep.texts[2] == f"<search>{p.metadata['bridge']}</search>"
+            # the name as the output shows it, after a space: the same token to copy
+            assert ep.texts[2] == f"<search> {p.metadata['bridge']}</search>" and f" {p.metadata['bridge']}" in ep.texts[1]
+        assert ep.texts[0].endswith(f"<search> {p.metadata['entity']}</search>") and f" {p.metadata['entity']}" in p.prompt
         # the episode's text is the trace: the outputs it shows are the environment's own
         assert "".join(ep.texts) == trace
     (ex,) = sft_examples(tok, [(p, trace)], cfg.env.name, cfg.env.settings, limits)

@@ -1,34 +1,39 @@
 """Multi-hop question answering over generated worlds of facts, with the search tool.
 
-Each problem has its own invented world (people, cities, countries and companies with made-up
-names, drawn from the problem's seed out of a closed set of invented words), so no model knows it
-and nothing learnt on one problem answers another: the answer has to be looked up. Each entity has one document in the world's
-corpus:
+Each problem has its own invented world (people, cities, countries and companies, each named by
+one made-up word drawn from the problem's seed out of a closed set), so no model knows it and
+nothing learnt on one problem answers another: the answer has to be looked up. The same question
+text recurs across worlds with another answer each time: a problem is its world (`dedupe_key`),
+so train and held-out problems never share one (the data stage still drops every training problem
+whose question text equals a held-out one). Each entity has one document in the world's corpus:
 
-    Ilsa Varnek is an engineer. Ilsa Varnek was born in Quenford in 1961 and works for Zorblax Labs.
-    Zorblax Labs is a shipping company founded in 1987 by Tam Orelli. Its headquarters are in Brasklow.
+    Varnek is an engineer. Varnek was born in Quenford in 1961 and works for Zorblax.
+    Zorblax is a shipping company founded in 1987 by Orelli. Its headquarters are in Brasklow.
     Quenford is a city in Velmar. Its river is the Sul.
 
 and every question needs two look-ups, the second depending on what the first found: "In which
-city was the founder of Zorblax Labs born?" (the company's document names its founder, the
-founder's document the city; the first document alone never shows the answer). Difficulty d:
-12*d people, 4*d companies, 6*d cities, 2+d countries per world (more distractors for the
-search). A problem names its world in
-metadata["world"] ({"seed", "difficulty"}), so a problem read back from a file finds the same corpus.
+city was the founder of Zorblax born?" (the company's document names its founder, the founder's
+document the city; the first document alone never shows the answer). Difficulty d: 12*d people,
+4*d companies, 6*d cities, 2+d countries per world (more distractors for the search). A problem
+names its world in metadata["world"] ({"seed", "difficulty"}), so a problem read back from a file
+finds the same corpus.
 
 The environment "multihop_qa" (registered here) is the tool environment with one tool, search
 (BM25, envs/tools.py) over the problem's world; `corpus_documents` gives a world's corpus to
 anyone else.
 
-The teacher writes one of three traces, chosen by the world's seed (metadata["teacher"]), in the
-environment's tags format with its default settings (k=2), the search outputs exactly as the
-environment writes them (SFT replays the trace as an episode and trains only the model's turns):
-- "search" (half): `<search>ENTITY</search>`, the output, `<search>BRIDGE</search>` (the entity
-  the first output names), the output, then the answer the second output shows;
-- "one" (a quarter): the first search, then the answer from memory;
-- "none" (a quarter): the two facts and the answer from memory, no search.
-Every trace is right (the teacher knows the world); a student that imitates the last two cannot
-be, as it does not know the world: the mixture leaves RL the choice of searching twice to learn.
+The teacher writes one of two traces, chosen by the world's seed (metadata["teacher"]), in the
+environment's tags format with its default settings (k=1: one passage a search, so the bridge and
+the answer each stand in the one document shown), the search outputs exactly as the environment
+writes them (SFT replays the trace as an episode and trains only the model's turns):
+- "search" (three in four): `<search> ENTITY</search>`, the output, `<search> BRIDGE</search>`
+  (the entity the first output names), the output, then the answer the second output shows
+  (`<answer> ANSWER</answer>`);
+- "one" (one in four): the first search, then the answer from memory.
+Every trace is right (the teacher knows the world); a student that imitates the second cannot be,
+as it does not know the world: the mixture leaves RL the choice of searching twice to learn. A
+problem without the metadata a search trace needs (one read from an older file) gets "none": the
+two facts and the answer, no search.
 
 Verifier ("multihop_qa"): correct iff the last <answer> equals the gold answer after SQuAD's
 normalisation (lowercase, no punctuation, no articles a/an/the, single spaces). Reward terms
@@ -58,8 +63,6 @@ _ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", 
            "v", "w", "z", "th", "sh"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
 _CODAS = ["", "", "n", "r", "l", "s", "th", "k", "m"]
-_CITY_ENDS = ["ford", "holm", "mere", "wick", "stead", "vale", "port", "burg"]
-_COMPANY_ENDS = ["Labs", "Works", "Systems", "Holdings", "Industries", "Dynamics"]
 _INDUSTRIES = ["shipping", "software", "mining", "textile", "brewing", "robotics", "insurance", "glassware"]
 _PROFESSIONS = ["engineer", "chemist", "pilot", "lawyer", "teacher", "architect", "nurse", "painter"]
 
@@ -69,11 +72,16 @@ def _syllables(rng: random.Random, n: int) -> str:
 
 
 def _name_pools() -> dict[str, tuple[str, ...]]:
-    """The invented words names are made of, one disjoint pool per part: a closed set, so each word
-    recurs across worlds (a tokenizer trained on the data gives it few tokens) while what it names
-    changes with every world."""
+    """The invented words that name things, one disjoint pool per kind of entity, each name one
+    word: a closed set, so each word recurs across worlds (a tokenizer trained on the data gives it
+    one token, with or without a leading space) while what it names changes with every world.
+    One-token names make every look-up and the answer a copy of one token from the text shown; a
+    two-token name asks the tiny model to copy a span, which it does not learn in a short SFT (its
+    second token comes out wrong). The pools are small so that each name recurs often enough for
+    the tiny model to learn its token (BENCHMARKS.md, "Multi-hop QA"); each holds as many names as
+    a difficulty-4 world uses."""
     rng = random.Random("r1lab/multihop/names")
-    sizes = {"first": 24, "last": 24, "company": 24, "city": 24, "country": 12, "river": 16}
+    sizes = {"person": 48, "company": 16, "city": 24, "country": 12, "river": 16}
     words: list[str] = []
     while len(words) < sum(sizes.values()):
         w = _syllables(rng, 1 if len(words) >= sum(sizes.values()) - sizes["river"] else 2).capitalize()
@@ -109,15 +117,12 @@ def build_world(seed: int, difficulty: int) -> World:
                 used.add(name.lower())
                 return name
 
-    countries = [fresh(lambda: rng.choice(_NAMES["country"]) + rng.choice(["ia", "and", "or", "ar"]))
-                 for _ in range(2 + difficulty)]
+    countries = [fresh(lambda: rng.choice(_NAMES["country"])) for _ in range(2 + difficulty)]
     rivers = [fresh(lambda: rng.choice(_NAMES["river"])) for _ in range(3 * difficulty)]
-    cities = {fresh(lambda: rng.choice(_NAMES["city"]) + rng.choice(_CITY_ENDS)):
-              {"country": rng.choice(countries), "river": rng.choice(rivers)} for _ in range(6 * difficulty)}
-    people_names = [fresh(lambda: f"{rng.choice(_NAMES['first'])} {rng.choice(_NAMES['last'])}")
-                    for _ in range(12 * difficulty)]
-    company_names = [fresh(lambda: f"{rng.choice(_NAMES['company'])} {rng.choice(_COMPANY_ENDS)}")
-                     for _ in range(4 * difficulty)]
+    cities = {fresh(lambda: rng.choice(_NAMES["city"])): {"country": rng.choice(countries), "river": rng.choice(rivers)}
+              for _ in range(6 * difficulty)}
+    people_names = [fresh(lambda: rng.choice(_NAMES["person"])) for _ in range(12 * difficulty)]
+    company_names = [fresh(lambda: rng.choice(_NAMES["company"])) for _ in range(4 * difficulty)]
     city_names = list(cities)
     companies = {c: {"founder": rng.choice(people_names), "founded": rng.randrange(1900, 2020),
                      "headquarters": rng.choice(city_names), "industry": rng.choice(_INDUSTRIES)} for c in company_names}
@@ -126,15 +131,19 @@ def build_world(seed: int, difficulty: int) -> World:
     return World(people, companies, cities, countries)
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def document(w: World, name: str) -> str:
     """The text of an entity's document."""
     if name in w.people:
         a = w.people[name]
-        return (f"{name} is {'an' if str(a['profession'])[0] in 'aeiou' else 'a'} {a['profession']}. "
+        return (f"{name} is {_article(str(a['profession']))} {a['profession']}. "
                 f"{name} was born in {a['birthplace']} in {a['born']} and works for {a['employer']}.")
     if name in w.companies:
         a = w.companies[name]
-        return (f"{name} is a {a['industry']} company founded in {a['founded']} by {a['founder']}. "
+        return (f"{name} is {_article(str(a['industry']))} {a['industry']} company founded in {a['founded']} by {a['founder']}. "
                 f"Its headquarters are in {a['headquarters']}.")
     a = w.cities[name]
     return f"{name} is a city in {a['country']}. Its river is the {a['river']}."
@@ -162,7 +171,7 @@ QUESTIONS = {
     "founder_born": "In what year was the founder of {x} born?",
 }
 COMPANY_QUESTIONS = ("founder_birthplace", "founder_born")  # about a company; the others about a person
-TEACHERS = ("search", "search", "one", "none")  # the teacher of a world seed s is TEACHERS[s % 4]
+TEACHERS = ("search", "search", "search", "one")  # the teacher of a world seed s is TEACHERS[s % 4]
 
 
 def _bridge(w: World, kind: str, x: str) -> str:
@@ -226,6 +235,15 @@ class MultihopQA(TaskFamily):
                        metadata={"world": {"seed": seed, "difficulty": difficulty}, "kind": kind, "entity": x,
                                  "bridge": _bridge(w, kind, x), "facts": facts, "teacher": TEACHERS[seed % 4]})
 
+    def dedupe_key(self, problem: Problem) -> str:
+        """The world: a question about another world is another problem (the same words, another
+        answer), and train and held-out problems never share a world. A problem without one (read
+        from an older file): its prompt."""
+        world = (problem.metadata or {}).get("world")
+        if isinstance(world, dict) and "seed" in world:
+            return f"world {world['seed']}/{world.get('difficulty')}"
+        return super().dedupe_key(problem)
+
     def teacher_trace(self, problem: Problem) -> str:
         """The trace of the problem's teacher (the module docstring); "none" for a problem without
         the metadata a search trace needs (one read from an older file)."""
@@ -235,11 +253,14 @@ class MultihopQA(TaskFamily):
             return format_trace(list(meta["facts"]), problem.answer)
         env = MultihopEnvironment()  # the default settings: what the recipe's environment writes
         env.reset(problem)
-        calls = [f"<search>{meta['entity']}</search>"] + ([f"<search>{meta['bridge']}</search>"] if teacher == "search" else [])
+        # a space before each name: the query and the answer hold the name as the question and the
+        # documents do (" Varnek"), so each is a copy of the same token, not of another one
+        # ("Varnek") that the model would have to pair with it name by name
+        calls = [f"<search> {meta['entity']}</search>"] + ([f"<search> {meta['bridge']}</search>"] if teacher == "search" else [])
         text = "<think>\n"
         for call in calls:
             text += call + str(env.step(call).observation)
-        return f"{text}</think>\n<answer>{problem.answer}</answer>"
+        return f"{text}</think>\n<answer> {problem.answer}</answer>"
 
 
 # --- the environment ---------------------------------------------------------------------------
@@ -259,7 +280,7 @@ class MultihopEnvironment(ToolEnvironment):
 
     name = "multihop_qa"
 
-    def __init__(self, call_format: str = "tags", max_tool_calls: int = 4, k: int = 2, **limits):
+    def __init__(self, call_format: str = "tags", max_tool_calls: int = 4, k: int = 1, **limits):
         super().__init__(tools=(), call_format=call_format, max_tool_calls=max_tool_calls,
                          tool_objects=[WorldSearch(k=k)], **limits)
 
