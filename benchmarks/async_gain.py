@@ -16,17 +16,12 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from r1lab.cli import _quiet_libraries  # noqa: E402
-from r1lab.cluster import with_off_policy_correction  # noqa: E402
-from r1lab.config import load_config  # noqa: E402
-from r1lab.runs import RunDir, read_metrics  # noqa: E402
-from r1lab.stages import load_policy, prepare_data, run_eval, run_rl, run_sft  # noqa: E402
 
-DEMO = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "demo.yaml"
+from async_speed import MODES, rl_from_sft, sft_once  # noqa: E402 -- benchmarks/: the one SFT-then-RL block
 
 
 def main() -> None:
@@ -38,30 +33,15 @@ def main() -> None:
     _quiet_libraries()
     rows = []
     for seed in args.seeds:
-        base = [*args.overrides, f"seed={seed}", f"out_dir={args.out}"]
-        cfg = load_config(DEMO, [*base, f"name=sft-s{seed}"])
-        run = RunDir.create(cfg)
-        data = prepare_data(cfg, run, log=lambda *_: None)
-        model, tok = load_policy(cfg, data)
-        run_sft(cfg, run, model, tok, data, show_progress=False)
-        key = f"avg@{cfg.eval.n}"
-        sft = run_eval(cfg, model, tok, data.eval, None, "sft", show_progress=False).summary[key]
+        sft_ckpt, sft, _ = sft_once(seed, args.overrides, args.out, evaluate=True)
         row = {"seed": seed, "sft": sft}
-        for mode, steps_off in (("sync", 0), ("async", 1)):
-            cfg = load_config(DEMO, [*base, f"name=rl-{mode}-s{seed}", f"init_from={run.checkpoint('sft')}",
-                                     f"cluster.off_policy_steps={steps_off}"])
-            cfg = with_off_policy_correction(cfg)
-            rl_run = RunDir.create(cfg)
-            rl_data = prepare_data(cfg, rl_run, log=lambda *_: None)
-            rl_model, rl_tok = load_policy(cfg, rl_data)
-            t = time.time()
-            run_rl(cfg, rl_run, rl_model, rl_tok, rl_data, show_progress=False)
-            secs = time.time() - t
-            m = [r for r in read_metrics(rl_run.file("metrics.jsonl")) if r["step"] > 0]
-            row[mode] = run_eval(cfg, rl_model, rl_tok, rl_data.eval, None, mode, show_progress=False).summary[key]
-            row[f"{mode}_step_s"] = statistics.mean(r["time/step"] for r in m)
-            row[f"{mode}_s"] = secs
-            print(f"seed {seed} {mode}: {key} {row[mode]:.3f} in {secs:.0f} s", flush=True)
+        for mode, modes_key in (("sync", "sync"), ("async", "k1")):
+            r = rl_from_sft(sft_ckpt, seed, f"rl-{mode}-s{seed}", MODES[modes_key], args.overrides, args.out, evaluate=True)
+            key = r["key"]
+            row[mode] = r["heldout"]
+            row[f"{mode}_step_s"] = statistics.mean(x["time/step"] for x in r["metrics"])
+            row[f"{mode}_s"] = r["wall_s"]
+            print(f"seed {seed} {mode}: {key} {row[mode]:.3f} in {r['wall_s']:.0f} s", flush=True)
         rows.append(row)
     print(f"\n# async vs sync GRPO, {time.strftime('%Y-%m-%d %H:%M')} UTC, {platform.machine()}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.1f}")

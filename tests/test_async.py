@@ -106,7 +106,7 @@ def train_cfg(steps=4, **cluster) -> RunConfig:
     return cfg
 
 
-def run(cfg, lively, path, on_eval=None, resume=None, model=None):
+def run(cfg, lively, path, on_eval=None, resume=None, model=None, health=None):
     from r1lab.runs import MetricsWriter
     from r1lab.train.rl import train_rl
 
@@ -114,7 +114,7 @@ def run(cfg, lively, path, on_eval=None, resume=None, model=None):
     path.mkdir(parents=True, exist_ok=True)
     with MetricsWriter(path / "samples.jsonl", append=resume is not None) as sw:
         return train_rl(cfg, model, tok, FastEngine(model, tok, dtype="float32"), problems(6), samples=sw,
-                        on_eval=on_eval, show_progress=False, run_path=path, resume=resume)
+                        on_eval=on_eval, show_progress=False, run_path=path, resume=resume, health=health)
 
 
 def prompts_by_step(path):
@@ -128,16 +128,19 @@ def prompts_by_step(path):
 
 @pytest.fixture(scope="module")
 def k2_run(lively, tmp_path_factory):
+    from r1lab.health import HealthMonitor
+
     path = tmp_path_factory.mktemp("k2") / "run"
     cfg = train_cfg(off_policy_steps=2)
     cfg.train.save_every = 2
-    return run(cfg, lively, path), path
+    health = HealthMonitor(cfg.health, log=lambda _: None)
+    return run(cfg, lively, path, health=health), path, health
 
 
 def test_a_k2_run_trains_on_samples_at_most_two_versions_old(k2_run):
     from r1lab.train.timeline import read_timeline
 
-    history, path = k2_run
+    history, path, _ = k2_run
     # batch j comes from the weights after step j - 2: exactly 2 behind once the run is 2 steps in
     assert [h["staleness"] for h in history] == [0, 1, 2, 2]
     assert max(h["staleness"] for h in history) <= 2
@@ -159,6 +162,66 @@ def test_a_k2_run_trains_on_samples_at_most_two_versions_old(k2_run):
     assert png.stat().st_size > 1000
 
 
+def test_a_k2_run_measures_the_logprob_gap_under_the_weights_that_sampled_and_does_not_warn(k2_run):
+    """lr 1e-2 on the lively model moves the policy far once the groups' rewards differ: the
+    trainer's log-probs of the last batch, sampled two versions earlier, differ from the engine's by
+    ~1 nat per token (`rollout/offpolicy_diff_mean`, the drift, logged apart), and the mean over the
+    check's window of 3 steps is far above its 0.05 (the check fired here when it read the drift).
+    Scored by the producer under the sampling weights, the gap is float32 rounding: the fast engine
+    and the trainer's forward agree to ~1e-5 nats per token on this model, so 1e-3."""
+    history, _, health = k2_run
+    drifted = [h["rollout/offpolicy_diff_mean"] for h in history if h["staleness"] > 0]
+    assert len(drifted) == 3 and sum(drifted) / 3 > 0.05
+    assert all(h["rollout/logprob_diff_mean"] < 1e-3 and h["rollout/logprob_diff_tokens"] > 0 for h in history)
+    assert "offpolicy_diff_mean" not in str(history[0])  # staleness 0: the trainer's own comparison is the gap
+    assert "logprob_gap" not in health.reported and len(health.history.values("rollout/logprob_diff_mean")) == 4
+
+
+def test_an_async_run_whose_engine_computes_other_logprobs_still_warns(lively, tmp_path):
+    """A real mismatch: the engine samples in bfloat16 (8 bits of mantissa) while the trainer scores
+    in float32. Under the sampling weights the gap is 0.04-0.07 nats per token on this model on this
+    host (float32 engines: ~1e-5, the run above); the threshold is set to 0.01 so that the check's
+    verdict does not hang on the exact bf16 rounding of another host's kernels."""
+    from r1lab.health import HealthMonitor
+
+    cfg = train_cfg(off_policy_steps=1)
+    cfg.rollout.dtype = "bfloat16"
+    cfg.health.logprob_gap_max = 0.01
+    health = HealthMonitor(cfg.health, log=lambda _: None)
+    history = run(cfg, lively, tmp_path / "run", health=health)
+    assert [h["staleness"] for h in history] == [0, 1, 1, 1]
+    assert min(h["rollout/logprob_diff_mean"] for h in history) > 0.01
+    assert "logprob_gap" in health.reported
+
+
+def test_the_behaviour_gap_reads_only_the_tokens_of_the_version_the_model_holds(tiny):
+    """Engine log-probs made from float64 log-probs of the model plus 0.25 nats on the tokens of
+    version 1 (the model's weights) and 3 nats on the others: only the 0.25 may count. The model's
+    float32 forward sits ~1e-6 from float64 on these small logits, so 1e-4."""
+    from r1lab.records import Completion
+    from r1lab.train.step_metrics import behaviour_logprob_gap
+
+    model, tok = tiny
+    double = copy.deepcopy(model).double()
+    P, R = [5, 17, 40, 9], [[33, 2, 71, 8, 90], [12, 60, 61]]
+    versions = [[0, 0, 1, 1, 1], None, None]
+    out = []
+    for k, (resp, tv, pv) in enumerate(zip([R[0], R[1], R[1]], versions, [0, 1, 0])):
+        ids = torch.tensor([P + resp])
+        with torch.no_grad():
+            lp = torch.log_softmax(double(ids).logits[0].double() / 0.7, -1)
+        exact = [float(lp[len(P) + i - 1, t]) for i, t in enumerate(resp)]
+        tok_v = tv or [pv] * len(resp)
+        out.append(Completion(problem_id=f"p{k}", prompt_ids=P, response_ids=resp, text="", finish_reason="stop",
+                              logprobs=[x + (0.25 if v == 1 else 3.0) for x, v in zip(exact, tok_v)],
+                              policy_version=pv, token_versions=tv))
+    gap = behaviour_logprob_gap(model, out, version=1, pad_id=0, temperature=0.7)
+    assert gap["rollout/logprob_diff_tokens"] == 3 + 3  # three of the first sample's tokens, all of the second's
+    assert gap["rollout/logprob_diff_mean"] == pytest.approx(0.25, abs=1e-4)
+    assert gap["rollout/logprob_diff_max"] == pytest.approx(0.25, abs=1e-4)
+    assert behaviour_logprob_gap(model, out[2:], version=1, pad_id=0, temperature=0.7) == {}
+
+
 def test_a_k2_run_resumed_after_a_crash_draws_the_prompts_the_whole_run_drew(k2_run, lively, tmp_path):
     """The run stops at step 3 (the producer ahead, batches in its buffer): its checkpoint of step 2
     holds the sampler as it was before step 2's batch was drawn, so the resumed run samples steps
@@ -166,7 +229,7 @@ def test_a_k2_run_resumed_after_a_crash_draws_the_prompts_the_whole_run_drew(k2_
     weights (staleness 0 at the resumed step)."""
     from r1lab.train.checkpoint import load_latest
 
-    history, whole = k2_run
+    history, whole, _ = k2_run
     cfg = train_cfg(off_policy_steps=2)
     cfg.train.save_every, cfg.train.eval_every = 2, 1
 

@@ -445,6 +445,10 @@ class HealthConfig:
     kl_max: float = setting(0.5, ge=0)  # per-token KL to the reference above this (nats)
     logprob_gap_max: float = setting(0.05, ge=0)  # mean |engine - trainer| log-prob of the sampled tokens above this (nats)
     logprob_gap_growth: float = setting(10.0, ge=1)  # or grown this many times over its start while above logprob_gap_max / 10
+    # asynchronous runs (cluster.off_policy_steps >= 1): the trainer scores each batch versions after it was sampled, so
+    # the gap is measured in the producer on this many samples of each batch, under the weights that sampled them
+    # (an engine over a private copy of the policy; with Ray rollout workers only batches of the trainer's own version)
+    logprob_gap_samples: int = setting(16, ge=0)
     garbled_max: float = setting(0.5, ge=0, le=1)  # more than this fraction of a step's decoded samples garbled
     garbled_ngram: int = setting(4, ge=1)  # n of the repeated n-gram test (word and symbol tokens)
     garbled_repeat: float = setting(0.5, ge=0, le=1)  # a sample is repetitive when more than this fraction of its n-grams occurred before in it

@@ -249,13 +249,13 @@ def plot_scaling(points: Sequence[dict[str, Any]], path: str | Path, title: str 
     return save_figure(fig, path)
 
 
-TIMELINE_COLORS = {"generate": "tab:blue", "train": "tab:orange", "sync": "tab:red", "wait": "0.85"}
+TIMELINE_COLORS = {"generate": "tab:blue", "train": "tab:orange", "sync": "tab:red", "check": "tab:green", "wait": "0.85"}
 
 
 def plot_timeline(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path, title: str = "",
                   window: tuple[float, float] | None = None) -> Path:
     """One panel per run (train/timeline.py spans): a row per thread (trainer, producer), a bar per
-    span coloured by what it was (generate, train, sync, wait), against wall time. `window`
+    span coloured by what it was (generate, train, sync, check, wait), against wall time. `window`
     (t0, t1) shows that part of each run's time."""
     fig, axes = plt.subplots(len(runs), 1, figsize=(11, 1.25 + 1.0 * len(runs)), squeeze=False, sharex=True)
     for ax, (name, spans) in zip(axes[:, 0], runs.items()):

@@ -56,7 +56,7 @@ from r1lab.train.methods import bind_method
 from r1lab.train.policy import LocalPolicyWorker, PolicyWorker
 from r1lab.train.prm import ImplicitPRM
 from r1lab.train.sampler import PromptSampler, scheduled
-from r1lab.train.step_metrics import batch_metrics, hack_metrics, sample_metrics, sampler_metrics
+from r1lab.train.step_metrics import batch_metrics, behaviour_logprob_gap, hack_metrics, sample_metrics, sampler_metrics
 from r1lab.train.timeline import Timeline
 
 PRODUCER = "r1lab-producer"  # the producer thread's name
@@ -198,14 +198,27 @@ class RLTrainer:
                             else:
                                 self.engine.load_weights(iter(weights), version)
                     col = self._collect_step(sampler, j)
+                    gap = self._behaviour_gap(col.completions, j)
                 # the sampler's metrics and the engine's cluster/* counters as this batch left them (the
                 # trainer reads them later, when the producer may have gone on)
                 cluster = {k: v for k, v in self.engine.stats.items() if k.startswith("cluster/")}
-                buffer.put(j, (col, {**sampler_metrics(sampler), **cluster}), min(_oldest_version(c) for c in col.completions))
+                buffer.put(j, (col, {**sampler_metrics(sampler), **cluster, **gap}),
+                           min(_oldest_version(c) for c in col.completions))
         except Closed:
             return
         except BaseException as e:  # noqa: BLE001 -- handed to the trainer, which raises it
             buffer.fail(e)
+
+    def _behaviour_gap(self, completions: list[Completion], step: int) -> dict[str, float]:
+        """The engine/trainer log-prob gap of the first health.logprob_gap_samples samples, scored by
+        the producer's private copy of the policy while it still holds the weights that sampled them
+        (the last version loaded: with partial rollouts, the tokens after the last swap)."""
+        n = self.cfg.health.logprob_gap_samples if self.cfg.health.enabled else 0
+        if not self.snapshot or n == 0:
+            return {}
+        with self.timeline.span("producer", "check", step):
+            return behaviour_logprob_gap(self.engine.model, completions[:n], self.engine.policy_version, self.pad_id,
+                                         self.params_at(step).logprob_temperature, bf16=self.cfg.train.bf16)
 
     def _publish(self) -> None:
         """The new weights to the producer: a copy the update cannot change (the live model's
@@ -313,6 +326,13 @@ class RLTrainer:
             t2 = time.time()
             stats = self.update(batch)                                              # update, sync
         t3 = time.time()
+        if cfg.cluster.off_policy_steps > 0 and max(staleness) > 0:
+            # the trainer's log-probs are of a newer version than the engine's: their gap is the policy's
+            # drift since sampling plus any mismatch, logged apart; the health check reads the producer's
+            # measurement under the sampling weights (`sampled`)
+            for k in ("mean", "max"):
+                if f"rollout/logprob_diff_{k}" in stats:
+                    off_policy[f"rollout/offpolicy_diff_{k}"] = stats.pop(f"rollout/logprob_diff_{k}")
         self.step += 1
         m: dict[str, Any] = {
             **sample_metrics(col, cfg.train.group_size),

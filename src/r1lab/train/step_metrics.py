@@ -8,9 +8,12 @@ from typing import Any
 
 import torch
 
+from r1lab.models import token_logprobs
+from r1lab.records import Completion
 from r1lab.reward_hacks import rewarded_but_wrong
-from r1lab.train.batch import RolloutBatch, masked_mean
+from r1lab.train.batch import RolloutBatch, first_response_col, masked_mean, rollout_batch
 from r1lab.train.collect import Collected
+from r1lab.train.common import scatter_response_values
 from r1lab.train.sampler import PromptSampler
 
 
@@ -64,6 +67,37 @@ def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
         "adv/mean": masked_mean(adv, mask),
         "sampling/max_new_tokens": batch.max_new_tokens,
     }
+
+
+@torch.no_grad()
+def behaviour_logprob_gap(model: torch.nn.Module, completions: list[Completion], version: int, pad_id: int,
+                          temperature: float, bf16: bool = False) -> dict[str, float]:
+    """`rollout/logprob_diff_mean` and `_max`: |engine - trainer| log-prob of the tokens of
+    `completions` that policy `version` sampled, the trainer's side computed by `model` holding that
+    version's weights (the trainer's forward: float32 log-softmax, bf16 autocast under train.bf16).
+
+    An asynchronous run needs this: its trainer scores the samples a few versions later, so its own
+    comparison measures how far the policy moved, not whether the engine computes what the trainer
+    does. Empty when no token of `completions` came from `version`."""
+    if not completions:
+        return {}
+    b = rollout_batch(completions, pad_id, overlong_filter=False, temperature=temperature, max_new_tokens=0, plan=[])
+    if any(c.token_versions is not None for c in completions):  # partial rollouts: per token (no episodes there)
+        same = [[float(v == version) for v in (c.token_versions or [c.policy_version] * len(c.response_ids))]
+                for c in completions]
+        mask = b.response_mask * scatter_response_values(same, b.response_mask)
+    else:
+        mask = b.response_mask * torch.tensor([float(c.policy_version == version) for c in completions]).unsqueeze(-1)
+    n = float(mask.sum())
+    if n == 0:
+        return {}
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        logprobs, _ = token_logprobs(model, b.input_ids, b.attention_mask, temperature,
+                                     start=first_response_col(b.response_mask), vision=b.vision)
+    diff = (b.engine_logprobs - logprobs.float()).abs() * mask
+    return {"rollout/logprob_diff_mean": float(diff.sum()) / n, "rollout/logprob_diff_max": float(diff.max()),
+            "rollout/logprob_diff_tokens": n}
 
 
 def sampler_metrics(sampler: PromptSampler) -> dict[str, int]:

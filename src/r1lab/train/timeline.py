@@ -1,4 +1,4 @@
-"""Where an RL run's wall time goes: one line per span of work (generate, score, train, sync, wait),
+"""Where an RL run's wall time goes: one line per span of work (generate, train, sync, check, wait),
 with the thread that did it, written to `timeline.jsonl` in the run directory.
 
 Each line: {"who": "trainer" | "producer", "what": ..., "step": s, "t0": ..., "t1": ...}, t0 / t1 in
