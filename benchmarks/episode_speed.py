@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8, help="samples (episodes) per problem")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "episode_speed.json"))
     args = ap.parse_args()
 
     import torch
@@ -82,7 +83,7 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     out = {"host": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "episodes": args.problems * args.n, "args": vars(args), "rounds": rounds, "summary": summary}
-    path = ROOT / "benchmarks" / "results" / "episode_speed.json"
+    path = Path(args.out)
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")
 

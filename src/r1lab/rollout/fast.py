@@ -200,6 +200,12 @@ def version_key(model) -> tuple:
     return (getattr(model, "_r1lab_weights_version", 0), tuple((p.data_ptr(), p._version) for p in model.parameters()))
 
 
+def _first_equal(prompts: list[list[int]]) -> list[int]:
+    """For each prompt, the index of the first prompt with the same ids."""
+    first: dict[tuple[int, ...], int] = {}
+    return [first.setdefault(tuple(p), i) for i, p in enumerate(prompts)]
+
+
 def _seed(seed: int | None) -> int:
     """The call's seed; without one, a fresh one from torch's global generator."""
     return int(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
@@ -429,7 +435,7 @@ class FastEngine(LiveModelEngine):
             return []
         encoded = [EncodedPrompt(str(i), list(ids), "") for i, ids in enumerate(prompts)]
         with torch.inference_mode():
-            return self._run(encoded, 1, params, _seed(seed), on_batch, first_sample)
+            return self._run(encoded, 1, params, _seed(seed), on_batch, first_sample, same=_first_equal(prompts))
 
     def _slots(self, W: _Packed, jobs: int, max_len: int) -> int:
         per_slot = len(W.layers) * 2 * W.n_kv * max_len * W.head_dim * torch.finfo(W.dtype).bits // 8
@@ -437,12 +443,16 @@ class FastEngine(LiveModelEngine):
         return max(1, min(self.batch_size, jobs, by_memory))
 
     def _run(self, encoded: list[EncodedPrompt], n: int, params: SamplingParams, seed: int, on_batch,
-             first_sample: int = 0) -> list[Completion]:
+             first_sample: int = 0, same: list[int] | None = None) -> list[Completion]:
+        """`same[i]`: the first prompt whose ids equal prompt i's (default: i); prompts that are the
+        same are prefilled once in a refill, as the n samples of one prompt are."""
         W = self._weights()
         max_new = params.max_new_tokens
         max_len = max(len(e.ids) for e in encoded) + max_new
-        # the longest prompts first: the batch shrinks towards the end where prompts are short
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
+        same = same if same is not None else list(range(len(encoded)))
+        # the longest prompts first: the batch shrinks towards the end where prompts are short;
+        # equal prompts next to each other, so they enter the same refill
+        order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i].ids), same[i]))
         waiting = deque((i, s) for i in order for s in range(n))  # (prompt index, sample index)
         S = self._slots(W, len(waiting), max_len)
         cache = torch.zeros((len(W.layers), 2, S, W.n_kv, max_len, W.head_dim), dtype=W.dtype)
@@ -464,15 +474,17 @@ class FastEngine(LiveModelEngine):
         refill_min = max(1, int(S * self.refill_fraction))
         decode = self._decode_fused if self._kernels is not None else self._decode
         c_sampler = self._kernels is not None and untruncated(params, W.vocab)  # fixed for the call
-        decoded_tokens = 0
+        decoded_tokens = prefilled_tokens = 0
         while True:
             free = S - len(slot_job)
             if waiting and free and (free >= min(refill_min, len(waiting)) or not slot_job):
                 new = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                distinct = sorted({i for i, _ in new})
-                src = torch.tensor([distinct.index(i) for i, _ in new])
+                distinct = sorted({same[i] for i, _ in new})
+                row = {i: r for r, i in enumerate(distinct)}
+                src = torch.tensor([row[same[i]] for i, _ in new])
                 slots = torch.arange(len(slot_job), len(slot_job) + len(new))
                 new_logits = self._prefill(W, cache, [encoded[i].ids for i in distinct], slots, src)
+                prefilled_tokens += sum(len(encoded[i].ids) for i in distinct)
                 logits = torch.cat([logits, new_logits])
                 pos = torch.cat([pos, torch.tensor([len(encoded[i].ids) for i, _ in new])])
                 start = torch.cat([start, torch.tensor([len(encoded[i].ids) for i, _ in new])])
@@ -518,7 +530,7 @@ class FastEngine(LiveModelEngine):
                 pos = pos + 1
             else:
                 logits = logits[:0]
-        self.stats = {"slots": S, "decoded_tokens": decoded_tokens, "kernels": "c" if self._kernels is not None else "torch",
+        self.stats = {"slots": S, "decoded_tokens": decoded_tokens, "prefilled_tokens": prefilled_tokens, "kernels": "c" if self._kernels is not None else "torch",
                       **({"weight_swaps": swaps} if self.interrupt is not None else {})}
         return self._completions(encoded, n, out_tok, out_lp, finish, stop_cut,
                                  out_ver if self.interrupt is not None else None)
