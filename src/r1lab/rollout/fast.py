@@ -528,42 +528,9 @@ class FastEngine(LiveModelEngine):
             free = S - len(slot_job)
             if waiting and free and (free >= min(refill_min, len(waiting)) or not slot_job):
                 new = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                held = {} if kept is None else {j: kv for j in new if (kv := kept.take(keys[j[0]], encoded[j[0]].ids)) is not None}
-                # a held row whose ids and kept length equal an earlier one's copies that one's slot
-                # once it is extended (episodes that sampled the same turn and got the same answer)
-                first: dict[tuple[int, int], int] = {}
-                reps, dups, dup_src = [], [], []
-                for j, kv in held.items():
-                    r = first.setdefault((same[j[0]], kv.shape[3]), len(reps))
-                    if r == len(reps):
-                        reps.append(j)
-                    else:
-                        dups.append(j)
-                        dup_src.append(r)
-                fresh = [j for j in new if j not in held]
-                new = reps + dups + fresh  # their slots, in this order
-                base, parts = len(slot_job), []
-                if reps:
-                    slots = torch.arange(base, base + len(reps))
-                    for s, j in zip(slots.tolist(), reps):
-                        cache[:, :, s, :, : held[j].shape[3]] = held[j]
-                    starts = [held[j].shape[3] for j in reps]
-                    rep_logits = self._extend(W, cache, [encoded[i].ids[c:] for (i, _), c in zip(reps, starts)],
-                                              slots, torch.tensor(starts))
-                    src = torch.tensor(dup_src, dtype=torch.long)
-                    if dups:
-                        cache[:, :, base + len(reps): base + len(held)] = cache[:, :, base + src]
-                    parts += [rep_logits, rep_logits[src]]
-                    kept_tokens += sum(kv.shape[3] for kv in held.values())
-                    prefilled_tokens += sum(len(encoded[i].ids) - c for (i, _), c in zip(reps, starts))
-                if fresh:
-                    distinct = sorted({same[i] for i, _ in fresh})
-                    row = {i: r for r, i in enumerate(distinct)}
-                    src = torch.tensor([row[same[i]] for i, _ in fresh])
-                    slots = torch.arange(base + len(held), base + len(new))
-                    parts.append(self._prefill(W, cache, [encoded[i].ids for i in distinct], slots, src))
-                    prefilled_tokens += sum(len(encoded[i].ids) for i in distinct)
-                logits = torch.cat([logits, *parts])
+                new, new_logits, prefilled, reused = self._admit(W, cache, encoded, same, new, len(slot_job), kept, keys)
+                prefilled_tokens, kept_tokens = prefilled_tokens + prefilled, kept_tokens + reused
+                logits = torch.cat([logits, new_logits])
                 pos = torch.cat([pos, torch.tensor([len(encoded[i].ids) for i, _ in new])])
                 start = torch.cat([start, torch.tensor([len(encoded[i].ids) for i, _ in new])])
                 sample_no = torch.cat([sample_no, torch.tensor([first_sample + i * n + s for i, s in new])])
@@ -617,6 +584,47 @@ class FastEngine(LiveModelEngine):
                       **({"weight_swaps": swaps} if self.interrupt is not None else {})}
         return self._completions(encoded, n, out_tok, out_lp, finish, stop_cut,
                                  out_ver if self.interrupt is not None else None)
+
+    def _admit(self, W: _Packed, cache: torch.Tensor, encoded: list[EncodedPrompt], same: list[int], new: list,
+               base: int, kept: "KVSession | None", keys) -> tuple[list, torch.Tensor, int, int]:
+        """Prefill the jobs `new` ((prompt, sample) pairs) into cache slots base, base + 1, ...
+        Returns the jobs in their slots' order, their next-token logits [len(new), V], and the
+        tokens prefilled and taken from kept caches. A job whose key has kept K/V of a prefix of its
+        prompt starts from them; the others' distinct prompts are prefilled whole, once each."""
+        held = {} if kept is None else {j: kv for j in new if (kv := kept.take(keys[j[0]], encoded[j[0]].ids)) is not None}
+        # a held job whose ids and kept length equal an earlier one's copies that one's slot once it
+        # is extended (episodes that sampled the same turn and got the same answer)
+        first: dict[tuple[int, int], int] = {}
+        reps, dups, dup_src = [], [], []
+        for j, kv in held.items():
+            r = first.setdefault((same[j[0]], kv.shape[3]), len(reps))
+            if r == len(reps):
+                reps.append(j)
+            else:
+                dups.append(j)
+                dup_src.append(r)
+        fresh = [j for j in new if j not in held]
+        parts, prefilled = [], 0
+        if reps:
+            slots = torch.arange(base, base + len(reps))
+            for s, j in zip(slots.tolist(), reps):
+                cache[:, :, s, :, : held[j].shape[3]] = held[j]
+            starts = [held[j].shape[3] for j in reps]
+            rep_logits = self._extend(W, cache, [encoded[i].ids[c:] for (i, _), c in zip(reps, starts)],
+                                      slots, torch.tensor(starts))
+            src = torch.tensor(dup_src, dtype=torch.long)
+            if dups:
+                cache[:, :, base + len(reps): base + len(held)] = cache[:, :, base + src]
+            parts += [rep_logits, rep_logits[src]]
+            prefilled += sum(len(encoded[i].ids) - c for (i, _), c in zip(reps, starts))
+        if fresh:
+            distinct = sorted({same[i] for i, _ in fresh})
+            row = {i: r for r, i in enumerate(distinct)}
+            src = torch.tensor([row[same[i]] for i, _ in fresh])
+            slots = torch.arange(base + len(held), base + len(new))
+            parts.append(self._prefill(W, cache, [encoded[i].ids for i in distinct], slots, src))
+            prefilled += sum(len(encoded[i].ids) for i in distinct)
+        return reps + dups + fresh, torch.cat(parts), prefilled, sum(kv.shape[3] for kv in held.values())
 
     def _recompute_cache(self, W: _Packed, cache: torch.Tensor, encoded, slot_job, out_tok) -> None:
         """The K/V of every live slot's prompt and tokens so far but the last (which the next decode
