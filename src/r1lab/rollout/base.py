@@ -55,8 +55,39 @@ class Engine:
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         raise NotImplementedError
 
+    def session(self) -> "IdSession":
+        """A series of `generate_ids` calls whose prompts grow from call to call (the turns of
+        multi-turn episodes); this engine keeps nothing between them, FastEngine keeps KV caches."""
+        return IdSession(self)
+
     def close(self) -> None:
         pass
+
+
+class IdSession:
+    """`generate_ids` over contexts that continue from call to call, each named by a key (an
+    episode): the same completions as `engine.generate_ids(prompts, params, seed=seed)`. An engine
+    may keep what it computed for a key's context and reuse it when the key's next prompt extends
+    that context; `drop(keys)` says those contexts will not come back. This one keeps nothing."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def generate_ids(self, keys: Sequence, prompts: list[list[int]], params: "SamplingParams",
+                     seed: int | None = None) -> list[Completion]:
+        return self.engine.generate_ids(prompts, params, seed=seed)
+
+    def drop(self, keys: Iterable) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "IdSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class LiveModelEngine(Engine):

@@ -1,8 +1,10 @@
 """Multi-turn episodes, token in, token out: the model samples, an environment answers, repeat.
 
-Every turn continues each live episode's ids with `engine.generate_ids` (FastEngine, HFEngine),
-stopping at the model's end of turn or at a string the environment listed (a tool call's closing
-tag). The environment's answer is turned into ids once and appended:
+Every turn continues each live episode's ids with `generate_ids` of the engine's `session()`
+(FastEngine, HFEngine, vLLM), stopping at the model's end of turn or at a string the environment
+listed (a tool call's closing tag); the fast engine's session keeps each episode's KV cache from
+one turn to the next and prefills only the ids the turn added. The environment's answer is turned
+into ids once and appended:
 
 - a text observation (`<output>...</output>`) is encoded as it is, inside the model's own turn;
 - chat messages (a tool turn) become the tokens that close the assistant turn, the tool turn and
@@ -161,18 +163,22 @@ def run_episodes(engine: Any, problems: list[Problem], params: SamplingParams, n
             enc = encode_prompts(tokenizer, [replace(p, prompt=messages)])[0]
             episodes.append(Episode(p, e, enc.ids, enc.prefill))
     turn = 0
-    while live := [ep for ep in episodes if not ep.done]:
-        by_stop: dict[tuple[str, ...], list[Episode]] = defaultdict(list)
-        for ep in live:
-            by_stop[tuple(ep.env.stop)].append(ep)
-        for stop, group in by_stop.items():
-            room = max(limits.max_tokens - len(ep.ids) for ep in group)
-            p = replace(params, max_new_tokens=min(params.max_new_tokens, room), stop=tuple(params.stop) + stop)
-            comps = engine.generate_ids([ep.prompt_ids + ep.ids for ep in group], p,
-                                        seed=None if seed is None else seed + turn * TURN_SEED_STRIDE)
-            for ep, c in zip(group, comps):
-                _advance(ep, c, turn, limits, renderer, tokenizer)
-        turn += 1
+    # an episode's key is its index; an engine may keep each one's context from turn to turn
+    with engine.session() as session:
+        while live := [k for k, ep in enumerate(episodes) if not ep.done]:
+            by_stop: dict[tuple[str, ...], list[int]] = defaultdict(list)
+            for k in live:
+                by_stop[tuple(episodes[k].env.stop)].append(k)
+            for stop, keys in by_stop.items():
+                group = [episodes[k] for k in keys]
+                room = max(limits.max_tokens - len(ep.ids) for ep in group)
+                p = replace(params, max_new_tokens=min(params.max_new_tokens, room), stop=tuple(params.stop) + stop)
+                comps = session.generate_ids(keys, [ep.prompt_ids + ep.ids for ep in group], p,
+                                             seed=None if seed is None else seed + turn * TURN_SEED_STRIDE)
+                for ep, c in zip(group, comps):
+                    _advance(ep, c, turn, limits, renderer, tokenizer)
+                session.drop([k for k, ep in zip(keys, group) if ep.done])
+            turn += 1
     for ep in episodes:
         ep.completion = _completion(ep)
     return episodes

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 
 from r1lab.models import cpu_has_native_bf16, stop_token_ids
 from r1lab.records import Completion, Problem
-from r1lab.rollout.base import (EncodedPrompt, LiveModelEngine, SamplingParams, encode_prompts, sample_next,
-                                sample_uniforms, stop_string_end, untruncated)
+from r1lab.rollout.base import (EncodedPrompt, IdSession, LiveModelEngine, SamplingParams, encode_prompts,
+                                sample_next, sample_uniforms, stop_string_end, untruncated)
 from r1lab.rollout.kernels import load as load_kernels
 from r1lab.vision import is_vision_model
 
@@ -200,6 +200,12 @@ def version_key(model) -> tuple:
     return (getattr(model, "_r1lab_weights_version", 0), tuple((p.data_ptr(), p._version) for p in model.parameters()))
 
 
+def _first_equal(prompts: list[list[int]]) -> list[int]:
+    """For each prompt, the index of the first prompt with the same ids."""
+    first: dict[tuple[int, ...], int] = {}
+    return [first.setdefault(tuple(p), i) for i, p in enumerate(prompts)]
+
+
 def _seed(seed: int | None) -> int:
     """The call's seed; without one, a fresh one from torch's global generator."""
     return int(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
@@ -313,6 +319,42 @@ class FastEngine(LiveModelEngine):
         last = x[torch.arange(U), lens - 1]  # [U, D]
         return self._logits(W, last)[src]
 
+    def _extend(self, W: _Packed, cache: torch.Tensor, suffixes: list[list[int]], slots: torch.Tensor,
+                starts: torch.Tensor) -> torch.Tensor:
+        """Prefill `suffixes[r]` into cache slot slots[r] (consecutive), after the starts[r] tokens
+        the slot already holds: the K/V of positions starts[r] .. starts[r] + len - 1 are written,
+        each query attends to the slot's cache up to its own position. Returns the last-position
+        logits of each slot [U, V]."""
+        U, P = len(suffixes), max(len(p) for p in suffixes)
+        S, KV, max_len, hd = cache.shape[2], W.n_kv, cache.shape[4], W.head_dim
+        ids = torch.zeros((U, P), dtype=torch.long)
+        for r, p in enumerate(suffixes):
+            ids[r, : len(p)] = torch.tensor(p)
+        lens = torch.tensor([len(p) for p in suffixes])
+        pos = starts.unsqueeze(1) + torch.arange(P)  # [U, P]
+        span = int((starts + lens).max())
+        # a padding query (past its row's suffix) may sit past the cache: its rotation is never used
+        cos, sin = self._rope(max_len)
+        at_pos = pos.clamp(max=max_len - 1)
+        cos, sin = cos[at_pos].unsqueeze(1), sin[at_pos].unsqueeze(1)  # [U, 1, P, hd]
+        mask = (torch.arange(span) <= pos.unsqueeze(-1)).unsqueeze(1)  # [U, 1, P, span]
+        # only the real tokens' K/V are written (padding would overwrite nothing useful, but could
+        # run past max_len); rows of a layer's [S * KV * max_len, hd] cache view, as in `_decode`
+        r_idx, j_idx = (torch.arange(P) < lens.unsqueeze(1)).nonzero(as_tuple=True)
+        at = ((slots[r_idx].unsqueeze(1) * KV + torch.arange(KV)) * max_len + pos[r_idx, j_idx].unsqueeze(1)).reshape(-1)
+        s0 = int(slots[0])
+        x = F.embedding(ids, W.embed)  # [U, P, D] float32
+        for li, L in enumerate(W.layers):
+            q, k, v = self._qkv(W, L, x, cos, sin)  # q [U, H, P, hd], k/v [U, KV, P, hd]
+            kc, vc = cache[li, 0], cache[li, 1]
+            kc.view(S * KV * max_len, hd).index_copy_(0, at, k[r_idx, :, j_idx].reshape(-1, hd))
+            vc.view(S * KV * max_len, hd).index_copy_(0, at, v[r_idx, :, j_idx].reshape(-1, hd))
+            a = F.scaled_dot_product_attention(q, kc[s0: s0 + U, :, :span], vc[s0: s0 + U, :, :span], attn_mask=mask,
+                                               enable_gqa=W.n_kv != W.n_heads)
+            x = x.add_(linear(a.transpose(1, 2).reshape(U, P, -1), L["wo"], L["bo"]))
+            x = self._mlp(W, L, x)
+        return self._logits(W, x[torch.arange(U), lens - 1])
+
     def _decode(self, W: _Packed, cache: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """One token for each of the n live slots 0..n-1: tok [n], pos [n] (where it goes in the
         cache). Returns logits [n, V] float32."""
@@ -417,6 +459,15 @@ class FastEngine(LiveModelEngine):
         """One completion per prompt given as token ids, used as they are (no chat template): the
         continuation of a prefix the caller built, e.g. a thinking trace it extended. The
         completions' problem_id is the prompt's index as text."""
+        return self._continue(prompts, params, seed, on_batch, first_sample)
+
+    def session(self) -> "KVSession":
+        """Keeps each key's KV cache between calls: a turn prefills only the ids after what the
+        cache of its episode's last turn holds (see KVSession)."""
+        return KVSession(self)
+
+    def _continue(self, prompts: list[list[int]], params: SamplingParams, seed: int | None, on_batch=None,
+                  first_sample: int = 0, kept: "KVSession | None" = None, keys=None) -> list[Completion]:
         reason = unsupported_reason(self.model)
         if reason is not None:
             if self._fallback is None:
@@ -429,7 +480,8 @@ class FastEngine(LiveModelEngine):
             return []
         encoded = [EncodedPrompt(str(i), list(ids), "") for i, ids in enumerate(prompts)]
         with torch.inference_mode():
-            return self._run(encoded, 1, params, _seed(seed), on_batch, first_sample)
+            return self._run(encoded, 1, params, _seed(seed), on_batch, first_sample, same=_first_equal(prompts),
+                             kept=kept, keys=keys)
 
     def _slots(self, W: _Packed, jobs: int, max_len: int) -> int:
         per_slot = len(W.layers) * 2 * W.n_kv * max_len * W.head_dim * torch.finfo(W.dtype).bits // 8
@@ -437,12 +489,19 @@ class FastEngine(LiveModelEngine):
         return max(1, min(self.batch_size, jobs, by_memory))
 
     def _run(self, encoded: list[EncodedPrompt], n: int, params: SamplingParams, seed: int, on_batch,
-             first_sample: int = 0) -> list[Completion]:
+             first_sample: int = 0, same: list[int] | None = None, kept: "KVSession | None" = None,
+             keys=None) -> list[Completion]:
+        """`same[i]`: the first prompt whose ids equal prompt i's (default: i); prompts that are the
+        same are prefilled once in a refill, as the n samples of one prompt are. With `kept` (and n
+        = 1), prompt i is the context of key keys[i]: the KV the session holds for a prefix of it is
+        copied into its slot and only the rest is prefilled; a finished row's KV goes back to it."""
         W = self._weights()
         max_new = params.max_new_tokens
         max_len = max(len(e.ids) for e in encoded) + max_new
-        # the longest prompts first: the batch shrinks towards the end where prompts are short
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
+        same = same if same is not None else list(range(len(encoded)))
+        # the longest prompts first: the batch shrinks towards the end where prompts are short;
+        # equal prompts next to each other, so they enter the same refill
+        order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i].ids), same[i]))
         waiting = deque((i, s) for i in order for s in range(n))  # (prompt index, sample index)
         S = self._slots(W, len(waiting), max_len)
         cache = torch.zeros((len(W.layers), 2, S, W.n_kv, max_len, W.head_dim), dtype=W.dtype)
@@ -464,15 +523,13 @@ class FastEngine(LiveModelEngine):
         refill_min = max(1, int(S * self.refill_fraction))
         decode = self._decode_fused if self._kernels is not None else self._decode
         c_sampler = self._kernels is not None and untruncated(params, W.vocab)  # fixed for the call
-        decoded_tokens = 0
+        decoded_tokens = prefilled_tokens = kept_tokens = 0
         while True:
             free = S - len(slot_job)
             if waiting and free and (free >= min(refill_min, len(waiting)) or not slot_job):
                 new = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                distinct = sorted({i for i, _ in new})
-                src = torch.tensor([distinct.index(i) for i, _ in new])
-                slots = torch.arange(len(slot_job), len(slot_job) + len(new))
-                new_logits = self._prefill(W, cache, [encoded[i].ids for i in distinct], slots, src)
+                new, new_logits, prefilled, reused = self._admit(W, cache, encoded, same, new, len(slot_job), kept, keys)
+                prefilled_tokens, kept_tokens = prefilled_tokens + prefilled, kept_tokens + reused
                 logits = torch.cat([logits, new_logits])
                 pos = torch.cat([pos, torch.tensor([len(encoded[i].ids) for i, _ in new])])
                 start = torch.cat([start, torch.tensor([len(encoded[i].ids) for i, _ in new])])
@@ -501,6 +558,10 @@ class FastEngine(LiveModelEngine):
                     finish[j] = "length"
                     done[s] = True
             if bool(done.any()):
+                if kept is not None:  # the cache holds positions 0..pos-1: all but the last sampled id
+                    for s in done.nonzero().squeeze(-1).tolist():
+                        (i, k), p = slot_job[s], int(pos[s])
+                        kept.put(keys[i], (encoded[i].ids + out_tok[(i, k)])[:p], cache[:, :, s, :, :p])
                 keep = self._compact(cache, done)
                 slot_job = [slot_job[s] for s in keep.tolist()]
                 tok, pos, start, sample_no = tok[keep], pos[keep], start[keep], sample_no[keep]
@@ -518,10 +579,52 @@ class FastEngine(LiveModelEngine):
                 pos = pos + 1
             else:
                 logits = logits[:0]
-        self.stats = {"slots": S, "decoded_tokens": decoded_tokens, "kernels": "c" if self._kernels is not None else "torch",
+        self.stats = {"slots": S, "decoded_tokens": decoded_tokens, "prefilled_tokens": prefilled_tokens,
+                      **({"kept_tokens": kept_tokens} if kept is not None else {}), "kernels": "c" if self._kernels is not None else "torch",
                       **({"weight_swaps": swaps} if self.interrupt is not None else {})}
         return self._completions(encoded, n, out_tok, out_lp, finish, stop_cut,
                                  out_ver if self.interrupt is not None else None)
+
+    def _admit(self, W: _Packed, cache: torch.Tensor, encoded: list[EncodedPrompt], same: list[int], new: list,
+               base: int, kept: "KVSession | None", keys) -> tuple[list, torch.Tensor, int, int]:
+        """Prefill the jobs `new` ((prompt, sample) pairs) into cache slots base, base + 1, ...
+        Returns the jobs in their slots' order, their next-token logits [len(new), V], and the
+        tokens prefilled and taken from kept caches. A job whose key has kept K/V of a prefix of its
+        prompt starts from them; the others' distinct prompts are prefilled whole, once each."""
+        held = {} if kept is None else {j: kv for j in new if (kv := kept.take(keys[j[0]], encoded[j[0]].ids)) is not None}
+        # a held job whose ids and kept length equal an earlier one's copies that one's slot once it
+        # is extended (episodes that sampled the same turn and got the same answer)
+        first: dict[tuple[int, int], int] = {}
+        reps, dups, dup_src = [], [], []
+        for j, kv in held.items():
+            r = first.setdefault((same[j[0]], kv.shape[3]), len(reps))
+            if r == len(reps):
+                reps.append(j)
+            else:
+                dups.append(j)
+                dup_src.append(r)
+        fresh = [j for j in new if j not in held]
+        parts, prefilled = [], 0
+        if reps:
+            slots = torch.arange(base, base + len(reps))
+            for s, j in zip(slots.tolist(), reps):
+                cache[:, :, s, :, : held[j].shape[3]] = held[j]
+            starts = [held[j].shape[3] for j in reps]
+            rep_logits = self._extend(W, cache, [encoded[i].ids[c:] for (i, _), c in zip(reps, starts)],
+                                      slots, torch.tensor(starts))
+            src = torch.tensor(dup_src, dtype=torch.long)
+            if dups:
+                cache[:, :, base + len(reps): base + len(held)] = cache[:, :, base + src]
+            parts += [rep_logits, rep_logits[src]]
+            prefilled += sum(len(encoded[i].ids) - c for (i, _), c in zip(reps, starts))
+        if fresh:
+            distinct = sorted({same[i] for i, _ in fresh})
+            row = {i: r for r, i in enumerate(distinct)}
+            src = torch.tensor([row[same[i]] for i, _ in fresh])
+            slots = torch.arange(base + len(held), base + len(new))
+            parts.append(self._prefill(W, cache, [encoded[i].ids for i in distinct], slots, src))
+            prefilled += sum(len(encoded[i].ids) for i in distinct)
+        return reps + dups + fresh, torch.cat(parts), prefilled, sum(kv.shape[3] for kv in held.values())
 
     def _recompute_cache(self, W: _Packed, cache: torch.Tensor, encoded, slot_job, out_tok) -> None:
         """The K/V of every live slot's prompt and tokens so far but the last (which the next decode
@@ -561,3 +664,55 @@ class FastEngine(LiveModelEngine):
                     token_versions=out_ver[(i, s)] if out_ver is not None else None,
                 ))
         return completions
+
+
+class KVSession(IdSession):
+    """FastEngine's `session()`: between calls, the KV cache of each key's context is kept here
+    (copied out of its decode slot when the row finishes, [layers, 2, kv heads, length, head dim]
+    in the compute dtype), and the key's next prompt, if it extends that context, starts from it:
+    its slot gets the kept K/V and only the new ids (the turn's last sampled id, the observation)
+    are prefilled. What is kept is dropped when it is used, when the caller drops the key, when
+    the weights change (it was computed under the old ones) and when it would take the store past
+    `kv_gb` (that key's next prompt is prefilled whole, as without a session).
+
+    The sampled ids and their seeded draws are those of `engine.generate_ids`; the log-probs equal
+    its to float32 rounding: the kept K/V were computed by decode steps, not by one prefill."""
+
+    def __init__(self, engine: FastEngine, kv_gb: float | None = None):
+        super().__init__(engine)
+        self.limit = int((engine.kv_cache_gb if kv_gb is None else kv_gb) * 2**30)
+        self.kept: dict = {}  # key -> (ids whose K/V are kept, K/V, weights key they were computed under)
+        self.bytes = 0
+
+    def generate_ids(self, keys, prompts, params, seed=None):
+        if len(keys) != len(prompts):
+            raise ValueError(f"KVSession.generate_ids: {len(keys)} keys for {len(prompts)} prompts")
+        return self.engine._continue(prompts, params, seed, kept=self, keys=list(keys))
+
+    def take(self, key, ids: list[int]) -> torch.Tensor | None:
+        """The K/V kept for `key` if they are of a proper prefix of `ids` under the current
+        weights, else None; either way the key's entry is gone."""
+        entry = self.kept.pop(key, None)
+        if entry is None:
+            return None
+        held, kv, weights = entry
+        self.bytes -= kv.numel() * kv.element_size()
+        if weights != self.engine._packed_key or len(held) >= len(ids) or ids[: len(held)] != held:
+            return None
+        return kv
+
+    def put(self, key, ids: list[int], kv: torch.Tensor) -> None:
+        self.drop([key])
+        size = kv.numel() * kv.element_size()
+        if self.bytes + size <= self.limit:
+            self.kept[key] = (ids, kv.clone(), self.engine._packed_key)
+            self.bytes += size
+
+    def drop(self, keys) -> None:
+        for key in keys:
+            if (entry := self.kept.pop(key, None)) is not None:
+                self.bytes -= entry[1].numel() * entry[1].element_size()
+
+    def close(self) -> None:
+        self.kept.clear()
+        self.bytes = 0

@@ -75,6 +75,9 @@ class SnapshotEngine(Engine):
                      on_batch=None, first_sample: int = 0) -> list[Completion]:
         return self.engine.generate_ids(prompts, params, seed=seed, on_batch=on_batch, first_sample=first_sample)
 
+    def session(self):
+        return self.engine.session()
+
     def close(self) -> None:
         self.engine.close()
 
