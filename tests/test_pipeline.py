@@ -237,11 +237,11 @@ def test_an_interrupted_stage_without_checkpoints_starts_again(runs):
 
 @pytest.mark.slow
 def test_an_interrupted_sft_stage_continues_from_its_checkpoint(runs):
-    import r1lab.train.sft as sft_module
+    import r1lab.train.epochs as epoch_loop
 
     tmp, recipe, _ = runs
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sft_module, "save_state", killed_after_step_1(sft_module.save_state))
+        mp.setattr(epoch_loop, "save_state", killed_after_step_1(epoch_loop.save_state))
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(plan_pipeline(recipe, [f"out_dir={tmp}", "name=sft-cut"]), show_progress=False,
                          log=lambda *a: None)
