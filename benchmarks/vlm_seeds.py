@@ -255,6 +255,15 @@ def report(seeds: list[int], tag: str = "") -> None:
             pb = r["pictures_over_blank"]
             print(f"| {r['seed']} | {_pm(g['all'])} | {' | '.join(_pm(g[f]) for f in fams)} | "
                   f"{_pm(r['gain_blank_rl_over_sft']['all'])} | {_pm(pb['sft']['all'])} / {_pm(pb['rl']['all'])} |")
+    if all("traces" in r for r in runs):
+        print()
+        print("| seed | after | family | readings right | answer follows its readings | accuracy when it follows / when not |")
+        print("|---:|---|---|---:|---:|---:|")
+        for r in runs:
+            for stage in ("sft", "rl"):
+                for fam, t in sorted(r["traces"][stage].items()):
+                    print(f"| {r['seed']} | {'SFT' if stage == 'sft' else 'GRPO'} | {fam} | {t['readings_right']} | "
+                          f"{t['answer_follows_trace']} | {t['accuracy_when_follows']} / {t['accuracy_when_not']} |")
 
 
 def main() -> None:
