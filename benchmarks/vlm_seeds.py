@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -70,6 +71,62 @@ def gains(after: dict[str, float], before: dict[str, float]) -> dict[str, list[f
     return {k: list(mean_se(v)) for k, v in groups.items()}
 
 
+def trace_readings(problem: dict, text: str) -> tuple[bool, bool] | None:
+    """For a bar_value or count_shapes sample: (its trace's readings of the picture are right, its
+    answer follows from its own readings), or None when the trace is not in the teacher's form.
+    bar_value: the listed height of the asked bar, and whether the answer is that listed height;
+    count_shapes: the four row counts, and whether the answer is their sum."""
+    scene, fam = problem["metadata"]["scene"], problem["metadata"]["family"]
+    answer = re.search(r"<answer>\s*(\d+)\s*</answer>", text)
+    if fam == "bar_value":
+        named = re.findall(r"bar (\d+) is (\d+)[,.]", text.split("\n")[0])  # "bar 1 is 5, bar 2 is 4, ..."
+        m = re.search(r"heights (\d+(?:, \d+)*)\.", text)  # the unnamed list of rounds 1-3
+        if m:
+            listed = [int(x) for x in m.group(1).split(",")]
+        elif named and [int(i) for i, _ in named] == list(range(1, len(named) + 1)):
+            listed = [int(h) for _, h in named]
+        else:
+            return None
+        if not answer:
+            return None
+        k = scene["bar"]
+        if k >= len(listed):
+            return None
+        return listed[k] == scene["heights"][k], int(answer.group(1)) == listed[k]
+    if fam == "count_shapes":
+        m = re.search(r"Rows: (\d+(?:, \d+)*)\.", text)
+        if not m or not answer:
+            return None
+        rows = [int(x) for x in m.group(1).split(",")]
+        truth = [sum(1 for cell, kind, *_ in scene["shapes"] if kind == scene["kind"] and cell // 4 == r) for r in range(4)]
+        return rows == truth, int(answer.group(1)) == sum(rows)
+    return None
+
+
+def trace_stats(eval_jsonl: Path, problems_jsonl: Path) -> dict[str, dict[str, float]]:
+    """Per family, over all samples: the share (%) whose readings are right, whose answer follows
+    from their readings, and the accuracy of each of the two kinds (follows / does not)."""
+    problems = {row["id"]: row for row in map(json.loads, problems_jsonl.read_text().splitlines())}
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in map(json.loads, eval_jsonl.read_text().splitlines()):
+        fam = family(row["id"])
+        for s in row["samples"]:
+            c = counts[fam]
+            c["n"] += 1
+            got = trace_readings(problems[row["id"]], s["text"])
+            if got is None:
+                continue
+            reads, follows = got
+            c["reads"] += reads
+            c["follows"] += follows
+            c[f"correct_{'follows' if follows else 'not'}"] += bool(s["correct"])
+    pct = lambda a, b: round(100 * a / b, 1) if b else None  # noqa: E731
+    return {fam: {"readings_right": pct(c["reads"], c["n"]), "answer_follows_trace": pct(c["follows"], c["n"]),
+                  "accuracy_when_follows": pct(c["correct_follows"], c["follows"]),
+                  "accuracy_when_not": pct(c["correct_not"], c["n"] - c["follows"])}
+            for fam, c in counts.items() if c["reads"] or c["follows"]}
+
+
 def blank_copy(src: Path, dst: Path) -> None:
     """The held-out problems with every picture replaced by a white one of the same size."""
     from PIL import Image
@@ -99,8 +156,8 @@ def run(seed: int, out: Path, tag: str = "", overrides: list[str] = ()) -> None:
     recipe = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
     blank = run_dir / "held_out_blank.jsonl"
     blank_copy(run_dir / "prepare" / "data" / "eval.jsonl", blank)
-    avg = {"sft": per_problem(next((run_dir / "00-sft" / "eval").glob("*.jsonl"))),
-           "rl": per_problem(next((run_dir / "01-rl" / "eval").glob("*.jsonl")))}
+    evals = {"sft": next((run_dir / "00-sft" / "eval").glob("*.jsonl")), "rl": next((run_dir / "01-rl" / "eval").glob("*.jsonl"))}
+    avg = {stage: per_problem(path) for stage, path in evals.items()}
     for stage, ckpt in (("sft", run_dir / "00-sft" / "checkpoints" / "sft"), ("rl", run_dir / "01-rl" / "checkpoints" / "rl")):
         # the recipe's eval settings (a pipeline recipe is not an eval config: its settings are given here)
         r1lab("eval", str(ckpt), "--data", str(blank), "--n", str(recipe["eval"]["n"]), "--out", str(run_dir / f"blank-{stage}"),
@@ -119,6 +176,7 @@ def run(seed: int, out: Path, tag: str = "", overrides: list[str] = ()) -> None:
               "gain_rl_over_sft": gains(avg["rl"], avg["sft"]),
               "gain_blank_rl_over_sft": gains(avg["blank_rl"], avg["blank_sft"]),
               "pictures_over_blank": {"sft": gains(avg["sft"], avg["blank_sft"]), "rl": gains(avg["rl"], avg["blank_rl"])},
+              "traces": {stage: trace_stats(path, run_dir / "prepare" / "data" / "eval.jsonl") for stage, path in evals.items()},
               "reward": [(r["step"], r["reward/total"]) for r in rows],
               "accuracy": [(r["step"], r.get("reward/accuracy")) for r in rows],
               "zero_variance_groups": [(r["step"], r.get("batch/zero_variance_groups")) for r in rows]}
@@ -197,6 +255,15 @@ def report(seeds: list[int], tag: str = "") -> None:
             pb = r["pictures_over_blank"]
             print(f"| {r['seed']} | {_pm(g['all'])} | {' | '.join(_pm(g[f]) for f in fams)} | "
                   f"{_pm(r['gain_blank_rl_over_sft']['all'])} | {_pm(pb['sft']['all'])} / {_pm(pb['rl']['all'])} |")
+    if all("traces" in r for r in runs):
+        print()
+        print("| seed | after | family | readings right | answer follows its readings | accuracy when it follows / when not |")
+        print("|---:|---|---|---:|---:|---:|")
+        for r in runs:
+            for stage in ("sft", "rl"):
+                for fam, t in sorted(r["traces"][stage].items()):
+                    print(f"| {r['seed']} | {'SFT' if stage == 'sft' else 'GRPO'} | {fam} | {t['readings_right']} | "
+                          f"{t['answer_follows_trace']} | {t['accuracy_when_follows']} / {t['accuracy_when_not']} |")
 
 
 def main() -> None:

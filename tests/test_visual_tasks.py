@@ -78,6 +78,18 @@ def test_count_trace_reads_the_rows_the_picture_shows():
         assert f"{' + '.join(map(str, rows))} = {p.answer}</think>" in trace
 
 
+def test_bar_trace_names_every_bar_the_picture_shows_and_copies_the_asked_one():
+    # "bar k is h" for every bar, then the asked bar's reading repeated after the same words
+    fam = get_task("bar_value")
+    for p in generate_splits(["bar_value"], 30, 0, 2, seed=4)[0]:
+        img, scene = decode_image(p.images[0]), p.metadata["scene"]
+        bars, k = len(scene["heights"]), scene["bar"] + 1
+        seen = [_bar_height(img, bars, i) for i in range(bars)]
+        trace = fam.teacher_trace(p)
+        assert "From left to right: " + ", ".join(f"bar {i + 1} is {h}" for i, h in enumerate(seen)) + "." in trace
+        assert f"So bar {k} is {seen[k - 1]}.</think>\n<answer>{p.answer}</answer>" in trace
+
+
 def test_teacher_traces_verify_and_hostile_answers_do_not():
     problems = [p for f in FAMILIES for p in generate_splits([f], 6, 0, 2, seed=1)[0]]
     traces = [get_task(p.metadata["family"]).teacher_trace(p) for p in problems]

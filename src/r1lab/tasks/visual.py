@@ -140,10 +140,13 @@ class BarValue(VisualFamily):
         return _picture(img)
 
     def teacher_trace(self, problem: Problem) -> str:
+        # each height named by its bar, so the answer is a copy of the reading that follows the
+        # same words ("bar 2 is"); from an unnamed list the tiny model never learned to pick the
+        # k-th entry, its answers did not follow its readings, and the reward did not credit them
         scene = problem.metadata["scene"]
         heights, which = scene["heights"], scene["bar"]
-        steps = ["The bars from left to right have heights " + ", ".join(map(str, heights)) + ".",
-                 f"Bar {which + 1} is {heights[which]}."]
+        steps = ["From left to right: " + ", ".join(f"bar {i + 1} is {h}" for i, h in enumerate(heights)) + ".",
+                 f"So bar {which + 1} is {heights[which]}."]
         return format_trace(steps, str(heights[which]))
 
 
