@@ -153,7 +153,14 @@ def compare(new_dir: Path, old_dir: Path) -> dict:
 
     problems = new_dir / "prepare" / "data" / "eval.jsonl"
     sft_eval = next((new_dir / "00-sft" / "eval").glob("*.jsonl"))
-    return {"gain_new_rl_over_old_rl": gains(per_problem(rl_eval(new_dir)), per_problem(rl_eval(old_dir))),
+    def train(d: Path, key: str) -> list:  # a training term's mean over steps 1-20 and over the last 20
+        rows = [json.loads(line) for line in (d / "01-rl" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        vals = [r[key] for r in rows if key in r]
+        return [round(sum(vals[:20]) / 20, 3), round(sum(vals[-20:]) / 20, 3)] if len(vals) >= 20 else []
+
+    return {"train_first20_last20": {f"{name}/{key}": train(d, f"reward/{key}") for name, d in (("new", new_dir), ("old", old_dir))
+                                     for key in ("accuracy", "visual_readings")},
+            "gain_new_rl_over_old_rl": gains(per_problem(rl_eval(new_dir)), per_problem(rl_eval(old_dir))),
             "readings_paid": {"sft": readings_paid(sft_eval, problems), "old_rl": readings_paid(rl_eval(old_dir), problems),
                               "new_rl": readings_paid(rl_eval(new_dir), problems)}}
 
