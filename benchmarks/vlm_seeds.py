@@ -127,6 +127,44 @@ def trace_stats(eval_jsonl: Path, problems_jsonl: Path) -> dict[str, dict[str, f
             for fam, c in counts.items() if c["reads"] or c["follows"]}
 
 
+def readings_paid(eval_jsonl: Path, problems_jsonl: Path) -> dict[str, list[float]]:
+    """Per family and over all: the mean `visual_readings` term of the samples (%, ± SE over problems):
+    the share of the picture's quantities the samples read right, each item given one value."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from r1lab.records import Problem
+    from r1lab.tasks.visual import readings_score
+
+    problems = {row["id"]: row for row in map(json.loads, problems_jsonl.read_text().splitlines())}
+    groups = defaultdict(list)
+    for row in map(json.loads, eval_jsonl.read_text().splitlines()):
+        p = problems[row["id"]]
+        problem = Problem(id=p["id"], prompt=p["prompt"], answer=p["answer"], task=p.get("task", "math"), metadata=p["metadata"])
+        per = sum(readings_score(problem, s["text"]) for s in row["samples"]) / len(row["samples"])
+        groups[family(row["id"])].append(per)
+        groups["all"].append(per)
+    return {k: list(mean_se(v)) for k, v in groups.items()}
+
+
+def compare(new_dir: Path, old_dir: Path) -> dict:
+    """Two pipelines from the same SFT model and held-out problems (one run directory each): the
+    paired gain of the new one's GRPO model over the old one's, and each one's readings paid."""
+    def rl_eval(d: Path) -> Path:
+        return next((d / "01-rl" / "eval").glob("*.jsonl"))
+
+    problems = new_dir / "prepare" / "data" / "eval.jsonl"
+    sft_eval = next((new_dir / "00-sft" / "eval").glob("*.jsonl"))
+    def train(d: Path, key: str) -> list:  # a training term's mean over steps 1-20 and over the last 20
+        rows = [json.loads(line) for line in (d / "01-rl" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        vals = [r[key] for r in rows if key in r]
+        return [round(sum(vals[:20]) / 20, 3), round(sum(vals[-20:]) / 20, 3)] if len(vals) >= 20 else []
+
+    return {"train_first20_last20": {f"{name}/{key}": train(d, f"reward/{key}") for name, d in (("new", new_dir), ("old", old_dir))
+                                     for key in ("accuracy", "visual_readings")},
+            "gain_new_rl_over_old_rl": gains(per_problem(rl_eval(new_dir)), per_problem(rl_eval(old_dir))),
+            "readings_paid": {"sft": readings_paid(sft_eval, problems), "old_rl": readings_paid(rl_eval(old_dir), problems),
+                              "new_rl": readings_paid(rl_eval(new_dir), problems)}}
+
+
 def blank_copy(src: Path, dst: Path) -> None:
     """The held-out problems with every picture replaced by a white one of the same size."""
     from PIL import Image
@@ -274,12 +312,17 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/r1lab-vlm")
     p.add_argument("--tag", default="", help="prefix of the result files (e.g. round2_)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="pipeline overrides, e.g. train.lr=1e-4")
+    p = sub.add_parser("compare", help="paired gain of one run's GRPO model over another's from the same SFT model")
+    p.add_argument("new_dir")
+    p.add_argument("old_dir")
     p = sub.add_parser("report")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--tag", default="")
     args = ap.parse_args()
     if args.cmd == "run":
         run(args.seed, Path(args.out), args.tag, args.set)
+    elif args.cmd == "compare":
+        print(json.dumps(compare(Path(args.new_dir), Path(args.old_dir))))
     else:
         report(args.seeds, args.tag)
 
