@@ -71,12 +71,23 @@ def gains(after: dict[str, float], before: dict[str, float]) -> dict[str, list[f
     return {k: list(mean_se(v)) for k, v in groups.items()}
 
 
-def trace_readings(problem: dict, text: str) -> tuple[bool, bool] | None:
-    """For a bar_value or count_shapes sample: (its trace's readings of the picture are right, its
-    answer follows from its own readings), or None when the trace is not in the teacher's form.
-    bar_value: the listed height of the asked bar, and whether the answer is that listed height;
-    count_shapes: the four row counts, and whether the answer is their sum."""
-    scene, fam = problem["metadata"]["scene"], problem["metadata"]["family"]
+def eval_problems(problems_jsonl: Path) -> dict:
+    """The held-out problems by id, parsed as r1lab parses them (pictures left as written: the
+    trace checks need the scene metadata only)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from r1lab.records import Problem
+
+    return {p.id: p for p in (Problem.from_dict(row) for row in map(json.loads, problems_jsonl.read_text().splitlines()))}
+
+
+def trace_readings(problem, text: str) -> tuple[bool, bool] | None:
+    """For a bar_value or count_shapes sample (`problem` an r1lab Problem): (its trace's readings of
+    the picture are right, its answer follows from its own readings), or None when the trace is not
+    in the teacher's form. bar_value: the listed height of the asked bar, and whether the answer is
+    that listed height; count_shapes: the four row counts, and whether the answer is their sum."""
+    from r1lab.tasks.visual import picture_items
+
+    scene, fam = problem.metadata["scene"], problem.metadata["family"]
     answer = re.search(r"<answer>\s*(\d+)\s*</answer>", text)
     if fam == "bar_value":
         named = re.findall(r"bar (\d+) is (\d+)[,.]", text.split("\n")[0])  # "bar 1 is 5, bar 2 is 4, ..."
@@ -98,15 +109,14 @@ def trace_readings(problem: dict, text: str) -> tuple[bool, bool] | None:
         if not m or not answer:
             return None
         rows = [int(x) for x in m.group(1).split(",")]
-        truth = [sum(1 for cell, kind, *_ in scene["shapes"] if kind == scene["kind"] and cell // 4 == r) for r in range(4)]
-        return rows == truth, int(answer.group(1)) == sum(rows)
+        return rows == picture_items(problem), int(answer.group(1)) == sum(rows)
     return None
 
 
 def trace_stats(eval_jsonl: Path, problems_jsonl: Path) -> dict[str, dict[str, float]]:
     """Per family, over all samples: the share (%) whose readings are right, whose answer follows
     from their readings, and the accuracy of each of the two kinds (follows / does not)."""
-    problems = {row["id"]: row for row in map(json.loads, problems_jsonl.read_text().splitlines())}
+    problems = eval_problems(problems_jsonl)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in map(json.loads, eval_jsonl.read_text().splitlines()):
         fam = family(row["id"])
@@ -130,16 +140,12 @@ def trace_stats(eval_jsonl: Path, problems_jsonl: Path) -> dict[str, dict[str, f
 def readings_paid(eval_jsonl: Path, problems_jsonl: Path) -> dict[str, list[float]]:
     """Per family and over all: the mean `visual_readings` term of the samples (%, ± SE over problems):
     the share of the picture's quantities the samples read right, each item given one value."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from r1lab.records import Problem
+    problems = eval_problems(problems_jsonl)
     from r1lab.tasks.visual import readings_score
 
-    problems = {row["id"]: row for row in map(json.loads, problems_jsonl.read_text().splitlines())}
     groups = defaultdict(list)
     for row in map(json.loads, eval_jsonl.read_text().splitlines()):
-        p = problems[row["id"]]
-        problem = Problem(id=p["id"], prompt=p["prompt"], answer=p["answer"], task=p.get("task", "math"), metadata=p["metadata"])
-        per = sum(readings_score(problem, s["text"]) for s in row["samples"]) / len(row["samples"])
+        per = sum(readings_score(problems[row["id"]], s["text"]) for s in row["samples"]) / len(row["samples"])
         groups[family(row["id"])].append(per)
         groups["all"].append(per)
     return {k: list(mean_se(v)) for k, v in groups.items()}
