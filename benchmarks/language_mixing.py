@@ -122,35 +122,48 @@ def step_curve(run: Path) -> list[tuple[int, float, float]]:
     return [(r["step"], r.get("lang/consistency"), r.get("lang/mixed")) for r in rows if "lang/consistency" in r]
 
 
-def plot(results: dict, path: Path, steps: int) -> None:
+PLAIN = ("GRPO (en), no consistency", "plain", "tab:blue")
+CONSISTENT = ("GRPO (en) + consistency 0.5", "lc", "tab:orange")
+
+
+def plot_by_language(results: dict, path: Path, arms: list[tuple[str, str, str]], panels: list[tuple[str, str]],
+                     title: str, figsize: tuple[float, float]) -> None:
+    """One panel per (metric, panel title): a bar per language and arm (label, key in
+    results["arms"], colour) at the mean over its seeds, each seed a dot; arms without runs left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     langs = list(MULTILINGUAL)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    arms = [("after SFT", "sft", "tab:gray"), ("GRPO (en), no consistency", "plain", "tab:blue"),
-            ("GRPO (en) + consistency 0.5", "lc", "tab:orange")]
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize)
     width = 0.26
-    for j, (metric, ax, title) in enumerate([("accuracy", axes[0], "held-out accuracy (avg@4)"),
-                                             ("mixed", axes[1], "share of responses mixing languages")]):
+    for ax, (metric, name) in zip(axes, panels):
         for i, (label, arm, color) in enumerate(arms):
             runs = results["arms"][arm]
+            if not runs:
+                continue
             values = [[r["by_language"][lang][metric] for r in runs] for lang in langs]
             xs = [x + (i - 1) * width for x in range(len(langs))]
-            ax.bar(xs, [mean(v) for v in values], width, color=color, label=label, alpha=0.85)
+            ax.bar(xs, [mean(v) for v in values], width, color=color, alpha=0.85,
+                   label=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
             for x, v in zip(xs, values):  # each seed as a dot
                 ax.plot([x] * len(v), v, "k.", ms=4)
         ax.set_xticks(range(len(langs)), langs)
-        ax.set(title=title, ylim=(0, 1))
+        ax.set(title=name, ylim=(0, 1))
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"tiny model: {steps} steps of English-only GRPO from a multilingual SFT with planted mixing "
-                 "(dots: seeds)", fontsize=10)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot(results: dict, path: Path, steps: int) -> None:
+    plot_by_language(results, path, [("after SFT", "sft", "tab:gray"), PLAIN, CONSISTENT],
+                     [("accuracy", "held-out accuracy (avg@4)"), ("mixed", "share of responses mixing languages")],
+                     f"tiny model: {steps} steps of English-only GRPO from a multilingual SFT with planted mixing "
+                     "(dots: seeds)", (11, 3.6))
 
 
 def table(results: dict) -> str:

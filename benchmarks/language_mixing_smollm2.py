@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from language_mixing import by_language, step_curve  # noqa: E402
+from language_mixing import CONSISTENT, PLAIN, by_language, plot_by_language, step_curve  # noqa: E402
 from r1lab.records import save_problems  # noqa: E402
 from r1lab.tasks import get_task  # noqa: E402
 from r1lab.tasks.multilingual import MULTILINGUAL  # noqa: E402
@@ -98,37 +98,10 @@ def grpo(work: Path, paths: dict, seed: int, consistency: bool, steps: int, n: i
 
 
 def plot(results: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    langs = list(MULTILINGUAL)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    arms = [("base model", "base", "tab:gray"), ("GRPO (en), no consistency", "plain", "tab:blue"),
-            ("GRPO (en) + consistency 0.5", "lc", "tab:orange")]
-    width = 0.26
-    panels = [("accuracy", "held-out accuracy (avg@n, T 0.7)"), ("consistency", "share of the reasoning in the prompt's language"),
-              ("mixed", "share of responses mixing languages")]
-    for ax, (metric, name) in zip(axes, panels):
-        for i, (label, arm, color) in enumerate(arms):
-            runs = results["arms"][arm]
-            if not runs:
-                continue
-            values = [[r["by_language"][lang][metric] for r in runs] for lang in langs]
-            xs = [x + (i - 1) * width for x in range(len(langs))]
-            ax.bar(xs, [mean(v) for v in values], width, color=color, alpha=0.85,
-                   label=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
-            for x, v in zip(xs, values):  # each seed as a dot
-                ax.plot([x] * len(v), v, "k.", ms=4)
-        ax.set_xticks(range(len(langs)), langs)
-        ax.set(title=name, ylim=(0, 1))
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8, loc="upper right")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    plot_by_language(results, path, [("base model", "base", "tab:gray"), PLAIN, CONSISTENT],
+                     [("accuracy", "held-out accuracy (avg@n, T 0.7)"),
+                      ("consistency", "share of the reasoning in the prompt's language"),
+                      ("mixed", "share of responses mixing languages")], title, (15, 3.8))
 
 
 def table(results: dict) -> str:
