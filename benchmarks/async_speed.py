@@ -29,12 +29,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from hostinfo import host  # noqa: E402
 from r1lab.cli import _quiet_libraries  # noqa: E402
 from r1lab.cluster import with_off_policy_correction  # noqa: E402
 from r1lab.config import load_config  # noqa: E402
@@ -89,13 +89,6 @@ def rl_from_sft(sft_ckpt: str, seed: int, name: str, mode: list[str], overrides:
 
 def se(xs: list[float]) -> float:
     return statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan")
-
-
-def host() -> str:
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.split(":")[-1].strip()
-    isa = subprocess.run("grep -o -w -E 'avx512_bf16|amx_bf16|avx2' /proc/cpuinfo | sort -u", shell=True,
-                         capture_output=True, text=True).stdout.split()
-    return f"{cpu} ({', '.join(isa)}), {os.cpu_count()} cores"
 
 
 def write(out: Path, started: str, args, rows: list[dict], timelines: dict[str, list[dict]]) -> dict:

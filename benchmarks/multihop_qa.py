@@ -20,10 +20,11 @@ import json
 import math
 import platform
 import re
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from hostinfo import cpu_model, isa_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny" / "multihop_qa.yaml"
@@ -112,12 +113,8 @@ def run(seed: int, out: Path, overrides: list[str], sft_only: bool = False) -> d
 
 
 def host() -> dict:
-    def sh(cmd: str) -> str:
-        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
-
-    return {"cpu": sh("lscpu | grep 'Model name' | sed 's/Model name: *//'"),
-            "flags": sh("grep -o -w -E 'avx512_bf16|amx_bf16|avx2' /proc/cpuinfo | sort -u | tr '\\n' ' '"),
-            "python": platform.python_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {"cpu": cpu_model(), "flags": " ".join(isa_flags()), "python": platform.python_version(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def plot(res: dict, path: Path) -> None:
