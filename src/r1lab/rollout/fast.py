@@ -692,11 +692,11 @@ class KVSession(IdSession):
     def take(self, key, ids: list[int]) -> torch.Tensor | None:
         """The K/V kept for `key` if they are of a proper prefix of `ids` under the current
         weights, else None; either way the key's entry is gone."""
-        entry = self.kept.pop(key, None)
+        entry = self.kept.get(key)
+        self.drop([key])
         if entry is None:
             return None
         held, kv, weights = entry
-        self.bytes -= kv.numel() * kv.element_size()
         if weights != self.engine._packed_key or len(held) >= len(ids) or ids[: len(held)] != held:
             return None
         return kv
