@@ -84,7 +84,9 @@ def trace_readings(problem, text: str) -> tuple[bool, bool] | None:
     """For a bar_value or count_shapes sample (`problem` an r1lab Problem): (its trace's readings of
     the picture are right, its answer follows from its own readings), or None when the trace is not
     in the teacher's form. bar_value: the listed height of the asked bar, and whether the answer is
-    that listed height; count_shapes: the four row counts, and whether the answer is their sum."""
+    that listed height (a list that stops before the asked bar is not in the form); count_shapes:
+    the four row counts, and whether the answer is their sum. Reads the traces of every round: the
+    unnamed lists of rounds 1-5 (`heights a, b.`, `Rows: a, b, c, d.`) and the named ones."""
     from r1lab.tasks.visual import picture_items
 
     scene, fam = problem.metadata["scene"], problem.metadata["family"]
@@ -106,9 +108,15 @@ def trace_readings(problem, text: str) -> tuple[bool, bool] | None:
         return listed[k] == scene["heights"][k], int(answer.group(1)) == listed[k]
     if fam == "count_shapes":
         m = re.search(r"Rows: (\d+(?:, \d+)*)\.", text)
-        if not m or not answer:
+        named = re.findall(r"row (\d+) has (\d+)[,.]", text.split("\n")[0])  # "row 1 has 0, row 2 has 1, ..."
+        if m:
+            rows = [int(x) for x in m.group(1).split(",")]
+        elif [int(r) for r, _ in named] == [1, 2, 3, 4]:
+            rows = [int(n) for _, n in named]
+        else:
             return None
-        rows = [int(x) for x in m.group(1).split(",")]
+        if not answer:
+            return None
         return rows == picture_items(problem), int(answer.group(1)) == sum(rows)
     return None
 

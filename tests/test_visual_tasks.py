@@ -67,26 +67,26 @@ def test_splits_are_disjoint_deterministic_and_rendered_from_their_scene(family,
 
 
 def test_count_trace_reads_the_rows_the_picture_shows():
-    # row by row, at fixed places in the trace: "Rows: a, b, c, d." then their sum
+    # row by row, each count named by its row ("row 2 has 0"), then their sum
     fam = get_task("count_shapes")
     for p in generate_splits(["count_shapes"], 30, 0, 1, seed=4)[0]:
         img = decode_image(p.images[0])
         rows = [sum(any(_ink(img, cx * 16 + x, cy * 16 + y) for x in range(16) for y in range(16)) for cx in range(4))
                 for cy in range(4)]
         trace = fam.teacher_trace(p)
-        assert f"Rows: {', '.join(map(str, rows))}." in trace
+        assert "each row: " + ", ".join(f"row {r + 1} has {n}" for r, n in enumerate(rows)) + ".\n" in trace
         assert f"{' + '.join(map(str, rows))} = {p.answer}</think>" in trace
 
 
-def test_bar_trace_names_every_bar_the_picture_shows_and_copies_the_asked_one():
-    # "bar k is h" for every bar, then the asked bar's reading repeated after the same words
+def test_bar_trace_names_the_bars_up_to_the_asked_one_and_repeats_its_height():
+    # "bar i is h" for bars 1..k, then the asked bar's reading repeated just after it
     fam = get_task("bar_value")
     for p in generate_splits(["bar_value"], 30, 0, 2, seed=4)[0]:
         img, scene = decode_image(p.images[0]), p.metadata["scene"]
         bars, k = len(scene["heights"]), scene["bar"] + 1
         seen = [_bar_height(img, bars, i) for i in range(bars)]
         trace = fam.teacher_trace(p)
-        assert "From left to right: " + ", ".join(f"bar {i + 1} is {h}" for i, h in enumerate(seen)) + "." in trace
+        assert "From left to right: " + ", ".join(f"bar {i + 1} is {h}" for i, h in enumerate(seen[:k])) + ".\n" in trace
         assert f"So bar {k} is {seen[k - 1]}.</think>\n<answer>{p.answer}</answer>" in trace
 
 

@@ -111,11 +111,11 @@ class CountShapes(VisualFamily):
         return _picture(img)
 
     def teacher_trace(self, problem: Problem) -> str:
-        # row by row: every reading sits at the same place in every trace and looks at one row of
-        # the picture (one row of image tokens), where a list of cells would have to scan for the next one
+        # row by row, each count named by its row ("row 2 has 0") as the bars are named: every reading
+        # looks at one row of the picture (one row of image tokens), where a list of cells would scan
         scene = problem.metadata["scene"]
         rows = [sum(1 for cell, kind, *_ in scene["shapes"] if kind == scene["kind"] and cell // 4 == r) for r in range(4)]
-        steps = [f"I count the {scene['kind']}s in each row.", "Rows: " + ", ".join(map(str, rows)) + ".",
+        steps = [f"I count the {scene['kind']}s in each row: " + ", ".join(f"row {r + 1} has {n}" for r, n in enumerate(rows)) + ".",
                  " + ".join(map(str, rows)) + f" = {sum(rows)}"]
         return format_trace(steps, str(sum(rows)))
 
@@ -146,12 +146,13 @@ class BarValue(VisualFamily):
         return _picture(img)
 
     def teacher_trace(self, problem: Problem) -> str:
-        # each height named by its bar, so the answer is a copy of the reading that follows the
-        # same words ("bar 2 is"); from an unnamed list the tiny model never learned to pick the
-        # k-th entry, its answers did not follow its readings, and the reward did not credit them
+        # bars read from the left, each named, up to the asked one, whose height the answer repeats:
+        # the answer copies the reading just before it. With every bar listed the answer had to find
+        # "bar k is" further back; the tiny model copied another bar's height in two thirds of its
+        # samples, so its answers did not follow its readings and the reward could not credit them
         scene = problem.metadata["scene"]
         heights, which = scene["heights"], scene["bar"]
-        steps = ["From left to right: " + ", ".join(f"bar {i + 1} is {h}" for i, h in enumerate(heights)) + ".",
+        steps = ["From left to right: " + ", ".join(f"bar {i + 1} is {h}" for i, h in enumerate(heights[: which + 1])) + ".",
                  f"So bar {which + 1} is {heights[which]}."]
         return format_trace(steps, str(heights[which]))
 
@@ -190,20 +191,20 @@ class DigitSum(VisualFamily):
 # the readings reward
 
 _BAR = re.compile(r"\bbar (\d+) is (\d+)\b", re.IGNORECASE)
-_ROWS = re.compile(r"\bRows: (\d+(?:, \d+)*)\.")
+_ROW = re.compile(r"\brow (\d+) has (\d+)\b", re.IGNORECASE)
 _DIGITS = re.compile(r"\bThe digits are (\d(?:, \d)*)\.")
 
 
 def picture_items(problem: Problem) -> list[int] | None:
-    """The quantities a teacher trace reads off the picture, in its order: the bar heights
-    (bar_value), the asked kind's count per row, top row first (count_shapes), the digits
-    (digit_sum); None for a problem of any other family."""
+    """The quantities a teacher trace reads off the picture, in its order: the heights of the bars
+    up to the asked one, from the left (bar_value), the asked kind's count per row, top row first
+    (count_shapes), the digits (digit_sum); None for a problem of any other family."""
     scene = (problem.metadata or {}).get("scene")
     fam = (problem.metadata or {}).get("family")
     if not scene:
         return None
     if fam == "bar_value":
-        return list(scene["heights"])
+        return list(scene["heights"][: scene["bar"] + 1])
     if fam == "count_shapes":
         return [sum(1 for cell, kind, *_ in scene["shapes"] if kind == scene["kind"] and cell // 4 == r) for r in range(4)]
     if fam == "digit_sum":
@@ -222,30 +223,31 @@ def readings_score(problem: Problem, text: str) -> float:
 
     An item is read right when the response gives it exactly one value and that value is the
     truth; the answer is not looked at. Per family:
-    - bar_value: every `bar K is H` anywhere in the response claims H for bar K. Bar K is right when
-      all its claims give the one true height (the teacher names each bar once and repeats the asked
-      one, "So bar 2 is 4.": the same value twice is one reading); two different heights for bar K
-      is a guess and gets nothing. Claims for bars the chart does not have are ignored.
-    - count_shapes: the one `Rows: a, b, c, d.` list; row r is right when its r-th entry is the true
-      count. Entries past the fourth get nothing; a missing row gets nothing; two `Rows:` lists get 0.
-    - digit_sum: the one `The digits are a, b, c.` list, read by position as the rows are.
+    - bar_value: the items are the bars up to the asked one (what the teacher reads). Every `bar K is
+      H` anywhere in the response claims H for bar K; bar K is right when all its claims give the one
+      true height (the teacher repeats the asked one, "So bar 2 is 4.": the same value twice is one
+      reading); two different heights for bar K is a guess and gets nothing. Claims for other bars
+      (past the asked one, or not in the chart) are ignored.
+    - count_shapes: every `row R has N` claims N for row R, paid as the bars are (rows 1-4).
+    - digit_sum: the one `The digits are a, b, c.` list; digit i is right when its i-th entry is the
+      truth. Entries past the last digit get nothing; two lists get 0.
     The score is (items right) / (items in the picture), so listing extra or repeated guesses never
     pays more than listing the right values once. Any other family: 0 (the term is absent there).
     Caveat (measured in round 5, BENCHMARKS.md): where most items share one value the share pays
-    that prior; at count_shapes difficulty 1 most rows hold no circle, so the blind `Rows: 0, 0, 0, 0.`
+    that prior; at count_shapes difficulty 1 most rows hold no circle, so claiming 0 for every row
     is paid 0.56 on average over held-out problems.
     """
     truth = picture_items(problem)
     if not truth:
         return 0.0
     fam = problem.metadata["family"]
-    if fam == "bar_value":
+    if fam in ("bar_value", "count_shapes"):
         claims: dict[int, set[int]] = {}
-        for k, h in _BAR.findall(text):
+        for k, h in (_BAR if fam == "bar_value" else _ROW).findall(text):
             claims.setdefault(int(k), set()).add(int(h))
         right = sum(1 for i, h in enumerate(truth) if claims.get(i + 1) == {h})
     else:
-        listed = _one_list(_ROWS if fam == "count_shapes" else _DIGITS, text)
+        listed = _one_list(_DIGITS, text)
         if listed is None:
             return 0.0
         right = sum(1 for got, want in zip(listed, truth) if got == want)
