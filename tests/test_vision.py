@@ -177,6 +177,38 @@ def test_an_rl_step_with_images_updates_the_policy_without_shared_prefix(vlm, ca
     assert any(not torch.equal(a, b) for a, b in zip(before, model.model.visual.parameters()))
 
 
+def test_freeze_vision_updates_the_language_model_only(vlm):
+    from r1lab.train.rl import RLTrainer
+
+    model, tok, train = vlm
+    model = copy.deepcopy(model)
+    cfg = RunConfig()
+    cfg.sampling.max_new_tokens = 8
+    cfg.train.group_size = 4
+    cfg.train.lr = 1e-3
+    cfg.train.freeze_vision = True
+    trainer = RLTrainer(cfg, model, tok, HFEngine(model, tok))
+    tower = {n: p.detach().clone() for n, p in model.named_parameters() if ".visual." in n}
+    lm = {n: p.detach().clone() for n, p in model.named_parameters() if ".visual." not in n}
+    assert tower and lm
+    cs = trainer.rollout(train[:2], seed=0)
+    trainer.update(trainer.make_batch(cs, torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0]), torch.arange(2).repeat_interleave(4)))
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], w) for n, w in tower.items())
+    assert any(not torch.equal(after[n], w) for n, w in lm.items())
+    # the optimizer holds the language model's parameters only
+    held = {id(p) for g in trainer.policy.optimizer.param_groups for p in g["params"]}
+    assert held == {id(after[n]) for n in lm}
+
+
+def test_freeze_vision_on_a_text_model_is_one_clear_error():
+    from r1lab.vision import freeze_vision_tower
+
+    tok = build_tiny_tokenizer(["a b c 1 2 3"])
+    with pytest.raises(ModelError, match=r"train.freeze_vision: the model \(qwen2\) has no vision tower"):
+        freeze_vision_tower(build_tiny_model(tok, SMALL, seed=0), "train.freeze_vision")
+
+
 def test_serve_reads_image_url_parts_and_an_endpoint_sends_them(vlm, tmp_path):
     import threading
 

@@ -235,6 +235,7 @@ class TrainConfig:
     ppo_epochs: int = setting(1, ge=1)  # passes over each rollout batch
     mini_batches: int = setting(1, ge=1)  # optimizer steps per pass
     micro_batch_size: int = setting(64, ge=1)  # sequences per forward/backward (does not change the gradient)
+    freeze_vision: bool = False  # a VLM's vision tower keeps its weights: only the language model learns
     bf16: bool = False  # bf16 autocast for the trainer's forward/backward; weights and optimizer state stay fp32
     shared_prefix: bool = True  # each distinct prompt of a mini-batch runs once in the trainer's forwards (same gradient)
     dynamic_sampling: bool = False  # DAPO: drop groups whose outcomes are all equal, sample again to refill

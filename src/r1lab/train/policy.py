@@ -74,6 +74,10 @@ class LocalPolicyWorker:
         self.model = model
         self.method = method
         use_cpu_training_attention(model)  # before the reference and critic copies are made
+        if cfg.train.freeze_vision:
+            from r1lab.vision import freeze_vision_tower
+
+            freeze_vision_tower(model, "train.freeze_vision")
         algo = cfg.algo
         # no reference model at all when the KL term is off (no wasted forward, no memory)
         self.ref_model = None
