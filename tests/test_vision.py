@@ -155,16 +155,23 @@ def test_fast_engine_and_text_models_refuse_images_in_one_line(vlm):
     assert "shows images, but the model is text-only" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_an_rl_step_with_images_updates_the_policy_without_shared_prefix(vlm, caplog):
+def _rl_trainer(vlm, freeze_vision: bool = False):
+    """An RL trainer over a copy of the tiny VLM (groups of 4, 8 new tokens, lr 1e-3), the copy, and
+    the fixture's problems."""
     from r1lab.train.rl import RLTrainer
 
-    model, tok, train = vlm
+    model, tok, _ = vlm
     model = copy.deepcopy(model)
     cfg = RunConfig()
     cfg.sampling.max_new_tokens = 8
     cfg.train.group_size = 4
     cfg.train.lr = 1e-3
-    trainer = RLTrainer(cfg, model, tok, HFEngine(model, tok))
+    cfg.train.freeze_vision = freeze_vision
+    return RLTrainer(cfg, model, tok, HFEngine(model, tok)), model, vlm[2]
+
+
+def test_an_rl_step_with_images_updates_the_policy_without_shared_prefix(vlm, caplog):
+    trainer, model, train = _rl_trainer(vlm)
     cs = trainer.rollout(train[:2], seed=0)
     batch = trainer.make_batch(cs, torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0]), torch.arange(2).repeat_interleave(4))
     assert batch.vision is not None and len(batch.vision) == 8
@@ -178,16 +185,7 @@ def test_an_rl_step_with_images_updates_the_policy_without_shared_prefix(vlm, ca
 
 
 def test_freeze_vision_updates_the_language_model_only(vlm):
-    from r1lab.train.rl import RLTrainer
-
-    model, tok, train = vlm
-    model = copy.deepcopy(model)
-    cfg = RunConfig()
-    cfg.sampling.max_new_tokens = 8
-    cfg.train.group_size = 4
-    cfg.train.lr = 1e-3
-    cfg.train.freeze_vision = True
-    trainer = RLTrainer(cfg, model, tok, HFEngine(model, tok))
+    trainer, model, train = _rl_trainer(vlm, freeze_vision=True)
     tower = {n: p.detach().clone() for n, p in model.named_parameters() if ".visual." in n}
     lm = {n: p.detach().clone() for n, p in model.named_parameters() if ".visual." not in n}
     assert tower and lm

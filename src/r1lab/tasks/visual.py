@@ -147,9 +147,8 @@ class BarValue(VisualFamily):
 
     def teacher_trace(self, problem: Problem) -> str:
         # bars read from the left, each named, up to the asked one, whose height the answer repeats:
-        # the answer copies the reading just before it. With every bar listed the answer had to find
-        # "bar k is" further back; the tiny model copied another bar's height in two thirds of its
-        # samples, so its answers did not follow its readings and the reward could not credit them
+        # the answer copies the reading just before it, where a small model does not look a named
+        # reading up further back (BENCHMARKS.md, multimodal round 6)
         scene = problem.metadata["scene"]
         heights, which = scene["heights"], scene["bar"]
         steps = ["From left to right: " + ", ".join(f"bar {i + 1} is {h}" for i, h in enumerate(heights[: which + 1])) + ".",
@@ -231,7 +230,7 @@ def readings_score(problem: Problem, text: str) -> float:
     - count_shapes: every `row R has N` claims N for row R, paid as the bars are (rows 1-4).
     - digit_sum: the one `The digits are a, b, c.` list; digit i is right when its i-th entry is the
       truth. Entries past the last digit get nothing; two lists get 0.
-    The score is (items right) / (items in the picture), so listing extra or repeated guesses never
+    The score is (items right) / (items), so listing extra or repeated guesses never
     pays more than listing the right values once. Any other family: 0 (the term is absent there).
     Caveat (measured in round 5, BENCHMARKS.md): where most items share one value the share pays
     that prior; at count_shapes difficulty 1 most rows hold no circle, so claiming 0 for every row
