@@ -207,6 +207,18 @@ def test_freeze_vision_on_a_text_model_is_one_clear_error():
         freeze_vision_tower(build_tiny_model(tok, SMALL, seed=0), "train.freeze_vision")
 
 
+def test_rl_cli_refuses_freeze_vision_on_a_text_model_before_evaluating(tmp_path, capsys):
+    from pathlib import Path
+
+    from r1lab.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "grpo.yaml"
+    assert main(["rl", str(recipe), "train.freeze_vision=true", f"out_dir={tmp_path}", "data.train_size=64",
+                 "data.sft_size=0", "data.eval_size=8", "--quiet"]) == 2
+    assert "train.freeze_vision: the model (qwen2) has no vision tower to freeze" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*/eval/*"))  # nothing was evaluated
+
+
 def test_serve_reads_image_url_parts_and_an_endpoint_sends_them(vlm, tmp_path):
     import threading
 

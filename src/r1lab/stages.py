@@ -526,6 +526,10 @@ def _train_and_evaluate(cfg: RunConfig, kind: str, run: RunDir, resuming: bool, 
     else:
         data = prepare_data(cfg, run, log=log)
         model, tok = load_policy(cfg, data)
+    if kind == "rl" and cfg.train.freeze_vision:  # a text model refuses it here, before the start is evaluated
+        from r1lab.vision import freeze_vision_tower
+
+        freeze_vision_tower(model, "train.freeze_vision")
     stages = {}
     if kind not in ("sft", "cpt") and cfg.eval.at_start and not resuming:  # a resumed run measured its start the first time
         stages["start"] = run_eval(cfg, model, tok, data.eval, run.file("eval/start.jsonl"), "eval start",
