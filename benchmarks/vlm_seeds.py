@@ -91,6 +91,8 @@ def trace_readings(problem, text: str) -> tuple[bool, bool] | None:
 
     scene, fam = problem.metadata["scene"], problem.metadata["family"]
     answer = re.search(r"<answer>\s*(\d+)\s*</answer>", text)
+    if not answer:
+        return None
     if fam == "bar_value":
         named = re.findall(r"bar (\d+) is (\d+)[,.]", text.split("\n")[0])  # "bar 1 is 5, bar 2 is 4, ..."
         m = re.search(r"heights (\d+(?:, \d+)*)\.", text)  # the unnamed list of rounds 1-3
@@ -99,8 +101,6 @@ def trace_readings(problem, text: str) -> tuple[bool, bool] | None:
         elif named and [int(i) for i, _ in named] == list(range(1, len(named) + 1)):
             listed = [int(h) for _, h in named]
         else:
-            return None
-        if not answer:
             return None
         k = scene["bar"]
         if k >= len(listed):
@@ -114,8 +114,6 @@ def trace_readings(problem, text: str) -> tuple[bool, bool] | None:
         elif [int(r) for r, _ in named] == [1, 2, 3, 4]:
             rows = [int(n) for _, n in named]
         else:
-            return None
-        if not answer:
             return None
         return rows == picture_items(problem), int(answer.group(1)) == sum(rows)
     return None

@@ -160,14 +160,14 @@ def _rl_trainer(vlm, freeze_vision: bool = False):
     the fixture's problems."""
     from r1lab.train.rl import RLTrainer
 
-    model, tok, _ = vlm
+    model, tok, train = vlm
     model = copy.deepcopy(model)
     cfg = RunConfig()
     cfg.sampling.max_new_tokens = 8
     cfg.train.group_size = 4
     cfg.train.lr = 1e-3
     cfg.train.freeze_vision = freeze_vision
-    return RLTrainer(cfg, model, tok, HFEngine(model, tok)), model, vlm[2]
+    return RLTrainer(cfg, model, tok, HFEngine(model, tok)), model, train
 
 
 def test_an_rl_step_with_images_updates_the_policy_without_shared_prefix(vlm, caplog):

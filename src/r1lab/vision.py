@@ -45,16 +45,15 @@ def is_vision_model(model: Any) -> bool:
     return is_vision_config(getattr(model, "config", None))
 
 
-def freeze_vision_tower(model: Any, where: str) -> int:
-    """Stop the vision tower's weights from learning (requires_grad off); returns how many
-    parameters that froze. The optimizer then holds only the language model's, and the tower's
-    forward builds no graph, as the pixel inputs need no gradient. Not a VLM: ModelError naming `where`."""
+def freeze_vision_tower(model: Any, where: str) -> None:
+    """Stop the vision tower's weights from learning (requires_grad off): the optimizer then holds
+    only the language model's, and the tower's forward builds no graph, as the pixel inputs need no
+    gradient. Not a VLM: ModelError naming `where`."""
     tower = getattr(getattr(model, "model", model), "visual", None) if is_vision_model(model) else None
     if tower is None:
         raise ModelError(f"{where}: the model ({getattr(getattr(model, 'config', None), 'model_type', type(model).__name__)}) "
                          "has no vision tower to freeze")
     tower.requires_grad_(False)
-    return sum(p.numel() for p in tower.parameters())
 
 
 # --- the image processor rides on the tokenizer ---------------------------------------------------
