@@ -118,6 +118,9 @@ class RewardConfig:
     # weight would reward what the term penalises
     terms: dict[str, float] = setting({"accuracy": 1.0, "format": 0.1}, nonempty=True, ge=0,
                                       keys=Domain(choices="r1lab.rewards:REWARD_TERMS"))
+    # span credit term name -> coef: each checkable claim in a response (e.g. each reading of a
+    # picture) pays its own tokens, centred on the same item's claims in the group (algos/credit.py)
+    token_credit: dict[str, float] = setting({}, ge=0, keys=Domain(choices="r1lab.rewards:SPAN_CREDITS"))
     # settings of the shaping terms: overlong_max / overlong_cache (DAPO), cosine_max_len,
     # repetition_ngram / repetition_penalty; lengths default to the current max_new_tokens
     settings: dict[str, float] = setting({}, ge=0, keys=Domain(choices=REWARD_SETTINGS))

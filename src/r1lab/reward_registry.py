@@ -1,4 +1,5 @@
-"""The reward-term registry: name -> term. A leaf: it imports nothing of r1lab but records and errors.
+"""The reward-term registry: name -> term, and the span credit terms (claims inside a response, paid
+token by token). A leaf: it imports nothing of r1lab but records and errors.
 
 The modules that define terms (rewards.py, reward_shaping.py) import it and register their terms
 when imported; rewards.py imports reward_shaping.py, so importing r1lab.rewards registers them all.
@@ -6,7 +7,7 @@ when imported; rewards.py imports reward_shaping.py, so importing r1lab.rewards 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from r1lab.errors import R1labError
 from r1lab.records import Completion, Problem, Verdict
@@ -33,3 +34,37 @@ def get_reward(name: str) -> RewardFn:
     if name not in REWARDS:
         raise R1labError(f"unknown reward term {name!r}; known terms: {', '.join(sorted(REWARDS))}")
     return REWARDS[name]
+
+
+class Span(NamedTuple):
+    """One checkable claim inside a response: the characters [start, end) of the text that make it,
+    the item it claims (`key`: responses to one prompt claiming the same key are compared), and
+    its value against the ground truth (1.0 right, 0.0 wrong, or any score)."""
+
+    start: int
+    end: int
+    key: str
+    value: float
+
+
+SpanFn = Callable[[Problem, str], "list[Span]"]
+
+# span credit terms: name -> fn(problem, text) -> the response's checkable claims. A term pays the
+# tokens of each claim (reward.token_credit; algos/credit.py), not the whole response.
+SPAN_CREDITS: dict[str, SpanFn] = {}
+
+
+def register_span_credit(name: str) -> Callable[[SpanFn], SpanFn]:
+    """Decorator: register a span credit term under `name` (the key of reward.token_credit)."""
+
+    def decorator(fn: SpanFn) -> SpanFn:
+        SPAN_CREDITS[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_span_credit(name: str) -> SpanFn:
+    if name not in SPAN_CREDITS:
+        raise R1labError(f"unknown span credit term {name!r}; known: {', '.join(sorted(SPAN_CREDITS)) or 'none'}")
+    return SPAN_CREDITS[name]

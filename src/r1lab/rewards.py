@@ -18,7 +18,9 @@ import r1lab.reward_shaping  # noqa: F401  (registers the length and repetition 
 import r1lab.tasks  # noqa: F401  (the task families register their own terms: repair, sorting, poems, translation)
 from r1lab.envs.base import ENVS
 from r1lab.records import Completion, Problem, Verdict
-from r1lab.reward_registry import REWARDS, TOTAL, RewardFn, get_reward, register_reward  # noqa: F401  (REWARDS re-exported)
+from r1lab.reward_registry import (  # noqa: F401  (REWARDS, SPAN_CREDITS re-exported: config domains)
+    REWARDS, SPAN_CREDITS, TOTAL, RewardFn, get_reward, register_reward,
+)
 from r1lab.verify import verify_batch
 
 

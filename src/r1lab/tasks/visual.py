@@ -14,7 +14,9 @@ Pillow, and the answer is a number the "math" verifier checks exactly.
 
 Reward term, registered here: `visual_readings` pays the share of the picture's quantities a
 response reads right (see `readings_score`), so GRPO can credit a right reading even when the
-answer is wrong, and does not let the readings drift while it pays only the answer.
+answer is wrong, and does not let the readings drift while it pays only the answer. Span credit
+term, registered here under the same name: `reading_spans` lists each reading where it is written,
+so `reward.token_credit: {visual_readings: c}` pays the tokens of each reading, not the response.
 
 Every picture is SIZE x SIZE RGB; the scene (what was drawn, where) is kept in metadata["scene"]:
 it is what the teacher trace reads, and its picture part is what makes two problems the same
@@ -29,7 +31,7 @@ import re
 
 from r1lab.images import png_bytes, to_data_url
 from r1lab.records import Problem
-from r1lab.reward_registry import register_reward
+from r1lab.reward_registry import Span, register_reward, register_span_credit
 from r1lab.tasks.base import TaskFamily, format_trace, register_task
 
 SIZE = 64  # pixels a side: 4 x 4 cells of 16 px, one merged vision token each in the tiny VLM
@@ -251,6 +253,37 @@ def readings_score(problem: Problem, text: str) -> float:
             return 0.0
         right = sum(1 for got, want in zip(listed, truth) if got == want)
     return right / len(truth)
+
+
+def reading_spans(problem: Problem, text: str) -> list[Span]:
+    """Each reading of the picture in the response, where its value is written, keyed by the item
+    it reads and valued 1.0 when true, 0.0 when not (the span credit of reward.token_credit:
+    algos/credit.py). bar_value / count_shapes: every `bar K is H` / `row R has N` for an item of the
+    picture (bars past the asked one, rows past the fourth: no claim); a repeat of the same reading
+    is a second claim, and spraying guesses for one item makes one right claim and many wrong ones.
+    digit_sum: the entries of the `The digits are ...` list, by position; with two lists, every
+    entry is valued 0 (as `readings_score` pays nothing for two guesses). Other families: none."""
+    truth = picture_items(problem)
+    if not truth:
+        return []
+    fam = problem.metadata["family"]
+    spans = []
+    if fam in ("bar_value", "count_shapes"):
+        for m in (_BAR if fam == "bar_value" else _ROW).finditer(text):
+            k = int(m.group(1))
+            if 1 <= k <= len(truth):
+                spans.append(Span(m.start(2), m.end(2), str(k), float(int(m.group(2)) == truth[k - 1])))
+        return spans
+    lists = list(_DIGITS.finditer(text))
+    for m in lists:
+        for i, d in enumerate(re.finditer(r"\d", m.group(1))):
+            if i < len(truth):
+                right = len(lists) == 1 and int(d.group()) == truth[i]
+                spans.append(Span(m.start(1) + d.start(), m.start(1) + d.end(), str(i + 1), float(right)))
+    return spans
+
+
+register_span_credit("visual_readings")(reading_spans)
 
 
 @register_reward("visual_readings")

@@ -119,5 +119,10 @@ def describe_methods() -> str:
                                  for k, v in m.hparams.items()) or "no settings"
             notes = [f"{k}={v}" for k, v in m.traits.items()] + ([f"uses {', '.join(m.context)}"] if m.context else [])
             lines.append(f"  {name:<24} {settings}" + (f"   [{'; '.join(notes)}]" if notes else ""))
+    from r1lab.rewards import SPAN_CREDITS  # importing the reward terms registers the task families' span terms
+
+    lines.append("span credit terms (reward.token_credit: name -> coef):")
+    for name, fn in sorted(SPAN_CREDITS.items()):
+        lines.append(f"  {name:<24} {(fn.__doc__ or '').strip().splitlines()[0]}")
     return "\n".join(lines)
 

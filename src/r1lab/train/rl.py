@@ -40,10 +40,12 @@ import torch
 from tqdm.auto import tqdm
 
 from r1lab.algos.advantages import gae, last_token_rewards
+from r1lab.algos.credit import char_spans_to_tokens, span_credit_advantage, token_char_ends
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError
 from r1lab.health import HealthMonitor
 from r1lab.records import Completion, Problem
+from r1lab.reward_registry import get_span_credit
 from r1lab.rollout import build_engine
 from r1lab.rollout.base import Engine, LiveModelEngine, SamplingParams
 from r1lab.runs import MetricsWriter
@@ -114,6 +116,8 @@ class RLTrainer:
         # PRIME: an implicit process reward model, copied from the starting policy
         self.prm = ImplicitPRM(cfg, model) if self.method.needs_prm else None
         self.prm_stats: dict[str, float] = {}
+        self.credit_stats: dict[str, float] = {}
+        self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.step = 0
 
@@ -250,9 +254,11 @@ class RLTrainer:
 
     # -- estimate ----------------------------------------------------------------------------------
 
-    def make_batch(self, completions: list[Completion], rewards: torch.Tensor, group_index: torch.Tensor) -> RolloutBatch:
+    def make_batch(self, completions: list[Completion], rewards: torch.Tensor, group_index: torch.Tensor,
+                   problems: list[Problem] | None = None) -> RolloutBatch:
         """The completions as a padded batch with its update plan, the old-policy / reference /
-        value passes its method needs, and its advantages."""
+        value passes its method needs, and its advantages (plus the span credit of
+        reward.token_credit, which reads each completion's `problems` entry)."""
         algo, train, method = self.cfg.algo, self.cfg.train, self.method
         params = self.params
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.step)
@@ -284,7 +290,31 @@ class RLTrainer:
         context["gamma"] = algo.gamma
         batch.advantages = method.advantage(rewards, mask, group_index,
                                             **{k: v for k, v in context.items() if k in method.advantage_context})
+        if self.cfg.reward.token_credit:
+            batch.advantages = batch.advantages + self._span_credit(completions, problems, group_index, mask)
         return batch
+
+    def _span_credit(self, completions: list[Completion], problems: list[Problem] | None, group_index: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+        """reward.token_credit: each term's claims, mapped onto the response tokens, as advantages
+        (algos/credit.py); their metrics in self.credit_stats."""
+        if problems is None or len(problems) != len(completions):
+            raise ValueError("reward.token_credit needs the problem of every completion (make_batch(..., problems=))")
+        ends = [token_char_ends(self.tokenizer, c.response_ids, c.text) for c in completions]
+        total = torch.zeros(mask.shape, dtype=torch.float32)
+        self.credit_stats = {"credit/unaligned": float(sum(e is None for e in ends))}
+        for name, coef in self.cfg.reward.token_credit.items():
+            fn = get_span_credit(name)
+            spans = [char_spans_to_tokens(fn(p, c.text), e) if e is not None else []
+                     for p, c, e in zip(problems, completions, ends)]
+            # right padding: response token j of row i sits at column len(prompt) - 1 + j of the mask
+            credit = span_credit_advantage(spans, group_index, mask, [len(c.prompt_ids) - 1 for c in completions])
+            values = [v for row in spans for *_, v in row]
+            self.credit_stats[f"credit/{name}/claims"] = len(values) / len(completions)
+            self.credit_stats[f"credit/{name}/value"] = sum(values) / len(values) if values else 0.0
+            self.credit_stats[f"credit/{name}/abs"] = float(credit.abs().sum() / mask.sum().clamp(min=1))
+            total += coef * credit
+        return total
 
     # -- update ------------------------------------------------------------------------------------
 
@@ -322,7 +352,7 @@ class RLTrainer:
         t1 = time.time()
         staleness = [version - _oldest_version(c) for c in col.completions]
         with self.timeline.span("trainer", "train", self.step):
-            batch = self.make_batch(col.completions, col.rewards, col.group_index)  # estimate
+            batch = self.make_batch(col.completions, col.rewards, col.group_index, col.problems)  # estimate
             t2 = time.time()
             stats = self.update(batch)                                              # update, sync
         t3 = time.time()
@@ -342,6 +372,7 @@ class RLTrainer:
             **col.info,
             **stats,
             **self.prm_stats,
+            **self.credit_stats,
             "staleness": max(staleness),  # policy versions between the trainer and the oldest sample
             "staleness/mean": sum(staleness) / len(staleness),
             **off_policy,
@@ -384,7 +415,8 @@ class RLTrainer:
         for i in range(steps):
             # steps -n .. -1 (as logged): each batch sampled with its own seeds, none of them an RL step's
             col = self.collect(sampler, seed_step=i - steps)
-            history.append(self.policy.update_critic(self.make_batch(col.completions, col.rewards, col.group_index)))
+            history.append(self.policy.update_critic(self.make_batch(col.completions, col.rewards, col.group_index,
+                                                                          col.problems)))
             if metrics:
                 metrics.write(-(steps - i), {"phase": "value_pretrain", **history[-1]})
         return history
