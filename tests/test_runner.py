@@ -77,6 +77,17 @@ def test_a_changed_setting_of_a_finished_stage_is_refused_and_more_steps_continu
     assert stage_status(plan_of(tmp_path, [], resume=True, extends=more)) == {"a": "done", "b": "resume", "c": "new"}
 
 
+def test_a_setting_added_since_the_marker_counts_only_when_off_its_default(tmp_path):
+    # the marker was written by an r1lab without reward.token_credit; today's default ({}) is what it ran
+    run_plan(plan_of(tmp_path, []), log=lambda *_: None)
+    here = {"lr": 1.0, "path": str(tmp_path / "run" / "x")}
+    assert stage_status(plan_of(tmp_path, [], resume=True, settings={**here, "reward.token_credit": {}}))["a"] == "done"
+    with pytest.raises(ConfigError, match=r"a: reward.token_credit differs .*\(None -> \{'visual_readings': 1.0\}\)"):
+        stage_status(plan_of(tmp_path, [], resume=True, settings={**here, "reward.token_credit": {"visual_readings": 1.0}}))
+    with pytest.raises(ConfigError, match=r"a: not_a_setting differs .*\(None -> 0\)"):  # no default to compare with
+        stage_status(plan_of(tmp_path, [], resume=True, settings={**here, "not_a_setting": 0}))
+
+
 def test_a_marker_without_settings_counts_as_unfinished(tmp_path):
     """An older r1lab's demo marker (the config as YAML, no settings): the stage runs again."""
     run_plan(plan_of(tmp_path, []), log=lambda *_: None)

@@ -127,11 +127,20 @@ def portable(value: Any, run_dir: Path) -> Any:
     return json.loads(text)
 
 
-def _first_change(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, Any, Any] | None:
+def _first_change(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None
+                  ) -> tuple[str, Any, Any] | None:
+    """The first setting whose value differs. A setting the old marker does not record, now at
+    its default in `defaults`, is not a change: an r1lab that added it ran as its default does."""
     for key in [*new, *(k for k in old if k not in new)]:
+        if key not in old and defaults is not None and key in defaults and new.get(key) == defaults[key]:
+            continue
         if old.get(key) != new.get(key):
             return key, old.get(key), new.get(key)
     return None
+
+
+def _defaults() -> dict[str, Any]:
+    return json.loads(json.dumps(flatten(RunConfig()), default=str, sort_keys=True))
 
 
 def write_marker(plan: Plan, stage: Stage, result: Any, seconds: float) -> None:
@@ -157,7 +166,7 @@ def stage_status(plan: Plan) -> dict[str, str]:
     for stage in plan.stages:
         marker = read_marker(plan.run_dir, stage.key) if finished else None
         if marker is not None:
-            change = _first_change(marker.get("settings", {}), portable(stage.settings, plan.run_dir))
+            change = _first_change(marker.get("settings", {}), portable(stage.settings, plan.run_dir), _defaults())
             if change:
                 k, old, new = change
                 raise ConfigError(f"{stage.label}: {k} differs from the finished stage's ({old!r} -> {new!r}); "
