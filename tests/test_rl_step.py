@@ -293,3 +293,24 @@ def test_value_pretraining_samples_each_batch_with_its_own_seeds(tiny):
     trainer.collect(sampler)  # RL step 0
     assert len(history) == 3 and all(math.isfinite(h["critic/value_loss"]) for h in history)
     assert len(seeds) == 4 and len(set(seeds)) == 4 and all(s >= 0 for s in seeds), seeds
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_rl_lr_schedule_warms_up_then_holds_or_decays_to_a_tenth(schedule):
+    from r1lab.train.policy import rl_scheduler
+
+    train = RunConfig().train
+    train.steps, train.mini_batches, train.warmup_steps, train.lr, train.schedule = 10, 2, 4, 1.0, schedule
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=train.lr)
+    sched = rl_scheduler(opt, train)
+    lrs = []
+    for _ in range(train.steps * train.mini_batches):  # 20 optimizer steps
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    if schedule == "constant":
+        assert lrs[4:] == pytest.approx([1.0] * 16)
+    else:  # cosine over optimizer steps 4..20: 0.1 + 0.9 * (1 + cos(pi * (s - 4) / 16)) / 2
+        assert lrs[4:] == pytest.approx([0.1 + 0.45 * (1 + math.cos(math.pi * (s - 4) / 16)) for s in range(4, 20)])
+        assert lrs[12] == pytest.approx(0.55) and lrs[-1] > 0.1

@@ -233,6 +233,9 @@ class TrainConfig:
     group_size: int = setting(8, ge=1)  # completions per prompt; a group-relative advantage needs 2 or more
     lr: float = setting(3e-5, gt=0)
     warmup_steps: int = setting(5, ge=0)
+    # after the linear warmup: constant, or cosine to 0.1 lr at the last optimizer step (steps x
+    # ppo_epochs x mini_batches; a resumed run asked for more steps decays over the new total)
+    schedule: str = setting("constant", choices=("constant", "cosine"))
     weight_decay: float = setting(0.0, ge=0)
     grad_clip: float = setting(1.0, ge=0)  # gradient-norm clip (0 = none)
     ppo_epochs: int = setting(1, ge=1)  # passes over each rollout batch

@@ -25,7 +25,7 @@ from r1lab.errors import ConfigError
 from r1lab.models import model_device, token_logprobs
 from r1lab.train.attention import trainer_attention, use_cpu_training_attention
 from r1lab.train.batch import RolloutBatch, first_response_col
-from r1lab.train.common import EmbeddingGradInPlace, grad_norm_clip, make_optimizer, warmup_constant
+from r1lab.train.common import EmbeddingGradInPlace, grad_norm_clip, make_optimizer, warmup_constant, warmup_cosine
 from r1lab.train.methods import BoundMethod
 from r1lab.train.prefix import SharedPrefix
 
@@ -64,6 +64,13 @@ class PolicyWorker(Protocol):
         returns the rest of the state (what load_state_dict reads back with the shards)."""
 
 
+def rl_scheduler(optimizer: torch.optim.Optimizer, train) -> torch.optim.lr_scheduler.LambdaLR:
+    """train.schedule over the run's optimizer steps: linear warmup, then constant or cosine to 0.1 lr."""
+    if train.schedule == "cosine":
+        return warmup_cosine(optimizer, train.warmup_steps, train.steps * train.ppo_epochs * train.mini_batches)
+    return warmup_constant(optimizer, train.warmup_steps)
+
+
 class LocalPolicyWorker:
     sharded = False  # one process: state_dict() holds everything
     embedding_grad_in_place = True  # EmbeddingGradInPlace for the input embedding's gradient
@@ -94,7 +101,7 @@ class LocalPolicyWorker:
         if self.critic is not None:
             self.critic_optimizer = make_optimizer(self.critic, algo.critic_lr, cfg.train.weight_decay)
         self.optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
-        self.scheduler = warmup_constant(self.optimizer, cfg.train.warmup_steps)
+        self.scheduler = rl_scheduler(self.optimizer, cfg.train)
         self.entropy_coef = algo.entropy_coef
         self.last_entropy = float("inf")
         self.version = 0
