@@ -167,3 +167,34 @@ def test_an_unknown_span_credit_term_is_a_config_error():
 
     with pytest.raises(ConfigError, match="token_credit"):
         load_config(None, ["reward.token_credit.visual_reading=0.5"])
+
+
+steps_of = get_span_credit("visual_steps")
+
+
+def test_visual_steps_checks_the_sum_line_against_the_responses_own_readings():
+    teacher = "row 1 has 2, row 2 has 0, row 3 has 1, row 4 has 0.\n2 + 0 + 1 + 0 = 3"
+    got = [(teacher[s.start:s.end], s.key, s.value) for s in steps_of(COUNT, teacher)]
+    assert got[4:] == [("2", "copy 1", 1.0), ("0", "copy 2", 1.0), ("1", "copy 3", 1.0), ("0", "copy 4", 1.0),
+                       ("3", "total", 1.0)]
+    # row 3 misread as 2 and copied faithfully: only the reading is wrong (the copy and the sum are right)
+    misread = "row 1 has 2, row 2 has 0, row 3 has 2, row 4 has 0.\n2 + 0 + 2 + 0 = 4"
+    assert [s.value for s in steps_of(COUNT, misread)] == [1, 1, 0, 1, 1, 1, 1, 1, 1]
+    # rows read right, row 3 miscopied, the sum of what was written right: only the copy is wrong
+    miscopied = "row 1 has 2, row 2 has 0, row 3 has 1, row 4 has 0.\n2 + 0 + 2 + 0 = 4"
+    assert [s.value for s in steps_of(COUNT, miscopied)] == [1, 1, 1, 1, 1, 1, 0, 1, 1]
+    # a bad addition, a fifth term, a term for a row read twice
+    assert steps_of(COUNT, teacher.replace("= 3", "= 5"))[-1].value == 0.0
+    assert [s.value for s in steps_of(COUNT, teacher.replace("= 3", "+ 1 = 4"))][4:] == [1, 1, 1, 1, 0, 1]
+    twice = "row 1 has 2, row 1 has 3, row 2 has 0.\n2 + 0 = 2"
+    assert [(s.key, s.value) for s in steps_of(COUNT, twice)] == [("1", 1.0), ("1", 0.0), ("2", 1.0), ("copy 1", 0.0),
+                                                                   ("copy 2", 1.0), ("total", 1.0)]
+    # digit sums the same way; bar charts have no sum line; no readings, no steps
+    digits = "The digits are 3, 0, 9.\n3 + 0 + 9 = 12"
+    assert [(s.key, s.value) for s in steps_of(DIGITS, digits)][3:] == [("copy 1", 1.0), ("copy 2", 1.0), ("copy 3", 1.0),
+                                                                        ("total", 1.0)]
+    assert steps_of(BAR, BAR_TEACHER) == spans_of(BAR, BAR_TEACHER)
+    assert steps_of(COUNT, "2 + 0 + 1 + 0 = 3") == [] and steps_of(MATH, teacher) == []
+    train, _ = generate_splits(["count_shapes", "digit_sum"], 20, 0, 2, seed=5)
+    for p in train:
+        assert all(s.value == 1.0 for s in steps_of(p, get_task(p.metadata["family"]).teacher_trace(p))), p.id

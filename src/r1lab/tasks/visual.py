@@ -285,6 +285,33 @@ def reading_spans(problem: Problem, text: str) -> list[Span]:
 
 register_span_credit("visual_readings")(reading_spans)
 
+_SUM = re.compile(r"\b(\d+(?: \+ \d+)+) = (\d+)\b")
+
+
+@register_span_credit("visual_steps")
+def step_spans(problem: Problem, text: str) -> list[Span]:
+    """Every step of a visual trace checked where it is written: the readings (`reading_spans`,
+    against the picture), and for count_shapes and digit_sum the sum line (`2 + 0 + 1 + 0 = 3`)
+    against the response's own readings - term i (key `copy i`) is right when it is the one value
+    the response read for item i (none read, two read, or a term past the items: wrong), the result
+    (key `total`) when it is the sum of the terms as written. So a wrong reading copied faithfully
+    costs only the reading, and a right reading miscopied costs only the copy. Other families: the
+    readings only."""
+    spans = reading_spans(problem, text)
+    if (problem.metadata or {}).get("family") not in ("count_shapes", "digit_sum") or not spans:
+        return spans
+    read: dict[str, set[str]] = {}
+    for sp in spans:
+        read.setdefault(sp.key, set()).add(text[sp.start:sp.end])
+    out = list(spans)
+    for m in _SUM.finditer(text):
+        terms = list(re.finditer(r"\d+", m.group(1)))
+        for i, t in enumerate(terms):
+            right = read.get(str(i + 1), set()) == {t.group()}
+            out.append(Span(m.start(1) + t.start(), m.start(1) + t.end(), f"copy {i + 1}", float(right)))
+        out.append(Span(m.start(2), m.end(2), "total", float(int(m.group(2)) == sum(int(t.group()) for t in terms))))
+    return out
+
 
 @register_reward("visual_readings")
 def visual_readings(problems, texts, verdicts, completions=None) -> list[float]:
