@@ -6,7 +6,10 @@ blank white picture.
     /work/bin/heavy python benchmarks/vlm_seeds.py run --seed 0      # one seed (run seeds side by side)
     python benchmarks/vlm_seeds.py report --seeds 0 1                # figure + table from the saved runs
 
-`run --set key=value ...` passes overrides to the pipeline (they are kept in the result file).
+`run --set key=value ...` passes overrides to the pipeline (they are kept in the result file);
+`run --rescore N` scores the SFT and GRPO checkpoints again with N samples a held-out problem and
+reports those (one eval at the recipe's 8 samples moves by a couple of points on its own; the
+pipeline's own figures stay in the file as `pipeline_eval`). A finished pipeline is not run again.
 Every held-out score comes with its standard error over problems (each problem's avg@n is one
 observation), and each gain (after GRPO minus after SFT; pictures minus blank pictures) with the
 standard error of the paired per-problem differences: the same problems are scored both ways.
@@ -192,7 +195,20 @@ def blank_copy(src: Path, dst: Path) -> None:
     dst.write_text("\n".join(rows) + "\n")
 
 
-def run(seed: int, out: Path, tag: str = "", overrides: list[str] = ()) -> None:
+def rescore(run_dir: Path, stage: str, ckpt: Path, n: int, seed: int, recipe: dict) -> Path:
+    """The stage's checkpoint scored again on the held-out problems with n samples each (kept: a
+    finished rescoring is not run again); returns its per-problem JSONL."""
+    out = run_dir / f"rescore{n}-{stage}"
+    results = out / "eval" / "results.jsonl"
+    want = len((run_dir / "prepare" / "data" / "eval.jsonl").read_text().splitlines())
+    if not (results.exists() and len(results.read_text().splitlines()) == want):
+        r1lab("eval", str(ckpt), "--data", str(run_dir / "prepare" / "data" / "eval.jsonl"), "--n", str(n), "--out", str(out),
+              "--quiet", f"seed={seed + 1000}", f"eval.temperature={recipe['eval']['temperature']}",
+              f"sampling.max_new_tokens={recipe['sampling']['max_new_tokens']}", "rollout.engine=hf")
+    return results
+
+
+def run(seed: int, out: Path, tag: str = "", overrides: list[str] = (), rescore_n: int = 0) -> None:
     import yaml
 
     name = f"vlm-s{seed}"
@@ -207,8 +223,12 @@ def run(seed: int, out: Path, tag: str = "", overrides: list[str] = ()) -> None:
     blank = run_dir / "held_out_blank.jsonl"
     blank_copy(run_dir / "prepare" / "data" / "eval.jsonl", blank)
     evals = {"sft": next((run_dir / "00-sft" / "eval").glob("*.jsonl")), "rl": next((run_dir / "01-rl" / "eval").glob("*.jsonl"))}
+    ckpts = {"sft": run_dir / "00-sft" / "checkpoints" / "sft", "rl": run_dir / "01-rl" / "checkpoints" / "rl"}
+    pipeline_scores = {stage: scores(per_problem(path)) for stage, path in evals.items()}
+    if rescore_n:  # the pipeline's own evals (recipe eval.n) are replaced by n samples a problem
+        evals = {stage: rescore(run_dir, stage, ckpts[stage], rescore_n, seed, recipe) for stage in evals}
     avg = {stage: per_problem(path) for stage, path in evals.items()}
-    for stage, ckpt in (("sft", run_dir / "00-sft" / "checkpoints" / "sft"), ("rl", run_dir / "01-rl" / "checkpoints" / "rl")):
+    for stage, ckpt in ckpts.items():
         # the recipe's eval settings (a pipeline recipe is not an eval config: its settings are given here)
         r1lab("eval", str(ckpt), "--data", str(blank), "--n", str(recipe["eval"]["n"]), "--out", str(run_dir / f"blank-{stage}"),
               "--quiet", f"seed={seed}", f"eval.temperature={recipe['eval']['temperature']}",
@@ -219,8 +239,10 @@ def run(seed: int, out: Path, tag: str = "", overrides: list[str] = ()) -> None:
     held = [(0, sft["all"][0])] + [(r["step"], round(100 * r["eval/avg"], 1)) for r in rows if "eval/avg" in r]
     held.append((rows[-1]["step"], rl["all"][0]))
     result = {"seed": seed, "seconds": round(seconds, 1) if seconds else None, "overrides": list(overrides),
-              "families": recipe["data"]["tasks"], "eval": {"problems": len(avg["sft"]), "n": recipe["eval"]["n"],
-                                                            "temperature": recipe["eval"]["temperature"]},
+              "families": recipe["data"]["tasks"], "eval": {"problems": len(avg["sft"]), "n": rescore_n or recipe["eval"]["n"],
+                                                            "temperature": recipe["eval"]["temperature"],
+                                                            "blank_n": recipe["eval"]["n"]},
+              "pipeline_eval": {"n": recipe["eval"]["n"], **pipeline_scores},
               "held_out": held, "sft": sft, "rl": rl,
               "blank": {"sft": scores(avg["blank_sft"]), "rl": scores(avg["blank_rl"])},
               "gain_rl_over_sft": gains(avg["rl"], avg["sft"]),
@@ -324,6 +346,9 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/r1lab-vlm")
     p.add_argument("--tag", default="", help="prefix of the result files (e.g. round2_)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="pipeline overrides, e.g. train.lr=1e-4")
+    p.add_argument("--rescore", type=int, default=0, metavar="N",
+                   help="score the SFT and GRPO checkpoints again with N samples a held-out problem (the pipeline's "
+                        "evals at eval.n move by a few points on their own) and report those")
     p = sub.add_parser("compare", help="paired gain of one run's GRPO model over another's from the same SFT model")
     p.add_argument("new_dir")
     p.add_argument("old_dir")
@@ -332,7 +357,7 @@ def main() -> None:
     p.add_argument("--tag", default="")
     args = ap.parse_args()
     if args.cmd == "run":
-        run(args.seed, Path(args.out), args.tag, args.set)
+        run(args.seed, Path(args.out), args.tag, args.set, args.rescore)
     elif args.cmd == "compare":
         print(json.dumps(compare(Path(args.new_dir), Path(args.old_dir))))
     else:
