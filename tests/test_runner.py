@@ -86,6 +86,9 @@ def test_a_setting_added_since_the_marker_counts_only_when_off_its_default(tmp_p
         stage_status(plan_of(tmp_path, [], resume=True, settings={**here, "reward.token_credit": {"visual_readings": 1.0}}))
     with pytest.raises(ConfigError, match=r"a: not_a_setting differs .*\(None -> 0\)"):  # no default to compare with
         stage_status(plan_of(tmp_path, [], resume=True, settings={**here, "not_a_setting": 0}))
+    # the other way round: the marker recorded it at its default, the stage no longer compares it
+    run_plan(plan_of(tmp_path, [], settings={**here, "reward.token_credit": {}}), log=lambda *_: None)
+    assert stage_status(plan_of(tmp_path, [], resume=True, settings=here))["a"] == "done"
 
 
 def test_a_marker_without_settings_counts_as_unfinished(tmp_path):

@@ -77,11 +77,11 @@ ALL_ROWS = 1_000_000_000  # data.sft_size of an SFT stage: every row of its inpu
 
 # the config sections a stage does not read: a change there does not make a finished stage stale
 NOT_READ = {
-    "cpt": ("train", "algo", "sft", "dpo", "health", "cluster"),
-    "sft": ("train", "algo", "cpt", "dpo", "health", "cluster"),
-    "dpo": ("train", "algo", "cpt", "sft", "health", "cluster"),
+    "cpt": ("train", "algo", "sft", "dpo", "health", "cluster", "reward.token_credit"),
+    "sft": ("train", "algo", "cpt", "dpo", "health", "cluster", "reward.token_credit"),
+    "dpo": ("train", "algo", "cpt", "sft", "health", "cluster", "reward.token_credit"),
     "rl": ("cpt", "sft", "dpo"),
-    "eval": ("train", "algo", "cpt", "sft", "dpo", "health", "cluster"),
+    "eval": ("train", "algo", "cpt", "sft", "dpo", "health", "cluster", "reward.token_credit"),
 }
 NEVER_COMPARED = ("name", "out_dir", "resume", "tracking")
 

@@ -129,10 +129,12 @@ def portable(value: Any, run_dir: Path) -> Any:
 
 def _first_change(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None
                   ) -> tuple[str, Any, Any] | None:
-    """The first setting whose value differs. A setting the old marker does not record, now at
-    its default in `defaults`, is not a change: an r1lab that added it ran as its default does."""
+    """The first setting whose value differs. A setting recorded on one side only and at its
+    default in `defaults` on the other is not a change: an r1lab that added it (or a stage that no
+    longer compares it) ran as its default does."""
     for key in [*new, *(k for k in old if k not in new)]:
-        if key not in old and defaults is not None and key in defaults and new.get(key) == defaults[key]:
+        one_side = (key in old) != (key in new)
+        if one_side and defaults is not None and key in defaults and (new if key in new else old)[key] == defaults[key]:
             continue
         if old.get(key) != new.get(key):
             return key, old.get(key), new.get(key)
