@@ -276,7 +276,11 @@ def report(seeds: list[int], tag: str = "") -> None:
     fams = [f for f in FAMILIES if f in runs[0].get("families", FAMILIES)]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for r in runs:
-        axes[0].plot(*zip(*r["accuracy"]), label=f"seed {r['seed']}", alpha=0.8)
+        steps, acc = zip(*r["accuracy"])
+        raw, = axes[0].plot(steps, acc, alpha=0.25)
+        window = 20  # the per-step accuracy of 128 samples is noisy: its running mean shows the trend
+        smooth = [sum(acc[max(0, i - window + 1):i + 1]) / len(acc[max(0, i - window + 1):i + 1]) for i in range(len(acc))]
+        axes[0].plot(steps, smooth, color=raw.get_color(), label=f"seed {r['seed']} (mean of {window} steps)")
         line, = axes[1].plot(*zip(*r["held_out"]), marker="o", label=f"seed {r['seed']}: pictures")
         last = r["held_out"][-1][0]
         for x, stage in ((0, "sft"), (last, "rl")):
@@ -297,6 +301,8 @@ def report(seeds: list[int], tag: str = "") -> None:
     axes[2].set_xticks([k + 0.4 - width / 2 for k in range(len(fams))], fams)
     ev = runs[0].get("eval", {})
     what = f"{ev['problems']} problems x {ev['n']} samples, T={ev['temperature']}" if ev else "avg@4"
+    if ev.get("n") and runs[0].get("pipeline_eval") and ev["n"] != runs[0]["pipeline_eval"]["n"]:
+        what += f" (steps between: {runs[0]['pipeline_eval']['n']})"
     axes[0].set(title="GRPO training accuracy per step", xlabel="GRPO step", ylabel="fraction correct")
     axes[1].set(title=f"held-out avg@n (%), bars: 2 SE\n{what}", xlabel="GRPO step (0 = after SFT)")
     axes[2].set(title="held-out avg@n by family (bars: 2 SE, x: blank)", ylabel="%")
