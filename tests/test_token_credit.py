@@ -1,6 +1,6 @@
 """Span credit (reward.token_credit): each checkable claim in a response pays its own tokens.
 Expected values are computed by hand from the formula in algos/credit.py; the claims are read from
-hand-written (often hostile) responses to scenes whose truth is given below."""
+hand-written (often hostile) responses to the scenes of helpers_visual.py."""
 
 from __future__ import annotations
 
@@ -12,21 +12,11 @@ import torch
 from r1lab.algos.credit import char_spans_to_tokens, span_credit_advantage, token_char_ends
 from r1lab.config import RunConfig
 from r1lab.errors import ConfigError
-from r1lab.records import Completion, Problem
+from r1lab.records import Completion
 from r1lab.reward_registry import Span, get_span_credit
 from r1lab.tasks import generate_splits, get_task
 
-# heights 5, 4, 5, 3; asked bar 2: the items are bars 1 and 2
-BAR = Problem(id="bar_value-0", prompt="What is the height of bar 2 from the left?", answer="4", task="math",
-              metadata={"family": "bar_value", "scene": {"heights": [5, 4, 5, 3], "bar": 1}})
-# rows 2, 0, 1, 0 of circles
-COUNT = Problem(id="count_shapes-0", prompt="How many circles are in the picture?", answer="3", task="math",
-                metadata={"family": "count_shapes", "scene": {"kind": "circle", "shapes": [
-                    [0, "circle", "red", 7], [2, "circle", "blue", 11], [5, "square", "red"], [9, "circle", "green", 7]]}})
-DIGITS = Problem(id="digit_sum-0", prompt="What is the sum of the digits in the picture?", answer="12", task="math",
-                 metadata={"family": "digit_sum", "scene": {"digits": [3, 0, 9], "shifts": [[0, 0]] * 3}})
-MATH = Problem(id="arith-0", prompt="What is 2 + 2?", answer="4", task="math", metadata={"family": "arith"})
-BAR_TEACHER = "<think>From left to right: bar 1 is 5, bar 2 is 4.\nSo bar 2 is 4.</think>\n<answer>4</answer>"
+from helpers_visual import BAR, BAR_TEACHER, COUNT, DIGITS, MATH
 
 spans_of = get_span_credit("visual_readings")
 
