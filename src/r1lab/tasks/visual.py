@@ -213,12 +213,6 @@ def picture_items(problem: Problem) -> list[int] | None:
     return None
 
 
-def _one_list(pattern: re.Pattern, text: str) -> list[int] | None:
-    # exactly one list in the teacher's form: two lists are two guesses, and neither is paid
-    found = pattern.findall(text)
-    return [int(x) for x in found[0].split(",")] if len(found) == 1 else None
-
-
 def readings_score(problem: Problem, text: str) -> float:
     """The share of the picture's items the response reads right, in [0, 1]; 0 without readings.
 
@@ -241,18 +235,11 @@ def readings_score(problem: Problem, text: str) -> float:
     truth = picture_items(problem)
     if not truth:
         return 0.0
-    fam = problem.metadata["family"]
-    if fam in ("bar_value", "count_shapes"):
-        claims: dict[int, set[int]] = {}
-        for k, h in (_BAR if fam == "bar_value" else _ROW).findall(text):
-            claims.setdefault(int(k), set()).add(int(h))
-        right = sum(1 for i, h in enumerate(truth) if claims.get(i + 1) == {h})
-    else:
-        listed = _one_list(_DIGITS, text)
-        if listed is None:
-            return 0.0
-        right = sum(1 for got, want in zip(listed, truth) if got == want)
-    return right / len(truth)
+    # the claims of `reading_spans`, by item: an item is right when it has claims and every one is true
+    claims: dict[str, list[float]] = {}
+    for span in reading_spans(problem, text):
+        claims.setdefault(span.key, []).append(span.value)
+    return sum(1 for values in claims.values() if all(v == 1.0 for v in values)) / len(truth)
 
 
 def reading_spans(problem: Problem, text: str) -> list[Span]:
@@ -262,7 +249,7 @@ def reading_spans(problem: Problem, text: str) -> list[Span]:
     picture (bars past the asked one, rows past the fourth: no claim); a repeat of the same reading
     is a second claim, and spraying guesses for one item makes one right claim and many wrong ones.
     digit_sum: the entries of the `The digits are ...` list, by position; with two lists, every
-    entry is valued 0 (as `readings_score` pays nothing for two guesses). Other families: none."""
+    entry is valued 0 (two guesses). Other families: none. `readings_score` is built on these claims."""
     truth = picture_items(problem)
     if not truth:
         return []
