@@ -164,11 +164,12 @@ def stage_status(plan: Plan) -> dict[str, str]:
     if not plan.resume:
         return {s.key: "new" for s in plan.stages}
     status: dict[str, str] = {}
+    defaults = _defaults()
     finished = True  # every stage before this one is done
     for stage in plan.stages:
         marker = read_marker(plan.run_dir, stage.key) if finished else None
         if marker is not None:
-            change = _first_change(marker.get("settings", {}), portable(stage.settings, plan.run_dir), _defaults())
+            change = _first_change(marker.get("settings", {}), portable(stage.settings, plan.run_dir), defaults)
             if change:
                 k, old, new = change
                 raise ConfigError(f"{stage.label}: {k} differs from the finished stage's ({old!r} -> {new!r}); "
